@@ -107,9 +107,16 @@ class ModelProfile:
         """This profile with every latency multiplied by ``latency_factor`` (memory unchanged)."""
         if latency_factor <= 0:
             raise ProfileError(f"Latency factor must be > 0, got {latency_factor}.")
-        cps = tuple(replace(cp, latency_ms=cp.latency_ms * latency_factor) for cp in self.cut_points)
-        return replace(self, device=device, cut_points=cps, method=f"{self.method} x{latency_factor:g}",
-                       source=source or self.source)
+        cps = tuple(
+            replace(cp, latency_ms=cp.latency_ms * latency_factor) for cp in self.cut_points
+        )
+        return replace(
+            self,
+            device=device,
+            cut_points=cps,
+            method=f"{self.method} x{latency_factor:g}",
+            source=source or self.source,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""

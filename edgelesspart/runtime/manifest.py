@@ -35,7 +35,9 @@ class TensorSpec:
         size = 1
         for dim in self.shape:
             size *= int(dim)
-        itemsize = {"float32": 4, "float16": 2, "int8": 1, "uint8": 1, "int32": 4}.get(self.dtype, 4)
+        itemsize = {"float32": 4, "float16": 2, "int8": 1, "uint8": 1, "int32": 4}.get(
+            self.dtype, 4
+        )
         return size * itemsize
 
     def to_dict(self) -> dict[str, Any]:
@@ -45,7 +47,9 @@ class TensorSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
         """Build from :meth:`to_dict` output."""
-        return cls(shape=tuple(int(d) for d in data["shape"]), dtype=str(data.get("dtype", "float32")))
+        return cls(
+            shape=tuple(int(d) for d in data["shape"]), dtype=str(data.get("dtype", "float32"))
+        )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,264 @@
+"""The build pipeline: dataset + model + constraint + exit definition -> bundle.
+
+``run_build(BuildConfig(...))`` performs, in order: load data, resolve the model, train the
+backbone when it is untrained, profile it on this host, scale the profile to the edge and cloud
+devices, plan the split and exits, render and attach the exit heads, train them with the
+backbone frozen, and export the bundle. Every step is a function of its own module; this one
+only wires them together and records what happened.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from edgelesspart.errors import ConfigError
+from edgelesspart.runtime.manifest import Manifest
+from edgelesspart.runtime.plan import Plan
+
+CONSTRAINTS = ("latency", "memory", "expected-latency", "expected-cost")
+PLACEMENTS = ("linear", "pareto")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Every build option; the CLI flags and the ``--config`` YAML keys mirror these names."""
+
+    constraint: str = "memory"
+    model: str = "small_cnn"
+    dataset: str = "digits"
+    memory_fraction: float = 0.7
+    placement: str = "linear"
+    exits_per_part: tuple[int, int] = (2, 2)
+    exit_spec: str | None = None
+    exit_template: str | None = None
+    edge_device: str = "rpi4"
+    cloud_device: str = "gcf-2gb"
+    link: str = "wifi"
+    epochs: int = 8
+    exit_epochs: int | None = None
+    batch_size: int = 64
+    train_backbone: str = "auto"
+    seed: int = 0
+    limit: int | None = None
+    image_size: int | None = None
+    max_cut_points: int = 16
+    profile_method: str = "litert"
+    out: str | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.constraint not in CONSTRAINTS:
+            raise ConfigError(
+                f"Unknown constraint {self.constraint!r}; choose one of {CONSTRAINTS}."
+            )
+        if self.placement not in PLACEMENTS:
+            raise ConfigError(f"Unknown placement {self.placement!r}; choose one of {PLACEMENTS}.")
+        if not 0.0 < self.memory_fraction < 1.0:
+            raise ConfigError(f"memory_fraction must be in (0, 1), got {self.memory_fraction}.")
+        if len(self.exits_per_part) != 2 or not all(0 <= n <= 3 for n in self.exits_per_part):
+            raise ConfigError(
+                f"exits_per_part must be one or two integers in 0..3 (edge, cloud), got "
+                f"{self.exits_per_part!r}; the paper caps exits at 3 per part."
+            )
+        if self.exit_spec and self.exit_template:
+            raise ConfigError("Give either exit_spec or exit_template, not both.")
+        if self.train_backbone not in ("auto", "yes", "no"):
+            raise ConfigError(
+                f"train_backbone must be auto, yes or no; got {self.train_backbone!r}."
+            )
+
+    @property
+    def bundle_dir(self) -> Path:
+        """Where the bundle goes (``--out`` or ``bundles/<model>-<constraint>-<placement>``)."""
+        if self.out:
+            return Path(self.out)
+        stem = Path(self.model).stem if self.model.endswith(".keras") else self.model
+        return Path("bundles") / f"{stem}-{self.constraint}-{self.placement}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every option."""
+        data = asdict(self)
+        data["exits_per_part"] = list(self.exits_per_part)
+        return data
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> BuildConfig:
+        """Build from a dict with CLI-style keys (dashes or underscores); unknown keys fail."""
+        known = {f.name for f in fields(cls)}
+        clean: dict[str, Any] = {}
+        for key, value in data.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                raise ConfigError(
+                    f"Unknown build option {key!r}; known: {', '.join(sorted(known))}."
+                )
+            clean[name] = value
+        if "exits_per_part" in clean:
+            clean["exits_per_part"] = parse_exits_per_part(clean["exits_per_part"])
+        return cls(**clean)
+
+
+def parse_exits_per_part(value: Any) -> tuple[int, int]:
+    """``2`` -> (2, 2); ``"2,1"`` or ``[2, 1]`` -> (2, 1) (edge, cloud)."""
+    if isinstance(value, str):
+        parts = [p for p in value.replace(" ", "").split(",") if p]
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        parts = [value]
+    try:
+        numbers = [int(p) for p in parts]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"exits_per_part must be integers like 2 or 2,1; got {value!r}.") from exc
+    if len(numbers) == 1:
+        numbers *= 2
+    if len(numbers) != 2:
+        raise ConfigError(f"exits_per_part takes one or two numbers (edge,cloud); got {value!r}.")
+    return numbers[0], numbers[1]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build produced."""
+
+    bundle: Path
+    manifest: Manifest
+    plan: Plan
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._last, 2)
+        self._last = now
+
+
+def make_plan(config: BuildConfig, host_profile: Any, model_name: str) -> tuple[Plan, dict]:
+    """Scale the host profile to both devices and apply the configured planning rule."""
+    from edgelesspart import devices, links, planner
+
+    edge = devices.load_device(config.edge_device)
+    cloud = devices.load_device(config.cloud_device)
+    edge_profile = devices.profile_for_device(host_profile, edge)
+    cloud_profile = devices.profile_for_device(host_profile, cloud)
+    common = {
+        "placement": config.placement,
+        "exits_per_part": config.exits_per_part,
+        "edge_device": edge,
+        "cloud_device": cloud,
+    }
+    if config.constraint in ("latency", "memory"):
+        plan = planner.plan_split(
+            edge_profile,
+            cloud_profile,
+            constraint=config.constraint,
+            memory_fraction=config.memory_fraction,
+            **common,
+        )
+    else:
+        plan = planner.plan_objective(
+            edge_profile,
+            cloud_profile,
+            objective=config.constraint,
+            link=links.load_link(config.link),
+            **common,
+        )
+    summary = {
+        "edge_device": edge.name,
+        "cloud_device": cloud.name,
+        "edge_full_model_ms": edge_profile.total.latency_ms,
+        "cloud_full_model_ms": cloud_profile.total.latency_ms,
+        "model": model_name,
+    }
+    return plan, summary
+
+
+def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = print) -> BuildResult:
+    """Run the whole pipeline for ``config`` and return the exported bundle."""
+    from edgelesspart import datasets, exits, export, profiler, training, zoo
+    from edgelesspart._lazy import keras
+    from edgelesspart.graph import cut_tensor, functional_model
+
+    clock = _Clock()
+    keras().utils.set_random_seed(config.seed)
+    data = datasets.load_dataset(
+        config.dataset, seed=config.seed, image_size=config.image_size, limit=config.limit
+    )
+    definition = exits.load_exit_definition(config.exit_spec, config.exit_template)
+    model, model_info = zoo.resolve_model(
+        config.model, data.input_shape, data.num_classes, seed=config.seed
+    )
+    model = functional_model(model)
+    sizes = f"{len(data.x_train)}/{len(data.x_val)}/{len(data.x_test)}"
+    log(f"data: {data.name}, train/val/test = {sizes}; model: {model_info['name']}")
+    clock.lap("load")
+    train_config = training.TrainingConfig(
+        epochs=config.epochs,
+        exit_epochs=config.exit_epochs,
+        batch_size=config.batch_size,
+        seed=config.seed,
+    )
+    untrained = model_info.get("source") == "zoo"
+    do_train = config.train_backbone == "yes" or (config.train_backbone == "auto" and untrained)
+    backbone_epochs = training.train_backbone(model, data, train_config) if do_train else 0
+    clock.lap("train_backbone")
+    host_profile = profiler.profile_model(
+        model,
+        model_name=model_info["name"],
+        max_cut_points=config.max_cut_points,
+        method=config.profile_method,
+        show_progress=show_progress,
+        seed=config.seed,
+    )
+    clock.lap("profile")
+    plan, profile_summary = make_plan(config, host_profile, model_info["name"])
+    if definition.kind == "default":
+        definition = exits.load_exit_definition(pooling=exits.classifier_pooling(model))
+    builder = exits.compile_exit_builder(definition)
+    exit_cuts = {f"exit_{i + 1}": cut for i, cut in enumerate(plan.exits)}
+    exit_tensors = {
+        name: exits.attach_exit(builder, cut_tensor(model, cut), data.num_classes, name)
+        for name, cut in exit_cuts.items()
+    }
+    joint, exit_epochs = training.train_exits(model, exit_tensors, data, train_config)
+    clock.lap("train_exits")
+    accuracy = {
+        "val": training.classifier_accuracy(joint, data.x_val, data.y_val),
+        "test": training.classifier_accuracy(joint, data.x_test, data.y_test),
+    }
+    report = training.TrainingReport(do_train, backbone_epochs, exit_epochs, accuracy)
+    request = export.ExportRequest(
+        backbone=model,
+        exit_tensors=exit_tensors,
+        exit_cuts=exit_cuts,
+        plan=plan,
+        classes=data.classes,
+        preprocessing=data.preprocessing,
+        exit_code=definition.code,
+        exit_source=f"{definition.kind}:{definition.origin}",
+        model_info=model_info,
+        profile={**host_profile.to_dict(), "planning": profile_summary},
+        training=report.to_dict(),
+        extra={
+            "dataset": {
+                "spec": config.dataset,
+                "seed": config.seed,
+                "image_size": config.image_size,
+                "limit": config.limit,
+            },
+            "build_config": config.to_dict(),
+        },
+    )
+    manifest = export.export_bundle(
+        request, config.bundle_dir, probe=data.x_val[:4], overwrite=config.overwrite
+    )
+    clock.lap("export")
+    return BuildResult(config.bundle_dir, manifest, plan, clock.seconds)

@@ -1,0 +1,108 @@
+"""``edgelesspart build``: profile, plan, add exits, train and export a bundle."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from edgelesspart.errors import ConfigError
+
+# CLI flag -> BuildConfig field; every one of them may also come from --config YAML.
+OPTIONS: dict[str, dict[str, Any]] = {
+    "--constraint": {
+        "choices": ["latency", "memory", "expected-latency", "expected-cost"],
+        "help": "split rule (paper: latency or memory) or an objective mode",
+    },
+    "--model": {
+        "help": "zoo name (small_cnn, resnet50, mobilenetv2, inceptionv3) or a .keras file"
+    },
+    "--dataset": {"help": "digits (default, offline), cifar10, an .npz file or an image folder"},
+    "--memory-fraction": {"type": float, "help": "memory rule: edge share of model memory (0.7)"},
+    "--placement": {"choices": ["linear", "pareto"], "help": "exit spacing inside each part"},
+    "--exits-per-part": {"help": "0..3, or EDGE,CLOUD such as 2,1 (default 2)"},
+    "--exit-spec": {"help": "YAML/JSON list of Keras layers for the exit heads"},
+    "--exit-template": {"help": "a Jinja2 template rendering build_exit(x, num_classes, name)"},
+    "--edge-device": {"help": "edge device profile (rpi4, jetson-orin-nano, host, or a JSON)"},
+    "--cloud-device": {"help": "cloud device profile (gcf-2gb, lambda-2gb, host, or a JSON)"},
+    "--link": {"help": "link for objective modes: wifi, lte, 5g, 3g, loopback or a JSON"},
+    "--epochs": {"type": int, "help": "backbone epochs (exits too unless --exit-epochs)"},
+    "--exit-epochs": {"type": int, "help": "exit-training epochs"},
+    "--batch-size": {"type": int, "help": "training batch size"},
+    "--train-backbone": {
+        "choices": ["auto", "yes", "no"],
+        "help": "auto: train zoo models, keep .keras weights",
+    },
+    "--seed": {"type": int, "help": "seed for data split, weights and training"},
+    "--limit": {"type": int, "help": "at most N samples per split (quick runs)"},
+    "--image-size": {"type": int, "help": "input side for digits/image folders (32)"},
+    "--max-cut-points": {"type": int, "help": "candidate cut points to profile (16)"},
+    "--profile-method": {"choices": ["litert", "tf-function"], "help": "how latency is timed"},
+    "--out": {"help": "bundle directory (default bundles/<model>-<constraint>-<placement>)"},
+}
+
+
+def register(sub: Any) -> None:
+    """Add the ``build`` subcommand."""
+    parser = sub.add_parser(
+        "build",
+        help="build a deployable bundle from a Keras model",
+        description="Profile a Keras model, pick the split and exit points, render and train "
+        "the exits, and export LiteRT/Keras segments plus a manifest. With only --constraint "
+        "it builds the default: a small CNN on the bundled digits data.",
+    )
+    for flag, kwargs in OPTIONS.items():
+        parser.add_argument(flag, default=None, **kwargs)
+    parser.add_argument("--config", help="YAML file holding the same keys as the flags")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Read a YAML build config (data only, ``yaml.safe_load``)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"Cannot read config file {path}: {exc}.") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Config file {path} is not valid YAML: {exc}.") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"Config file {path} must hold a mapping of options, not {type(data).__name__}."
+        )
+    return data
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """Merge defaults < config file < flags into a ``BuildConfig``."""
+    from edgelesspart.build import BuildConfig
+
+    values: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    for flag in OPTIONS:
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            values[flag[2:]] = value
+    if args.overwrite:
+        values["overwrite"] = True
+    return BuildConfig.from_mapping(values)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the bundle and print the plan."""
+    from edgelesspart.build import run_build
+    from edgelesspart.summary import format_plan
+
+    config = config_from_args(args)
+    result = run_build(config, show_progress=not args.quiet)
+    print(format_plan(result.plan))
+    accuracy = result.manifest.training.get("accuracy", {}).get("test", {})
+    if accuracy:
+        print("test accuracy: " + ", ".join(f"{k}={v:.3f}" for k, v in accuracy.items()))
+    timings = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
+    print(f"bundle: {result.bundle} (id {result.manifest.bundle_id}); {timings}")
+    return 0
