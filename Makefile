@@ -1,0 +1,45 @@
+# EdgeLessPart: `make demo` builds the default bundle, `make test` runs the test suite.
+# Both create .venv on first use and install the package with everything it needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+LEAN_VENV ?= .venv-lean
+DEMO_BUNDLE ?= bundles/demo
+
+.PHONY: demo test test-lean lint check bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[build,codecs,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/edgelesspart build --constraint memory --out $(DEMO_BUNDLE) --overwrite
+	$(BIN)/edgelesspart inspect $(DEMO_BUNDLE)
+	$(BIN)/edgelesspart evaluate $(DEMO_BUNDLE)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+# The lean install (no TensorFlow): runtime core, services and cloud function only.
+test-lean: $(STAMP)
+	test -x $(LEAN_VENV)/bin/python || $(PYTHON) -m venv $(LEAN_VENV)
+	$(LEAN_VENV)/bin/python -m pip install -q -e ".[codecs]" pytest pytest-timeout hypothesis
+	$(BIN)/python -c "from pathlib import Path; import sys; sys.path.insert(0, 'tests'); \
+	from bundle_factory import build_tiny_bundle; p = Path('build/lean-bundle'); \
+	p.exists() or build_tiny_bundle(p)"
+	EDGELESSPART_TEST_BUNDLE=build/lean-bundle $(LEAN_VENV)/bin/python -m pytest -q -m "not needs_tf" \
+		tests/runtime tests/edge_runtime tests/cloud_functions
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+check: lint test
+
+bench: $(STAMP)
+	$(BIN)/python experiments/bench_all.py
+
+clean:
+	rm -rf $(VENV) $(LEAN_VENV) build results bundles
