@@ -139,7 +139,7 @@ def profile_model(
         shape = tuple(int(d) for d in x.shape[1:])
         mem, weights = memory[name]
         entries.append(
-            CutPointProfile(name, index, round(cumulative, 4), mem, weights, shape, int(x.size) * 4)
+            CutPointProfile(name, index, round(cumulative, 6), mem, weights, shape, int(x.size) * 4)
         )
         start = name
     whole = _stretch_timer(
@@ -151,7 +151,7 @@ def profile_model(
     # Each stretch pays the runtime's fixed per-invoke cost once; attribute the whole model's
     # measured latency in proportion to the stretch times so the total matches one invoke.
     scale = full_ms / cumulative if cumulative > 0 else 1.0
-    entries = [replace(e, latency_ms=round(e.latency_ms * scale, 5)) for e in entries]
+    entries = [replace(e, latency_ms=round(e.latency_ms * scale, 6)) for e in entries]
     return ModelProfile(
         model=model_name,
         device="host",
@@ -161,8 +161,8 @@ def profile_model(
         source="measured on this host by edgelesspart.profiler",
         extra={
             "latency_attribution": "stretch times scaled so the output entry equals full_model_ms",
-            "full_model_ms": round(full_ms, 4),
-            "sum_of_stretches_ms": round(cumulative, 4),
+            "full_model_ms": round(full_ms, 6),
+            "sum_of_stretches_ms": round(cumulative, 6),
             "all_cut_points": len(find_cut_points(model)),
             "params": int(model.count_params()),
         },

@@ -1,0 +1,89 @@
+"""The CLI: fast TensorFlow-free --help for every subcommand, one-line errors, build options."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from edgelesspart.build import BuildConfig, parse_exits_per_part
+from edgelesspart.cli import COMMAND_MODULES, main
+from edgelesspart.errors import ConfigError
+
+SUBCOMMANDS = ["build", "profile", "inspect", "evaluate", "serve-edge", "serve-cloud",
+               "package-cloud"]
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("argv", [["--help"], *([name, "--help"] for name in SUBCOMMANDS)])
+def test_help_does_not_import_tensorflow(argv):
+    # WHEN --help runs in a fresh interpreter
+    result = run_python(f"""
+        import sys
+        from edgelesspart.cli import main
+        try:
+            main({argv!r})
+        except SystemExit as exc:
+            assert exc.code == 0, exc.code
+        heavy = [m for m in ("tensorflow", "keras", "flask", "boto3", "matplotlib")
+                 if m in sys.modules]
+        print("HEAVY", heavy)
+    """)
+    # THEN it succeeds and nothing heavy was imported
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout
+    assert "usage: edgelesspart" in result.stdout
+
+
+def test_every_registered_module_exists():
+    import importlib
+
+    for name in COMMAND_MODULES:
+        assert callable(importlib.import_module(f"edgelesspart.commands.{name}").register)
+
+
+def test_user_error_is_one_line_and_exit_code_2(tmp_path, capsys):
+    code = main(["inspect", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "edgelesspart inspect: error: No manifest.json" in err
+
+
+def test_build_config_file_and_flag_precedence(tmp_path):
+    from edgelesspart.cli import make_parser
+    from edgelesspart.commands.build import config_from_args
+
+    config_file = tmp_path / "build.yaml"
+    config_file.write_text("constraint: latency\nplacement: pareto\nexits-per-part: 3,1\n"
+                           "memory_fraction: 0.5\n")
+    args = make_parser().parse_args(["build", "--config", str(config_file), "--placement",
+                                     "linear"])
+    config = config_from_args(args)
+    assert config.constraint == "latency"
+    assert config.placement == "linear"  # the flag wins over the file
+    assert config.exits_per_part == (3, 1) and config.memory_fraction == 0.5
+
+
+def test_build_config_rejects_bad_values(tmp_path):
+    with pytest.raises(ConfigError, match="Unknown build option 'colour'"):
+        BuildConfig.from_mapping({"colour": "red"})
+    with pytest.raises(ConfigError, match="at most 3|in 0..3"):
+        BuildConfig(exits_per_part=(4, 1))
+    with pytest.raises(ConfigError, match="memory_fraction must be in"):
+        BuildConfig(memory_fraction=1.5)
+    with pytest.raises(ConfigError, match="either exit_spec or exit_template"):
+        BuildConfig(exit_spec="a.yaml", exit_template="b.j2")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- just\n- a list\n")
+    assert main(["build", "--config", str(bad)]) == 2
+
+
+@pytest.mark.parametrize("value, expected", [(2, (2, 2)), ("3,1", (3, 1)), ([0, 2], (0, 2))])
+def test_exits_per_part_parsing(value, expected):
+    assert parse_exits_per_part(value) == expected
