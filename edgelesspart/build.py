@@ -181,17 +181,49 @@ def make_plan(config: BuildConfig, host_profile: Any, model_name: str) -> tuple[
     return plan, summary
 
 
+def _exit_heads(model: Any, plan: Plan, definition: Any, classes: int) -> tuple[Any, dict, dict]:
+    """Render the exit definition and attach one head per planned exit (exit_1, exit_2, ...)."""
+    from edgelesspart import exits
+    from edgelesspart.graph import cut_tensor
+
+    if definition.kind == "default":
+        definition = exits.load_exit_definition(pooling=exits.classifier_pooling(model))
+    builder = exits.compile_exit_builder(definition)
+    exit_cuts = {f"exit_{i + 1}": cut for i, cut in enumerate(plan.exits)}
+    exit_tensors = {
+        name: exits.attach_exit(builder, cut_tensor(model, cut), classes, name)
+        for name, cut in exit_cuts.items()
+    }
+    return definition, exit_cuts, exit_tensors
+
+
+def _train(config: BuildConfig, model: Any, data: Any, untrained: bool) -> tuple[Any, bool, int]:
+    """Train the backbone when asked (or, with ``auto``, when it came untrained from the zoo)."""
+    from edgelesspart import training
+
+    train_config = training.TrainingConfig(
+        epochs=config.epochs,
+        exit_epochs=config.exit_epochs,
+        batch_size=config.batch_size,
+        seed=config.seed,
+    )
+    do_train = config.train_backbone == "yes" or (config.train_backbone == "auto" and untrained)
+    epochs = training.train_backbone(model, data, train_config) if do_train else 0
+    return train_config, do_train, epochs
+
+
 def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = print) -> BuildResult:
     """Run the whole pipeline for ``config`` and return the exported bundle."""
     from edgelesspart import datasets, exits, export, profiler, training, zoo
     from edgelesspart._lazy import keras
-    from edgelesspart.graph import cut_tensor, functional_model
+    from edgelesspart.graph import functional_model
 
     clock = _Clock()
     keras().utils.set_random_seed(config.seed)
     data = datasets.load_dataset(
         config.dataset, seed=config.seed, image_size=config.image_size, limit=config.limit
     )
+    # Reject a bad exit spec/template before any training time is spent.
     definition = exits.load_exit_definition(config.exit_spec, config.exit_template)
     model, model_info = zoo.resolve_model(
         config.model, data.input_shape, data.num_classes, seed=config.seed
@@ -200,15 +232,9 @@ def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = pri
     sizes = f"{len(data.x_train)}/{len(data.x_val)}/{len(data.x_test)}"
     log(f"data: {data.name}, train/val/test = {sizes}; model: {model_info['name']}")
     clock.lap("load")
-    train_config = training.TrainingConfig(
-        epochs=config.epochs,
-        exit_epochs=config.exit_epochs,
-        batch_size=config.batch_size,
-        seed=config.seed,
+    train_config, trained, backbone_epochs = _train(
+        config, model, data, model_info.get("source") == "zoo"
     )
-    untrained = model_info.get("source") == "zoo"
-    do_train = config.train_backbone == "yes" or (config.train_backbone == "auto" and untrained)
-    backbone_epochs = training.train_backbone(model, data, train_config) if do_train else 0
     clock.lap("train_backbone")
     host_profile = profiler.profile_model(
         model,
@@ -220,21 +246,14 @@ def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = pri
     )
     clock.lap("profile")
     plan, profile_summary = make_plan(config, host_profile, model_info["name"])
-    if definition.kind == "default":
-        definition = exits.load_exit_definition(pooling=exits.classifier_pooling(model))
-    builder = exits.compile_exit_builder(definition)
-    exit_cuts = {f"exit_{i + 1}": cut for i, cut in enumerate(plan.exits)}
-    exit_tensors = {
-        name: exits.attach_exit(builder, cut_tensor(model, cut), data.num_classes, name)
-        for name, cut in exit_cuts.items()
-    }
+    definition, exit_cuts, exit_tensors = _exit_heads(model, plan, definition, data.num_classes)
     joint, exit_epochs = training.train_exits(model, exit_tensors, data, train_config)
     clock.lap("train_exits")
     accuracy = {
         "val": training.classifier_accuracy(joint, data.x_val, data.y_val),
         "test": training.classifier_accuracy(joint, data.x_test, data.y_test),
     }
-    report = training.TrainingReport(do_train, backbone_epochs, exit_epochs, accuracy)
+    report = training.TrainingReport(trained, backbone_epochs, exit_epochs, accuracy)
     request = export.ExportRequest(
         backbone=model,
         exit_tensors=exit_tensors,

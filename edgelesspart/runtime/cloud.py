@@ -1,0 +1,208 @@
+"""The cloud part: the TF-free logic every cloud entry point shares.
+
+The Lambda handler, the HTTP entry and the local servers are thin wrappers around one
+:class:`CloudPart`: it loads only the stages after the first (the cloud segments), decodes an
+offloaded boundary tensor in any codec, checks it was made for this bundle, and runs the
+remaining stages with early exits until the final classifier. Errors a client can cause come
+back as ``{"error": {"type", "message"}, "status": 4xx}`` from :meth:`CloudPart.handle_event`,
+or as :class:`~edgelesspart.errors.EdgeLessPartError` from :meth:`CloudPart.continue_request`
+(map them with :func:`status_for`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgelesspart.errors import BundleError, EdgeLessPartError, InputError
+from edgelesspart.runtime import codecs
+from edgelesspart.runtime.bundle import Bundle
+from edgelesspart.runtime.executor import (
+    DEFAULT_THRESHOLD,
+    Answer,
+    ProgressiveExecutor,
+    check_threshold,
+)
+from edgelesspart.runtime.manifest import load_manifest
+from edgelesspart.runtime.preprocess import validate_input
+
+#: Largest decoded tensor the cloud part accepts (bytes).
+MAX_TENSOR_BYTES = 64 * 2**20
+
+
+def status_for(exc: EdgeLessPartError) -> int:
+    """The HTTP status a client-caused error maps to (409 bundle mismatch, else 400)."""
+    if isinstance(exc, BundleError):
+        return 409
+    return 400
+
+
+def error_response(exc: EdgeLessPartError) -> dict[str, Any]:
+    """The JSON error body every cloud entry point returns for ``exc``."""
+    return {"error": {"type": type(exc).__name__, "message": str(exc)}, "status": status_for(exc)}
+
+
+def _ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1000.0
+
+
+class CloudPart:
+    """Load the cloud stage(s) of a bundle and continue offloaded tensors.
+
+    Args:
+        bundle_path: the bundle directory (a cloud package may hold only its own segments).
+        verify: check file hashes against the manifest.
+        pool_size: interpreters per segment (= concurrent requests per segment).
+        stages: stages to run (default: every stage after the first).
+        threshold: default threshold when neither the call nor the tensor's meta sets one.
+        max_bytes: largest decoded tensor accepted.
+
+    Raises:
+        BundleError: the bundle is invalid, has a single stage, or the chosen stages do not end
+            in the final classifier.
+    """
+
+    def __init__(
+        self,
+        bundle_path: str | Path,
+        *,
+        verify: bool = True,
+        pool_size: int = 4,
+        stages: Sequence[str] | None = None,
+        threshold: float = DEFAULT_THRESHOLD,
+        max_bytes: int = MAX_TENSOR_BYTES,
+    ) -> None:
+        start = time.perf_counter()
+        if stages is None:
+            names = load_manifest(bundle_path, verify=False).stage_names
+            if len(names) < 2:
+                raise BundleError(
+                    f"Bundle has the single stage {list(names)}: there is no cloud part to load."
+                )
+            stages = names[1:]
+        self.bundle = Bundle.load(bundle_path, verify=verify, stages=stages, pool_size=pool_size)
+        self.threshold = check_threshold(threshold)
+        self.max_bytes = int(max_bytes)
+        self.executors = [
+            ProgressiveExecutor(self.bundle, s, threshold) for s in self.bundle.stages
+        ]
+        if not self.executors[-1].is_final:
+            raise BundleError(
+                f"Cloud stages {list(self.bundle.stages)} do not end in the final classifier; "
+                "load every stage after the split."
+            )
+        self._lock = threading.Lock()
+        self._cold = True
+        self.init_ms = _ms(start)
+
+    @property
+    def bundle_id(self) -> str:
+        """The bundle id every offloaded tensor must carry in ``meta.bundle_id``."""
+        return self.bundle.bundle_id
+
+    def run(self, x: np.ndarray, threshold: float | None = None) -> list[Answer]:
+        """Run the cloud stages on a boundary batch; every row gets an answer.
+
+        Raises:
+            InputError: ``x`` does not match the first cloud segment's input.
+        """
+        thr = self.threshold if threshold is None else check_threshold(threshold)
+        current = validate_input(x, self.executors[0].input_spec)
+        rows = np.arange(len(current))
+        answers: list[Answer | None] = [None] * len(rows)
+        for executor in self.executors:
+            result = executor.run(current, thr)
+            for i, answer in enumerate(result.answers):
+                if answer is not None:
+                    answers[int(rows[i])] = answer
+            if not len(result.pending):
+                break
+            rows, current = rows[result.pending], result.boundary
+        missing = [i for i, a in enumerate(answers) if a is None]
+        if missing:
+            raise BundleError(f"The cloud stages left rows {missing[:10]} without an answer.")
+        return [a for a in answers if a is not None]
+
+    def _check_meta(self, header: dict[str, Any]) -> dict[str, Any]:
+        meta = header.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise InputError(f"Tensor header 'meta' must be a JSON object, got {meta!r}.")
+        got = meta.get("bundle_id")
+        if got != self.bundle_id:
+            raise BundleError(
+                f"Tensor was made for bundle {got!r}, but this cloud part serves bundle "
+                f"{self.bundle_id!r}. Deploy the same bundle on the edge and in the cloud "
+                "(and send meta.bundle_id)."
+            )
+        return meta
+
+    def continue_request(self, payload: bytes, *, threshold: float | None = None) -> dict:
+        """Decode an offloaded tensor, check its bundle id and run the cloud stages.
+
+        Args:
+            payload: an encoded tensor (any codec) whose ``meta.bundle_id`` is this bundle's.
+            threshold: overrides ``meta.threshold``, which overrides the default.
+
+        Returns:
+            ``{"answers": [answer dicts], "timings": {"decode", "run", "total"}, "bundle_id"}``.
+
+        Raises:
+            CodecError: corrupt payload or unknown codec. BundleError: bundle id mismatch.
+            InputError: wrong shape or values. ConfigError: bad threshold.
+        """
+        start = time.perf_counter()
+        if not isinstance(payload, (bytes, bytearray, memoryview)) or not len(payload):
+            raise InputError("Expected a non-empty encoded tensor (bytes), got nothing usable.")
+        data = bytes(payload)
+        meta = self._check_meta(codecs.read_header(data, max_bytes=self.max_bytes))
+        array, _ = codecs.decode_tensor(data, max_bytes=self.max_bytes)
+        decode_ms = _ms(start)
+        if threshold is None:
+            threshold = meta.get("threshold", self.threshold)
+        run_start = time.perf_counter()
+        answers = self.run(array, check_threshold(threshold))
+        timings = {"decode": decode_ms, "run": _ms(run_start), "total": _ms(start)}
+        return {
+            "answers": [a.to_dict() for a in answers],
+            "timings": timings,
+            "bundle_id": self.bundle_id,
+        }
+
+    def _take_cold(self) -> bool:
+        with self._lock:
+            cold, self._cold = self._cold, False
+        return cold
+
+    def handle_event(self, event: dict) -> dict:
+        """Answer a Lambda-style JSON event ``{"tensor_b64": str, "threshold": float?}``.
+
+        Returns:
+            ``{"answers", "bundle_id", "cold_start", "init_ms", "timings"}``, or
+            ``{"error": {"type", "message"}, "status": 4xx}`` for a bad request.
+        """
+        cold = self._take_cold()
+        try:
+            if not isinstance(event, dict):
+                raise InputError(
+                    f"Expected a JSON object event with 'tensor_b64', got {type(event).__name__}."
+                )
+            encoded = event.get("tensor_b64")
+            if not isinstance(encoded, str) or not encoded:
+                raise InputError(
+                    "Event needs 'tensor_b64': the base64 of an encoded tensor "
+                    f"(got {type(encoded).__name__})."
+                )
+            result = self.continue_request(
+                codecs.from_base64(encoded), threshold=event.get("threshold")
+            )
+        except EdgeLessPartError as exc:
+            return error_response(exc)
+        return {**result, "cold_start": cold, "init_ms": self.init_ms}
+
+    def __repr__(self) -> str:
+        return f"CloudPart(bundle_id={self.bundle_id!r}, stages={self.bundle.stages})"

@@ -1,0 +1,290 @@
+"""Progressive executor: run a stage's segments; each sample stops at its first confident exit.
+
+After every exit, the rows whose top-1 confidence reaches the threshold are answered and
+removed from the batch, so later segments never run for them; the model's final classifier
+answers every row that gets that far. Rows still pending at the end of a non-final stage are
+handed on (their boundary tensor) to the next stage, usually through an offloader.
+
+:meth:`ProgressiveExecutor.trace` is the evaluation path: it runs every loaded segment once on
+every row and keeps every exit's probabilities, so an evaluator can compute the outcome of any
+threshold from one trace with exactly the numbers the served path would see.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from numbers import Real
+from typing import Any
+
+import numpy as np
+
+from edgelesspart.errors import BundleError, ConfigError
+from edgelesspart.runtime.bundle import Bundle
+from edgelesspart.runtime.manifest import FINAL_EXIT, SegmentSpec
+from edgelesspart.runtime.preprocess import validate_input
+
+DEFAULT_THRESHOLD = 0.8
+TOTAL = "total"
+
+
+def check_threshold(value: Any) -> float:
+    """Validate a confidence threshold and return it as a float.
+
+    ``0 <= t``; an exit answers when its top-1 confidence ``>= t``. Any value above 1 means
+    "never exit early" (only the final classifier answers).
+
+    Raises:
+        ConfigError: not a real number, NaN, or negative.
+    """
+    if isinstance(value, bool) or not isinstance(value, (Real, np.floating, np.integer)):
+        raise ConfigError(
+            f"Threshold must be a number >= 0 (values > 1 disable early exits), "
+            f"got {value!r} of type {type(value).__name__}."
+        )
+    number = float(value)
+    if math.isnan(number) or number < 0:
+        raise ConfigError(
+            f"Threshold must be a number >= 0 (values > 1 disable early exits), got {value!r}."
+        )
+    return number
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One sample's answer. :meth:`to_dict` is the JSON the services return."""
+
+    label: int
+    class_name: str
+    confidence: float
+    exit: str
+    stage: str
+    timings: dict[str, float] = field(default_factory=dict)
+    degraded: bool = False
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {
+            "label": self.label,
+            "class_name": self.class_name,
+            "confidence": self.confidence,
+            "exit": self.exit,
+            "stage": self.stage,
+            "timings": dict(self.timings),
+            "degraded": self.degraded,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Answer:
+        """Build from :meth:`to_dict` output (e.g. an answer the cloud part sent back)."""
+        return cls(
+            label=int(data["label"]),
+            class_name=str(data["class_name"]),
+            confidence=float(data["confidence"]),
+            exit=str(data["exit"]),
+            stage=str(data["stage"]),
+            timings={str(k): float(v) for k, v in dict(data.get("timings", {})).items()},
+            degraded=bool(data.get("degraded", False)),
+            reason=None if data.get("reason") is None else str(data["reason"]),
+        )
+
+    def as_degraded(self, reason: str) -> Answer:
+        """This answer marked as a degraded fallback, with the reason."""
+        return replace(self, degraded=True, reason=reason)
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What one stage made of a batch.
+
+    Attributes:
+        answers: one per input row; ``None`` when the row must go on to the next stage.
+        pending: int indices of the rows still pending, in input order.
+        boundary: the boundary tensor rows for ``pending`` (``None`` if nothing is pending).
+        best: per input row, the most confident exit seen in this stage (the degraded
+            fallback when the next stage cannot answer); ``None`` if the stage has no exit.
+    """
+
+    answers: list[Answer | None]
+    pending: np.ndarray
+    boundary: np.ndarray | None
+    best: list[Answer | None]
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Every exit's probabilities for a batch, plus per-segment timings and boundary sizes."""
+
+    exits: tuple[str, ...]
+    exit_stage: dict[str, str]
+    exit_segment: dict[str, str]
+    probs: dict[str, np.ndarray]
+    segments: tuple[str, ...]
+    segment_stage: dict[str, str]
+    segment_ms: dict[str, float]
+    boundary_bytes: dict[str, int]
+
+
+class _Rows:
+    """Per-row bookkeeping while a batch moves through a stage."""
+
+    def __init__(self, n: int) -> None:
+        self.answers: list[Answer | None] = [None] * n
+        self.best: list[Answer | None] = [None] * n
+        self.timings: list[dict[str, float]] = [{} for _ in range(n)]
+        self.active = np.arange(n)
+
+    def add_time(self, segment: str, ms: float) -> None:
+        for row in self.active:
+            self.timings[row][segment] = ms
+
+
+class ProgressiveExecutor:
+    """Run one stage of a loaded bundle with early exits.
+
+    Thread-safe: it holds no per-call state, and each segment runner has its own pool.
+
+    Args:
+        bundle: a bundle with ``stage`` loaded.
+        stage: the stage name (``"edge"``, ``"cloud"``, ...).
+        threshold: default confidence threshold (see :func:`check_threshold`).
+    """
+
+    def __init__(self, bundle: Bundle, stage: str, threshold: float = DEFAULT_THRESHOLD) -> None:
+        self.bundle = bundle
+        self.stage = stage
+        self.threshold = check_threshold(threshold)
+        self._segments = bundle.segments(stage)
+        if not self._segments:
+            raise BundleError(f"Stage {stage!r} has no segments in manifest.json.")
+        self._runners = [bundle.runner(seg.name) for seg in self._segments]
+        self.input_spec = self._segments[0].input
+        self.is_final = self._segments[-1].exit == FINAL_EXIT
+
+    @property
+    def segments(self) -> tuple[SegmentSpec, ...]:
+        """This stage's segments in execution order."""
+        return self._segments
+
+    def run(self, x: np.ndarray, threshold: float | None = None) -> StageResult:
+        """Run the stage on a batch, answering each row at its first confident exit.
+
+        Args:
+            x: ``(N, *input.shape)`` (or one sample) for the stage's first segment.
+            threshold: overrides the executor's default threshold for this call.
+
+        Returns:
+            The per-row answers, the pending rows and their boundary tensor.
+
+        Raises:
+            InputError: ``x`` has the wrong shape or dtype, or holds NaN/Inf.
+            ConfigError: the threshold is invalid.
+        """
+        thr = self.threshold if threshold is None else check_threshold(threshold)
+        current = validate_input(x, self.input_spec)
+        rows = _Rows(current.shape[0])
+        for seg, runner in zip(self._segments, self._runners):
+            t0 = time.perf_counter()
+            probs, boundary = runner(current)
+            rows.add_time(seg.name, (time.perf_counter() - t0) * 1000.0)
+            keep = np.ones(len(rows.active), dtype=bool)
+            if seg.exit is not None:
+                keep = self._exit(seg, probs, rows, thr)
+            rows.active = rows.active[keep]
+            if not len(rows.active):
+                break
+            current = boundary[keep] if boundary is not None else None
+        answers = [_with_total(a) for a in rows.answers]
+        best = [_with_total(a) for a in rows.best]
+        pending = rows.active.astype(np.int64)
+        return StageResult(answers, pending, current if len(pending) else None, best)
+
+    def _exit(
+        self, seg: SegmentSpec, probs: np.ndarray | None, rows: _Rows, thr: float
+    ) -> np.ndarray:
+        """Record answers at an exit; return the mask of rows that go on."""
+        classes = self.bundle.classes
+        if probs is None or probs.shape[1] != len(classes):
+            got = None if probs is None else probs.shape
+            raise BundleError(
+                f"Exit {seg.exit!r} returned probabilities of shape {got}; the manifest lists "
+                f"{len(classes)} classes."
+            )
+        labels = probs.argmax(axis=1)
+        conf = probs[np.arange(len(labels)), labels]
+        final = seg.exit == FINAL_EXIT
+        answer_mask = np.ones(len(labels), bool) if final else (conf >= thr) & (thr <= 1.0)
+        for i, row in enumerate(rows.active):
+            answer = Answer(
+                label=int(labels[i]),
+                class_name=classes[int(labels[i])],
+                confidence=float(conf[i]),
+                exit=str(seg.exit),
+                stage=self.stage,
+                timings=rows.timings[row],
+            )
+            if rows.best[row] is None or answer.confidence > rows.best[row].confidence:
+                rows.best[row] = answer
+            if answer_mask[i]:
+                rows.answers[row] = answer
+        return ~answer_mask
+
+    def trace(self, x: np.ndarray, *, batch_size: int = 256, timing_samples: int = 5) -> Trace:
+        """Run every segment of every loaded stage on every row; keep every exit's output.
+
+        Args:
+            x: input of the first loaded stage, ``(N, *input.shape)``.
+            batch_size: rows per LiteRT call (bounds memory on large evaluation sets).
+            timing_samples: batch-1 runs per segment for the median per-sample latency.
+
+        Returns:
+            A :class:`Trace`; ``segment_ms`` is the median of ``timing_samples`` batch-1 runs.
+        """
+        segments = [s for st in self.bundle.stages for s in self.bundle.segments(st)]
+        current = validate_input(x, segments[0].input)
+        probs: dict[str, np.ndarray] = {}
+        segment_ms: dict[str, float] = {}
+        boundary_bytes: dict[str, int] = {}
+        for seg in segments:
+            runner = self.bundle.runner(seg.name)
+            segment_ms[seg.name] = _median_ms(runner, current[: max(1, timing_samples)])
+            outs = [runner(current[i : i + batch_size]) for i in range(0, len(current), batch_size)]
+            if seg.exit is not None:
+                probs[seg.exit] = np.concatenate([o[0] for o in outs]).astype(np.float32)
+            if seg.boundary is not None:
+                current = np.concatenate([o[1] for o in outs])
+                boundary_bytes[seg.name] = int(current[0].nbytes)
+            else:
+                boundary_bytes[seg.name] = 0
+        exits = tuple(s.exit for s in segments if s.exit is not None)
+        return Trace(
+            exits=exits,
+            exit_stage={s.exit: s.stage for s in segments if s.exit is not None},
+            exit_segment={s.exit: s.name for s in segments if s.exit is not None},
+            probs=probs,
+            segments=tuple(s.name for s in segments),
+            segment_stage={s.name: s.stage for s in segments},
+            segment_ms=segment_ms,
+            boundary_bytes=boundary_bytes,
+        )
+
+
+def _median_ms(runner: Any, samples: np.ndarray) -> float:
+    runner(samples[:1])  # warm-up: the first call after a resize allocates tensors
+    times = []
+    for i in range(len(samples)):
+        t0 = time.perf_counter()
+        runner(samples[i : i + 1])
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return float(np.median(times))
+
+
+def _with_total(answer: Answer | None) -> Answer | None:
+    """A copy with its own timings dict and ``total`` = the sum of its segments' ms."""
+    if answer is None:
+        return None
+    timings = {k: v for k, v in answer.timings.items() if k != TOTAL}
+    return replace(answer, timings={**timings, TOTAL: float(sum(timings.values()))})

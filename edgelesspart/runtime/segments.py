@@ -1,0 +1,199 @@
+"""Run one exported segment (a ``.tflite`` file) with LiteRT, safely from many threads.
+
+A LiteRT interpreter is not thread-safe: one interpreter must not run two calls at once. A
+:class:`SegmentRunner` therefore owns a small pool of interpreters for the same model (created
+on demand, at most ``pool_size``); each call borrows one, runs it and gives it back, so
+``pool_size`` requests run in parallel and the rest wait for a free interpreter.
+
+Every segment file has one signature, ``serving_default``, taking ``x`` (``(N, *input.shape)``
+float32, batch dimension dynamic) and returning ``probs`` (iff the segment ends in an exit) and
+``boundary`` (iff it hands a tensor on). The signature runner resizes the input to the batch it
+is given and re-allocates tensors on every call, so any batch size works with one interpreter.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgelesspart.errors import BundleError, InputError
+from edgelesspart.runtime.manifest import SegmentSpec
+from edgelesspart.runtime.preprocess import validate_input
+
+SIGNATURE = "serving_default"
+INPUT_NAME = "x"
+PROBS = "probs"
+BOUNDARY = "boundary"
+
+
+def _interpreter_class() -> Any:
+    from ai_edge_litert.interpreter import Interpreter
+
+    return Interpreter
+
+
+def expected_outputs(spec: SegmentSpec) -> set[str]:
+    """Output names a segment's signature must have, from its spec."""
+    names = set()
+    if spec.exit is not None:
+        names.add(PROBS)
+    if spec.boundary is not None:
+        names.add(BOUNDARY)
+    return names
+
+
+class SegmentRunner:
+    """One LiteRT model with a pool of interpreters; call it like a function.
+
+    Args:
+        path: the segment's ``.tflite`` file.
+        spec: its manifest entry (input spec, whether it has an exit and a boundary).
+        pool_size: the most interpreters (and so concurrent calls) for this segment.
+        num_threads: CPU threads each interpreter may use.
+
+    Raises:
+        BundleError: the file is missing, is not a LiteRT model, or its signature does not
+            match the spec.
+    """
+
+    def __init__(
+        self, path: Path, spec: SegmentSpec, pool_size: int = 4, num_threads: int = 1
+    ) -> None:
+        if int(pool_size) < 1 or int(num_threads) < 1:
+            raise BundleError(
+                f"pool_size and num_threads must be >= 1, got {pool_size} and {num_threads}."
+            )
+        self.path = Path(path)
+        self.spec = spec
+        self.pool_size = int(pool_size)
+        self.num_threads = int(num_threads)
+        self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
+        self._lock = threading.Lock()
+        self._created = 0
+        self._calls = 0
+        self._rows = 0
+        if not self.path.is_file():
+            raise BundleError(f"Segment file {self.path} for segment {spec.name!r} is missing.")
+        self._idle.put(self._new_runner())
+        self._created = 1
+
+    def _new_runner(self) -> Any:
+        try:
+            interpreter = _interpreter_class()(
+                model_path=str(self.path), num_threads=self.num_threads
+            )
+            signatures = interpreter.get_signature_list()
+        except (ValueError, RuntimeError) as exc:
+            raise BundleError(
+                f"Segment file {self.path} is not a loadable LiteRT model: {exc}"
+            ) from exc
+        self._check_signature(signatures)
+        return interpreter.get_signature_runner(SIGNATURE)
+
+    def _check_signature(self, signatures: dict[str, dict[str, list[str]]]) -> None:
+        sig = signatures.get(SIGNATURE)
+        if sig is None:
+            raise BundleError(
+                f"Segment {self.spec.name!r} ({self.path.name}) has signatures "
+                f"{sorted(signatures)}, expected {SIGNATURE!r}. Re-export the bundle."
+            )
+        want = expected_outputs(self.spec)
+        if list(sig.get("inputs", [])) != [INPUT_NAME] or set(sig.get("outputs", [])) != want:
+            raise BundleError(
+                f"Segment {self.spec.name!r} signature takes {sig.get('inputs')} and returns "
+                f"{sorted(sig.get('outputs', []))}; the manifest expects input [{INPUT_NAME!r}] "
+                f"and outputs {sorted(want)}. The bundle and its manifest disagree; re-export."
+            )
+
+    def _acquire(self) -> Any:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            may_create = self._created < self.pool_size
+            if may_create:
+                self._created += 1  # reserve the slot before building outside the lock
+        if not may_create:
+            return self._idle.get()
+        try:
+            return self._new_runner()
+        except BaseException:
+            with self._lock:
+                self._created -= 1
+            raise
+
+    @property
+    def interpreters(self) -> int:
+        """How many interpreters this runner has built so far (at most ``pool_size``)."""
+        with self._lock:
+            return self._created
+
+    @property
+    def calls(self) -> int:
+        """How many times the model was invoked (empty batches are not invoked)."""
+        with self._lock:
+            return self._calls
+
+    @property
+    def rows(self) -> int:
+        """How many samples the model has processed in total."""
+        with self._lock:
+            return self._rows
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Run the segment on a batch.
+
+        Args:
+            x: ``(N, *spec.input.shape)`` (or one sample without the batch dimension).
+
+        Returns:
+            ``(probs, boundary)``: ``(N, C)`` probabilities if the segment has an exit, else
+            ``None``; ``(N, *spec.boundary.shape)`` if it hands a tensor on, else ``None``.
+
+        Raises:
+            InputError: ``x`` does not match the segment's input spec.
+        """
+        x = validate_input(x, self.spec.input)
+        runner = self._acquire()
+        try:
+            outputs = runner(**{INPUT_NAME: x})
+        except (ValueError, RuntimeError) as exc:
+            raise InputError(
+                f"Segment {self.spec.name!r} failed on a batch of shape {x.shape}: {exc}"
+            ) from exc
+        finally:
+            self._idle.put(runner)
+        with self._lock:
+            self._calls += 1
+            self._rows += int(x.shape[0])
+        return self._outputs(outputs, int(x.shape[0]))
+
+    def _outputs(
+        self, outputs: dict[str, np.ndarray], n: int
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        probs = outputs.get(PROBS)
+        boundary = outputs.get(BOUNDARY)
+        if boundary is not None and self.spec.boundary is not None:
+            want = (n, *self.spec.boundary.shape)
+            if tuple(boundary.shape) != want:
+                raise BundleError(
+                    f"Segment {self.spec.name!r} returned a boundary of shape "
+                    f"{tuple(boundary.shape)}, the manifest says {want}. Re-export the bundle."
+                )
+        if probs is not None and (probs.ndim != 2 or probs.shape[0] != n):
+            raise BundleError(
+                f"Segment {self.spec.name!r} returned probabilities of shape "
+                f"{tuple(probs.shape)}, expected ({n}, num_classes). Re-export the bundle."
+            )
+        return probs, boundary
+
+    def __repr__(self) -> str:
+        return (
+            f"SegmentRunner({self.spec.name!r}, path={str(self.path)!r}, "
+            f"pool_size={self.pool_size}, interpreters={self.interpreters})"
+        )
