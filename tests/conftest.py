@@ -13,7 +13,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "2")
 
-sys.path.insert(0, str(Path(__file__).parent))
+# After the repository root (pytest `pythonpath`), so tests/edge_runtime never shadows the
+# real edge_runtime package; this only makes tests/bundle_factory.py importable.
+sys.path.append(str(Path(__file__).parent))
 
 
 @pytest.fixture(scope="session")

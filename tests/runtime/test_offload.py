@@ -218,13 +218,14 @@ def test_client_errors_are_not_retried_and_keep_the_breaker_closed(fake_cloud, s
 
 def test_slow_cloud_times_out(fake_cloud):
     # GIVEN a cloud slower than the read timeout
-    fake_cloud.delay_s = 1.0
+    fake_cloud.delay_s = 3.0
     off = HttpOffloader(fake_cloud.url, OffloadPolicy(timeout_s=0.2, retries=0))
-    # WHEN offloading THEN it gives up after about the timeout
+    # WHEN offloading THEN it gives up long before the cloud would answer (generous bound:
+    # this only proves the timeout cut the wait short, not how fast the machine is)
     start = time.perf_counter()
     with pytest.raises(OffloadTimeout, match="No answer from http://127.0.0.1"):
         off.offload(BOUNDARY, threshold=0.5, meta=META)
-    assert time.perf_counter() - start < 0.9
+    assert time.perf_counter() - start < 2.5
 
 
 def test_refused_connection_is_unavailable(closed_port):
@@ -366,12 +367,12 @@ def test_lambda_payload_too_large_is_rejected(fake_cloud, monkeypatch):
 
 
 def test_lambda_slow_and_unreachable(fake_cloud, closed_port):
-    fake_cloud.delay_s = 1.0
+    fake_cloud.delay_s = 3.0
     policy = OffloadPolicy(timeout_s=0.2, connect_timeout_s=0.2, retries=0)
     start = time.perf_counter()
     with pytest.raises(OffloadTimeout, match="No answer from Lambda function 'edge-tail'"):
         _lambda(fake_cloud, policy).offload(BOUNDARY, threshold=0.5, meta=META)
-    assert time.perf_counter() - start < 0.9
+    assert time.perf_counter() - start < 2.5  # cut short by the timeout, with CI slack
     gone = LambdaOffloader("f", endpoint_url=f"http://127.0.0.1:{closed_port}", policy=policy)
     with pytest.raises(OffloadUnavailable, match="Cannot reach Lambda function 'f'"):
         gone.offload(BOUNDARY, threshold=0.5, meta=META)

@@ -1,0 +1,161 @@
+"""HTTP entry of the cloud part: a Flask app factory usable with any HTTP function host.
+
+Routes: ``POST /v1/continue`` (body = an encoded tensor in the codec wire format; answers
+``{"answers": [...], "bundle_id", "timings", "cold_start", ...}``), ``GET /healthz``,
+``GET /metrics`` (Prometheus text) and ``GET /v1/stats`` (the request counters as JSON, so
+tests and operators can see how many calls actually reached the cloud).
+
+Deploy it with any WSGI host (waitress, gunicorn ``-k gthread``, Google Cloud Functions' Flask
+adapter); ``edgelesspart serve-cloud`` serves it together with the Lambda Invoke API.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cloud_functions.handler import Container
+from edge_runtime.errors import BadRequest, Unauthorized, UnsupportedMedia, register_error_handlers
+from edge_runtime.metrics import Registry
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+EXTENSION = "edgelesspart"
+TENSOR_TYPES = ("application/x-edgelesspart-tensor", "application/octet-stream")
+THRESHOLD_HEADER = "X-EdgeLessPart-Threshold"
+DEFAULT_MAX_CONTENT_LENGTH = 8 * 1024 * 1024
+
+
+class CloudService:
+    """What a cloud app keeps in ``app.extensions["edgelesspart"]``: the container and counters."""
+
+    def __init__(self, container: Container, token: str | None = None) -> None:
+        self.container = container
+        self.token = token
+        self.registry = Registry()
+        self.requests = self.registry.counter(
+            "edgelesspart_cloud_requests_total", "Requests that reached the cloud part, by route."
+        )
+        self.rows = self.registry.counter(
+            "edgelesspart_cloud_rows_total", "Rows the cloud part answered."
+        )
+        self.latency = self.registry.histogram(
+            "edgelesspart_cloud_latency_seconds", "Wall time of a cloud request by route."
+        )
+
+    def stats(self) -> dict[str, Any]:
+        """The counters as JSON: total, per route (``continue``, ``invoke``), rows answered."""
+        per_route = {
+            "continue": self.requests.value(route="continue"),
+            "invoke": self.requests.value(route="invoke"),
+        }
+        return {
+            "requests": int(sum(per_route.values())),
+            **{k: int(v) for k, v in per_route.items()},
+            "rows": int(self.rows.total()),
+        }
+
+    def count(self, route: str, start: float, rows: int = 0) -> None:
+        """Record one request on ``route`` that started at ``start`` (perf_counter)."""
+        self.requests.inc(route=route)
+        self.rows.inc(rows)
+        self.latency.observe(time.perf_counter() - start, route=route)
+
+    def check_token(self, header: str | None) -> None:
+        """Refuse a request without the configured bearer token."""
+        if self.token and not hmac.compare_digest(
+            (header or "").encode(), f"Bearer {self.token}".encode()
+        ):
+            raise Unauthorized(
+                "Missing or wrong bearer token: send 'Authorization: Bearer <token>'."
+            )
+
+
+def create_app(
+    bundle_path: str | Path | None = None,
+    *,
+    cloud: Any = None,
+    token: str | None = None,
+    max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH,
+) -> Flask:
+    """Build the cloud HTTP app.
+
+    Args:
+        bundle_path: the (cloud) bundle; default ``$EDGELESSPART_BUNDLE`` or ``./bundle``
+            next to the handler.
+        cloud: an already built ``CloudPart`` (tests) instead of loading ``bundle_path``.
+        token: bearer token required on ``/v1/continue`` (``None``: no auth).
+        max_content_length: largest request body in bytes.
+    """
+    from flask import Flask
+
+    container = Container(bundle_path, cloud=cloud)
+    container.load()
+    app = Flask("cloud_functions")
+    app.config["MAX_CONTENT_LENGTH"] = max_content_length
+    app.json.sort_keys = False
+    service = CloudService(container, token)
+    app.extensions[EXTENSION] = service
+    register_error_handlers(app)
+    _register_routes(app, service)
+    return app
+
+
+def _register_routes(app: Flask, service: CloudService) -> None:
+    from flask import Response, jsonify, request
+
+    @app.post("/v1/continue")
+    def continue_request():
+        start = time.perf_counter()
+        service.check_token(request.headers.get("Authorization"))
+        if request.mimetype not in TENSOR_TYPES:
+            raise UnsupportedMedia(
+                f"Content-Type {request.mimetype or '(none)'!r} is not supported; send the "
+                f"encoded tensor as {TENSOR_TYPES[0]}."
+            )
+        body = request.get_data(cache=False)
+        if not body:
+            raise BadRequest("Empty request body: send an encoded tensor.", code="empty_body")
+        threshold = _threshold(request.args.get("threshold", request.headers.get(THRESHOLD_HEADER)))
+        cloud, cold, init_ms = service.container.acquire()
+        try:
+            result = dict(cloud.continue_request(body, threshold=threshold))
+        finally:
+            service.count("continue", start)
+        result.update(cold_start=cold, init_ms=init_ms)
+        service.rows.inc(len(result.get("answers", [])))
+        return jsonify(result)
+
+    @app.get("/healthz")
+    def health():
+        cloud = service.container.load()
+        return jsonify(status="ok", live=True, ready=True, bundle_id=_bundle_id(cloud))
+
+    @app.get("/metrics")
+    def metrics():
+        from edge_runtime.metrics import CONTENT_TYPE
+
+        return Response(service.registry.render(), content_type=CONTENT_TYPE)
+
+    @app.get("/v1/stats")
+    def stats():
+        return jsonify(service.stats())
+
+
+def _threshold(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise BadRequest(f"threshold must be a number, got {raw!r}.", code="bad_threshold") from exc
+
+
+def _bundle_id(cloud: Any) -> str | None:
+    bundle_id = getattr(cloud, "bundle_id", None)
+    if bundle_id is None:
+        bundle_id = getattr(getattr(cloud, "bundle", None), "bundle_id", None)
+    return bundle_id

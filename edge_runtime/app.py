@@ -1,0 +1,303 @@
+"""Flask app factory of the edge service.
+
+Routes: ``POST /v1/infer``, ``GET /v1/bundle``, ``GET /healthz``, ``GET /metrics``,
+``GET /openapi.json``. Nothing happens at import; :func:`create_app` loads the bundle's edge
+stage and keeps the :class:`~edge_runtime.service.EdgeService` in
+``app.extensions["edgelesspart"]``.
+
+``POST /v1/infer`` reads one of:
+
+* ``application/x-edgelesspart-tensor`` (or ``application/octet-stream``): the codec wire
+  format (small JSON header + tensor bytes, see ``edgelesspart.runtime.codecs``);
+* ``application/json``: ``{"tensor_b64": ...}`` (the same bytes, base64) or
+  ``{"inputs": nested lists}``, optionally with ``"threshold"`` and ``"bundle_id"``;
+* ``image/png`` / ``image/jpeg``: one image, preprocessed as the manifest says.
+
+The threshold may be overridden per request (``?threshold=``, header
+``X-EdgeLessPart-Threshold`` or the JSON field) within the configured bounds.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edge_runtime.config import EdgeConfig
+from edge_runtime.errors import (
+    BadRequest,
+    BundleMismatch,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMedia,
+    register_error_handlers,
+)
+from edge_runtime.openapi import TENSOR_MEDIA, openapi_document
+from edge_runtime.service import EdgeService
+from edgelesspart.errors import ConfigError
+
+if TYPE_CHECKING:
+    from flask import Flask, Request
+
+EXTENSION = "edgelesspart"
+BUNDLE_HEADER = "X-EdgeLessPart-Bundle"
+THRESHOLD_HEADER = "X-EdgeLessPart-Threshold"
+TENSOR_TYPES = (TENSOR_MEDIA, "application/octet-stream")
+IMAGE_TYPES = ("image/png", "image/jpeg")
+
+
+def create_app(
+    bundle: str | Path | Any,
+    config: EdgeConfig | None = None,
+    *,
+    offloader: Any = None,
+) -> Flask:
+    """Build the edge Flask app for a bundle.
+
+    Args:
+        bundle: a bundle directory, or an already loaded ``Bundle``.
+        config: service settings (default :class:`EdgeConfig` from the environment).
+        offloader: an ``Offloader`` to use instead of the one ``config.cloud`` names
+            (e.g. ``InProcessOffloader`` in tests).
+
+    Returns:
+        The Flask app; the service is in ``app.extensions["edgelesspart"]``.
+    """
+    from flask import Flask
+
+    config = config or EdgeConfig.from_env()
+    if isinstance(bundle, (str, Path)):
+        service = EdgeService.load(bundle, config, offloader)
+    else:
+        service = EdgeService(bundle, config, offloader)
+    app = Flask("edge_runtime")
+    app.config["MAX_CONTENT_LENGTH"] = config.max_content_length
+    app.json.sort_keys = False
+    app.extensions[EXTENSION] = service
+    register_error_handlers(app)
+    _register_hooks(app, service)
+    _register_routes(app, service)
+    return app
+
+
+def _register_hooks(app: Flask, service: EdgeService) -> None:
+    from flask import g, request
+
+    @app.before_request
+    def _start() -> None:
+        g.edgelesspart_start = time.perf_counter()
+        token = service.config.token
+        if token and request.path.startswith("/v1/"):
+            sent = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+                raise Unauthorized(
+                    "Missing or wrong bearer token: send 'Authorization: Bearer <token>'."
+                )
+
+    @app.after_request
+    def _count(response):
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        service.metrics.requests.inc(route=route, status=str(response.status_code))
+        start = g.get("edgelesspart_start")
+        if start is not None:
+            service.metrics.latency.observe(time.perf_counter() - start, route=route)
+        return response
+
+
+def _register_routes(app: Flask, service: EdgeService) -> None:
+    from flask import Response, jsonify, request
+
+    @app.post("/v1/infer")
+    def infer():
+        x, threshold = read_request(request, service)
+        result = service.infer(x, threshold)
+        return jsonify(
+            answers=result.answers,
+            bundle_id=service.bundle.bundle_id,
+            threshold=service.config.threshold if threshold is None else threshold,
+            rows=len(result.answers),
+            offloaded=result.offloaded,
+            degraded=result.degraded,
+            timings=result.timings,
+            request_id=uuid.uuid4().hex,
+        )
+
+    @app.get("/v1/bundle")
+    def bundle_info():
+        return jsonify(bundle_summary(service))
+
+    @app.get("/healthz")
+    def health():
+        ready = not service.closed
+        breaker = getattr(service.offloader, "breaker", None)
+        body = {
+            "status": "ok" if ready else "stopping",
+            "live": True,
+            "ready": ready,
+            "bundle_id": service.bundle.bundle_id,
+            "cloud": {"kind": service.cloud_kind, "breaker": _breaker_state(breaker)},
+        }
+        return jsonify(body), 200 if ready else 503
+
+    @app.get("/metrics")
+    def metrics():
+        from edge_runtime.metrics import CONTENT_TYPE
+
+        return Response(service.metrics.render(), content_type=CONTENT_TYPE)
+
+    @app.get("/openapi.json")
+    def openapi():
+        from edgelesspart import __version__
+
+        return jsonify(openapi_document("EdgeLessPart edge", __version__, service.bundle.bundle_id))
+
+
+def _breaker_state(breaker: Any) -> str | None:
+    if breaker is None:
+        return None
+    state = breaker.state
+    return str(getattr(state, "value", state))
+
+
+def bundle_summary(service: EdgeService) -> dict[str, Any]:
+    """What ``GET /v1/bundle`` answers: the bundle as this edge service serves it."""
+    manifest = service.bundle.manifest
+    return {
+        "bundle_id": manifest.bundle_id,
+        "model": manifest.model,
+        "classes": list(manifest.classes),
+        "input": manifest.input.to_dict(),
+        "stages": list(manifest.stage_names),
+        "edge_stage": service.stage,
+        "segments": [{"name": s.name, "stage": s.stage, "exit": s.exit} for s in manifest.segments],
+        "exits": [
+            {"name": e.name, "stage": e.stage, "cut_point": e.cut_point} for e in manifest.exits
+        ],
+        "codec": service.config.codec,
+        "threshold": service.config.threshold,
+        "threshold_range": [service.config.threshold_min, service.config.threshold_max],
+        "max_batch": service.config.max_batch,
+        "cloud": service.cloud_kind,
+    }
+
+
+def read_request(request: Request, service: EdgeService) -> tuple[np.ndarray, float | None]:
+    """Parse the body of ``POST /v1/infer`` into a batch and an optional threshold override.
+
+    Raises:
+        ServiceError: empty or unreadable body, unknown media type, bundle mismatch, bad
+            threshold, too many rows. Codec and input errors propagate as library errors.
+    """
+    body = request.get_data(cache=False)
+    if not body:
+        raise BadRequest(
+            "Empty request body: send a tensor (application/x-edgelesspart-tensor), JSON "
+            '{"inputs": [...]} or {"tensor_b64": "..."}, or a PNG/JPEG image.'
+        )
+    threshold_raw: Any = request.args.get("threshold", request.headers.get(THRESHOLD_HEADER))
+    claimed = request.headers.get(BUNDLE_HEADER)
+    mimetype = request.mimetype
+    if mimetype in TENSOR_TYPES:
+        x = _decode(body, service)
+    elif mimetype == "application/json":
+        payload = _json_body(body)
+        threshold_raw = payload.get("threshold", threshold_raw)
+        claimed = payload.get("bundle_id", claimed)
+        x = _json_input(payload, service)
+    elif mimetype in IMAGE_TYPES:
+        from edgelesspart.runtime.preprocess import image_to_tensor
+
+        x = image_to_tensor(body, service.bundle.manifest.input)
+    else:
+        raise UnsupportedMedia(
+            f"Content-Type {mimetype or '(none)'!r} is not supported; use one of "
+            f"{', '.join(TENSOR_TYPES + ('application/json',) + IMAGE_TYPES)}."
+        )
+    _check_bundle(claimed, service)
+    _check_batch(x, service)
+    return x, _threshold(threshold_raw, service)
+
+
+def _decode(body: bytes, service: EdgeService) -> np.ndarray:
+    """Decode a wire-format tensor, refusing one bigger than ``max_batch`` float64 rows."""
+    from edgelesspart.runtime.codecs import decode_tensor
+
+    spec = service.bundle.manifest.input.tensor
+    limit = service.config.max_batch * max(spec.nbytes, 1) * 2  # float64 rows are cast, not refused
+    x, header = decode_tensor(body, max_bytes=limit)
+    meta = header.get("meta") or {}
+    if isinstance(meta, dict) and meta.get("bundle_id") is not None:
+        _check_bundle(str(meta["bundle_id"]), service)
+    return x
+
+
+def _json_body(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"Request body is not valid JSON: {exc}.", code="bad_json") from exc
+    if not isinstance(payload, dict):
+        raise BadRequest(
+            f'JSON body must be an object like {{"inputs": [...]}}, got {type(payload).__name__}.',
+            code="bad_json",
+        )
+    return payload
+
+
+def _json_input(payload: dict[str, Any], service: EdgeService) -> np.ndarray:
+    if "tensor_b64" in payload:
+        from edgelesspart.runtime.codecs import from_base64
+
+        encoded = payload["tensor_b64"]
+        if not isinstance(encoded, str):
+            raise BadRequest("tensor_b64 must be a base64 string.", code="bad_base64")
+        return _decode(from_base64(encoded), service)
+    if "inputs" in payload:
+        try:
+            x = np.asarray(payload["inputs"], dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(
+                f"inputs must be a rectangular nested list of numbers ({exc}).", code="bad_inputs"
+            ) from exc
+        if x.ndim == 0:
+            raise BadRequest(
+                "inputs must be a nested list, not a single number.", code="bad_inputs"
+            )
+        return x
+    raise BadRequest(
+        f'JSON body needs "tensor_b64" or "inputs"; got keys {sorted(payload)}.', code="bad_json"
+    )
+
+
+def _check_bundle(claimed: str | None, service: EdgeService) -> None:
+    if claimed is not None and str(claimed) != service.bundle.bundle_id:
+        raise BundleMismatch(
+            f"Request is for bundle {claimed!r} but this service serves "
+            f"{service.bundle.bundle_id!r}; fetch GET /v1/bundle and rebuild the client."
+        )
+
+
+def _check_batch(x: np.ndarray, service: EdgeService) -> None:
+    rank = len(service.bundle.manifest.input.tensor.shape)
+    rows = int(x.shape[0]) if x.ndim == rank + 1 else 1
+    if rows > service.config.max_batch:
+        raise PayloadTooLarge(
+            f"Batch of {rows} rows is over this service's limit of {service.config.max_batch}; "
+            "split the request."
+        )
+    if rows == 0:
+        raise BadRequest("The batch is empty (0 rows); send at least one row.", code="empty_batch")
+
+
+def _threshold(raw: Any, service: EdgeService) -> float | None:
+    if raw is None:
+        return None
+    try:
+        return service.config.check_threshold(raw)
+    except ConfigError as exc:
+        raise BadRequest(str(exc), code="bad_threshold") from exc

@@ -1,0 +1,165 @@
+"""Typed configuration of the edge service; defaults live here and only here.
+
+Precedence is argument > environment > default: :meth:`EdgeConfig.from_env` reads the
+``EDGELESSPART_*`` variables listed in :data:`ENV_NAMES` and then applies explicit overrides.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from edgelesspart.errors import ConfigError
+
+MIB = 1024 * 1024
+BUNDLE_ENV = "EDGELESSPART_BUNDLE"
+
+#: Every environment variable the edge service reads, by config field.
+ENV_NAMES: dict[str, str] = {
+    "cloud": "EDGELESSPART_CLOUD",
+    "threshold": "EDGELESSPART_THRESHOLD",
+    "token": "EDGELESSPART_TOKEN",
+    "cloud_token": "EDGELESSPART_CLOUD_TOKEN",
+    "lambda_endpoint": "EDGELESSPART_LAMBDA_ENDPOINT",
+    "region": "EDGELESSPART_REGION",
+    "max_content_length": "EDGELESSPART_MAX_CONTENT_LENGTH",
+    "max_batch": "EDGELESSPART_MAX_BATCH",
+    "offload_timeout_s": "EDGELESSPART_OFFLOAD_TIMEOUT",
+    "offload_retries": "EDGELESSPART_OFFLOAD_RETRIES",
+    "offload_workers": "EDGELESSPART_OFFLOAD_WORKERS",
+    "codec": "EDGELESSPART_CODEC",
+}
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """Settings of one edge service.
+
+    Attributes:
+        cloud: where pending rows go: ``http(s)://HOST:PORT`` (an HTTP cloud entry),
+            ``lambda://FUNCTION`` (AWS Lambda through boto3) or ``None`` (edge only: pending rows
+            are answered from the best local exit, marked degraded).
+        threshold: default confidence threshold ``c_thr``; above 1 means "never exit early".
+        threshold_min: lowest threshold a request may ask for.
+        threshold_max: highest threshold a request may ask for.
+        token: bearer token the edge requires on ``/v1/*`` (``None``: no auth).
+        cloud_token: bearer token sent to an HTTP cloud entry.
+        lambda_endpoint: boto3 ``endpoint_url`` for ``lambda://`` (a local server in tests).
+        region: AWS region for ``lambda://``.
+        max_content_length: largest request body in bytes (Flask ``MAX_CONTENT_LENGTH``).
+        max_batch: most rows in one request.
+        offload_timeout_s: read timeout of one cloud call.
+        connect_timeout_s: connect timeout of one cloud call.
+        offload_retries: extra attempts after a failed cloud call.
+        offload_workers: cloud calls in flight at once; beyond that rows are answered degraded
+            right away, so a slow cloud can never occupy every request thread.
+        codec: how the boundary tensor crosses the link (see ``edgelesspart.runtime.codecs``).
+        pool_size: LiteRT interpreters per segment (concurrent requests served in parallel).
+        verify: check the bundle's file hashes at load time.
+    """
+
+    cloud: str | None = None
+    threshold: float = 0.8
+    threshold_min: float = 0.0
+    threshold_max: float = 1.0
+    token: str | None = None
+    cloud_token: str | None = None
+    lambda_endpoint: str | None = None
+    region: str = "us-east-1"
+    max_content_length: int = 8 * MIB
+    max_batch: int = 64
+    offload_timeout_s: float = 2.0
+    connect_timeout_s: float = 0.5
+    offload_retries: int = 1
+    offload_workers: int = 4
+    codec: str = "raw"
+    pool_size: int = 4
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        if math.isnan(self.threshold) or self.threshold < 0:
+            raise ConfigError(
+                f"threshold must be a number >= 0 (above 1 disables early exits), got "
+                f"{self.threshold!r}."
+            )
+        if not 0.0 <= self.threshold_min <= self.threshold_max:
+            raise ConfigError(
+                f"threshold bounds must satisfy 0 <= min <= max, got "
+                f"[{self.threshold_min}, {self.threshold_max}]."
+            )
+        for name in ("max_content_length", "max_batch", "offload_workers", "pool_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}.")
+        if self.offload_timeout_s <= 0 or self.connect_timeout_s <= 0:
+            raise ConfigError("offload_timeout_s and connect_timeout_s must be > 0 seconds.")
+        if self.offload_retries < 0:
+            raise ConfigError(f"offload_retries must be >= 0, got {self.offload_retries!r}.")
+        if self.cloud is not None and not self.cloud.startswith(
+            ("http://", "https://", "lambda://")
+        ):
+            raise ConfigError(
+                f"cloud must be an http(s):// URL or lambda://FUNCTION_NAME, got {self.cloud!r}."
+            )
+        if self.cloud == "lambda://":
+            raise ConfigError("lambda:// needs a function name, e.g. lambda://edgelesspart-cloud.")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> EdgeConfig:
+        """Build a config: explicit ``overrides`` win over ``env`` (default ``os.environ``).
+
+        Raises:
+            ConfigError: an environment value cannot be converted, or a value is out of range.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for name, variable in ENV_NAMES.items():
+            if variable in env and env[variable] != "":
+                values[name] = _convert(variable, env[variable], types[name])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - set(types)
+        if unknown:
+            raise ConfigError(
+                f"Unknown edge config keys {sorted(unknown)}; known: {sorted(types)}."
+            )
+        return cls(**values)
+
+    def with_overrides(self, **overrides: Any) -> EdgeConfig:
+        """A copy with the non-``None`` overrides applied."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def check_threshold(self, value: Any) -> float:
+        """Validate a per-request threshold against ``[threshold_min, threshold_max]``.
+
+        Raises:
+            ConfigError: not a number, NaN, or outside the configured bounds.
+        """
+        try:
+            threshold = float(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"threshold must be a number, got {value!r}.") from exc
+        if math.isnan(threshold) or not self.threshold_min <= threshold <= self.threshold_max:
+            raise ConfigError(
+                f"threshold {value!r} is outside the allowed range "
+                f"[{self.threshold_min}, {self.threshold_max}] of this service."
+            )
+        return threshold
+
+
+def _convert(variable: str, raw: str, kind: Any) -> Any:
+    kind = str(kind)
+    try:
+        if "float" in kind:
+            return float(raw)
+        if "int" in kind:
+            return int(raw)
+        if "bool" in kind:
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+    except ValueError as exc:
+        raise ConfigError(
+            f"Environment variable {variable}={raw!r} is not a valid {kind}."
+        ) from exc
+    return raw

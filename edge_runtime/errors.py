@@ -1,0 +1,134 @@
+"""Typed HTTP errors, rendered once as JSON.
+
+Every service in EdgeLessPart (the edge app, the cloud HTTP entry, the local Lambda server)
+registers the same two handlers: one for :class:`ServiceError` and one for werkzeug's
+``HTTPException`` (so 404, 405 and 413 are JSON too). Library errors are mapped to a
+``ServiceError`` by :func:`from_library_error`::
+
+    ServiceError(status, code, message)
+    ├── BadRequest          400  malformed body, bad base64, bad threshold, unknown codec
+    ├── Unauthorized        401  missing or wrong bearer token
+    ├── BundleMismatch      409  the tensor was made for another bundle
+    ├── PayloadTooLarge     413  body over the configured limit
+    ├── UnsupportedMedia    415  a content type the route does not read
+    └── InvalidInput        422  wrong shape or dtype, NaN or Inf
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from edgelesspart.errors import BundleError, CodecError, EdgeLessPartError, InputError
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+LOG = logging.getLogger("edgelesspart.service")
+
+
+class ServiceError(Exception):
+    """An error with an HTTP status, a stable machine-readable code and a human message."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body of the error response."""
+        return {"error": {"code": self.code, "message": self.message, "status": self.status}}
+
+
+class BadRequest(ServiceError):
+    """The request could not be parsed."""
+
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(ServiceError):
+    """The bearer token is missing or wrong."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class BundleMismatch(ServiceError):
+    """The request was made for a different bundle than the one served."""
+
+    status = 409
+    code = "bundle_mismatch"
+
+
+class PayloadTooLarge(ServiceError):
+    """The body is larger than the configured limit."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMedia(ServiceError):
+    """The content type is not one the route reads."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class InvalidInput(ServiceError):
+    """The tensor does not match what the bundle expects (shape, dtype, NaN/Inf)."""
+
+    status = 422
+    code = "invalid_input"
+
+
+def from_library_error(exc: EdgeLessPartError) -> ServiceError:
+    """Map an EdgeLessPart library error raised while serving a request to a ServiceError."""
+    message = str(exc)
+    if isinstance(exc, InputError):
+        return InvalidInput(message)
+    if isinstance(exc, CodecError):
+        return BadRequest(message, code="bad_tensor")
+    if isinstance(exc, BundleError):
+        return BundleMismatch(message)
+    return BadRequest(message, code=type(exc).__name__)
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Render ServiceError, library errors and werkzeug HTTPExceptions as JSON on ``app``."""
+    from flask import jsonify
+    from werkzeug.exceptions import HTTPException
+
+    def _render(err: ServiceError):
+        response = jsonify(err.to_dict())
+        response.status_code = err.status
+        return response
+
+    @app.errorhandler(ServiceError)
+    def _service_error(err: ServiceError):
+        LOG.info("request refused: %s %s", err.status, err.message)
+        return _render(err)
+
+    @app.errorhandler(EdgeLessPartError)
+    def _library_error(err: EdgeLessPartError):
+        return _service_error(from_library_error(err))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(err: HTTPException):
+        code = (err.name or "http_error").lower().replace(" ", "_")
+        status = err.code or 500
+        message = err.description or err.name
+        if status == 413:
+            limit = app.config.get("MAX_CONTENT_LENGTH")
+            message = f"Request body is larger than the limit of {limit} bytes; send less data."
+        response = _render(ServiceError(message, status=status, code=code))
+        for key, value in err.get_headers():
+            if key.lower() == "allow":
+                response.headers[key] = value
+        return response

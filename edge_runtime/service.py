@@ -1,0 +1,254 @@
+"""The edge service's model side: run the edge stage, offload pending rows, never lose a row.
+
+:class:`EdgeService` knows nothing about HTTP. It runs the edge stage with the progressive
+executor (rows confident at an edge exit are answered and never leave the device), sends only
+the pending rows' boundary tensor to the cloud through an :class:`Offloader`, and when the
+cloud fails answers those rows from their best local exit, marked ``degraded`` with the reason.
+
+Cloud calls run in a small bounded pool: at most ``offload_workers`` calls are in flight, and a
+request that finds the pool full is answered degraded at once. So a slow cloud can hold at most
+that many request threads, and local early-exit answers keep flowing on the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.config import EdgeConfig
+from edge_runtime.metrics import EdgeMetrics
+from edgelesspart.errors import OffloadError
+
+LOG = logging.getLogger("edgelesspart.edge")
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """Answers for every row of one request, in input order."""
+
+    answers: list[dict[str, Any]]
+    offloaded: int
+    degraded: int
+    timings: dict[str, float]
+
+
+def make_offloader(config: EdgeConfig) -> Any:
+    """Build the offloader ``config.cloud`` names (``None`` when the edge runs alone)."""
+    if config.cloud is None:
+        return None
+    from edgelesspart.runtime.offload import HttpOffloader, LambdaOffloader, OffloadPolicy
+
+    policy = OffloadPolicy(
+        timeout_s=config.offload_timeout_s,
+        connect_timeout_s=config.connect_timeout_s,
+        retries=config.offload_retries,
+        codec=config.codec,
+    )
+    if config.cloud.startswith("lambda://"):
+        name = config.cloud.removeprefix("lambda://")
+        return LambdaOffloader(
+            name, endpoint_url=config.lambda_endpoint, region=config.region, policy=policy
+        )
+    return HttpOffloader(config.cloud.rstrip("/"), policy, token=config.cloud_token)
+
+
+class EdgeService:
+    """The edge stage of a bundle plus the way to the cloud for rows it cannot answer."""
+
+    def __init__(
+        self,
+        bundle: Any,
+        config: EdgeConfig,
+        offloader: Any = None,
+        metrics: EdgeMetrics | None = None,
+    ) -> None:
+        from edgelesspart.runtime.executor import ProgressiveExecutor
+
+        self.bundle = bundle
+        self.config = config
+        self.offloader = offloader
+        self.metrics = metrics or EdgeMetrics()
+        self.stage = bundle.manifest.stage_names[0]
+        self.executor = ProgressiveExecutor(bundle, self.stage, threshold=config.threshold)
+        self._pool = ThreadPoolExecutor(config.offload_workers, thread_name_prefix="offload")
+        self._slots = threading.BoundedSemaphore(config.offload_workers)
+        policy = getattr(offloader, "policy", None)
+        worst = getattr(policy, "max_total_s", None) or (config.offload_retries + 1) * (
+            config.offload_timeout_s + config.connect_timeout_s
+        )
+        self.deadline_s = float(worst) + 1.0
+        self.closed = False
+        self._sent_lock = threading.Lock()
+        self._sent_seen = 0
+
+    @classmethod
+    def load(
+        cls, bundle_path: str | Path, config: EdgeConfig, offloader: Any = None
+    ) -> EdgeService:
+        """Load the bundle's first stage (only) and build the service."""
+        from edgelesspart.runtime.bundle import Bundle
+        from edgelesspart.runtime.manifest import load_manifest
+
+        manifest = load_manifest(bundle_path, verify=False)
+        bundle = Bundle.load(
+            bundle_path,
+            verify=config.verify,
+            stages=[manifest.stage_names[0]],
+            pool_size=config.pool_size,
+        )
+        if offloader is None:
+            offloader = make_offloader(config)
+        return cls(bundle, config, offloader)
+
+    @property
+    def cloud_kind(self) -> str | None:
+        """``http``, ``lambda``, ``in-process`` or ``None`` (edge only)."""
+        if self.offloader is None:
+            return None
+        if self.config.cloud:
+            return self.config.cloud.split("://", 1)[0]
+        return type(self.offloader).__name__
+
+    def infer(self, x: np.ndarray, threshold: float | None = None) -> InferenceResult:
+        """Answer every row of ``x``: locally when confident, else through the cloud.
+
+        Raises:
+            InputError: ``x`` does not match the bundle's input (shape, dtype, NaN/Inf).
+        """
+        start = time.perf_counter()
+        thr = self.config.threshold if threshold is None else threshold
+        result = self.executor.run(x, threshold=thr)
+        edge_ms = (time.perf_counter() - start) * 1000.0
+        answers: list[dict[str, Any] | None] = [a.to_dict() if a else None for a in result.answers]
+        for answer in answers:
+            if answer is not None:
+                self.metrics.answers.inc(exit=answer["exit"], stage=answer["stage"])
+        pending = [int(i) for i in np.asarray(result.pending).reshape(-1)]
+        offload_ms, degraded = 0.0, 0
+        if pending:
+            t0 = time.perf_counter()
+            cloud, reason = self._offload(result.boundary, thr)
+            offload_ms = (time.perf_counter() - t0) * 1000.0
+            for j, row in enumerate(pending):
+                if cloud is not None:
+                    answers[row] = _merge(result.best[row], cloud[j], offload_ms)
+                    stage = str(cloud[j].get("stage", "cloud"))
+                    self.metrics.answers.inc(exit=str(cloud[j].get("exit")), stage=stage)
+                else:
+                    answers[row] = self._degraded(result.best[row], reason)
+                    degraded += 1
+        total_ms = (time.perf_counter() - start) * 1000.0
+        timings = {"edge_ms": edge_ms, "offload_ms": offload_ms, "total_ms": total_ms}
+        return InferenceResult(
+            [a for a in answers if a is not None], len(pending), degraded, timings
+        )
+
+    def _offload(self, boundary: np.ndarray, threshold: float) -> tuple[list[dict] | None, str]:
+        """Send the pending rows' boundary tensor; return (answers, "") or (None, reason)."""
+        rows = int(boundary.shape[0])
+        if self.offloader is None:
+            return None, "no cloud configured: this edge service runs alone"
+        if not self._slots.acquire(blocking=False):
+            self.metrics.offloads.inc(outcome="busy")
+            return None, (
+                f"cloud busy: {self.config.offload_workers} offloads already in flight; "
+                "answered from the best edge exit"
+            )
+        meta = {"bundle_id": self.bundle.bundle_id, "rows": rows}
+        self.metrics.offloaded_rows.inc(rows)
+        t0 = time.perf_counter()
+        try:
+            future = self._pool.submit(
+                self.offloader.offload, boundary, threshold=threshold, meta=meta
+            )
+        except RuntimeError:
+            self._slots.release()
+            return None, "service is shutting down"
+        future.add_done_callback(lambda _f: self._slots.release())
+        outcome, answers, reason = self._wait(future, rows)
+        self._count_bytes(boundary)
+        self.metrics.offloads.inc(outcome=outcome)
+        self.metrics.offload_latency.observe(time.perf_counter() - t0, outcome=outcome)
+        return answers, reason
+
+    def _count_bytes(self, boundary: np.ndarray) -> None:
+        """Add the bytes the offloader put on the wire (raw tensor bytes if it cannot tell)."""
+        stats = getattr(self.offloader, "stats", None)
+        if stats is None:
+            self.metrics.bytes_sent.inc(float(boundary.nbytes))
+            return
+        with self._sent_lock:
+            total = int(stats().get("bytes_sent", 0))
+            delta, self._sent_seen = max(0, total - self._sent_seen), max(total, self._sent_seen)
+        self.metrics.bytes_sent.inc(float(delta))
+
+    def _wait(self, future: Any, rows: int) -> tuple[str, list[dict] | None, str]:
+        try:
+            answers = future.result(timeout=self.deadline_s)
+        except FutureTimeout:
+            return "deadline", None, f"cloud did not answer within {self.deadline_s:.1f} s"
+        except OffloadError as exc:
+            return type(exc).__name__, None, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # no row is ever lost: any transport failure degrades
+            LOG.exception("offload failed unexpectedly")
+            return "error", None, f"offload failed: {type(exc).__name__}: {exc}"
+        if not isinstance(answers, list) or len(answers) != rows:
+            got = len(answers) if isinstance(answers, list) else type(answers).__name__
+            return "bad_answer", None, f"cloud returned {got} answers for {rows} rows"
+        return "ok", answers, ""
+
+    def _degraded(self, best: Any, reason: str) -> dict[str, Any]:
+        kind = reason.split(":", 1)[0]
+        self.metrics.degraded.inc(reason=kind)
+        if best is None:
+            self.metrics.answers.inc(exit="none", stage=self.stage)
+            return {
+                "label": None,
+                "class_name": None,
+                "confidence": 0.0,
+                "exit": None,
+                "stage": self.stage,
+                "timings": {},
+                "degraded": True,
+                "reason": f"{reason}; the edge stage has no exit to answer from",
+            }
+        answer = best.to_dict()
+        answer.update(degraded=True, reason=reason)
+        self.metrics.answers.inc(exit=str(answer["exit"]), stage=str(answer["stage"]))
+        return answer
+
+    def close(self) -> None:
+        """Stop accepting offloads (in-flight calls finish on their own)."""
+        self.closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        close = getattr(self.offloader, "close", None)
+        if close is not None:
+            close()
+
+
+def _merge(edge_best: Any, cloud_answer: dict[str, Any], offload_ms: float) -> dict[str, Any]:
+    """A cloud answer with the edge's segment timings in front of the cloud's."""
+    answer = dict(cloud_answer)
+    timings: dict[str, float] = {}
+    edge_total = 0.0
+    if edge_best is not None:
+        edge_timings = dict(edge_best.timings)
+        edge_total = float(edge_timings.pop("total", 0.0))
+        timings.update(edge_timings)
+    cloud_timings = dict(cloud_answer.get("timings") or {})
+    cloud_timings.pop("total", None)
+    timings.update(cloud_timings)
+    timings["offload"] = offload_ms
+    timings["total"] = edge_total + offload_ms
+    answer["timings"] = timings
+    answer.setdefault("degraded", False)
+    answer.setdefault("reason", None)
+    return answer

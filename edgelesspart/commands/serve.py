@@ -1,0 +1,130 @@
+"""``edgelesspart serve-edge | serve-cloud | package-cloud``: run and package the services.
+
+Nothing heavy at import (no Flask, boto3 or TensorFlow): each ``run_*`` imports what it needs.
+Servers bind to 127.0.0.1 unless ``--host`` says otherwise, and run under waitress (one process,
+threads), so no model is ever loaded before a fork.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    """Add the ``serve-edge``, ``serve-cloud`` and ``package-cloud`` subcommands."""
+    _register_edge(sub)
+    _register_cloud(sub)
+    _register_package(sub)
+
+
+def _add_server_args(parser: argparse.ArgumentParser, port: int) -> None:
+    parser.add_argument("bundle", help="bundle directory")
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=port, help=f"TCP port (default: {port})")
+    parser.add_argument("--threads", type=int, default=8, help="waitress threads (default: 8)")
+    parser.add_argument("--token", default=None, help="bearer token clients must send")
+
+
+def _register_edge(sub: Any) -> None:
+    parser = sub.add_parser(
+        "serve-edge",
+        help="serve the edge part (Flask under waitress) and offload to the cloud",
+        description="Answer POST /v1/infer from the bundle's edge exits; send rows that are "
+        "not confident to the cloud part; answer degraded if the cloud fails.",
+    )
+    _add_server_args(parser, 8080)
+    parser.add_argument(
+        "--cloud",
+        default=None,
+        help="cloud part: http(s)://HOST:PORT or lambda://FUNCTION_NAME (default: edge only)",
+    )
+    parser.add_argument("--threshold", type=float, default=None, help="confidence threshold")
+    parser.add_argument(
+        "--lambda-endpoint", default=None, help="boto3 endpoint_url for lambda:// (local tests)"
+    )
+    parser.add_argument("--region", default=None, help="AWS region for lambda://")
+    parser.add_argument("--cloud-token", default=None, help="bearer token sent to an HTTP cloud")
+    parser.add_argument("--timeout", type=float, default=None, help="cloud read timeout (s)")
+    parser.add_argument("--codec", default=None, help="tensor codec on the link (default: raw)")
+    parser.set_defaults(func=run_edge)
+
+
+def _register_cloud(sub: Any) -> None:
+    parser = sub.add_parser(
+        "serve-cloud",
+        help="serve the cloud part locally: Lambda Invoke API + POST /v1/continue",
+        description="A local cloud function: boto3 can invoke it with endpoint_url, and the "
+        "edge can POST encoded tensors to /v1/continue. GET /v1/stats counts requests.",
+    )
+    _add_server_args(parser, 9000)
+    parser.add_argument(
+        "--function-name", default=None, help="only answer this Lambda function name (default: any)"
+    )
+    parser.set_defaults(func=run_cloud)
+
+
+def _register_package(sub: Any) -> None:
+    parser = sub.add_parser(
+        "package-cloud",
+        help="build a deployable Lambda zip (cloud segments + runtime core) and SAM template",
+        description="Writes function.zip, requirements.txt, template.yaml, Dockerfile.edge and "
+        "Dockerfile.cloud; refuses a zip over Lambda's 50 MB zipped / 250 MB unzipped limits.",
+    )
+    parser.add_argument("bundle", help="bundle directory")
+    parser.add_argument("--out", default="dist/cloud", help="output directory")
+    parser.add_argument("--function-name", default="edgelesspart-cloud", help="Lambda name")
+    parser.add_argument("--memory", type=int, default=2048, help="Lambda memory (MB)")
+    parser.add_argument("--timeout", type=int, default=30, help="Lambda timeout (s)")
+    parser.set_defaults(func=run_package)
+
+
+def run_edge(args: argparse.Namespace) -> int:
+    """Load the edge stage and serve it until interrupted."""
+    from edge_runtime.app import create_app
+    from edge_runtime.config import EdgeConfig
+    from edge_runtime.wsgi import serve
+
+    config = EdgeConfig.from_env(
+        cloud=args.cloud,
+        threshold=args.threshold,
+        token=args.token,
+        cloud_token=args.cloud_token,
+        lambda_endpoint=args.lambda_endpoint,
+        region=args.region,
+        offload_timeout_s=args.timeout,
+        codec=args.codec,
+    )
+    app = create_app(args.bundle, config)
+    print(f"edge service for {args.bundle} on http://{args.host}:{args.port} (cloud: {args.cloud})")
+    serve(app, host=args.host, port=args.port, threads=args.threads)
+    return 0
+
+
+def run_cloud(args: argparse.Namespace) -> int:
+    """Load the cloud stages and serve both APIs until interrupted."""
+    from cloud_functions.local_server import create_app
+    from edge_runtime.wsgi import serve
+
+    app = create_app(args.bundle, token=args.token, function_name=args.function_name)
+    print(
+        f"cloud part for {args.bundle} on http://{args.host}:{args.port} "
+        "(Lambda Invoke API + /v1/continue)"
+    )
+    serve(app, host=args.host, port=args.port, threads=args.threads)
+    return 0
+
+
+def run_package(args: argparse.Namespace) -> int:
+    """Build the Lambda package and deployment templates, then print what was written."""
+    from cloud_functions.package import DeployOptions, build_package
+
+    report = build_package(
+        args.bundle,
+        args.out,
+        options=DeployOptions(
+            function_name=args.function_name, memory_mb=args.memory, timeout_s=args.timeout
+        ),
+    )
+    print(report.summary())
+    return 0

@@ -1,0 +1,164 @@
+"""``package-cloud``: the Lambda zip, its size limits, the SAM template, Dockerfiles and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import yaml
+
+from edgelesspart.errors import BundleError, ConfigError
+
+
+@pytest.fixture(scope="module")
+def package(tiny_bundle, tmp_path_factory):
+    from cloud_functions.package import build_package
+
+    out = tmp_path_factory.mktemp("pkg")
+    return build_package(tiny_bundle, out), out
+
+
+def test_zip_holds_runtime_core_handler_and_cloud_segments_only(package):
+    # GIVEN the package of the tiny bundle
+    report, _ = package
+    names = set(zipfile.ZipFile(report.zip_path).namelist())
+    # THEN it has the core, the handler, the cloud .tflite segments and requirements
+    assert {"edgelesspart/__init__.py", "edgelesspart/errors.py", "edgelesspart/runtime/cloud.py",
+            "cloud_functions/handler.py", "requirements.txt",
+            "cloud_functions/bundle/manifest.json"} <= names
+    segments = {n.rsplit("/", 1)[-1] for n in names if "/segments/" in n}
+    assert segments == {"cloud_0.tflite", "cloud_1.tflite"}
+    # AND nothing that needs TensorFlow or belongs to the edge or the build
+    assert not [n for n in names if n.endswith(".keras") or "edge_runtime" in n]
+    assert not [n for n in names if n.startswith("edgelesspart/") and "runtime" not in n
+                and n not in ("edgelesspart/__init__.py", "edgelesspart/errors.py")]
+    requirements = zipfile.ZipFile(report.zip_path).read("requirements.txt").decode()
+    assert "numpy==" in requirements and "ai-edge-litert==" in requirements
+    assert report.zipped_bytes == report.zip_path.stat().st_size
+    assert report.estimated_installed_bytes > report.unzipped_bytes
+
+
+def test_packaged_manifest_is_restricted_and_keeps_the_bundle_id(package, tiny_bundle):
+    from edgelesspart.runtime.manifest import load_manifest
+
+    report, _ = package
+    packaged = json.loads(
+        zipfile.ZipFile(report.zip_path).read("cloud_functions/bundle/manifest.json")
+    )
+    assert packaged["bundle_id"] == load_manifest(tiny_bundle).bundle_id
+    assert all(set(s["files"]) == {"tflite"} for s in packaged["segments"])
+    assert packaged["extra"]["package"]["stages"] == ["cloud"]
+    assert packaged["extra"]["package"]["omitted"] == [
+        "segments/edge_0.tflite", "segments/edge_1.tflite"
+    ]
+
+
+def test_extracted_zip_runs_the_handler_on_its_own(package, tmp_path, encoded):
+    # GIVEN the zip extracted alone, as Lambda does
+    report, _ = package
+    zipfile.ZipFile(report.zip_path).extractall(tmp_path)
+    (tmp_path / "payload.bin").write_bytes(encoded)
+    script = (
+        "import json, sys\n"
+        "from edgelesspart.runtime.codecs import to_base64\n"
+        "import cloud_functions.handler as h, edgelesspart\n"
+        "event = {'tensor_b64': to_base64(open('payload.bin','rb').read()), 'threshold': 2}\n"
+        "r = h.handler(event, None)\n"
+        "print(json.dumps({'file': edgelesspart.__file__, 'cold': r['cold_start'],\n"
+        "  'exits': [a['exit'] for a in r['answers']], 'tf': 'tensorflow' in sys.modules}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "EDGELESSPART_BUNDLE"}
+    env["PYTHONPATH"] = str(tmp_path)
+    # WHEN the handler is imported from there and invoked
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    # THEN the packaged code (not the repo) answered, cold, without TensorFlow
+    assert result["file"].startswith(str(tmp_path))
+    assert result["cold"] is True and result["exits"] == ["final"] * 3 and not result["tf"]
+
+
+def test_sam_template_is_plain_yaml_and_names_the_handler(package):
+    _, out = package
+    text = (out / "template.yaml").read_text()
+    template = yaml.safe_load(text)
+    function = template["Resources"]["CloudPartFunction"]
+    assert function["Type"] == "AWS::Serverless::Function"
+    props = function["Properties"]
+    assert props["Handler"] == "cloud_functions.handler.handler"
+    assert props["Runtime"] == "python3.11" and props["MemorySize"] == 2048
+    variables = props["Environment"]["Variables"]
+    assert variables["EDGELESSPART_BUNDLE"].endswith("cloud_functions/bundle")
+    assert "!Ref" not in text and "!GetAtt" not in text
+    assert "cloud_functions.handler.handler" in (out / "Dockerfile.cloud").read_text()
+    assert "serve-edge" in (out / "Dockerfile.edge").read_text()
+
+
+@pytest.mark.parametrize(
+    ("limits", "pattern"),
+    [
+        ({"zipped_bytes": 1000}, "zip is .* over the"),
+        ({"unzipped_bytes": 2**20, "requirements_bytes": 2**20 - 1000}, "unzipped"),
+        ({}, "unzipped"),  # the real 250 MB limit with an absurd dependency size
+    ],
+)
+def test_package_over_a_lambda_limit_is_refused(tiny_bundle, tmp_path, limits, pattern):
+    from cloud_functions.package import LambdaLimits, build_package
+
+    if not limits:
+        limits = {"requirements_bytes": 300 * 2**20}
+    # WHEN the package would break a limit
+    with pytest.raises(BundleError, match=pattern):
+        build_package(tiny_bundle, tmp_path / "out", limits=LambdaLimits(**limits))
+    # THEN no zip is left behind
+    assert not (tmp_path / "out" / "function.zip").exists()
+
+
+def test_validate_sam_rejects_short_form_tags():
+    from cloud_functions.package import validate_sam
+
+    with pytest.raises(ConfigError, match="long form"):
+        validate_sam("Resources:\n  F:\n    Type: AWS::Serverless::Function\n    X: !Ref Y\n")
+
+
+def test_deploy_options_reject_a_bad_function_name():
+    from cloud_functions.package import DeployOptions
+
+    with pytest.raises(ConfigError, match="function name"):
+        DeployOptions(function_name="bad name!")
+
+
+def test_unknown_stage_is_refused(tiny_bundle, tmp_path):
+    from cloud_functions.package import build_package
+
+    with pytest.raises(BundleError, match="Unknown stage"):
+        build_package(tiny_bundle, tmp_path, stages=["nowhere"])
+
+
+def test_cli_package_cloud_writes_the_package(tiny_bundle, tmp_path, capsys):
+    from edgelesspart.cli import main
+
+    assert main(["package-cloud", str(tiny_bundle), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "function.zip").is_file() and (tmp_path / "template.yaml").is_file()
+    assert "function.zip" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["serve-edge", "serve-cloud", "package-cloud"])
+def test_cli_help_is_fast_and_tensorflow_free(command):
+    code = (
+        "import sys\nfrom edgelesspart.cli import main\n"
+        f"try:\n    main(['{command}', '--help'])\n"
+        "except SystemExit as e:\n    assert e.code == 0\n"
+        "bad = [m for m in ('tensorflow', 'flask', 'boto3') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--host" in done.stdout or "--out" in done.stdout
