@@ -26,7 +26,7 @@ test: $(STAMP)
 # The lean install (no TensorFlow): runtime core, services and cloud function only.
 test-lean: $(STAMP)
 	test -x $(LEAN_VENV)/bin/python || $(PYTHON) -m venv $(LEAN_VENV)
-	$(LEAN_VENV)/bin/python -m pip install -q -e ".[codecs]" pytest pytest-timeout hypothesis
+	$(LEAN_VENV)/bin/python -m pip install -q -e ".[codecs]" pytest pytest-timeout hypothesis scikit-learn
 	$(BIN)/python -c "from pathlib import Path; import sys; sys.path.insert(0, 'tests'); \
 	from bundle_factory import build_tiny_bundle; p = Path('build/lean-bundle'); \
 	p.exists() or build_tiny_bundle(p)"
