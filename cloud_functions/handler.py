@@ -9,7 +9,11 @@ the first invocation is a cold start; it is flagged (``cold_start``) and its loa
 Bundle location: ``$EDGELESSPART_BUNDLE``, else the directory ``bundle`` next to this file
 (the layout ``edgelesspart package-cloud`` builds).
 
-Event: ``{"tensor_b64": "<encoded tensor, base64>", "threshold": 0.8}``.
+Event: ``{"tensor_b64": "<encoded tensor, base64>", "threshold": 0.8}``, plus an ``auth``
+signature field when ``$EDGELESSPART_CLOUD_SECRET`` is set on the function. On AWS that is
+optional: Lambda's Invoke API is already authenticated by IAM (SigV4), so a deployed function
+can leave the secret unset; set it when the function is reachable some other way (a function
+URL with ``AuthType: NONE``, an API gateway without IAM auth) or as defence in depth.
 Answer: ``{"answers": [...], "bundle_id", "cold_start", "init_ms", "timings", "request_id"}``;
 errors: ``{"error": {"type", "message"}, "status": 4xx}`` (a handled error, not an exception).
 """
@@ -26,6 +30,7 @@ from typing import Any
 from edgelesspart.errors import EdgeLessPartError
 
 BUNDLE_ENV = "EDGELESSPART_BUNDLE"
+SECRET_ENV = "EDGELESSPART_CLOUD_SECRET"
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "bundle"
 
 LOG = logging.getLogger("edgelesspart.cloud")
@@ -80,16 +85,36 @@ def _request_id(context: Any) -> str:
     return str(getattr(context, "aws_request_id", None) or "-")
 
 
-def invoke(container: Container, event: Any, context: Any) -> dict[str, Any]:
-    """Run one invocation against ``container`` (shared by Lambda and the local servers)."""
+def _unsigned(event: Any, secret: str | None) -> dict[str, Any] | None:
+    """The 401 error event for an event not signed with ``secret`` (``None`` if fine)."""
+    if not secret:
+        return None
+    from edgelesspart.runtime.signing import check_event
+
+    problem = check_event(secret, event)
+    if problem is None:
+        return None
+    return _error("Unauthorized", f"Event signature refused: {problem}.", status=401)
+
+
+def invoke(
+    container: Container, event: Any, context: Any, secret: str | None = None
+) -> dict[str, Any]:
+    """Run one invocation against ``container`` (shared by Lambda and the local servers).
+
+    With a ``secret``, an event without a valid ``auth`` signature gets a 401 error event.
+    """
     request_id = _request_id(context)
     log = logging.LoggerAdapter(LOG, {"request_id": request_id})
     start = time.perf_counter()
     cloud, cold, init_ms = container.acquire()
     if cold:
         log.info("[%s] cold start: cloud part loaded in %.1f ms", request_id, init_ms)
-    if not isinstance(event, dict):
-        response: dict[str, Any] = _error(
+    refused = _unsigned(event, secret)
+    if refused is not None:
+        response: dict[str, Any] = refused
+    elif not isinstance(event, dict):
+        response = _error(
             "InputError",
             f'The event must be a JSON object like {{"tensor_b64": "..."}}, '
             f"got {type(event).__name__}.",
@@ -122,4 +147,4 @@ def _error(kind: str, message: str, status: int = 400) -> dict[str, Any]:
 
 def handler(event: Any, context: Any) -> dict[str, Any]:
     """The Lambda handler: continue the inference of the rows in ``event``."""
-    return invoke(_CONTAINER, event, context)
+    return invoke(_CONTAINER, event, context, os.environ.get(SECRET_ENV) or None)

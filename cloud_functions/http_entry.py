@@ -5,6 +5,12 @@ Routes: ``POST /v1/continue`` (body = an encoded tensor in the codec wire format
 ``GET /metrics`` (Prometheus text) and ``GET /v1/stats`` (the request counters as JSON, so
 tests and operators can see how many calls actually reached the cloud).
 
+Auth: with a ``token`` (shared secret) ``/v1/continue`` needs either an HMAC signature of the
+body (``X-EdgeLessPart-Signature`` + ``X-EdgeLessPart-Timestamp``, what the edge's
+``HttpOffloader`` sends; see :mod:`edgelesspart.runtime.signing`) or ``Authorization: Bearer
+<token>`` (for curl over TLS). Admission control bounds the requests at work; the rest get 429
+with ``Retry-After``.
+
 Deploy it with any WSGI host (waitress, gunicorn ``-k gthread``, Google Cloud Functions' Flask
 adapter); ``edgelesspart serve-cloud`` serves it together with the Lambda Invoke API.
 """
@@ -13,12 +19,15 @@ from __future__ import annotations
 
 import hmac
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cloud_functions.handler import Container
+from edge_runtime.admission import Admission
 from edge_runtime.errors import BadRequest, Unauthorized, UnsupportedMedia, register_error_handlers
 from edge_runtime.metrics import Registry
+from edgelesspart.runtime import signing
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -27,15 +36,39 @@ EXTENSION = "edgelesspart"
 TENSOR_TYPES = ("application/x-edgelesspart-tensor", "application/octet-stream")
 THRESHOLD_HEADER = "X-EdgeLessPart-Threshold"
 DEFAULT_MAX_CONTENT_LENGTH = 8 * 1024 * 1024
+ADMITTED_PREFIXES = ("/v1/continue", "/2015-03-31/functions/")
+
+
+@dataclass(frozen=True)
+class CloudLimits:
+    """Admission control of a cloud app: requests at work, waiting, wait time, Retry-After."""
+
+    max_inflight: int = 4
+    max_queue: int = 16
+    queue_timeout_s: float = 1.0
+    retry_after_s: int = 1
 
 
 class CloudService:
     """What a cloud app keeps in ``app.extensions["edgelesspart"]``: the container and counters."""
 
-    def __init__(self, container: Container, token: str | None = None) -> None:
+    def __init__(
+        self, container: Container, token: str | None = None, limits: CloudLimits | None = None
+    ) -> None:
         self.container = container
         self.token = token
         self.registry = Registry()
+        limits = limits or CloudLimits()
+        self.rejected = self.registry.counter(
+            "edgelesspart_cloud_rejected_total", "Requests refused with 429, by reason."
+        )
+        self.admission = Admission(
+            limits.max_inflight,
+            limits.max_queue,
+            limits.queue_timeout_s,
+            limits.retry_after_s,
+            on_reject=lambda reason: self.rejected.inc(reason=reason),
+        )
         self.requests = self.registry.counter(
             "edgelesspart_cloud_requests_total", "Requests that reached the cloud part, by route."
         )
@@ -56,6 +89,7 @@ class CloudService:
             "requests": int(sum(per_route.values())),
             **{k: int(v) for k, v in per_route.items()},
             "rows": int(self.rows.total()),
+            "rejected": int(self.rejected.total()),
         }
 
     def count(self, route: str, start: float, rows: int = 0) -> None:
@@ -73,6 +107,24 @@ class CloudService:
                 "Missing or wrong bearer token: send 'Authorization: Bearer <token>'."
             )
 
+    def check_auth(self, headers: Any, body: bytes) -> None:
+        """Refuse a request that has neither a valid body signature nor the bearer token.
+
+        Raises:
+            Unauthorized: a token is configured and the request proves no knowledge of it.
+        """
+        if not self.token:
+            return
+        if signing.SIGNATURE_HEADER not in headers:
+            self.check_token(headers.get("Authorization"))
+            return
+        problem = signing.check_body(self.token, body, headers)
+        if problem:
+            raise Unauthorized(
+                f"Request signature refused: {problem}. Sign the body with the shared secret "
+                f"(HMAC-SHA256 of '<timestamp>.' + body, header {signing.SIGNATURE_HEADER})."
+            )
+
 
 def create_app(
     bundle_path: str | Path | None = None,
@@ -80,6 +132,7 @@ def create_app(
     cloud: Any = None,
     token: str | None = None,
     max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH,
+    limits: CloudLimits | None = None,
 ) -> Flask:
     """Build the cloud HTTP app.
 
@@ -87,8 +140,10 @@ def create_app(
         bundle_path: the (cloud) bundle; default ``$EDGELESSPART_BUNDLE`` or ``./bundle``
             next to the handler.
         cloud: an already built ``CloudPart`` (tests) instead of loading ``bundle_path``.
-        token: bearer token required on ``/v1/continue`` (``None``: no auth).
+        token: shared secret required on ``/v1/continue`` (``None``: no auth): a body
+            signature or the bearer token.
         max_content_length: largest request body in bytes.
+        limits: admission control (default :class:`CloudLimits`).
     """
     from flask import Flask
 
@@ -97,11 +152,27 @@ def create_app(
     app = Flask("cloud_functions")
     app.config["MAX_CONTENT_LENGTH"] = max_content_length
     app.json.sort_keys = False
-    service = CloudService(container, token)
+    service = CloudService(container, token, limits)
     app.extensions[EXTENSION] = service
     register_error_handlers(app)
+    _register_admission(app, service)
     _register_routes(app, service)
     return app
+
+
+def _register_admission(app: Flask, service: CloudService) -> None:
+    from flask import g, request
+
+    @app.before_request
+    def _admit() -> None:
+        if request.method == "POST" and request.path.startswith(ADMITTED_PREFIXES):
+            service.admission.enter()
+            g.edgelesspart_admitted = True
+
+    @app.teardown_request
+    def _release(_exc: BaseException | None) -> None:
+        if g.pop("edgelesspart_admitted", False):
+            service.admission.leave()
 
 
 def _register_routes(app: Flask, service: CloudService) -> None:
@@ -110,13 +181,13 @@ def _register_routes(app: Flask, service: CloudService) -> None:
     @app.post("/v1/continue")
     def continue_request():
         start = time.perf_counter()
-        service.check_token(request.headers.get("Authorization"))
+        body = request.get_data(cache=False)
+        service.check_auth(request.headers, body)
         if request.mimetype not in TENSOR_TYPES:
             raise UnsupportedMedia(
                 f"Content-Type {request.mimetype or '(none)'!r} is not supported; send the "
                 f"encoded tensor as {TENSOR_TYPES[0]}."
             )
-        body = request.get_data(cache=False)
         if not body:
             raise BadRequest("Empty request body: send an encoded tensor.", code="empty_body")
         threshold = _threshold(request.args.get("threshold", request.headers.get(THRESHOLD_HEADER)))

@@ -10,6 +10,13 @@
   Python runtime's ``Runtime.UnmarshalError``; ``X-Amz-Log-Type: Tail`` → ``X-Amz-Log-Result``.
 * ``POST /v1/continue`` — the HTTP entry of :mod:`cloud_functions.http_entry`.
 
+With a ``token`` both ways in are authenticated: ``/v1/continue`` as in
+:mod:`cloud_functions.http_entry`, and every Invoke call must carry a signed event (an ``auth``
+field, see :mod:`edgelesspart.runtime.signing`; ``LambdaOffloader(secret=...)`` adds it) or it
+is refused with 403 ``AccessDeniedException``. boto3's own SigV4 signature is not checked here:
+the local server has no IAM. When every slot is taken the Invoke API answers 429
+``TooManyRequestsException`` (with ``Retry-After``), like Lambda out of concurrency.
+
 Both call the same handler logic (:func:`cloud_functions.handler.invoke`) on one container
 loaded at start-up; ``GET /v1/stats`` and ``GET /metrics`` count the requests that arrived.
 """
@@ -26,8 +33,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cloud_functions.handler import invoke
-from cloud_functions.http_entry import EXTENSION, CloudService
+from cloud_functions.http_entry import EXTENSION, CloudLimits, CloudService
 from cloud_functions.http_entry import create_app as create_http_app
+from edge_runtime.errors import TooManyRequests
+from edgelesspart.runtime import signing
 
 if TYPE_CHECKING:
     from flask import Flask, Response
@@ -64,18 +73,24 @@ def create_app(
     cloud: Any = None,
     token: str | None = None,
     function_name: str | None = None,
+    limits: CloudLimits | None = None,
 ) -> Flask:
     """Build the local cloud app: the HTTP entry plus the Lambda Invoke API.
 
     Args:
         bundle_path: the (cloud) bundle directory.
         cloud: an already built ``CloudPart`` instead of loading ``bundle_path``.
-        token: bearer token required on ``/v1/continue`` (the Invoke API is signed by boto3
-            with SigV4 and not checked here; keep the server on 127.0.0.1).
+        token: shared secret: ``/v1/continue`` needs a body signature (or the bearer token)
+            and the Invoke API a signed event (``None``: no auth; keep it on 127.0.0.1).
         function_name: the only function name the Invoke API answers (``None``: any name).
+        limits: admission control (default :class:`~cloud_functions.http_entry.CloudLimits`).
     """
     app = create_http_app(
-        bundle_path, cloud=cloud, token=token, max_content_length=SYNC_PAYLOAD_LIMIT + 2**20
+        bundle_path,
+        cloud=cloud,
+        token=token,
+        max_content_length=SYNC_PAYLOAD_LIMIT + 2**20,
+        limits=limits,
     )
     service: CloudService = app.extensions[EXTENSION]
     background = ThreadPoolExecutor(2, thread_name_prefix="lambda-event")
@@ -87,7 +102,37 @@ def create_app(
     def lambda_invoke(name: str):
         return _invoke(request, service, background, name.rsplit(":", 1)[-1], function_name)
 
+    @app.errorhandler(TooManyRequests)
+    def _saturated(err: TooManyRequests):
+        if request.path.startswith("/2015-03-31/"):
+            response = _aws_error(429, "TooManyRequestsException", err.message)
+            response.headers.update(err.headers)
+            return response
+        response = app.json.response(err.to_dict())
+        response.status_code = err.status
+        response.headers.update(err.headers)
+        return response
+
     return app
+
+
+def _auth_error(service: CloudService, body: bytes) -> Response | None:
+    """403 for an unsigned or wrongly signed Invoke payload when a token is set."""
+    if not service.token:
+        return None
+    try:
+        event = json.loads(body or b"{}")
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        event = None
+    problem = signing.check_event(service.token, event)
+    if problem is None:
+        return None
+    return _aws_error(
+        403,
+        "AccessDeniedException",
+        f"Invocation refused: {problem}. This server was started with a token: sign the event "
+        "(edgelesspart.runtime.signing.sign_event, or LambdaOffloader(secret=...)).",
+    )
 
 
 def _aws_error(status: int, kind: str, message: str) -> Response:
@@ -131,6 +176,9 @@ def _invoke(
             "RequestTooLargeException",
             f"Request must be smaller than {limit} bytes for the InvokeFunction operation",
         )
+    refused = _auth_error(service, body)
+    if refused is not None:
+        return refused
     if kind == "DryRun":
         return _respond(b"", 204)
     context = LocalContext(name)
@@ -217,7 +265,13 @@ def serve(
     token: str | None = None,
     threads: int = 8,
 ) -> None:
-    """Load the cloud part and serve both APIs with waitress until interrupted."""
+    """Load the cloud part and serve both APIs with waitress until interrupted.
+
+    Raises:
+        ConfigError: ``host`` is not a loopback address and no ``token`` is set.
+    """
+    from edge_runtime.wsgi import require_token_off_loopback
     from edge_runtime.wsgi import serve as wsgi_serve
 
+    require_token_off_loopback(host, token, "serve-cloud")
     wsgi_serve(create_app(bundle_path, token=token), host=host, port=port, threads=threads)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edge_runtime.admission import Admission
 from edge_runtime.config import EdgeConfig
 from edge_runtime.errors import (
     BadRequest,
@@ -49,6 +50,7 @@ BUNDLE_HEADER = "X-EdgeLessPart-Bundle"
 THRESHOLD_HEADER = "X-EdgeLessPart-Threshold"
 TENSOR_TYPES = (TENSOR_MEDIA, "application/octet-stream")
 IMAGE_TYPES = ("image/png", "image/jpeg")
+ADMITTED_ROUTES = frozenset({"/v1/infer"})
 
 
 def create_app(
@@ -85,8 +87,22 @@ def create_app(
     return app
 
 
+def make_admission(config: EdgeConfig, metrics: Any) -> Admission:
+    """The admission gate of ``/v1/infer``: sizes from ``config``, refusals counted."""
+    return Admission(
+        config.max_inflight,
+        config.max_queue,
+        config.queue_timeout_s,
+        config.retry_after_s,
+        on_reject=lambda reason: metrics.rejected.inc(reason=reason),
+    )
+
+
 def _register_hooks(app: Flask, service: EdgeService) -> None:
     from flask import g, request
+
+    admission = make_admission(service.config, service.metrics)
+    app.extensions[EXTENSION + ".admission"] = admission
 
     @app.before_request
     def _start() -> None:
@@ -98,6 +114,14 @@ def _register_hooks(app: Flask, service: EdgeService) -> None:
                 raise Unauthorized(
                     "Missing or wrong bearer token: send 'Authorization: Bearer <token>'."
                 )
+        if request.path in ADMITTED_ROUTES and request.method == "POST":
+            admission.enter()
+            g.edgelesspart_admitted = True
+
+    @app.teardown_request
+    def _release(_exc: BaseException | None) -> None:
+        if g.pop("edgelesspart_admitted", False):
+            admission.leave()
 
     @app.after_request
     def _count(response):
@@ -148,6 +172,12 @@ def _register_routes(app: Flask, service: EdgeService) -> None:
     def metrics():
         from edge_runtime.metrics import CONTENT_TYPE
 
+        admission = app.extensions[EXTENSION + ".admission"]
+        service.metrics.inflight.set(admission.running, state="running")
+        service.metrics.inflight.set(admission.waiting, state="waiting")
+        breaker = getattr(service.offloader, "breaker", None)
+        if breaker is not None:
+            service.metrics.observe_breaker(breaker)
         return Response(service.metrics.render(), content_type=CONTENT_TYPE)
 
     @app.get("/openapi.json")

@@ -16,6 +16,8 @@ from edgelesspart.errors import ConfigError
 
 MIB = 1024 * 1024
 BUNDLE_ENV = "EDGELESSPART_BUNDLE"
+#: Codec used when neither the config nor the bundle's manifest names one.
+DEFAULT_CODEC = "raw"
 
 #: Every environment variable the edge service reads, by config field.
 ENV_NAMES: dict[str, str] = {
@@ -31,6 +33,12 @@ ENV_NAMES: dict[str, str] = {
     "offload_retries": "EDGELESSPART_OFFLOAD_RETRIES",
     "offload_workers": "EDGELESSPART_OFFLOAD_WORKERS",
     "codec": "EDGELESSPART_CODEC",
+    "max_inflight": "EDGELESSPART_MAX_INFLIGHT",
+    "max_queue": "EDGELESSPART_MAX_QUEUE",
+    "queue_timeout_s": "EDGELESSPART_QUEUE_TIMEOUT",
+    "retry_after_s": "EDGELESSPART_RETRY_AFTER",
+    "breaker_failures": "EDGELESSPART_BREAKER_FAILURES",
+    "breaker_reset_s": "EDGELESSPART_BREAKER_RESET",
 }
 
 
@@ -56,9 +64,17 @@ class EdgeConfig:
         offload_retries: extra attempts after a failed cloud call.
         offload_workers: cloud calls in flight at once; beyond that rows are answered degraded
             right away, so a slow cloud can never occupy every request thread.
-        codec: how the boundary tensor crosses the link (see ``edgelesspart.runtime.codecs``).
+        codec: how the boundary tensor crosses the link (see ``edgelesspart.runtime.codecs``);
+            ``None`` (default) uses the bundle's codec from ``manifest.codec`` (chosen at build
+            time), or ``raw`` when the manifest names none.
         pool_size: LiteRT interpreters per segment (concurrent requests served in parallel).
         verify: check the bundle's file hashes at load time.
+        max_inflight: ``/v1/infer`` requests at work at once (admission control).
+        max_queue: further requests that may wait for a slot; beyond that 429 at once.
+        queue_timeout_s: longest wait for a slot before 429.
+        retry_after_s: the ``Retry-After`` seconds sent with a 429.
+        breaker_failures: consecutive cloud failures that open the circuit breaker.
+        breaker_reset_s: seconds the breaker stays open before one trial call (half-open).
     """
 
     cloud: str | None = None
@@ -75,9 +91,15 @@ class EdgeConfig:
     connect_timeout_s: float = 0.5
     offload_retries: int = 1
     offload_workers: int = 4
-    codec: str = "raw"
+    codec: str | None = None
     pool_size: int = 4
     verify: bool = True
+    max_inflight: int = 4
+    max_queue: int = 8
+    queue_timeout_s: float = 1.0
+    retry_after_s: int = 1
+    breaker_failures: int = 5
+    breaker_reset_s: float = 10.0
 
     def __post_init__(self) -> None:
         if math.isnan(self.threshold) or self.threshold < 0:
@@ -90,11 +112,24 @@ class EdgeConfig:
                 f"threshold bounds must satisfy 0 <= min <= max, got "
                 f"[{self.threshold_min}, {self.threshold_max}]."
             )
-        for name in ("max_content_length", "max_batch", "offload_workers", "pool_size"):
+        for name in (
+            "max_content_length",
+            "max_batch",
+            "offload_workers",
+            "pool_size",
+            "max_inflight",
+            "retry_after_s",
+            "breaker_failures",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}.")
         if self.offload_timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise ConfigError("offload_timeout_s and connect_timeout_s must be > 0 seconds.")
+        if self.max_queue < 0 or self.queue_timeout_s < 0 or self.breaker_reset_s < 0:
+            raise ConfigError(
+                "max_queue, queue_timeout_s and breaker_reset_s must be >= 0, got "
+                f"{self.max_queue!r}, {self.queue_timeout_s!r}, {self.breaker_reset_s!r}."
+            )
         if self.offload_retries < 0:
             raise ConfigError(f"offload_retries must be >= 0, got {self.offload_retries!r}.")
         if self.cloud is not None and not self.cloud.startswith(
@@ -126,6 +161,13 @@ class EdgeConfig:
                 f"Unknown edge config keys {sorted(unknown)}; known: {sorted(types)}."
             )
         return cls(**values)
+
+    def with_bundle_codec(self, codec_entry: Mapping[str, Any] | None) -> EdgeConfig:
+        """This config with ``codec`` taken from a manifest ``codec`` entry unless already set."""
+        if self.codec is not None:
+            return self
+        name = (codec_entry or {}).get("name") or DEFAULT_CODEC
+        return replace(self, codec=str(name))
 
     def with_overrides(self, **overrides: Any) -> EdgeConfig:
         """A copy with the non-``None`` overrides applied."""

@@ -11,7 +11,8 @@ registers the same two handlers: one for :class:`ServiceError` and one for werkz
     ├── BundleMismatch      409  the tensor was made for another bundle
     ├── PayloadTooLarge     413  body over the configured limit
     ├── UnsupportedMedia    415  a content type the route does not read
-    └── InvalidInput        422  wrong shape or dtype, NaN or Inf
+    ├── InvalidInput        422  wrong shape or dtype, NaN or Inf
+    └── TooManyRequests     429  every admission slot is taken (carries ``Retry-After``)
 """
 
 from __future__ import annotations
@@ -33,9 +34,17 @@ class ServiceError(Exception):
     status = 500
     code = "internal_error"
 
-    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
+        self.headers = dict(headers or {})
         if status is not None:
             self.status = status
         if code is not None:
@@ -88,6 +97,16 @@ class InvalidInput(ServiceError):
     code = "invalid_input"
 
 
+class TooManyRequests(ServiceError):
+    """Every admission slot is taken; the client should retry after ``retry_after_s``."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(max(1, int(retry_after_s)))})
+
+
 def from_library_error(exc: EdgeLessPartError) -> ServiceError:
     """Map an EdgeLessPart library error raised while serving a request to a ServiceError."""
     message = str(exc)
@@ -108,6 +127,8 @@ def register_error_handlers(app: Flask) -> None:
     def _render(err: ServiceError):
         response = jsonify(err.to_dict())
         response.status_code = err.status
+        for key, value in err.headers.items():
+            response.headers[key] = value
         return response
 
     @app.errorhandler(ServiceError)

@@ -73,6 +73,34 @@ class Counter:
             yield f"{self.name}{_labels_text(key)} {_number(value)}"
 
 
+class Gauge:
+    """A value per label set that can go up and down (set, not accumulated)."""
+
+    kind = "gauge"
+
+    def __init__(self, name: str, help_text: str) -> None:
+        self.name, self.help = name, help_text
+        self._values: dict[LabelKey, float] = {}
+        self._lock = threading.Lock()
+
+    def set(self, value: float, **labels: str) -> None:
+        """Set the series named by ``labels`` to ``value``."""
+        with self._lock:
+            self._values[_key(labels)] = float(value)
+
+    def value(self, **labels: str) -> float:
+        """Current value of one series (0 if never set)."""
+        with self._lock:
+            return self._values.get(_key(labels), 0.0)
+
+    def samples(self) -> Iterable[str]:
+        """Exposition lines of this metric."""
+        with self._lock:
+            items = sorted(self._values.items())
+        for key, value in items:
+            yield f"{self.name}{_labels_text(key)} {_number(value)}"
+
+
 class Histogram:
     """Cumulative-bucket histogram per label set (seconds by default)."""
 
@@ -117,12 +145,16 @@ class Registry:
     """The metrics of one service."""
 
     def __init__(self) -> None:
-        self._metrics: dict[str, Counter | Histogram] = {}
+        self._metrics: dict[str, Counter | Gauge | Histogram] = {}
         self._lock = threading.Lock()
 
     def counter(self, name: str, help_text: str) -> Counter:
         """Create (or return the existing) counter ``name``."""
         return self._add(Counter(name, help_text))
+
+    def gauge(self, name: str, help_text: str) -> Gauge:
+        """Create (or return the existing) gauge ``name``."""
+        return self._add(Gauge(name, help_text))
 
     def histogram(self, name: str, help_text: str, buckets: tuple[float, ...] | None = None):
         """Create (or return the existing) histogram ``name``."""
@@ -170,9 +202,35 @@ class EdgeMetrics:
         self.latency = r.histogram(
             "edgelesspart_request_latency_seconds", "Wall time of a request by route."
         )
+        self.rejected = r.counter(
+            "edgelesspart_rejected_total",
+            "Requests refused with 429 by admission control, by reason.",
+        )
+        self.inflight = r.gauge(
+            "edgelesspart_inflight_requests", "Inference requests at work and waiting."
+        )
+        self.breaker_state = r.gauge(
+            "edgelesspart_breaker_state",
+            "Cloud circuit breaker: 1 for the current state (closed, open, half-open).",
+        )
+        self.breaker_transitions = r.gauge(
+            "edgelesspart_breaker_transitions",
+            "Circuit breaker state changes since start, by from and to state.",
+        )
         self.offload_latency = r.histogram(
             "edgelesspart_offload_latency_seconds", "Wall time of one cloud call."
         )
+
+    def observe_breaker(self, breaker: object) -> None:
+        """Copy a circuit breaker's state and transition counts into the gauges."""
+        state = getattr(breaker, "state", None)
+        if state is None:
+            return
+        for name in ("closed", "open", "half-open"):
+            self.breaker_state.set(1.0 if name == state else 0.0, state=name)
+        transitions = getattr(breaker, "transitions", None)
+        for (old, new), count in (transitions() if callable(transitions) else {}).items():
+            self.breaker_transitions.set(count, **{"from": old, "to": new})
 
     def render(self) -> str:
         """Prometheus text of every metric."""

@@ -95,7 +95,7 @@ def _infer_operation() -> dict[str, Any]:
         },
         "responses": {
             "200": _json_ok("One answer per row", {"$ref": "#/components/schemas/InferResponse"}),
-            **_errors(400, 401, 409, 413, 415, 422),
+            **_errors(400, 401, 409, 413, 415, 422, 429),
         },
     }
 

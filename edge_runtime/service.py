@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.config import EdgeConfig
+from edge_runtime.config import DEFAULT_CODEC, EdgeConfig
 from edge_runtime.metrics import EdgeMetrics
 from edgelesspart.errors import OffloadError
 
@@ -50,12 +50,18 @@ def make_offloader(config: EdgeConfig) -> Any:
         timeout_s=config.offload_timeout_s,
         connect_timeout_s=config.connect_timeout_s,
         retries=config.offload_retries,
-        codec=config.codec,
+        codec=config.codec or DEFAULT_CODEC,
+        breaker_failures=config.breaker_failures,
+        breaker_reset_s=config.breaker_reset_s,
     )
     if config.cloud.startswith("lambda://"):
         name = config.cloud.removeprefix("lambda://")
         return LambdaOffloader(
-            name, endpoint_url=config.lambda_endpoint, region=config.region, policy=policy
+            name,
+            endpoint_url=config.lambda_endpoint,
+            region=config.region,
+            policy=policy,
+            secret=config.cloud_token,
         )
     return HttpOffloader(config.cloud.rstrip("/"), policy, token=config.cloud_token)
 
@@ -73,7 +79,7 @@ class EdgeService:
         from edgelesspart.runtime.executor import ProgressiveExecutor
 
         self.bundle = bundle
-        self.config = config
+        self.config = config = config.with_bundle_codec(bundle.manifest.codec)
         self.offloader = offloader
         self.metrics = metrics or EdgeMetrics()
         self.stage = bundle.manifest.stage_names[0]
@@ -98,6 +104,7 @@ class EdgeService:
         from edgelesspart.runtime.manifest import load_manifest
 
         manifest = load_manifest(bundle_path, verify=False)
+        config = config.with_bundle_codec(manifest.codec)
         bundle = Bundle.load(
             bundle_path,
             verify=config.verify,

@@ -5,12 +5,14 @@
   ``EDGELESSPART_BUNDLE``, settings from the other ``EDGELESSPART_*`` variables).
 * :func:`serve` blocks serving an app (what ``edgelesspart serve-edge`` calls).
 * :class:`BackgroundServer` serves an app from a thread on a free loopback port (tests, demos).
+* :func:`require_token_off_loopback` refuses to expose a service beyond loopback without a token.
 
 Nothing happens at import.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import threading
@@ -20,6 +22,32 @@ from edgelesspart.errors import ConfigError
 
 LOG = logging.getLogger("edgelesspart.wsgi")
 DEFAULT_HOST = "127.0.0.1"
+#: Most client connections waitress keeps open; beyond it the kernel backlog holds the rest.
+CONNECTION_LIMIT = 100
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only reaches this machine (127.0.0.0/8, ::1, ``localhost``)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def require_token_off_loopback(host: str, token: str | None, command: str) -> None:
+    """Refuse to serve on a non-loopback ``host`` without a token.
+
+    Raises:
+        ConfigError: ``host`` is reachable from other machines and ``token`` is empty.
+    """
+    if token or is_loopback(host):
+        return
+    raise ConfigError(
+        f"{command} refuses to listen on {host!r} without a token: anyone on that network "
+        "could call it. Pass --token (or set EDGELESSPART_TOKEN), or bind to 127.0.0.1."
+    )
 
 
 def app_from_env() -> Any:
@@ -37,12 +65,29 @@ def app_from_env() -> Any:
     return create_app(bundle, EdgeConfig.from_env())
 
 
-def serve(app: Any, host: str = DEFAULT_HOST, port: int = 8080, threads: int = 8) -> None:
-    """Serve ``app`` with waitress until interrupted (blocking)."""
+def serve(
+    app: Any,
+    host: str = DEFAULT_HOST,
+    port: int = 8080,
+    threads: int = 8,
+    connection_limit: int = CONNECTION_LIMIT,
+) -> None:
+    """Serve ``app`` with waitress until interrupted (blocking).
+
+    ``threads`` should exceed the app's admission limit plus its waiting room, so there is
+    always a thread free to answer 429 quickly; ``connection_limit`` bounds open connections.
+    """
     from waitress import serve as waitress_serve
 
     LOG.info("serving on http://%s:%s with %d threads", host, port, threads)
-    waitress_serve(app, host=host, port=port, threads=threads, ident="edgelesspart")
+    waitress_serve(
+        app,
+        host=host,
+        port=port,
+        threads=threads,
+        connection_limit=connection_limit,
+        ident="edgelesspart",
+    )
 
 
 class BackgroundServer:

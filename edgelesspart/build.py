@@ -10,7 +10,7 @@ only wires them together and records what happened.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,10 @@ from edgelesspart.runtime.plan import Plan
 
 CONSTRAINTS = ("latency", "memory", "expected-latency", "expected-cost")
 PLACEMENTS = ("linear", "pareto")
+#: Validation samples the codec table is measured on (all of them up to this many).
+CODEC_MAX_SAMPLES = 1000
+#: Validation samples whose boundary bytes per codec are recorded at every profiled cut point.
+PROFILE_SAMPLES = 8
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,8 @@ class BuildConfig:
     image_size: int | None = None
     max_cut_points: int = 16
     profile_method: str = "litert"
+    codec: str = "auto"
+    max_codec_loss: float = 0.5
     out: str | None = None
     overwrite: bool = False
 
@@ -69,6 +75,7 @@ class BuildConfig:
             raise ConfigError(
                 f"train_backbone must be auto, yes or no; got {self.train_backbone!r}."
             )
+        _check_codec_options(self.codec, self.max_codec_loss)
 
     @property
     def bundle_dir(self) -> Path:
@@ -99,6 +106,21 @@ class BuildConfig:
         if "exits_per_part" in clean:
             clean["exits_per_part"] = parse_exits_per_part(clean["exits_per_part"])
         return cls(**clean)
+
+
+def _check_codec_options(codec: Any, max_loss: Any) -> None:
+    from edgelesspart.runtime.codecs import CODECS
+
+    if codec not in ("auto", *CODECS):
+        raise ConfigError(
+            f"Unknown codec {codec!r}; choose auto (the smallest codec within --max-codec-loss) "
+            f"or one of: {', '.join(CODECS)}."
+        )
+    if isinstance(max_loss, bool) or not isinstance(max_loss, (int, float)) or not max_loss >= 0:
+        raise ConfigError(
+            f"max_codec_loss must be a number of accuracy percentage points >= 0 (e.g. 0.5), "
+            f"got {max_loss!r}."
+        )
 
 
 def parse_exits_per_part(value: Any) -> tuple[int, int]:
@@ -141,6 +163,14 @@ class _Clock:
         self._last = now
 
 
+def _profile_codecs(codec: str) -> tuple[str, ...]:
+    from edgelesspart.profiler import PROFILE_CODECS
+    from edgelesspart.runtime.codecs import LOSSLESS
+
+    fixed = () if codec == "auto" else (codec,)
+    return tuple(dict.fromkeys((*PROFILE_CODECS, *sorted(LOSSLESS), *fixed)))
+
+
 def make_plan(config: BuildConfig, host_profile: Any, model_name: str) -> tuple[Plan, dict]:
     """Scale the host profile to both devices and apply the configured planning rule."""
     from edgelesspart import devices, links, planner
@@ -154,6 +184,7 @@ def make_plan(config: BuildConfig, host_profile: Any, model_name: str) -> tuple[
         "exits_per_part": config.exits_per_part,
         "edge_device": edge,
         "cloud_device": cloud,
+        "codec": config.codec,
     }
     if config.constraint in ("latency", "memory"):
         plan = planner.plan_split(
@@ -195,6 +226,55 @@ def _exit_heads(model: Any, plan: Plan, definition: Any, classes: int) -> tuple[
         for name, cut in exit_cuts.items()
     }
     return definition, exit_cuts, exit_tensors
+
+
+def choose_codec(
+    config: BuildConfig, model: Any, plan: Plan, data: Any, log: Any = print
+) -> tuple[dict[str, Any], dict[str, Any], Plan]:
+    """Measure every codec at the plan's split on validation data and pick one.
+
+    Returns the manifest ``codec`` entry, the ``codecs.json`` table and the plan with the chosen
+    codec and its measured bytes recorded in ``parameters`` (the planner's own pick, made
+    before accuracy was known, stays as ``planning_codec``).
+    """
+    import os
+    import platform
+
+    from edgelesspart import codec_selection, devices, payload
+
+    cloud = devices.load_device(config.cloud_device)
+    x_val, y_val = data.x_val[:CODEC_MAX_SAMPLES], data.y_val[:CODEC_MAX_SAMPLES]
+    host = f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, batch 1"
+    table = codec_selection.measure_at_split(model, plan.split, x_val, y_val, host=host)
+    limit = payload.payload_limit(cloud)
+    entry = codec_selection.codec_entry(
+        table, config.codec, config.max_codec_loss, max_bytes=limit
+    )
+    chosen = table.row(entry["name"])
+    if limit is not None and chosen.bytes_per_sample > limit:
+        raise ConfigError(
+            f"Codec {chosen.codec!r} sends {chosen.bytes_per_sample:,.0f} bytes per sample at "
+            f"{plan.split!r}, over the {cloud.name} payload limit ({limit:,} bytes before "
+            "base64); use --codec auto or a smaller codec."
+        )
+    if entry["selected_by"] == "fixed" and chosen.loss_pp > config.max_codec_loss:
+        log(
+            f"warning: codec {chosen.codec} loses {chosen.loss_pp:.2f} accuracy points on "
+            f"validation, more than --max-codec-loss {config.max_codec_loss:g}; kept as asked"
+        )
+    parameters = {
+        **plan.parameters,
+        "planning_codec": plan.parameters.get("codec"),
+        "codec": chosen.codec,
+        "codec_reason": (
+            f"auto: fewest bytes within {config.max_codec_loss:g} pp accuracy loss on validation"
+            if entry["selected_by"] == "auto"
+            else "fixed by the user"
+        ),
+        "boundary_encoded_bytes": int(round(chosen.bytes_per_sample)),
+        "boundary_bytes_measured": True,
+    }
+    return entry, table.to_dict(), replace(plan, parameters=parameters)
 
 
 def _train(config: BuildConfig, model: Any, data: Any, untrained: bool) -> tuple[Any, bool, int]:
@@ -243,12 +323,21 @@ def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = pri
         method=config.profile_method,
         show_progress=show_progress,
         seed=config.seed,
+        samples=data.x_val[:PROFILE_SAMPLES],
+        codecs=_profile_codecs(config.codec),
     )
     clock.lap("profile")
     plan, profile_summary = make_plan(config, host_profile, model_info["name"])
     definition, exit_cuts, exit_tensors = _exit_heads(model, plan, definition, data.num_classes)
     joint, exit_epochs = training.train_exits(model, exit_tensors, data, train_config)
     clock.lap("train_exits")
+    codec, codec_table, plan = choose_codec(config, model, plan, data, log)
+    log(
+        f"codec: {codec['name']} ({codec['selected_by']}), {1 / codec['size_ratio']:.2f}x fewer "
+        f"bytes than raw fp32, accuracy delta {codec['accuracy_delta_pp']:+.2f} pp on "
+        f"{codec['samples']} validation samples"
+    )
+    clock.lap("codec")
     accuracy = {
         "val": training.classifier_accuracy(joint, data.x_val, data.y_val),
         "test": training.classifier_accuracy(joint, data.x_test, data.y_test),
@@ -275,6 +364,8 @@ def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = pri
             },
             "build_config": config.to_dict(),
         },
+        codec=codec,
+        codec_table=codec_table,
     )
     manifest = export.export_bundle(
         request, config.bundle_dir, probe=data.x_val[:4], overwrite=config.overwrite

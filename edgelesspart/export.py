@@ -36,6 +36,7 @@ from edgelesspart.runtime.plan import MODEL_OUTPUT, Plan
 
 TFLITE_TOLERANCE = 1e-4
 EXIT_CODE_PATH = "exits/generated_exit.py"
+CODECS_PATH = "codecs.json"
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class ExportRequest:
         profile: the host profile as a dict (written to ``profile.json``).
         training: the training report as a dict.
         extra: anything else worth recording (dataset spec and seed, devices, ...).
+        codec: the manifest ``codec`` entry (boundary codec, its size ratio, measured table).
+        codec_table: the full codec measurement, written to ``codecs.json`` when given.
     """
 
     backbone: Any
@@ -69,6 +72,8 @@ class ExportRequest:
     profile: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    codec: dict[str, Any] = field(default_factory=lambda: {"name": "raw"})
+    codec_table: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -181,6 +186,9 @@ def _write_files(tmp: Path, request: ExportRequest, built: list[_Built]) -> list
     if request.profile:
         (tmp / "profile.json").write_text(json.dumps(request.profile, indent=2) + "\n", "utf-8")
         written.append("profile.json")
+    if request.codec_table:
+        (tmp / CODECS_PATH).write_text(json.dumps(request.codec_table, indent=2) + "\n", "utf-8")
+        written.append(CODECS_PATH)
     return written
 
 
@@ -216,6 +224,7 @@ def export_bundle(
             segments=tuple(b.spec for b in built),
             exits=_exit_infos(request, built),
             files=files,
+            codec=dict(request.codec),
             profile={k: v for k, v in request.profile.items() if k != "cut_points"},
             training=dict(request.training),
             extra=dict(request.extra),

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any, Protocol
 
@@ -61,6 +61,9 @@ class Objective:
         cost_fn: cloud milliseconds -> cost of one invocation (expected cost).
         exit_overhead_ms: time of one exit head, charged for every exit a sample evaluates.
         offload_overhead_ms: fixed per-offload overhead (HTTPS / function front end).
+        wire_bytes: bytes one offload puts on the link per split (the planned codec's encoded
+            bytes, see :mod:`edgelesspart.payload`); a split not listed sends its raw
+            ``boundary_bytes``.
     """
 
     name: str
@@ -69,6 +72,7 @@ class Objective:
     cost_fn: CostFn | None = None
     exit_overhead_ms: float = 0.0
     offload_overhead_ms: float = 0.0
+    wire_bytes: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.name not in OBJECTIVES:
@@ -160,7 +164,8 @@ def outcomes(
 
 
 def _offload_ms(edge: ModelProfile, split: str, objective: Objective) -> float:
-    link_ms = objective.link.transfer_ms(edge.at(split).boundary_bytes) if objective.link else 0.0
+    nbytes = objective.wire_bytes.get(split, edge.at(split).boundary_bytes)
+    link_ms = objective.link.transfer_ms(nbytes) if objective.link else 0.0
     return link_ms + objective.offload_overhead_ms
 
 
@@ -210,17 +215,20 @@ def expected_latency(
         cloud_profile: the model on the cloud device.
         exit_rates: P(answer at exit | reached it) per cut point; ``None`` for the prior of
             :func:`default_exit_rates`.
-        link: the edge -> cloud link; one ``link.transfer_ms(boundary bytes)`` per offload.
+        link: the edge -> cloud link; one ``link.transfer_ms(boundary bytes)`` per offload
+            (the plan's ``boundary_encoded_bytes`` parameter when present, else raw bytes).
         exit_overhead_ms: time of one exit head, per exit evaluated.
         offload_overhead_ms: fixed extra time per offload (front-end, serialisation).
     """
     split, edge_exits, cloud_exits = _two_stages(plan)
+    wire = plan.parameters.get("boundary_encoded_bytes")
     objective = Objective(
         "expected-latency",
         check_rates(edge_profile, exit_rates),
         link=link,
         exit_overhead_ms=exit_overhead_ms,
         offload_overhead_ms=offload_overhead_ms,
+        wire_bytes={split: int(wire)} if isinstance(wire, int) else {},
     )
     return objective_value(edge_profile, cloud_profile, split, (edge_exits, cloud_exits), objective)
 
@@ -294,6 +302,7 @@ def make_objective(
     offload_overhead_ms: float = 0.0,
     cost_fn: CostFn | None = None,
     cloud_device: DeviceProfile | None = None,
+    wire_bytes: Mapping[str, int] | None = None,
 ) -> Objective:
     """Build the :class:`Objective` named ``objective`` with validated (or default) exit rates.
 
@@ -310,6 +319,7 @@ def make_objective(
         cost_fn=cost_fn,
         exit_overhead_ms=exit_overhead_ms,
         offload_overhead_ms=offload_overhead_ms,
+        wire_bytes=dict(wire_bytes or {}),
     )
 
 

@@ -41,6 +41,13 @@ from edgelesspart.objective import (
     expected_latency,
     simple_cost_fn,
 )
+from edgelesspart.payload import (
+    AUTO,
+    boundary_payload,
+    check_plan_codec,
+    payload_parameters,
+    split_payloads,
+)
 from edgelesspart.placement import (
     MAX_EXITS_PER_PART,
     PLACEMENTS,
@@ -272,6 +279,7 @@ def plan_split(
     edge_device: DeviceProfile | None = None,
     cloud_device: DeviceProfile | None = None,
     depth: str = "latency",
+    codec: str = AUTO,
 ) -> Plan:
     """Split by the paper's latency or memory rule and place the exits inside each part.
 
@@ -284,11 +292,18 @@ def plan_split(
         placement: ``"linear"`` or ``"pareto"`` (:func:`place_exits`).
         exits_per_part: exits per part, one int or ``(edge, cloud)``, each in 0..3.
         edge_device: when given, a split that does not fit its memory budget is refused.
-        cloud_device: only named in the plan.
+        cloud_device: named in the plan; a Lambda device (``provider == "lambda"``) refuses a
+            split whose boundary cannot fit its synchronous payload limit (see
+            :mod:`edgelesspart.payload`).
         depth: ``"latency"`` or ``"index"`` relative depth for exit placement.
+        codec: the boundary codec (a name, or ``"auto"``); recorded with its encoded bytes in
+            ``parameters``.
 
     Returns:
         A two-stage :class:`Plan` (``edge``, ``cloud``) with predicted latency and memory.
+
+    Raises:
+        PlanError: no split satisfies the rule, the edge memory budget or the payload limit.
     """
     check_choice(constraint, CONSTRAINTS, "constraint")
     check_pair(edge_profile, cloud_profile)
@@ -298,11 +313,16 @@ def plan_split(
     else:
         split = split_by_memory(edge_profile, memory_fraction)
     check_device_memory(edge_profile, split, edge_device)
+    payload = boundary_payload(edge_profile.at(split), codec, cloud_device)
     exits = (
         place_exits(edge_profile, MODEL_INPUT, split, n_edge, placement, depth=depth),
         place_exits(cloud_profile, split, MODEL_OUTPUT, n_cloud, placement, depth=depth),
     )
-    parameters: dict[str, Any] = {"exits_per_part": [n_edge, n_cloud], "depth": depth}
+    parameters: dict[str, Any] = {
+        "exits_per_part": [n_edge, n_cloud],
+        "depth": depth,
+        **payload_parameters(payload, codec, cloud_device),
+    }
     if constraint == "memory":
         parameters["memory_fraction"] = memory_fraction
         parameters["budget_bytes"] = memory_fraction * edge_profile.total.memory_bytes
@@ -395,6 +415,33 @@ def plan_pipeline(
     )
 
 
+def _payload_splits(
+    edge_profile: ModelProfile,
+    edge_device: DeviceProfile | None,
+    cloud_device: DeviceProfile | None,
+    max_boundary_bytes: int | None,
+    codec: str,
+) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """Feasible splits (memory, raw size, payload limit) and each one's planned payload."""
+    check_plan_codec(codec)
+    candidates = _obj.feasible_splits(edge_profile, edge_device, max_boundary_bytes)
+    payloads, refused = split_payloads(edge_profile, candidates, codec, cloud_device)
+    splits = tuple(name for name in candidates if name in payloads)
+    if splits:
+        return splits, payloads
+    if refused:
+        last = list(refused)[-1]
+        raise PlanError(
+            f"No split fits the cloud's payload limit: all {len(refused)} split(s) of "
+            f"{edge_profile.model!r} left after the memory checks are refused. The deepest: "
+            f"{refused[last]}"
+        )
+    raise PlanError(
+        f"No split fits: every cut point of {edge_profile.model!r} exceeds the edge memory "
+        f"budget or max_boundary_bytes={max_boundary_bytes}."
+    )
+
+
 # --------------------------------------------------------------------------- objective mode
 
 
@@ -430,6 +477,7 @@ def plan_objective(
     search: str = "placement",
     depth: str = "latency",
     max_boundary_bytes: int | None = None,
+    codec: str = AUTO,
 ) -> Plan:
     """The split (and exits) minimising expected latency or expected cloud cost per request.
 
@@ -451,7 +499,10 @@ def plan_objective(
         search: ``"placement"`` (every split, exits by the placement rule) or ``"exhaustive"``
             (every split, optimal exit subsets by dynamic programming; ``placement="optimal"``).
         depth: relative depth for the placement rule (``"latency"`` or ``"index"``).
-        max_boundary_bytes: skip splits whose boundary tensor is larger (e.g. a payload limit).
+        max_boundary_bytes: skip splits whose raw boundary tensor is larger.
+        codec: the boundary codec (a name, or ``"auto"``): link time uses its encoded bytes at
+            each split (raw bytes where none were measured); with a Lambda ``cloud_device``,
+            splits that cannot fit the synchronous payload limit are skipped.
 
     Returns:
         A two-stage plan; ``parameters["objective_value"]`` holds the minimised value. Ties are
@@ -460,6 +511,9 @@ def plan_objective(
     check_pair(edge_profile, cloud_profile)
     check_choice(search, SEARCHES, "search")
     limits = exits_pair(exits_per_part)
+    splits, payloads = _payload_splits(
+        edge_profile, edge_device, cloud_device, max_boundary_bytes, codec
+    )
     spec = _obj.make_objective(
         edge_profile,
         objective,
@@ -469,13 +523,8 @@ def plan_objective(
         offload_overhead_ms=offload_overhead_ms,
         cost_fn=cost_fn,
         cloud_device=cloud_device,
+        wire_bytes={name: p.nbytes for name, p in payloads.items()},
     )
-    splits = _obj.feasible_splits(edge_profile, edge_device, max_boundary_bytes)
-    if not splits:
-        raise PlanError(
-            f"No split fits: every cut point of {edge_profile.model!r} exceeds the edge memory "
-            f"budget or max_boundary_bytes={max_boundary_bytes}."
-        )
     best: tuple[float, str, tuple[tuple[str, ...], tuple[str, ...]]] | None = None
     for split in splits:
         if search == "placement":
@@ -502,6 +551,7 @@ def plan_objective(
         "exit_overhead_ms": exit_overhead_ms,
         "offload_overhead_ms": offload_overhead_ms,
         "feasible_splits": len(splits),
+        **payload_parameters(payloads[split], codec, cloud_device),
     }
     return two_stage_plan(
         edge_profile,
@@ -530,6 +580,7 @@ def brute_force_optimum(
     edge_device: DeviceProfile | None = None,
     cloud_device: DeviceProfile | None = None,
     max_boundary_bytes: int | None = None,
+    codec: str = AUTO,
 ) -> Optimum:
     """Exact optimum over every split x exit subset (at most ``exits_per_part`` per part).
 
@@ -538,6 +589,9 @@ def brute_force_optimum(
     compares the placement rules against.
     """
     check_pair(edge_profile, cloud_profile)
+    splits, payloads = _payload_splits(
+        edge_profile, edge_device, cloud_device, max_boundary_bytes, codec
+    )
     spec = _obj.make_objective(
         edge_profile,
         objective,
@@ -547,8 +601,8 @@ def brute_force_optimum(
         offload_overhead_ms=offload_overhead_ms,
         cost_fn=cost_fn,
         cloud_device=cloud_device,
+        wire_bytes={name: p.nbytes for name, p in payloads.items()},
     )
-    splits = _obj.feasible_splits(edge_profile, edge_device, max_boundary_bytes)
     return _obj.brute_force(
         edge_profile,
         cloud_profile,

@@ -30,6 +30,9 @@ class CutPointProfile:
         boundary_shape: shape of the cut tensor without the batch dimension.
         boundary_bytes: raw float32 bytes of that tensor for one sample.
         flops: cumulative multiply-accumulates x2 (estimate), 0 if unknown.
+        encoded_bytes: codec name -> mean wire payload bytes of the cut tensor for one sample
+            (frame header included), measured on real samples; empty when not measured. The
+            planner reads it for link time and payload limits (raw ``boundary_bytes`` otherwise).
     """
 
     name: str
@@ -40,6 +43,7 @@ class CutPointProfile:
     boundary_shape: tuple[int, ...]
     boundary_bytes: int
     flops: int = 0
+    encoded_bytes: dict[str, int] = field(default_factory=dict, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -52,6 +56,7 @@ class CutPointProfile:
             "boundary_shape": list(self.boundary_shape),
             "boundary_bytes": self.boundary_bytes,
             "flops": self.flops,
+            **({"encoded_bytes": dict(self.encoded_bytes)} if self.encoded_bytes else {}),
         }
 
     @classmethod
@@ -66,6 +71,9 @@ class CutPointProfile:
             boundary_shape=tuple(int(d) for d in data.get("boundary_shape", ())),
             boundary_bytes=int(data["boundary_bytes"]),
             flops=int(data.get("flops", 0)),
+            encoded_bytes={
+                str(k): int(v) for k, v in dict(data.get("encoded_bytes") or {}).items()
+            },
         )
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edgelesspart._lazy import tensorflow
-from edgelesspart.errors import ProfileError
+from edgelesspart.errors import EdgeLessPartError, ProfileError
 from edgelesspart.graph import CutPoint, cut_tensor, extract, find_cut_points, tensor_graph
 from edgelesspart.graph import functional_model as _functional
 from edgelesspart.litert_export import to_tflite
@@ -28,6 +28,8 @@ from edgelesspart.progress import progress
 from edgelesspart.runtime.plan import MODEL_INPUT, MODEL_OUTPUT
 
 METHODS = ("litert", "tf-function")
+#: Codecs whose wire bytes are measured at every cut point when real samples are given.
+PROFILE_CODECS = ("raw", "fp16", "fp16+lz4", "int8+lz4", "int8+zstd")
 
 
 def candidate_cut_points(cuts: Sequence[CutPoint], max_points: int = 24) -> list[CutPoint]:
@@ -96,6 +98,26 @@ def _stretch_timer(segment: Any, method: str, x: np.ndarray) -> Callable[[], Any
     return lambda: fn(tensor)
 
 
+def encoded_bytes_per_sample(boundary: np.ndarray, codecs: Sequence[str]) -> dict[str, int]:
+    """Mean wire payload bytes (header included) per sample at batch 1, per usable codec.
+
+    Codecs whose library is missing or that cannot carry this tensor are left out.
+    """
+    from edgelesspart.runtime.codecs import available_codecs, encode_tensor
+
+    usable = set(available_codecs())
+    result: dict[str, int] = {}
+    for codec in dict.fromkeys(codecs):
+        if codec not in usable or len(boundary) == 0:
+            continue
+        try:
+            sizes = [len(encode_tensor(boundary[i : i + 1], codec)) for i in range(len(boundary))]
+        except EdgeLessPartError:
+            continue
+        result[codec] = int(round(float(np.mean(sizes))))
+    return result
+
+
 def profile_model(
     model: Any,
     *,
@@ -106,6 +128,8 @@ def profile_model(
     repeats: int = 15,
     show_progress: bool = True,
     seed: int = 0,
+    samples: np.ndarray | None = None,
+    codecs: Sequence[str] = PROFILE_CODECS,
 ) -> ModelProfile:
     """Profile ``model`` on this host (device ``"host"``) at its candidate cut points.
 
@@ -118,6 +142,9 @@ def profile_model(
         repeats: timed invokes; the median is kept.
         show_progress: draw a progress bar on stderr.
         seed: seed of the random probe input.
+        samples: a handful of real inputs (e.g. validation images); when given, each cut
+            point records ``encoded_bytes`` for ``codecs`` (see encoded_bytes_per_sample).
+        codecs: the codecs measured on ``samples``.
     """
     if method not in METHODS:
         raise ProfileError(f"Unknown profiling method {method!r}; choose one of {METHODS}.")
@@ -127,6 +154,7 @@ def profile_model(
     memory = memory_profile(model, names)
     rng = np.random.default_rng(seed)
     x = rng.random((1, *model.inputs[0].shape[1:]), dtype=np.float32)
+    real = None if samples is None else np.asarray(samples, dtype=np.float32)
     entries: list[CutPointProfile] = []
     cumulative = 0.0
     start = MODEL_INPUT
@@ -138,8 +166,14 @@ def profile_model(
         x = np.asarray(stretch(x)["boundary"], dtype=np.float32)
         shape = tuple(int(d) for d in x.shape[1:])
         mem, weights = memory[name]
+        wire: dict[str, int] = {}
+        if real is not None:
+            real = np.asarray(stretch(real, training=False)["boundary"], dtype=np.float32)
+            wire = encoded_bytes_per_sample(real, codecs)
         entries.append(
-            CutPointProfile(name, index, round(cumulative, 6), mem, weights, shape, int(x.size) * 4)
+            CutPointProfile(
+                name, index, round(cumulative, 6), mem, weights, shape, int(x.size) * 4, 0, wire
+            )
         )
         start = name
     whole = _stretch_timer(
@@ -165,5 +199,10 @@ def profile_model(
             "sum_of_stretches_ms": round(cumulative, 6),
             "all_cut_points": len(find_cut_points(model)),
             "params": int(model.count_params()),
+            **(
+                {"encoded_bytes": f"mean wire bytes over {len(real)} real samples at batch 1"}
+                if real is not None
+                else {}
+            ),
         },
     )

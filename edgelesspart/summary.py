@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from edgelesspart.runtime.manifest import Manifest
 from edgelesspart.runtime.plan import Plan
 
@@ -30,7 +32,39 @@ def format_plan(plan: Plan) -> str:
         )
         if i < len(plan.boundary_bytes):
             lines.append(f"    boundary to next stage: {_kib(plan.boundary_bytes[i])} raw fp32")
+    encoded = plan.parameters.get("boundary_encoded_bytes")
+    if plan.parameters.get("codec") and isinstance(encoded, (int, float)):
+        lines.append(
+            f"  planned codec: {plan.parameters['codec']}, {_kib(encoded)} per sample on the wire"
+        )
     return "\n".join(lines)
+
+
+def format_codec_table(codec: dict[str, Any]) -> list[str]:
+    """Lines of a manifest ``codec`` entry's measured table (empty when it has none).
+
+    Columns: wire bytes per sample, compression vs raw float32, accuracy delta in percentage
+    points (negative = loss), median encode/decode ms at batch 1; ``*`` marks the chosen codec.
+    """
+    rows = codec.get("table") or []
+    if not rows:
+        return []
+    lines = [
+        f"codec table at {codec.get('cut_point', '?')} ({codec.get('samples', '?')} validation "
+        f"samples, {codec.get('selected_by', '?')}, max loss {codec.get('max_loss_pp', '?')} pp):",
+        f"  {'codec':<10} {'bytes/sample':>12} {'vs raw':>7} {'dAcc pp':>8} {'enc ms':>7} "
+        f"{'dec ms':>7}",
+    ]
+    for row in rows:
+        ratio = float(row.get("size_ratio", 0.0))
+        factor = 1.0 / ratio if ratio else 0.0
+        mark = "  *" if row.get("codec") == codec.get("name") else ""
+        lines.append(
+            f"  {row.get('codec', '?'):<10} {float(row.get('bytes_per_sample', 0)):>12,.0f} "
+            f"{factor:>6.2f}x {float(row.get('accuracy_delta_pp', 0)):>+8.2f} "
+            f"{float(row.get('encode_ms', 0)):>7.3f} {float(row.get('decode_ms', 0)):>7.3f}{mark}"
+        )
+    return lines
 
 
 def format_bundle(manifest: Manifest) -> str:
@@ -57,5 +91,6 @@ def format_bundle(manifest: Manifest) -> str:
     for info in manifest.exits:
         metrics = ", ".join(f"{k}={v:.3f}" for k, v in sorted(info.metrics.items()))
         lines.append(f"  {info.name:<7} at {info.cut_point:<28} [{info.stage}] {metrics}")
+    lines.extend(format_codec_table(manifest.codec))
     lines.append(f"files: {len(manifest.files)} (sha256 verified on load)")
     return "\n".join(lines)

@@ -38,6 +38,15 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "--image-size": {"type": int, "help": "input side for digits/image folders (32)"},
     "--max-cut-points": {"type": int, "help": "candidate cut points to profile (16)"},
     "--profile-method": {"choices": ["litert", "tf-function"], "help": "how latency is timed"},
+    "--codec": {
+        "help": "boundary tensor codec: auto (default; the fewest bytes within "
+        "--max-codec-loss) or raw, fp16, int8, lz4, zstd, zfp, fp16+lz4, int8+lz4, zfp+lz4, "
+        "fp16+zstd, int8+zstd"
+    },
+    "--max-codec-loss": {
+        "type": float,
+        "help": "auto codec: most validation accuracy loss allowed, in percentage points (0.5)",
+    },
     "--out": {"help": "bundle directory (default bundles/<model>-<constraint>-<placement>)"},
 }
 

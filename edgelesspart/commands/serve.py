@@ -1,8 +1,10 @@
 """``edgelesspart serve-edge | serve-cloud | package-cloud``: run and package the services.
 
 Nothing heavy at import (no Flask, boto3 or TensorFlow): each ``run_*`` imports what it needs.
-Servers bind to 127.0.0.1 unless ``--host`` says otherwise, and run under waitress (one process,
-threads), so no model is ever loaded before a fork.
+Servers bind to 127.0.0.1 unless ``--host`` says otherwise, and refuse a non-loopback ``--host``
+without a token (exit 2). They run under waitress (one process, threads), so no model is ever
+loaded before a fork; the default thread count leaves threads free to answer 429 when the
+admission limit and its waiting room are full.
 """
 
 from __future__ import annotations
@@ -22,8 +24,18 @@ def _add_server_args(parser: argparse.ArgumentParser, port: int) -> None:
     parser.add_argument("bundle", help="bundle directory")
     parser.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=port, help=f"TCP port (default: {port})")
-    parser.add_argument("--threads", type=int, default=8, help="waitress threads (default: 8)")
-    parser.add_argument("--token", default=None, help="bearer token clients must send")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="waitress threads (default: admission limit + waiting room + 4)",
+    )
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="token clients must send (required with a non-loopback --host; "
+        "env EDGELESSPART_TOKEN)",
+    )
 
 
 def _register_edge(sub: Any) -> None:
@@ -83,7 +95,7 @@ def run_edge(args: argparse.Namespace) -> int:
     """Load the edge stage and serve it until interrupted."""
     from edge_runtime.app import create_app
     from edge_runtime.config import EdgeConfig
-    from edge_runtime.wsgi import serve
+    from edge_runtime.wsgi import require_token_off_loopback, serve
 
     config = EdgeConfig.from_env(
         cloud=args.cloud,
@@ -95,23 +107,32 @@ def run_edge(args: argparse.Namespace) -> int:
         offload_timeout_s=args.timeout,
         codec=args.codec,
     )
+    require_token_off_loopback(args.host, config.token, "serve-edge")
     app = create_app(args.bundle, config)
+    threads = args.threads or config.max_inflight + config.max_queue + 4
     print(f"edge service for {args.bundle} on http://{args.host}:{args.port} (cloud: {args.cloud})")
-    serve(app, host=args.host, port=args.port, threads=args.threads)
+    serve(app, host=args.host, port=args.port, threads=threads)
     return 0
 
 
 def run_cloud(args: argparse.Namespace) -> int:
     """Load the cloud stages and serve both APIs until interrupted."""
-    from cloud_functions.local_server import create_app
-    from edge_runtime.wsgi import serve
+    import os
 
-    app = create_app(args.bundle, token=args.token, function_name=args.function_name)
+    from cloud_functions.http_entry import CloudLimits
+    from cloud_functions.local_server import create_app
+    from edge_runtime.wsgi import require_token_off_loopback, serve
+
+    token = args.token or os.environ.get("EDGELESSPART_TOKEN") or None
+    require_token_off_loopback(args.host, token, "serve-cloud")
+    limits = CloudLimits()
+    app = create_app(args.bundle, token=token, function_name=args.function_name, limits=limits)
+    threads = args.threads or limits.max_inflight + limits.max_queue + 4
     print(
         f"cloud part for {args.bundle} on http://{args.host}:{args.port} "
         "(Lambda Invoke API + /v1/continue)"
     )
-    serve(app, host=args.host, port=args.port, threads=args.threads)
+    serve(app, host=args.host, port=args.port, threads=threads)
     return 0
 
 

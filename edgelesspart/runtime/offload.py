@@ -38,7 +38,7 @@ from edgelesspart.errors import (
     OffloadTimeout,
     OffloadUnavailable,
 )
-from edgelesspart.runtime import codecs
+from edgelesspart.runtime import codecs, signing
 from edgelesspart.runtime.resilience import DEFAULT_POLICY, CircuitBreaker, OffloadPolicy
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -202,7 +202,9 @@ class HttpOffloader(BaseOffloader):
         url: base URL of the cloud part (``http://host:port``; a trailing ``/v1/continue`` is
             accepted too).
         policy: timeouts, retries, breaker and codec.
-        token: optional bearer token sent as ``Authorization: Bearer <token>``.
+        token: optional shared secret: every request is signed with HMAC-SHA256 of its body
+            and a timestamp (see :mod:`edgelesspart.runtime.signing`); the secret itself is
+            never sent.
     """
 
     def __init__(
@@ -240,7 +242,7 @@ class HttpOffloader(BaseOffloader):
 
         headers = {"Content-Type": TENSOR_CONTENT_TYPE, "Accept": "application/json"}
         if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+            headers.update(signing.sign_body(self.token, payload))
         timeout = (self.policy.connect_timeout_s, self.policy.timeout_s)
         try:
             response = self._session().post(
@@ -365,6 +367,9 @@ class LambdaOffloader(BaseOffloader):
         region: AWS region.
         policy: timeouts, retries, breaker and codec.
         client: a boto3 Lambda client to use instead of the shared one.
+        secret: optional shared secret: the event then carries an ``auth`` HMAC of its
+            content and a timestamp (for a ``serve-cloud`` started with ``--token``; a real
+            Lambda function is already authenticated by IAM/SigV4 and may ignore it).
     """
 
     def __init__(
@@ -375,9 +380,11 @@ class LambdaOffloader(BaseOffloader):
         region: str = "us-east-1",
         policy: OffloadPolicy = DEFAULT_POLICY,
         client: Any = None,
+        secret: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(policy, **kwargs)
+        self.secret = secret
         if not isinstance(function_name, str) or not function_name:
             raise ConfigError(
                 f"Lambda function name must be a non-empty string, got {function_name!r}."
@@ -392,7 +399,10 @@ class LambdaOffloader(BaseOffloader):
         )
 
     def _send(self, payload: bytes, threshold: float, rows: int) -> list[dict]:
-        body = json.dumps({"tensor_b64": codecs.to_base64(payload), "threshold": threshold})
+        event: dict[str, Any] = {"tensor_b64": codecs.to_base64(payload), "threshold": threshold}
+        if self.secret:
+            event = signing.sign_event(self.secret, event)
+        body = json.dumps(event)
         data = body.encode("utf-8")
         if len(data) > LAMBDA_PAYLOAD_LIMIT:
             raise OffloadRejected(

@@ -101,6 +101,9 @@ class CircuitBreaker:
 
     While open every call is refused at once. After ``reset_s`` one trial call is let
     through (half-open); its success closes the circuit, its failure re-opens it. Thread-safe.
+    :meth:`transitions` counts every state change (``("closed", "open")`` → n) so services can
+    export them; the open → half-open change is counted when it is observed (next call or
+    state read), since the breaker has no timer of its own.
 
     Args:
         failures: consecutive failures that open the circuit.
@@ -127,11 +130,24 @@ class CircuitBreaker:
         self._count = 0
         self._opened_at = 0.0
         self._trial = False
+        self._transitions: dict[tuple[str, str], int] = {}
+
+    def _move(self, state: str) -> None:
+        if state != self._state:
+            key = (self._state, state)
+            self._transitions[key] = self._transitions.get(key, 0) + 1
+            self._state = state
 
     def _refresh(self) -> None:
         if self._state == self.OPEN and self._clock() - self._opened_at >= self.reset_s:
-            self._state = self.HALF_OPEN
+            self._move(self.HALF_OPEN)
             self._trial = False
+
+    def transitions(self) -> dict[tuple[str, str], int]:
+        """How often each ``(from_state, to_state)`` change happened since creation."""
+        with self._lock:
+            self._refresh()
+            return dict(self._transitions)
 
     @property
     def state(self) -> str:
@@ -165,7 +181,7 @@ class CircuitBreaker:
     def record_success(self) -> None:
         """A call succeeded: close the circuit."""
         with self._lock:
-            self._state = self.CLOSED
+            self._move(self.CLOSED)
             self._count = 0
             self._trial = False
 
@@ -174,6 +190,6 @@ class CircuitBreaker:
         with self._lock:
             self._count += 1
             if self._state == self.HALF_OPEN or self._count >= self.failures:
-                self._state = self.OPEN
+                self._move(self.OPEN)
                 self._opened_at = self._clock()
                 self._trial = False

@@ -20,7 +20,7 @@ from edgelesspart.errors import (
     OffloadTimeout,
     OffloadUnavailable,
 )
-from edgelesspart.runtime import codecs, offload
+from edgelesspart.runtime import codecs, offload, signing
 from edgelesspart.runtime.offload import (
     CircuitBreaker,
     HttpOffloader,
@@ -170,7 +170,8 @@ def test_http_offload_posts_the_tensor_and_returns_answers(fake_cloud):
     first = fake_cloud.seen[0]
     assert first.path == "/v1/continue"
     assert first.headers["Content-Type"] == "application/x-edgelesspart-tensor"
-    assert first.headers["Authorization"] == "Bearer s3cret"
+    assert "Authorization" not in first.headers  # the secret never travels; the body is signed
+    assert signing.check_body("s3cret", first.body, first.headers) is None
     array, header = codecs.decode_tensor(first.body)
     np.testing.assert_array_equal(array, BOUNDARY)
     assert header["meta"] == {"bundle_id": "b-1", "threshold": 0.7}

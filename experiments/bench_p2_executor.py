@@ -1,0 +1,107 @@
+"""P2: per-sample time of the progressive executor vs the raw LiteRT invokes it made.
+
+For each test sample (batch 1) the progressive path runs in one process: the edge stage's
+:class:`ProgressiveExecutor` and, for a sample no edge exit answered, the cloud stage's executor
+on its boundary tensor (no codec, no network). The baseline runs exactly the segments that
+sample ran, as bare LiteRT interpreters sized to batch 1 once (``set_tensor``/``invoke``/
+``get_tensor``), and sums their times. Both run interleaved, repeated, after a warm-up; the
+headline is total executor time / total raw time over every sample (per-sample medians).
+
+Usage::
+
+    .venv/bin/python experiments/bench_p2_executor.py [--quick] [--bundle DIR] [--threshold 0.8]
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib  # noqa: E402
+import rawlite  # noqa: E402
+
+GOAL = 1.05
+
+
+def _args(argv: list[str] | None) -> Any:
+    def extra(parser: Any) -> None:
+        parser.add_argument("--bundle", type=Path, default=None, help="bundle to run")
+        parser.add_argument("--threshold", type=float, default=0.8, help="exit threshold")
+        parser.add_argument("--samples", type=int, default=None, help="test samples to use")
+        parser.add_argument("--repeats", type=int, default=None, help="timed rounds per sample")
+
+    return benchlib.parse_args(__doc__.splitlines()[0], argv, extra)
+
+
+def measure(bundle_path: Path, threshold: float, samples: int, repeats: int) -> dict[str, Any]:
+    """Interleaved per-sample times of the executor and of the raw invokes it made."""
+    from edgelesspart.runtime.bundle import Bundle
+
+    bundle = Bundle.load(bundle_path, pool_size=1)
+    x, _ = benchlib.eval_split(bundle_path, samples)
+    ours = benchlib.Progressive(bundle, threshold)
+    raw = rawlite.raw_segments(bundle)
+    rows = [x[i : i + 1] for i in range(len(x))]
+    chains = [ours.chain(row) for row in rows]  # also the warm-up of every interpreter
+    for row, chain in zip(rows, chains):
+        rawlite.run_chain(raw, chain, row)
+    ours_ms: list[list[float]] = [[] for _ in rows]
+    raw_ms: list[list[float]] = [[] for _ in rows]
+    for r in range(repeats):
+        for i, (row, chain) in enumerate(zip(rows, chains)):
+            first_ours = (r + i) % 2 == 0
+            for which in ("ours", "raw") if first_ours else ("raw", "ours"):
+                if which == "ours":
+                    ours_ms[i].append(benchlib.time_ms(lambda row=row: ours(row)))
+                else:
+                    raw_ms[i].append(rawlite.run_chain(raw, chain, row))
+    ours_med = [statistics.median(v) for v in ours_ms]
+    raw_med = [statistics.median(v) for v in raw_ms]
+    per_sample = [a / b for a, b in zip(ours_med, raw_med) if b > 0]
+    lengths = [len(c) for c in chains]
+    return {
+        "ratio": sum(ours_med) / sum(raw_med),
+        "per_sample_ratio": benchlib.summary(per_sample),
+        "executor_ms": benchlib.summary(ours_med),
+        "raw_ms": benchlib.summary(raw_med),
+        "overhead_ms_per_sample": (sum(ours_med) - sum(raw_med)) / len(rows),
+        "segments_run": {str(n): lengths.count(n) for n in sorted(set(lengths))},
+        "segments": [s.name for st in bundle.stages for s in bundle.segments(st)],
+        "samples": len(rows),
+        "repeats": repeats,
+        "threshold": threshold,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run P2 and print its headline last."""
+    start = time.perf_counter()
+    args = _args(argv)
+    bundle_path, bundle_info = benchlib.shared_bundle(args.out, args.quick, args.bundle)
+    samples = args.samples or (40 if args.quick else 200)
+    repeats = args.repeats or (3 if args.quick else 7)
+    details = measure(bundle_path, args.threshold, samples, repeats)
+    details["bundle"] = bundle_info
+    ratio = details["ratio"]
+    result = benchlib.BenchResult(
+        bench="P2",
+        what="per-sample time of the progressive executor (every stage in one process, batch 1)",
+        baseline="sum of raw LiteRT set_tensor/invoke/get_tensor times of the segments it ran",
+        headline=benchlib.Headline(
+            "P2", "executor/raw", ratio, "x", f"<= {GOAL}x", ratio <= GOAL
+        ),
+        quick=args.quick,
+        reduced=[f"{samples} test samples x {repeats} rounds"] if args.quick else [],
+        details=details,
+        seconds=round(time.perf_counter() - start, 1),
+    )
+    return benchlib.finish(result, args.out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,167 @@
+"""P4: offload payload bytes per codec on real boundary tensors, and the accuracy it costs.
+
+The edge stage of a bundle runs on every test sample; each sample's boundary tensor (batch 1,
+as the edge sends one pending row) is encoded with every available runtime codec
+(``edgelesspart.runtime.codecs``), decoded, and the cloud stages answer from the decoded tensor
+with early exits off (threshold > 1: every sample reaches the final classifier, the strictest
+case). Payload bytes are the full wire payload (header included) for ours and the baseline,
+raw float32. Accuracy delta = raw accuracy - codec accuracy, in points.
+
+The headline codec is the bundle's build-time codec when its manifest names one other than
+raw; otherwise the smallest payload among the codecs that lose at most 0.5 points.
+
+Usage::
+
+    .venv/bin/python experiments/bench_p4_payload.py [--quick] [--bundle DIR]
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib  # noqa: E402
+
+GOAL_RATIO = 4.0
+GOAL_LOSS_POINTS = 0.5
+NO_EXITS = 2.0  # a threshold above 1: only the final classifier answers
+
+
+def _args(argv: list[str] | None) -> Any:
+    def extra(parser: Any) -> None:
+        parser.add_argument("--bundle", type=Path, default=None, help="bundle to run")
+        parser.add_argument("--samples", type=int, default=None, help="test samples to use")
+
+    return benchlib.parse_args(__doc__.splitlines()[0], argv, extra)
+
+
+def boundaries(bundle: Any, x: np.ndarray) -> np.ndarray:
+    """The split's boundary tensor of every row of ``x`` (the edge stage's last output)."""
+    current = x
+    for seg in bundle.segments(bundle.stages[0]):
+        _, out = bundle.runner(seg.name)(current)
+        current = out
+    return current
+
+
+def codec_row(codec: str, tensors: np.ndarray, cloud: Any, labels: np.ndarray) -> dict[str, Any]:
+    """Payload size, round-trip time, max error and final-classifier accuracy for one codec."""
+    from edgelesspart.runtime.codecs import decode_tensor, encode_tensor
+
+    meta = {"bundle_id": cloud.bundle_id}
+    sizes, times, decoded = [], [], []
+    for row in tensors:
+        start = time.perf_counter()
+        payload = encode_tensor(row[None], codec, meta=meta)
+        array, _ = decode_tensor(payload)
+        times.append((time.perf_counter() - start) * 1000.0)
+        sizes.append(len(payload))
+        decoded.append(array)
+    batch = np.concatenate(decoded).astype(np.float32)
+    answers = cloud.run(batch, NO_EXITS)
+    predicted = np.array([a.label for a in answers])
+    return {
+        "codec": codec,
+        "payload_bytes_mean": float(np.mean(sizes)),
+        "payload_bytes_total": int(np.sum(sizes)),
+        "encode_decode_ms_median": statistics.median(times),
+        "max_abs_error": float(np.max(np.abs(batch - tensors))),
+        "accuracy": float(np.mean(predicted == labels)),
+        "predictions": predicted,
+    }
+
+
+def choose(rows: list[dict], manifest_codec: str | None) -> tuple[dict, str]:
+    """The headline row: the manifest's codec if set, else the smallest qualifying one."""
+    by_name = {r["codec"]: r for r in rows}
+    if manifest_codec and manifest_codec != "raw" and manifest_codec in by_name:
+        return by_name[manifest_codec], "the bundle's build-time codec (manifest.codec)"
+    ok = [r for r in rows if r["accuracy_loss_points"] <= GOAL_LOSS_POINTS and r["codec"] != "raw"]
+    pool = ok or [r for r in rows if r["codec"] != "raw"]
+    best = max(pool, key=lambda r: (r["size_ratio"], -r["accuracy_loss_points"]))
+    why = "smallest payload within the accuracy budget" if ok else "smallest payload (none kept"
+    return best, why if ok else f"{why} accuracy within {GOAL_LOSS_POINTS} points)"
+
+
+def measure(bundle_path: Path, samples: int | None) -> dict[str, Any]:
+    """Every available codec on the bundle's real boundary tensors."""
+    from edgelesspart.runtime.bundle import Bundle
+    from edgelesspart.runtime.cloud import CloudPart
+    from edgelesspart.runtime.codecs import available_codecs
+
+    bundle = Bundle.load(bundle_path, stages=[_first_stage(bundle_path)])
+    cloud = CloudPart(bundle_path)
+    x, y = benchlib.eval_split(bundle_path, samples)
+    tensors = boundaries(bundle, x)
+    rows = [codec_row(c, tensors, cloud, y) for c in available_codecs()]
+    raw = next(r for r in rows if r["codec"] == "raw")
+    for row in rows:
+        row["size_ratio"] = raw["payload_bytes_total"] / row["payload_bytes_total"]
+        row["accuracy_loss_points"] = 100.0 * (raw["accuracy"] - row["accuracy"])
+        row["agreement_with_raw"] = float(np.mean(row.pop("predictions") == raw["predictions"]))
+    raw.pop("predictions", None)
+    codec_entry = dict(bundle.manifest.codec)
+    best, why = choose(rows, codec_entry.get("name"))
+    return {
+        "headline_codec": best["codec"],
+        "headline_reason": why,
+        "manifest_codec": codec_entry,
+        "boundary_shape": list(tensors.shape[1:]),
+        "boundary_raw_bytes": int(tensors[0].nbytes),
+        "split": bundle.manifest.plan.split,
+        "model": bundle.manifest.model.get("name"),
+        "samples": len(x),
+        "codecs": rows,
+    }
+
+
+def _first_stage(bundle_path: Path) -> str:
+    from edgelesspart.runtime.manifest import load_manifest
+
+    return load_manifest(bundle_path, verify=False).stage_names[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run P4 and print its headline last."""
+    start = time.perf_counter()
+    args = _args(argv)
+    bundle_path, bundle_info = benchlib.shared_bundle(args.out, args.quick, args.bundle)
+    details = measure(bundle_path, args.samples or (60 if args.quick else None))
+    details["bundle"] = bundle_info
+    row = next(r for r in details["codecs"] if r["codec"] == details["headline_codec"])
+    ratio, loss = row["size_ratio"], row["accuracy_loss_points"]
+    met = ratio >= GOAL_RATIO and loss <= GOAL_LOSS_POINTS
+    for r in details["codecs"]:
+        print(
+            f"{r['codec']:>10}: {r['payload_bytes_mean']:10.0f} B/sample  {r['size_ratio']:5.2f}x"
+            f"  loss {r['accuracy_loss_points']:+.2f} pts  {r['encode_decode_ms_median']:.3f} ms"
+        )
+    result = benchlib.BenchResult(
+        bench="P4",
+        what="offload payload bytes per sample and final-classifier accuracy delta, per codec",
+        baseline="raw float32 wire payload (header included)",
+        headline=benchlib.Headline(
+            "P4",
+            f"raw/{row['codec']} bytes (loss {loss:+.2f} pts)",
+            ratio,
+            "x",
+            f">= {GOAL_RATIO:g}x at <= {GOAL_LOSS_POINTS} pts",
+            met,
+        ),
+        quick=args.quick,
+        reduced=[f"{details['samples']} test samples"] if args.quick else [],
+        details=details,
+        seconds=round(time.perf_counter() - start, 1),
+    )
+    return benchlib.finish(result, args.out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

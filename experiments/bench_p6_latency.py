@@ -1,0 +1,232 @@
+"""P6: measured end-to-end latency per plan (both services on loopback) vs the prediction.
+
+Both services run in this process on 127.0.0.1 (``BackgroundServer``): the cloud part
+(``cloud_functions.local_server.create_app``) and the edge service (``edge_runtime.create_app``)
+whose offloader is an ``HttpOffloader`` to the cloud wrapped in a link emulator. A client posts
+test samples one at a time (binary tensor wire format); each plan is a (threshold, link) pair.
+
+Link emulation: ``tc netem`` inside a network namespace is probed first (``ip netns add``, a veth
+pair, ``tc qdisc add ... netem``; only names this script creates, removed right after). Where
+netem is not available, the documented in-process delay is used: after each offload the
+wrapper sleeps ``link.transfer_ms(payload bytes)`` = RTT + bytes x 8 / uplink, the formula of
+``edgelesspart.links``. The JSON says which one ran.
+
+Prediction: the evaluation latency model (``edgelesspart.evaluation.sweep``) for the same link
+and codec with host factors 1 (devices "host"), from one trace of the same samples. Measured:
+the edge service's own ``timings.total_ms`` (from the sample at the edge to its answer: edge
+segments, offload over HTTP with the link delay, cloud segments), which is what the model
+predicts; the client-side wall time (adds the client->edge HTTP hop) is reported as well.
+Headline: MAPE over plans of mean measured vs predicted latency.
+
+Usage::
+
+    .venv/bin/python experiments/bench_p6_latency.py [--quick] [--bundle DIR]
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib  # noqa: E402
+
+GOAL = 10.0
+THRESHOLDS = (0.5, 0.8, 1.01)
+LINKS = ("wifi", "lte", "5g")
+TENSOR_MEDIA = "application/x-edgelesspart-tensor"
+PROBE_NS, PROBE_A, PROBE_B = "elpbench-probe", "elpb-probe0", "elpb-probe1"
+
+
+def _args(argv: list[str] | None) -> Any:
+    def extra(parser: Any) -> None:
+        parser.add_argument("--bundle", type=Path, default=None, help="bundle to serve")
+        parser.add_argument("--samples", type=int, default=None, help="requests per plan")
+
+    return benchlib.parse_args(__doc__.splitlines()[0], argv, extra)
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False)
+
+
+def probe_netem() -> dict[str, Any]:
+    """Can this machine emulate a link with netem in a namespace? Cleans up what it made."""
+    steps = [
+        ["ip", "netns", "add", PROBE_NS],
+        ["ip", "link", "add", PROBE_A, "type", "veth", "peer", "name", PROBE_B],
+        ["tc", "qdisc", "add", "dev", PROBE_A, "root", "netem", "delay", "1ms"],
+    ]
+    failed = None
+    try:
+        for cmd in steps:
+            done = _run(cmd)
+            if done.returncode != 0:
+                failed = f"`{' '.join(cmd)}` failed: {done.stderr.strip() or done.returncode}"
+                break
+    except (OSError, subprocess.SubprocessError) as exc:
+        failed = f"{type(exc).__name__}: {exc}"
+    finally:
+        for cmd in (["ip", "link", "del", PROBE_A], ["ip", "netns", "del", PROBE_NS]):
+            try:
+                _run(cmd)
+            except (OSError, subprocess.SubprocessError):
+                pass
+    return {"netem_available": failed is None, "probe": failed or "netem works"}
+
+
+class DelayedOffloader:
+    """An offloader that adds the emulated link time of each payload it sent (in-process).
+
+    Wraps an ``HttpOffloader``; after each offload it sleeps ``link.transfer_ms(bytes sent)``.
+    Exposes ``policy``, ``breaker``, ``stats`` and ``close`` of the wrapped transport.
+    """
+
+    def __init__(self, inner: Any, link: Any) -> None:
+        self.inner = inner
+        self.link = link
+        self.policy = inner.policy
+        self.breaker = inner.breaker
+        self.slept_ms: list[float] = []
+
+    def offload(self, boundary: np.ndarray, *, threshold: float, meta: dict) -> list[dict]:
+        """Offload through the wrapped transport, then wait for the emulated link."""
+        before = int(self.inner.stats().get("bytes_sent", 0))
+        answers = self.inner.offload(boundary, threshold=threshold, meta=meta)
+        sent = int(self.inner.stats().get("bytes_sent", 0)) - before
+        delay = float(self.link.transfer_ms(sent))
+        self.slept_ms.append(delay)
+        time.sleep(delay / 1000.0)
+        return answers
+
+    def stats(self) -> dict[str, int]:
+        """The wrapped transport's counters."""
+        return self.inner.stats()
+
+    def close(self) -> None:
+        """Close the wrapped transport."""
+        self.inner.close()
+
+
+def predictions(bundle_path: Path, x: np.ndarray, y: np.ndarray, codec: dict) -> dict:
+    """Predicted mean latency per (threshold, link): the evaluation model, host factors 1."""
+    from edgelesspart.evaluation import LatencyModel, sweep
+    from edgelesspart.evaluation.pipeline import codec_size_ratio
+    from edgelesspart.links import load_link
+    from edgelesspart.runtime.bundle import Bundle
+    from edgelesspart.runtime.executor import ProgressiveExecutor
+
+    bundle = Bundle.load(bundle_path, pool_size=1)
+    trace = ProgressiveExecutor(bundle, bundle.stages[0]).trace(x, timing_samples=15)
+    out = {}
+    for name in LINKS:
+        model = LatencyModel(link=load_link(name), codec_ratio=codec_size_ratio(codec))
+        for row in sweep(trace, y, THRESHOLDS, latency_model=model, price_fn=lambda ms: 0.0):
+            out[(row.threshold, name)] = row
+    return out
+
+
+def serve_and_measure(bundle_path: Path, x: np.ndarray, codec: str) -> dict:
+    """Run both services, send every sample once per plan; per plan the timings."""
+    import requests
+
+    from cloud_functions.local_server import create_app as cloud_app
+    from edge_runtime import create_app as edge_app
+    from edge_runtime.config import EdgeConfig
+    from edge_runtime.wsgi import BackgroundServer
+    from edgelesspart.links import load_link
+    from edgelesspart.runtime.codecs import encode_tensor
+    from edgelesspart.runtime.offload import HttpOffloader, OffloadPolicy
+
+    payloads = [encode_tensor(x[i : i + 1], "raw") for i in range(len(x))]
+    policy = OffloadPolicy(timeout_s=10.0, retries=0, codec=codec)
+    results: dict = {}
+    with BackgroundServer(cloud_app(str(bundle_path))) as cloud:
+        delayed = DelayedOffloader(HttpOffloader(cloud.url, policy), load_link(LINKS[0]))
+        config = EdgeConfig(cloud=None, threshold_max=2.0, offload_timeout_s=10.0)
+        with BackgroundServer(edge_app(str(bundle_path), config, offloader=delayed)) as edge:
+            session = requests.Session()
+            for link in LINKS:
+                delayed.link = load_link(link)
+                for thr in THRESHOLDS:
+                    results[(thr, link)] = _plan(session, edge.url, payloads, thr)
+            session.close()
+    return results
+
+
+def _plan(session: Any, url: str, payloads: list[bytes], threshold: float) -> dict[str, Any]:
+    headers = {"Content-Type": TENSOR_MEDIA}
+    target = f"{url}/v1/infer?threshold={threshold}"
+    session.post(target, data=payloads[0], headers=headers, timeout=30)  # warm-up
+    service, client, offloaded, degraded = [], [], 0, 0
+    for payload in payloads:
+        t0 = time.perf_counter()
+        reply = session.post(target, data=payload, headers=headers, timeout=30)
+        client.append((time.perf_counter() - t0) * 1000.0)
+        reply.raise_for_status()
+        body = reply.json()
+        service.append(float(body["timings"]["total_ms"]))
+        offloaded += int(body["offloaded"])
+        degraded += int(body["degraded"])
+    return {"service_ms": service, "client_ms": client, "offloaded": offloaded,
+            "degraded": degraded}
+
+
+def _mape(rows: list[dict], key: str) -> float:
+    return 100.0 * float(np.mean([abs(r[key] - r["predicted_ms"]) / r[key] for r in rows]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run P6 and print its headline last."""
+    start = time.perf_counter()
+    args = _args(argv)
+    from edgelesspart.runtime.manifest import load_manifest
+
+    bundle_path, bundle_info = benchlib.shared_bundle(args.out, args.quick, args.bundle)
+    emulation = probe_netem()
+    emulation["used"] = "in-process delay (DelayedOffloader: sleep RTT + bytes x 8 / uplink)"
+    x, y = benchlib.eval_split(bundle_path, args.samples or (15 if args.quick else 60))
+    codec = dict(load_manifest(bundle_path, verify=False).codec)
+    measured = serve_and_measure(bundle_path, x, str(codec.get("name", "raw")))
+    predicted = predictions(bundle_path, x, y, codec)
+    rows = []
+    for (thr, link), m in measured.items():
+        p = predicted[(thr, link)]
+        rows.append({
+            "threshold": thr, "link": link, "predicted_ms": p.latency_mean_ms,
+            "predicted_offload_rate": p.offload_rate,
+            "measured_service_ms": float(np.mean(m["service_ms"])),
+            "measured_client_ms": float(np.mean(m["client_ms"])),
+            "measured_offload_rate": m["offloaded"] / len(x), "degraded": m["degraded"],
+            "service_ms": benchlib.summary(m["service_ms"]),
+        })
+        r = rows[-1]
+        print(f"thr {thr:<5} {link:>5}: predicted {r['predicted_ms']:7.2f} ms, measured "
+              f"{r['measured_service_ms']:7.2f} ms (client {r['measured_client_ms']:7.2f} ms), "
+              f"offload {r['measured_offload_rate']:.2f} vs {r['predicted_offload_rate']:.2f}")
+    mape = _mape(rows, "measured_service_ms")
+    details = {"link_emulation": emulation, "plans": rows, "samples_per_plan": len(x),
+               "mape_service_pct": mape, "mape_client_pct": _mape(rows, "measured_client_ms"),
+               "codec": codec, "bundle": bundle_info}
+    result = benchlib.BenchResult(
+        bench="P6",
+        what="mean end-to-end latency per plan (threshold x link), edge and cloud services on "
+        "loopback, link emulated",
+        baseline="the evaluation latency model's prediction (host factors 1, same link/codec)",
+        headline=benchlib.Headline("P6", "latency MAPE", mape, "%", f"<= {GOAL:g}%", mape <= GOAL),
+        quick=args.quick,
+        reduced=[f"{len(x)} requests per plan"] if args.quick else [],
+        details=details,
+        seconds=round(time.perf_counter() - start, 1),
+    )
+    return benchlib.finish(result, args.out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

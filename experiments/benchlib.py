@@ -1,0 +1,383 @@
+"""Shared helpers of the ``experiments/bench_*.py`` benchmarks (``make bench``).
+
+Every benchmark measures ours and its baseline in the same run (interleaved, after a warm-up),
+writes one JSON file under the git-ignored ``results/bench/`` with the machine it ran on, and
+prints its headline ratio as its **last** line, e.g.::
+
+    P2 executor/raw = 1.03x (goal <= 1.05x): MET
+
+This module holds only what every script needs: argument parsing (``--quick``, ``--out``),
+machine information, interleaved timing, the result record, and the shared benchmark bundle.
+It imports TensorFlow nowhere; the bundle helper imports the build pipeline lazily.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "results" / "bench"
+SCHEMA = "edgelesspart-bench/1"
+MET, MISSED, SKIPPED = "MET", "MISSED", "SKIPPED"
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+# ------------------------------------------------------------------------------ arguments
+
+
+def parse_args(
+    description: str,
+    argv: Sequence[str] | None = None,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace:
+    """Parse the common flags (``--quick``, ``--out``, ``--seed``) plus a script's own.
+
+    Args:
+        description: the script's one-line purpose (shown by ``--help``).
+        argv: arguments (default ``sys.argv[1:]``).
+        extra: adds the script's own arguments to the parser.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sample counts and models (smoke test)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS_DIR, help="result folder (default results/bench)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of data splits and probes")
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args(argv)
+    args.out = Path(args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+# ------------------------------------------------------------------------------ machine
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def _dirty() -> bool | None:
+    try:
+        done = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(done.stdout.strip())
+
+
+def load_average() -> list[float] | None:
+    """The 1/5/15-minute load averages (``None`` where the OS has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, load, OS, Python/TF/LiteRT/numpy versions, git commit and date."""
+    return {
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "load_average": load_average(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow": _version("tensorflow") or _version("tensorflow-cpu"),
+        "keras": _version("keras"),
+        "ai_edge_litert": _version("ai-edge-litert"),
+        "numpy": _version("numpy"),
+        "git_commit": _git_commit(),
+        "git_dirty": _dirty(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# ------------------------------------------------------------------------------ timing
+
+
+def time_ms(fn: Callable[[], Any]) -> float:
+    """Wall time of one call of ``fn`` in milliseconds."""
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000.0
+
+
+def interleaved(
+    fns: Mapping[str, Callable[[], Any]], *, repeats: int, warmup: int = 3
+) -> dict[str, list[float]]:
+    """Time several callables round-robin so machine noise hits each of them alike.
+
+    Each round calls every function once; the order rotates every round. ``warmup`` rounds
+    are run first and discarded.
+
+    Returns:
+        name -> ``repeats`` times in milliseconds.
+    """
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(warmup + repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            ms = time_ms(fns[name])
+            if round_ >= warmup:
+                times[name].append(ms)
+    return times
+
+
+def summary(samples: Sequence[float]) -> dict[str, float]:
+    """Median, mean, 10th/90th percentile, min and count of a list of timings."""
+    values = sorted(float(v) for v in samples)
+    if not values:
+        return {"n": 0}
+
+    def pct(q: float) -> float:
+        return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+    return {
+        "n": len(values),
+        "median": statistics.median(values),
+        "mean": statistics.fmean(values),
+        "p10": pct(0.1),
+        "p90": pct(0.9),
+        "min": values[0],
+    }
+
+
+# ------------------------------------------------------------------------------ results
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The one figure a benchmark is compared on, and whether it met its goal.
+
+    ``met`` is ``None`` when the figure was not measured (e.g. skipped in ``--quick`` mode).
+    """
+
+    bench: str
+    label: str
+    value: float | None
+    unit: str
+    goal: str
+    met: bool | None
+
+    @property
+    def verdict(self) -> str:
+        """``MET``, ``MISSED`` or ``SKIPPED``."""
+        if self.met is None:
+            return SKIPPED
+        return MET if self.met else MISSED
+
+    def line(self) -> str:
+        """E.g. ``P2 executor/raw = 1.03x (goal <= 1.05x): MET``."""
+        shown = "n/a" if self.value is None else f"{self.value:.3g}{self.unit}"
+        return f"{self.bench} {self.label} = {shown} (goal {self.goal}): {self.verdict}"
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """What one benchmark writes to ``results/bench/<id>.json``."""
+
+    bench: str
+    what: str
+    baseline: str
+    headline: Headline
+    quick: bool
+    reduced: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (with the machine information and the headline line)."""
+        data = asdict(self)
+        data["headline"]["verdict"] = self.headline.verdict
+        data["headline"]["line"] = self.headline.line()
+        return {"schema": SCHEMA, "machine": machine_info(), **data}
+
+
+def write_result(result: BenchResult, out: Path) -> Path:
+    """Write ``<out>/<bench id lower>.json`` and return its path."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{result.bench.lower()}.json"
+    path.write_text(json.dumps(result.to_dict(), indent=2, default=_json_default) + "\n")
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"Cannot write {type(value).__name__} to JSON")
+
+
+def finish(result: BenchResult, out: Path) -> int:
+    """Write the JSON, print where it went, then the headline as the last line; exit code 0."""
+    path = write_result(result, out)
+    for note in result.reduced:
+        print(f"reduced: {note}")
+    print(f"wrote {path}")
+    print(result.headline.line(), flush=True)
+    return 0
+
+
+def log(message: str) -> None:
+    """Progress line on stderr (stdout ends with the headline)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------ bundles
+
+
+def bundle_matches(path: Path, wanted: Mapping[str, Any]) -> bool:
+    """True when ``path`` holds a bundle whose build config has every ``wanted`` value."""
+    manifest = path / "manifest.json"
+    if not manifest.is_file():
+        return False
+    try:
+        config = json.loads(manifest.read_text())["extra"]["build_config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return all(_same(config.get(key), value) for key, value in wanted.items())
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        return list(a or []) == list(b or [])
+    return a == b
+
+
+def ensure_bundle(path: Path, **options: Any) -> tuple[Path, dict[str, Any]]:
+    """Reuse the bundle at ``path`` if it was built with ``options``, else build it there.
+
+    ``options`` are :class:`edgelesspart.build.BuildConfig` fields. Returns the path and a
+    record of what happened (``reused`` and the build seconds).
+    """
+    if bundle_matches(path, options):
+        return path, {"path": str(path), "reused": True, "options": dict(options)}
+    from edgelesspart.build import BuildConfig, run_build
+
+    start = time.perf_counter()
+    log(f"building {path} with {options}")
+    config = BuildConfig(**{**options, "out": str(path), "overwrite": True})
+    result = run_build(config, show_progress=False, log=log)
+    return path, {
+        "path": str(path),
+        "reused": False,
+        "options": dict(options),
+        "build_seconds": round(time.perf_counter() - start, 1),
+        "steps": result.seconds,
+    }
+
+
+#: The bundle P2/P3/P4/P6 run on: the default build (what ``make demo`` builds: the small CNN,
+#: digits, memory rule), trained for fewer epochs to keep ``make bench`` inside its budget.
+SHARED_BUNDLE_OPTIONS = {
+    "model": "small_cnn",
+    "dataset": "digits",
+    "constraint": "memory",
+    "epochs": 4,
+    "exit_epochs": 4,
+    "max_cut_points": 12,
+}
+QUICK_BUNDLE_OPTIONS = {**SHARED_BUNDLE_OPTIONS, "epochs": 1, "exit_epochs": 1, "limit": 200}
+
+
+def shared_bundle(out: Path, quick: bool, given: Path | None = None) -> tuple[Path, dict]:
+    """The bundle a serving benchmark runs on: ``given`` if set, else the shared bench bundle."""
+    if given is not None:
+        return Path(given), {"path": str(given), "reused": True, "options": "given"}
+    if quick:
+        return ensure_bundle(out / "bundles" / "shared-quick", **QUICK_BUNDLE_OPTIONS)
+    return ensure_bundle(out / "bundles" / "shared", **SHARED_BUNDLE_OPTIONS)
+
+
+def eval_split(bundle_path: Path, limit: int | None = None) -> tuple[Any, Any]:
+    """The bundle build's test split ``(x, y)`` (reloaded from the manifest's dataset entry)."""
+    from edgelesspart.evaluation.pipeline import load_eval_data
+    from edgelesspart.runtime.manifest import load_manifest
+
+    data = load_eval_data(load_manifest(bundle_path, verify=False))
+    x, y = data.x_test, data.y_test
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    return x, y
+
+
+class Progressive:
+    """Every loaded stage of a bundle in this process: the edge executor, then the next ones'.
+
+    Calling it on one sample returns that sample's :class:`Answer`; no codec, no network: it is
+    the compute a sample needs on one device with early exits.
+    """
+
+    def __init__(self, bundle: Any, threshold: float) -> None:
+        from edgelesspart.runtime.executor import ProgressiveExecutor
+
+        self.executors = [ProgressiveExecutor(bundle, s, threshold) for s in bundle.stages]
+
+    def __call__(self, x: Any) -> Any:
+        """The answer of a batch-1 ``x`` (the first stage's input)."""
+        current = x
+        for executor in self.executors:
+            result = executor.run(current)
+            if result.boundary is None:
+                return result.answers[0]
+            current = result.boundary
+        return None
+
+    def chain(self, x: Any) -> list[str]:
+        """The segments sample ``x`` runs (from its answer's per-segment timings)."""
+        answer = self(x)
+        names = [s.name for e in self.executors for s in e.segments]
+        return [n for n in names if n in answer.timings]

@@ -1,0 +1,83 @@
+"""Raw LiteRT baselines: a segment as a bare interpreter, sized once, called with ``invoke``.
+
+The runtime's :class:`~edgelesspart.runtime.segments.SegmentRunner` goes through a signature
+runner (resize + allocate per call), input validation and an interpreter pool. The benchmarks'
+baseline is the least a caller can do instead: ``set_tensor`` / ``invoke`` / ``get_tensor`` on an
+interpreter resized to batch 1 once. Used by P2 (executor overhead) and P3 (throughput).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class RawSegment:
+    """One segment's ``.tflite`` as a bare LiteRT interpreter at a fixed batch size.
+
+    Args:
+        path: the segment file.
+        input_shape: per-sample input shape.
+        boundary_shape: per-sample boundary shape (``None`` for the last segment).
+        batch: the fixed batch size.
+        num_threads: CPU threads of the interpreter (the runtime uses 1).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        input_shape: tuple[int, ...],
+        boundary_shape: tuple[int, ...] | None,
+        batch: int = 1,
+        num_threads: int = 1,
+    ) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+        self.input_index = self.interpreter.get_input_details()[0]["index"]
+        self.interpreter.resize_tensor_input(self.input_index, [batch, *input_shape])
+        self.interpreter.allocate_tensors()
+        outputs = self.interpreter.get_output_details()
+        self.output_indices = [o["index"] for o in outputs]
+        self.boundary_index = None
+        if boundary_shape is not None:
+            want = (batch, *boundary_shape)
+            matches = [o["index"] for o in outputs if tuple(o["shape"]) == want]
+            self.boundary_index = matches[0] if matches else None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray | None:
+        """Set the input, invoke, read every output; return the boundary (if any)."""
+        interp = self.interpreter
+        interp.set_tensor(self.input_index, x)
+        interp.invoke()
+        values = {i: interp.get_tensor(i) for i in self.output_indices}
+        return None if self.boundary_index is None else values[self.boundary_index]
+
+
+def raw_segments(bundle: Any, batch: int = 1) -> dict[str, RawSegment]:
+    """A :class:`RawSegment` for every segment of a loaded bundle's loaded stages."""
+    from edgelesspart.runtime.manifest import safe_path
+
+    raw = {}
+    for stage in bundle.stages:
+        for seg in bundle.segments(stage):
+            path = safe_path(bundle.path, seg.files["tflite"])
+            boundary = None if seg.boundary is None else tuple(seg.boundary.shape)
+            raw[seg.name] = RawSegment(path, tuple(seg.input.shape), boundary, batch)
+    return raw
+
+
+def run_chain(raw: dict[str, RawSegment], chain: list[str], x: np.ndarray) -> float:
+    """Run ``chain`` (segment names in order) on ``x``; return the summed invoke ms."""
+    total = 0.0
+    current = x
+    for name in chain:
+        start = time.perf_counter()
+        out = raw[name](current)
+        total += (time.perf_counter() - start) * 1000.0
+        if out is not None:
+            current = out
+    return total
