@@ -44,6 +44,7 @@ import keyword
 import math
 import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,13 +115,21 @@ class ExitDefinition:
 
 
 def templates_dir() -> Path:
-    """Return the templates folder: ``$EDGELESSPART_TEMPLATES`` or the repo's ``templates/``."""
+    """Return the templates folder.
+
+    In order: ``$EDGELESSPART_TEMPLATES``; the repository's ``templates/`` (a source checkout or
+    an editable install); the copy a wheel installs under ``<prefix>/share/edgelesspart/``.
+    """
     override = os.environ.get(TEMPLATES_ENV, "").strip()
     if override:
         return Path(override).expanduser().resolve()
     import edgelesspart
 
-    return Path(edgelesspart.__file__).resolve().parents[1] / "templates"
+    checkout = Path(edgelesspart.__file__).resolve().parents[1] / "templates"
+    if checkout.is_dir():
+        return checkout
+    installed = Path(sys.prefix) / "share" / "edgelesspart" / "templates"
+    return installed if installed.is_dir() else checkout
 
 
 def load_exit_definition(

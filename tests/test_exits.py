@@ -426,3 +426,22 @@ def test_importing_exits_does_not_import_tensorflow():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_templates_dir_falls_back_to_the_wheel_installed_copy(tmp_path, monkeypatch):
+    """Outside a source checkout the templates come from <prefix>/share/edgelesspart."""
+    import sys
+
+    import edgelesspart
+    from edgelesspart.exits import TEMPLATES_ENV, templates_dir
+
+    monkeypatch.delenv(TEMPLATES_ENV, raising=False)
+    site = tmp_path / "site-packages" / "edgelesspart"
+    site.mkdir(parents=True)
+    monkeypatch.setattr(edgelesspart, "__file__", str(site / "__init__.py"))
+    installed = tmp_path / "prefix" / "share" / "edgelesspart" / "templates"
+    (installed / "exits").mkdir(parents=True)
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "prefix"))
+    assert templates_dir() == installed
+    monkeypatch.setenv(TEMPLATES_ENV, str(tmp_path))
+    assert templates_dir() == tmp_path.resolve()
