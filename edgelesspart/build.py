@@ -272,6 +272,7 @@ def choose_codec(
             else "fixed by the user"
         ),
         "boundary_encoded_bytes": int(round(chosen.bytes_per_sample)),
+        "boundary_wire_bytes": payload.wire_bytes(int(round(chosen.bytes_per_sample)), cloud),
         "boundary_bytes_measured": True,
     }
     return entry, table.to_dict(), replace(plan, parameters=parameters)

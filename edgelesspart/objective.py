@@ -216,12 +216,13 @@ def expected_latency(
         exit_rates: P(answer at exit | reached it) per cut point; ``None`` for the prior of
             :func:`default_exit_rates`.
         link: the edge -> cloud link; one ``link.transfer_ms(boundary bytes)`` per offload
-            (the plan's ``boundary_encoded_bytes`` parameter when present, else raw bytes).
+            (the plan's ``boundary_wire_bytes`` parameter when present, then
+            ``boundary_encoded_bytes``, else raw bytes).
         exit_overhead_ms: time of one exit head, per exit evaluated.
         offload_overhead_ms: fixed extra time per offload (front-end, serialisation).
     """
     split, edge_exits, cloud_exits = _two_stages(plan)
-    wire = plan.parameters.get("boundary_encoded_bytes")
+    wire = plan.parameters.get("boundary_wire_bytes", plan.parameters.get("boundary_encoded_bytes"))
     objective = Objective(
         "expected-latency",
         check_rates(edge_profile, exit_rates),

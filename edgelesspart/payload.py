@@ -11,7 +11,8 @@ real samples by :mod:`edgelesspart.profiler`); without it only the raw float32
   qualify, and the build picks the smallest qualifying one).
 * **AWS Lambda** (a cloud device with ``provider == "lambda"``): a synchronous invocation
   carries at most :data:`~edgelesspart.runtime.offload.LAMBDA_PAYLOAD_LIMIT` bytes, and the
-  tensor travels base64-encoded inside a JSON event (:func:`lambda_event_bytes`). When the
+  tensor travels base64-encoded inside a JSON event (:func:`lambda_event_bytes`), which is
+  also what the link carries (:func:`wire_bytes`, the plan's ``boundary_wire_bytes``). When the
   planned codec does not fit, ``"auto"`` takes the smallest measured codec that does; a fixed
   codec, or a split where no codec fits, is refused with a :class:`PlanError` naming the cut
   point, its bytes per codec and the limit.
@@ -48,6 +49,7 @@ __all__ = [
     "payload_limit",
     "payload_parameters",
     "split_payloads",
+    "wire_bytes",
 ]
 
 
@@ -97,6 +99,13 @@ def check_plan_codec(codec: str) -> str:
 def lambda_event_bytes(payload_bytes: int) -> int:
     """Bytes of the Lambda JSON event carrying a ``payload_bytes`` tensor payload (base64)."""
     return 4 * -(-int(payload_bytes) // 3) + LAMBDA_JSON_OVERHEAD
+
+
+def wire_bytes(payload_bytes: int, cloud_device: DeviceProfile | None) -> int:
+    """Bytes one offload puts on the link: the Lambda JSON event (base64), else the payload."""
+    if cloud_device is not None and cloud_device.provider == "lambda":
+        return lambda_event_bytes(payload_bytes)
+    return int(payload_bytes)
 
 
 def payload_limit(cloud_device: DeviceProfile | None) -> int | None:
@@ -207,6 +216,7 @@ def payload_parameters(
         "codec_requested": check_plan_codec(requested),
         "codec_reason": payload.reason,
         "boundary_encoded_bytes": payload.nbytes,
+        "boundary_wire_bytes": wire_bytes(payload.nbytes, cloud),
         "boundary_bytes_measured": payload.measured,
         "payload_limit_bytes": None if limit is None else LAMBDA_PAYLOAD_LIMIT,
     }

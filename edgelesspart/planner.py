@@ -47,6 +47,7 @@ from edgelesspart.payload import (
     check_plan_codec,
     payload_parameters,
     split_payloads,
+    wire_bytes,
 )
 from edgelesspart.placement import (
     MAX_EXITS_PER_PART,
@@ -442,6 +443,11 @@ def _payload_splits(
     )
 
 
+def _link_bytes(payloads: Mapping[str, Any], cloud: DeviceProfile | None) -> dict[str, int]:
+    """Bytes one offload puts on the link at each split (base64 JSON event for Lambda)."""
+    return {name: wire_bytes(p.nbytes, cloud) for name, p in payloads.items()}
+
+
 # --------------------------------------------------------------------------- objective mode
 
 
@@ -523,7 +529,7 @@ def plan_objective(
         offload_overhead_ms=offload_overhead_ms,
         cost_fn=cost_fn,
         cloud_device=cloud_device,
-        wire_bytes={name: p.nbytes for name, p in payloads.items()},
+        wire_bytes=_link_bytes(payloads, cloud_device),
     )
     best: tuple[float, str, tuple[tuple[str, ...], tuple[str, ...]]] | None = None
     for split in splits:
@@ -601,7 +607,7 @@ def brute_force_optimum(
         offload_overhead_ms=offload_overhead_ms,
         cost_fn=cost_fn,
         cloud_device=cloud_device,
-        wire_bytes={name: p.nbytes for name, p in payloads.items()},
+        wire_bytes=_link_bytes(payloads, cloud_device),
     )
     return _obj.brute_force(
         edge_profile,

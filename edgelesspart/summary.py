@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from edgelesspart.runtime.manifest import Manifest
@@ -34,8 +35,11 @@ def format_plan(plan: Plan) -> str:
             lines.append(f"    boundary to next stage: {_kib(plan.boundary_bytes[i])} raw fp32")
     encoded = plan.parameters.get("boundary_encoded_bytes")
     if plan.parameters.get("codec") and isinstance(encoded, (int, float)):
+        wire = plan.parameters.get("boundary_wire_bytes", encoded)
+        event = f" ({_kib(wire)} as a base64 Lambda event)" if wire != encoded else ""
         lines.append(
-            f"  planned codec: {plan.parameters['codec']}, {_kib(encoded)} per sample on the wire"
+            f"  planned codec: {plan.parameters['codec']}, {_kib(encoded)} per sample on the "
+            f"wire{event}"
         )
     return "\n".join(lines)
 
@@ -65,6 +69,53 @@ def format_codec_table(codec: dict[str, Any]) -> list[str]:
             f"{float(row.get('encode_ms', 0)):>7.3f} {float(row.get('decode_ms', 0)):>7.3f}{mark}"
         )
     return lines
+
+
+def _factor(row: Mapping[str, Any]) -> float:
+    """How many times fewer bytes than the raw float32 tensor (0 when unknown)."""
+    ratio = float(row.get("size_ratio", 0.0))
+    return 1.0 / ratio if ratio > 0 else 0.0
+
+
+def format_codec_markdown(table: Mapping[str, Any], chosen: str | None = None) -> str:
+    """A Markdown table of a measured codec table (``codecs.json`` or a manifest ``codec`` entry).
+
+    One row per codec, in the table's order: wire bytes per sample (frame header included),
+    how many times fewer bytes than the raw float32 tensor, accuracy delta in percentage points
+    on the validation samples (negative = loss), median encode / decode ms at batch 1, and a
+    check mark on ``chosen``. A caption line above says where and on what it was measured;
+    codecs that could not be measured are listed below with the reason.
+    """
+    rows = table.get("rows", table.get("table")) or []
+    shape = table.get("shape")
+    raw_acc = table.get("raw_accuracy")
+    where = [
+        f"Measured at cut point `{table.get('cut_point', '?')}`",
+        f"boundary shape {tuple(shape)}" if shape else "",
+        f"{table.get('samples', '?')} validation samples",
+        f"raw accuracy {100 * float(raw_acc):.2f} %" if raw_acc is not None else "",
+        f"timings on {table['host']}" if table.get("host") else "",
+    ]
+    lines = [
+        ", ".join(part for part in where if part) + ".",
+        "",
+        "| codec | bytes/sample | x fewer than raw fp32 | accuracy delta (pp) | encode ms "
+        "| decode ms | chosen |",
+        "|---|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for row in rows:
+        mark = "✓" if chosen is not None and row.get("codec") == chosen else ""
+        lines.append(
+            f"| {row.get('codec', '?')} | {float(row.get('bytes_per_sample', 0)):,.0f} "
+            f"| {_factor(row):.2f}x | {float(row.get('accuracy_delta_pp', 0)):+.2f} "
+            f"| {float(row.get('encode_ms', 0)):.3f} | {float(row.get('decode_ms', 0)):.3f} "
+            f"| {mark} |"
+        )
+    skipped = sorted((table.get("skipped") or {}).items())
+    if skipped:
+        lines.append("")
+        lines.extend(f"- not measured: {name}: {why}" for name, why in skipped)
+    return "\n".join(lines)
 
 
 def format_bundle(manifest: Manifest) -> str:

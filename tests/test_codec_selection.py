@@ -7,6 +7,7 @@ runs a tiny untrained CNN (tests/bundle_factory.py ``tiny_model``) split at its 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -177,3 +178,72 @@ def test_codecs_that_cannot_carry_the_values_are_listed_not_dropped(tiny):
     # THEN it is skipped with the codec's own reason; raw is measured
     assert [r.codec for r in table.rows] == ["raw"]
     assert "NaN/inf" in table.skipped["int8"]
+
+
+# --- the build's choice against the Lambda payload limit (edgelesspart.build.choose_codec) ---
+
+
+def _split_plan(cut: str):
+    from edgelesspart.runtime.plan import Plan, Stage
+
+    return Plan(
+        constraint="memory",
+        placement="linear",
+        stages=(
+            Stage("edge", "rpi4", "input", cut, (), 1.0, 1000),
+            Stage("cloud", "lambda-2gb", cut, "output", (), 1.0, 1000),
+        ),
+        cut_points=(cut,),
+        boundary_bytes=(16 * 16 * 16 * 4,),
+        parameters={"codec": "lz4"},
+    )
+
+
+@pytest.fixture
+def lambda_limit(monkeypatch):
+    """Scale Lambda's payload limit down to the tiny tensor: ``set(n)`` makes it ``n`` bytes."""
+    from edgelesspart import payload
+
+    def set_limit(nbytes: int) -> None:
+        monkeypatch.setattr(
+            payload, "payload_limit", lambda cloud: nbytes if cloud.provider == "lambda" else None
+        )
+
+    return set_limit
+
+
+@pytest.mark.needs_tf
+def test_build_choice_fits_the_lambda_limit_or_refuses_clearly(tiny, lambda_limit):
+    from types import SimpleNamespace
+
+    from edgelesspart.build import BuildConfig, choose_codec
+    from edgelesspart.payload import lambda_event_bytes
+
+    model, cut, x, y = tiny
+    data, plan = SimpleNamespace(x_val=x, y_val=y), _split_plan(cut)
+    auto = BuildConfig(cloud_device="lambda-2gb", codec="auto", max_codec_loss=100.0)
+    # GIVEN a limit that raw float32 (16 KiB + header) does not meet but compressed codecs do
+    lambda_limit(10_000)
+    entry, table, chosen_plan = choose_codec(auto, model, plan, data, log=lambda _: None)
+    rows = {r["codec"]: r for r in table["rows"]}
+    # THEN auto sends the fewest bytes, under the limit, and the plan records it
+    smallest = min(rows.values(), key=lambda r: r["bytes_per_sample"])
+    assert entry["name"] == smallest["codec"] and smallest["bytes_per_sample"] <= 10_000
+    assert rows["raw"]["bytes_per_sample"] > 10_000
+    assert chosen_plan.parameters["codec"] == entry["name"]
+    assert chosen_plan.parameters["boundary_encoded_bytes"] == round(smallest["bytes_per_sample"])
+    assert chosen_plan.parameters["planning_codec"] == "lz4"
+    # (the link carries it base64-encoded in the Lambda JSON event)
+    assert chosen_plan.parameters["boundary_wire_bytes"] == lambda_event_bytes(
+        round(smallest["bytes_per_sample"])
+    )
+    # AND a fixed codec over the limit is refused with the bytes, the limit and the way out
+    with pytest.raises(ConfigError, match=r"Codec 'raw' sends 16,\d{3} bytes per sample at "
+                                          r"'block2_relu', over the lambda-2gb payload limit "
+                                          r"\(10,000 bytes before base64\); use --codec auto"):
+        choose_codec(replace(auto, codec="raw"), model, plan, data, log=lambda _: None)
+    # AND when no codec fits, auto says so instead of sending something Lambda would refuse
+    lambda_limit(100)
+    with pytest.raises(ConfigError, match=r"No codec loses at most 100 accuracy points and at "
+                                          r"most 100 bytes per sample; measured: raw"):
+        choose_codec(auto, model, plan, data, log=lambda _: None)

@@ -176,3 +176,30 @@ def test_unknown_codec_lists_the_choices():
     edge = profile(C1_BYTES, C2_BYTES)
     with pytest.raises(PlanError, match=r"Unknown codec 'zfp8'.*fp16\+lz4.*'auto'"):
         planner.plan_split(edge, edge, constraint="memory", memory_fraction=0.15, codec="zfp8")
+
+
+def test_lambda_link_time_counts_the_base64_event(lam):
+    from edgelesspart.payload import wire_bytes
+
+    # GIVEN a 1 Mbit/s link (8 ms per kB), no exits, and only c3 small enough to matter
+    link = Link("slow", 1.0, 1.0, 0.0)
+    edge = profile({"raw": 7 * MB}, {"raw": 7 * MB}, {"raw": 400_000, "lz4": 60_000})
+    # WHEN the same split is planned for an HTTP cloud and for Lambda
+    http = planner.plan_objective(edge, edge, objective="expected-latency", link=link,
+                                  exits_per_part=0, cloud_device=load_device("gcf-2gb"))
+    on_lambda = planner.plan_objective(edge, edge, objective="expected-latency", link=link,
+                                       exits_per_part=0, cloud_device=lam)
+    # THEN both send lz4 (60 kB) at c3; HTTP puts 60 kB on the link: 30 + 480 + 70 ms
+    assert (http.split, http.parameters["codec"]) == ("c3", "lz4")
+    assert http.parameters["boundary_wire_bytes"] == 60_000
+    assert http.parameters["objective_value"] == pytest.approx(580.0)
+    # AND Lambda carries it as base64 in a JSON event: 4 * 20,000 + 64 = 80,064 bytes
+    assert wire_bytes(60_000, lam) == lambda_event_bytes(60_000) == 80_064
+    assert on_lambda.parameters["boundary_encoded_bytes"] == 60_000
+    assert on_lambda.parameters["boundary_wire_bytes"] == 80_064
+    assert on_lambda.parameters["objective_value"] == pytest.approx(30 + 640.512 + 70)
+    # AND expected_latency of each plan agrees with the planner
+    rates = planner.default_exit_rates(edge)
+    for plan in (http, on_lambda):
+        value = planner.expected_latency(plan, edge, edge, rates, link)
+        assert value == pytest.approx(plan.parameters["objective_value"])
