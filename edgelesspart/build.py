@@ -20,6 +20,9 @@ from edgelesspart.runtime.plan import Plan
 
 CONSTRAINTS = ("latency", "memory", "expected-latency", "expected-cost")
 PLACEMENTS = ("linear", "pareto")
+#: How the objective modes choose exits: optimally (dynamic programming over exit subsets) or by
+#: the linear/Pareto spacing rule. Ignored by the latency and memory rules.
+SEARCHES = ("exhaustive", "placement")
 #: Validation samples the codec table is measured on (all of them up to this many).
 CODEC_MAX_SAMPLES = 1000
 #: Validation samples whose boundary bytes per codec are recorded at every profiled cut point.
@@ -35,6 +38,7 @@ class BuildConfig:
     dataset: str = "digits"
     memory_fraction: float = 0.7
     placement: str = "linear"
+    search: str = "exhaustive"
     exits_per_part: tuple[int, int] = (2, 2)
     exit_spec: str | None = None
     exit_template: str | None = None
@@ -62,6 +66,11 @@ class BuildConfig:
             )
         if self.placement not in PLACEMENTS:
             raise ConfigError(f"Unknown placement {self.placement!r}; choose one of {PLACEMENTS}.")
+        if self.search not in SEARCHES:
+            raise ConfigError(
+                f"Unknown search {self.search!r}; choose exhaustive (optimal exits for the "
+                "expected-latency/expected-cost constraints) or placement (the spacing rule)."
+            )
         if not 0.0 < self.memory_fraction < 1.0:
             raise ConfigError(f"memory_fraction must be in (0, 1), got {self.memory_fraction}.")
         if len(self.exits_per_part) != 2 or not all(0 <= n <= 3 for n in self.exits_per_part):
@@ -200,6 +209,7 @@ def make_plan(config: BuildConfig, host_profile: Any, model_name: str) -> tuple[
             cloud_profile,
             objective=config.constraint,
             link=links.load_link(config.link),
+            search=config.search,
             **common,
         )
     summary = {

@@ -1,14 +1,18 @@
 """Run every benchmark (P1-P7) in sequence within a total time budget; print and save a table.
 
 ``make bench`` runs this. Each benchmark runs as its own process (so one model's memory is
-freed before the next) with whatever is left of the budget as its time limit; what does not
-fit is reported as not run, never silently dropped. Writes ``results/bench/summary.json`` and
-``results/bench/summary.md`` next to each benchmark's own JSON.
+freed before the next). Its time limit is what is left of the budget minus the reserve of every
+benchmark after it, so one slow benchmark cannot starve the rest; what does not finish, fails or
+finds no time left is reported as such, never silently dropped, and a benchmark's old JSON is
+deleted before it runs. Writes ``results/bench/summary.json`` and ``results/bench/summary.md``
+(the table ``id | what | ours | baseline | ratio | goal | met? | command`` and the machine)
+next to each benchmark's own JSON.
 
-What is reduced to fit 20 minutes on 2 cores (every script prints its own ``reduced:`` lines):
-P1 trains each zoo model for 2 backbone + 2 exit epochs on digits with 8 candidate cut points
-and times 120 test samples; the serving benchmarks (P2, P3, P4, P6) use the default small-CNN
-bundle trained for 4 epochs; P4 runs on P1's ResNet50 bundle when it exists.
+What is reduced to fit 20 minutes on 2 cores (every script prints its own ``reduced:`` lines;
+``docs/benchmarks.md`` has the table): P1 trains each zoo model for 2 backbone + 2 exit epochs on
+digits with 8 candidate cut points and times 120 test samples; the serving benchmarks (P2, P3,
+P4, P6) use the default small-CNN bundle trained for 4 + 4 epochs; P4 runs on P1's ResNet50
+bundle when it exists.
 
 Usage::
 
@@ -18,7 +22,6 @@ Usage::
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,17 +30,20 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib  # noqa: E402
+import benchtable  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-#: (id, script) in run order: P7 first on a quiet machine, P1 before P5 and P4 (its bundles).
+#: (id, script, reserve seconds) in run order: P7 first on a quiet machine, P1 before P4 (its
+#: ResNet50 bundle). The reserve is what a benchmark is expected to need at
+#: full size; while one runs, every later one's reserve is held back from its time limit.
 BENCHES = (
-    ("P7", "bench_p7_demo.py"),
-    ("P1", "bench_p1_exits.py"),
-    ("P5", "bench_p5_planner.py"),
-    ("P4", "bench_p4_payload.py"),
-    ("P2", "bench_p2_executor.py"),
-    ("P3", "bench_p3_throughput.py"),
-    ("P6", "bench_p6_latency.py"),
+    ("P7", "bench_p7_demo.py", 240.0),
+    ("P1", "bench_p1_exits.py", 480.0),
+    ("P5", "bench_p5_planner.py", 90.0),
+    ("P4", "bench_p4_payload.py", 40.0),
+    ("P2", "bench_p2_executor.py", 30.0),
+    ("P3", "bench_p3_throughput.py", 80.0),
+    ("P6", "bench_p6_latency.py", 60.0),
 )
 DEFAULT_BUDGET_S = 1200.0
 
@@ -51,8 +57,10 @@ def _args(argv: list[str] | None) -> Any:
 
 
 def command(script: str, args: Any) -> list[str]:
-    """The command line of one benchmark (relative script path, as a user would type it)."""
-    cmd = [sys.executable, str(HERE / script), "--out", str(args.out)]
+    """The command line of one benchmark."""
+    cmd = [sys.executable, str(HERE / script)]
+    if args.out.resolve() != benchlib.RESULTS_DIR.resolve():
+        cmd += ["--out", str(args.out)]
     if args.quick:
         cmd.append("--quick")
     p1_resnet = args.out / "bundles" / "p1-resnet50" / "manifest.json"
@@ -61,119 +69,115 @@ def command(script: str, args: Any) -> list[str]:
     return cmd
 
 
-def run_one(bench: str, script: str, args: Any, remaining: float) -> dict[str, Any]:
-    """Run one benchmark within ``remaining`` seconds; its headline line and JSON."""
+def shown_command(script: str, cmd: list[str]) -> str:
+    """``cmd`` as a user would type it from the repository root."""
+    rest = [benchlib.relative_to_root(a) for a in cmd[2:]]
+    return " ".join([".venv/bin/python", f"experiments/{script}", *rest])
+
+
+def run_one(bench: str, script: str, args: Any, limit_s: float) -> dict[str, Any]:
+    """Run one benchmark for at most ``limit_s`` seconds; its record, or a placeholder."""
     cmd = command(script, args)
-    shown = " ".join([".venv/bin/python", f"experiments/{script}", *cmd[2:]])
+    shown = shown_command(script, cmd)
+    result_path = args.out / f"{bench.lower()}.json"
+    result_path.unlink(missing_ok=True)  # never report a figure from an earlier run
     start = time.perf_counter()
-    benchlib.log(f"== {bench}: {shown} (budget left {remaining:.0f} s)")
-    try:
-        done = subprocess.run(
-            cmd,
-            cwd=benchlib.ROOT,
-            capture_output=True,
-            text=True,
-            timeout=max(1.0, remaining),
-            check=False,
-        )
+    benchlib.log(f"== {bench}: {shown} (time limit {limit_s:.0f} s)")
+    done = benchlib.run_command(cmd, limit_s, cwd=benchlib.ROOT)
+    if done.returncode is None:
+        status = f"not finished within {limit_s:.0f} s"
+    else:
         status = "ok" if done.returncode == 0 else f"failed (exit {done.returncode})"
-        lines = done.stdout.strip().splitlines()
-        tail = done.stderr[-2000:] if done.returncode else ""
-    except subprocess.TimeoutExpired:
-        status, lines, tail = "not finished within the budget", [], ""
-    seconds = time.perf_counter() - start
-    data = _load(args.out / f"{bench.lower()}.json") if status == "ok" else None
-    return {
-        "bench": bench,
-        "command": shown,
-        "status": status,
-        "seconds": round(seconds, 1),
-        "headline": lines[-1] if lines and status == "ok" else None,
-        "verdict": data["headline"]["verdict"] if data else "NOT RUN" if not lines else "ERROR",
-        "what": data["what"] if data else None,
-        "baseline": data["baseline"] if data else None,
-        "reduced": data["reduced"] if data else [],
-        "stderr_tail": tail,
-    }
+    lines = done.stdout.strip().splitlines()
+    tail = done.stderr[-2000:] if status != "ok" else ""
+    seconds = round(time.perf_counter() - start, 1)
+    record = _load(result_path) if status == "ok" else None
+    if record is None:
+        if status == "ok":
+            status = "finished without writing its JSON"
+        benchlib.log(f"{bench}: {status}\n{tail}")
+        return {
+            "bench": bench,
+            "status": status,
+            "command": shown,
+            "seconds": seconds,
+            "last_line": lines[-1] if lines else None,
+            "stderr_tail": tail,
+        }
+    record["command"] = shown
+    record["wall_seconds"] = seconds
+    return record
 
 
 def _load(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    return data if benchtable.is_record(data) else None
 
 
-def table(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
-    """The Markdown summary: one row per benchmark, then the machine."""
-    lines = [
-        "| id | result (last line of the script) | verdict | seconds | command |",
-        "|---|---|---|---|---|",
-    ]
-    for r in rows:
-        figure = r["headline"] or r["status"]
-        lines.append(
-            f"| {r['bench']} | {figure} | {r['verdict']} | {r['seconds']} | `{r['command']}` |"
-        )
-    lines += [
-        "",
-        f"Machine: {machine['cpu_model']}, {machine['cores']} cores, load {machine['load_average']}"
-        f"; Python {machine['python']}, TensorFlow {machine['tensorflow']}, ai-edge-litert "
-        f"{machine['ai_edge_litert']}; commit {machine['git_commit']}"
-        f"{' (uncommitted changes)' if machine['git_dirty'] else ''}; {machine['date']}.",
-    ]
-    return "\n".join(lines) + "\n"
+def not_run(bench: str, script: str) -> dict[str, Any]:
+    """The placeholder of a benchmark the budget had no time left for."""
+    return {
+        "bench": bench,
+        "status": "not run: budget spent",
+        "command": f".venv/bin/python experiments/{script}",
+        "seconds": 0.0,
+    }
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """``summary.md``: the table, the machine line and the total time."""
+    machine = summary["machine"]
+    quick = ", --quick (smoke test: figures are not meaningful)" if summary["quick"] else ""
+    return (
+        benchtable.markdown_table(summary["benchmarks"])
+        + "\n"
+        + benchtable.machine_line(machine, summary["machine_at_start"].get("load_average"))
+        + f"\n\nTotal {summary['total_seconds']:.0f} s (budget {summary['budget_seconds']:.0f} s)"
+        + f"{quick}.\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks, print the table, write summary.json and summary.md."""
     args = _args(argv)
     wanted = {b.strip().upper() for b in args.only.split(",")} if args.only else None
+    benches = [b for b in BENCHES if wanted is None or b[0] in wanted]
     start = time.perf_counter()
     machine_before = benchlib.machine_info()
-    rows = []
-    for bench, script in BENCHES:
-        if wanted is not None and bench not in wanted:
-            continue
+    records = []
+    for i, (bench, script, _) in enumerate(benches):
         remaining = args.budget - (time.perf_counter() - start)
+        limit = benchlib.timeout_for(remaining, [r for _, _, r in benches[i + 1 :]])
         if remaining <= 5:
-            rows.append(
-                {
-                    "bench": bench,
-                    "command": f"experiments/{script}",
-                    "seconds": 0,
-                    "status": "not run: budget spent",
-                    "headline": None,
-                    "verdict": "NOT RUN",
-                    "reduced": [],
-                }
-            )
-            continue
-        rows.append(run_one(bench, script, args, remaining))
-        print(rows[-1]["headline"] or f"{bench}: {rows[-1]['status']}", flush=True)
-    total = time.perf_counter() - start
-    machine = benchlib.machine_info()
+            records.append(not_run(bench, script))
+            (args.out / f"{bench.lower()}.json").unlink(missing_ok=True)
+        else:
+            records.append(run_one(bench, script, args, limit))
+        head = records[-1].get("headline")
+        print(head["line"] if head else f"{bench}: {records[-1]['status']}", flush=True)
     summary = {
         "schema": benchlib.SCHEMA,
-        "machine": machine,
+        "machine": benchlib.machine_info(),
         "machine_at_start": machine_before,
-        "total_seconds": round(total, 1),
+        "total_seconds": round(time.perf_counter() - start, 1),
         "budget_seconds": args.budget,
         "quick": args.quick,
-        "benchmarks": sorted(rows, key=lambda r: r["bench"]),
+        "benchmarks": records,
     }
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    md = table(summary["benchmarks"], machine)
-    md += (
-        f"\nTotal {total:.0f} s (budget {args.budget:.0f} s){', --quick' if args.quick else ''}.\n"
+    (args.out / "summary.json").write_text(
+        json.dumps(benchlib.to_json_ready(summary), indent=2, allow_nan=False) + "\n"
     )
+    md = summary_markdown(summary)
     (args.out / "summary.md").write_text(md)
     print(md)
-    verdicts = [r["verdict"] for r in rows]
+    verdicts = [r["headline"]["verdict"] if "headline" in r else "NOT RUN" for r in records]
+    met, missed = verdicts.count("MET"), verdicts.count("MISSED")
     print(
-        f"bench_all: {verdicts.count('MET')} met, {verdicts.count('MISSED')} missed, "
-        f"{len(verdicts) - verdicts.count('MET') - verdicts.count('MISSED')} other, "
-        f"{total:.0f} s (budget {args.budget:.0f} s)"
+        f"bench_all: {met} met, {missed} missed, {len(verdicts) - met - missed} other, "
+        f"{summary['total_seconds']:.0f} s (budget {args.budget:.0f} s)"
     )
     return 0
 

@@ -83,13 +83,14 @@ def client_main(url: str, inputs: Path, clients: int, duration: float) -> dict[s
         i = k
         while time.perf_counter() < end:
             t0 = time.perf_counter()
-            conn.request("POST", "/v1/infer", payloads[i % len(payloads)],
-                         {"Content-Type": TENSOR_MEDIA})
+            conn.request(
+                "POST", "/v1/infer", payloads[i % len(payloads)], {"Content-Type": TENSOR_MEDIA}
+            )
             response = conn.getresponse()
             response.read()
             t1 = time.perf_counter()
             i += clients
-            if begin <= t0 and t1 <= end:
+            if begin <= t1 <= end:  # completions inside the window
                 with lock:
                     statuses[response.status] = statuses.get(response.status, 0) + 1
                     latencies.append((t1 - t0) * 1000.0)
@@ -102,16 +103,37 @@ def client_main(url: str, inputs: Path, clients: int, duration: float) -> dict[s
         t.start()
     for t in threads:
         t.join()
-    return {"statuses": statuses, "latency_ms": benchlib.summary(latencies),
-            "ok_per_s": statuses.get(200, 0) / duration}
+    return {
+        "statuses": statuses,
+        "latency_ms": benchlib.summary(latencies),
+        "ok_per_s": statuses.get(200, 0) / duration,
+    }
 
 
 def run_clients(url: str, inputs: Path, clients: int, duration: float) -> dict[str, Any]:
     """The load generator in a child process (so it does not share the server's GIL)."""
-    cmd = [sys.executable, __file__, "--client", url, "--inputs", str(inputs),
-           "--clients", str(clients), "--duration", str(duration), "--out", str(inputs.parent)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120,
-                          check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    cmd = [
+        sys.executable,
+        __file__,
+        "--client",
+        url,
+        "--inputs",
+        str(inputs),
+        "--clients",
+        str(clients),
+        "--duration",
+        str(duration),
+        "--out",
+        str(inputs.parent),
+    ]
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=duration + 120,
+        check=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -135,6 +157,8 @@ def edge_chains(bundle: Any, x: np.ndarray, threshold: float) -> list[list[str]]
 def raw_throughput(bundle: Any, x: np.ndarray, chains: list, workers: int, duration: float):
     """Samples per second of bare LiteRT doing the same chains with ``workers`` threads."""
     raws = [rawlite.raw_segments(bundle) for _ in range(workers)]
+    for raw in raws:  # warm-up: the first invoke after allocation sets the kernels up
+        rawlite.run_chain(raw, chains[0], x[0][None])
     counts = [0] * workers
     end = time.perf_counter() + duration
 
@@ -142,7 +166,8 @@ def raw_throughput(bundle: Any, x: np.ndarray, chains: list, workers: int, durat
         i = k
         while time.perf_counter() < end:
             rawlite.run_chain(raws[k], chains[i % len(x)], x[i % len(x)][None])
-            counts[k] += 1
+            if time.perf_counter() <= end:  # completions inside the window, as for the service
+                counts[k] += 1
             i += workers
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(workers)]
@@ -197,10 +222,14 @@ def measure(args: Any, bundle_path: Path, duration: float, rounds: int) -> dict[
         "raw_best_workers": best_workers,
         "service_rounds": service,
         "server_threads": max(threads, args.clients),
-        "edge_config": {k: getattr(config, k) for k in ("threshold", "pool_size", "max_inflight",
-                                                        "max_queue") if hasattr(config, k)},
-        "segments_run": {str(n): [len(c) for c in chains].count(n)
-                         for n in sorted({len(c) for c in chains})},
+        "edge_config": {
+            k: getattr(config, k)
+            for k in ("threshold", "pool_size", "max_inflight", "max_queue")
+            if hasattr(config, k)
+        },
+        "segments_run": {
+            str(n): [len(c) for c in chains].count(n) for n in sorted({len(c) for c in chains})
+        },
         "clients": args.clients,
         "duration_s": duration,
         "rounds": rounds,
@@ -234,7 +263,15 @@ def main(argv: list[str] | None = None) -> int:
         baseline="raw LiteRT throughput for the same segment work in one process (best of 1 and "
         "cores worker threads)",
         headline=benchlib.Headline(
-            "P3", "service/raw throughput", ratio, "x", f">= {GOAL}x", ratio >= GOAL
+            "P3",
+            "service/raw throughput",
+            ratio,
+            "x",
+            f">= {GOAL}x",
+            ratio >= GOAL,
+            ours=f"{details['service_ok_per_s']:.0f} answers/s",
+            reference=f"{details['raw_per_s'][str(details['raw_best_workers'])]:.0f} samples/s "
+            f"(raw, {details['raw_best_workers']} thread(s))",
         ),
         quick=args.quick,
         reduced=[f"{rounds} round(s) of {duration:g} s"] if args.quick else [],

@@ -1,15 +1,26 @@
 """P5: the planner's chosen plan vs the brute-force optimum, and how long planning takes.
 
-On a real host profile of ResNet50 (the P1 bundle's ``profile.json`` when present, else profiled
-here with LiteRT) scaled to each edge device, for every scenario (edge device x link x exits per
-part x placement rule) this runs ``plan_objective(objective="expected-latency")`` and
-``brute_force_optimum`` (every split x every exit subset with at most the same number of exits
-per part) on the same inputs, interleaved. Exit rates are the planner's documented prior
-(``default_exit_rates``), the same for both.
+On a host profile of ResNet50 (32x32x3, 10 classes, the build's default number of candidate cut
+points, measured here with LiteRT and cached under ``results/bench/bundles/``; or ``--profile``)
+scaled to each edge device, for every scenario (edge device x link x exits per part) this runs
+``plan_objective(objective="expected-latency")`` and ``brute_force_optimum`` (every split x
+every exit subset with at most the same number of exits per part) on the same inputs,
+interleaved. Exit rates are the planner's documented prior (``default_exit_rates``), the same
+for both; boundaries are planned raw (no codec) on both sides.
 
-Headline: the worst ratio (predicted expected latency of the chosen plan / optimum) of the
-planner as ``edgelesspart build --constraint expected-latency`` runs it (``search="placement"``)
-over all scenarios, and the slowest planning time. ``search="exhaustive"`` is reported too.
+The planner is run in its two search modes:
+
+* ``search="exhaustive"``: it chooses the split *and* the exits (at most ``exits_per_part`` per
+  part) to minimise the objective, over the same space as the brute force. This is the
+  headline: the issue compares "the planner's chosen plan" with the optimum "over all cut/exit
+  combinations", and planning time matters for this search.
+* ``search="placement"`` with the linear and with the pareto rule: the split is optimised but the
+  exits are placed by the paper's spacing rule, not by the objective. This is what
+  ``edgelesspart build --constraint expected-latency`` runs today; its worst ratio is printed in
+  the headline line too.
+
+Headline: the worst ratio over scenarios (predicted expected latency of the exhaustive plan /
+optimum) and its slowest planning time.
 
 Usage::
 
@@ -37,7 +48,8 @@ LINKS = ("wifi", "lte", "5g", "3g")
 EXITS = ((2, 2), (3, 3))
 PLACEMENTS = ("linear", "pareto")
 CLOUD_DEVICE = "gcf-2gb"
-P1_PROFILE = Path("bundles") / "p1-resnet50" / "profile.json"
+SEARCHES = (*(f"placement-{p}" for p in PLACEMENTS), "exhaustive")
+HEADLINE = "exhaustive"
 
 
 def _args(argv: list[str] | None) -> Any:
@@ -49,24 +61,30 @@ def _args(argv: list[str] | None) -> Any:
 
 
 def host_profile(args: Any) -> tuple[Any, str]:
-    """The host profile to plan on and where it came from."""
+    """The host profile to plan on and where it came from (profiled once, then cached)."""
+    from edgelesspart.build import BuildConfig
     from edgelesspart.profile import ModelProfile
 
-    candidates = [args.profile] if args.profile else [args.out / P1_PROFILE]
-    for path in candidates:
-        if path is not None and Path(path).is_file():
-            return ModelProfile.load(path), str(path)
+    if args.profile:
+        return ModelProfile.load(args.profile), str(args.profile)
+    if args.quick:
+        name, size, cuts, method = "small_cnn", 32, 8, "tf-function"
+    else:
+        name, size, cuts, method = "resnet50", 32, BuildConfig().max_cut_points, "litert"
+    what = f"{name} {size}x{size}x3, {cuts} candidate cut points, {method}"
+    cache = args.out / "bundles" / f"p5-{name}-{size}px-{cuts}cuts-{method}.profile.json"
+    if cache.is_file():
+        return ModelProfile.load(cache), f"profiled on this host earlier ({what}): {cache}"
     from edgelesspart import profiler, zoo
 
-    name, size, cuts, method = (
-        ("small_cnn", 32, 8, "tf-function") if args.quick else ("resnet50", 32, 20, "litert")
-    )
     model = zoo.build_model(name, (size, size, 3), 10, seed=args.seed)
-    benchlib.log(f"profiling {name} ({cuts} cut points, {method})")
+    benchlib.log(f"profiling {what}")
     profile = profiler.profile_model(
         model, model_name=name, max_cut_points=cuts, method=method, show_progress=False
     )
-    return profile, f"profiled here: {name} {size}x{size}x3, {cuts} cut points, {method}"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    profile.save(cache)
+    return profile, f"profiled here ({what})"
 
 
 def _codec_kwargs(fn: Any) -> dict[str, Any]:
@@ -111,7 +129,7 @@ def scenario(host: Any, edge_name: str, link_name: str, exits: tuple[int, int], 
             "seconds": statistics.median(times["brute-force"]) / 1000.0,
         }
     }
-    for name in (*(f"placement-{p}" for p in PLACEMENTS), "exhaustive"):
+    for name in SEARCHES:
         plan = calls[name]()
         value = float(plan.parameters["objective_value"])
         rows[name] = {
@@ -138,43 +156,49 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         grid = grid[:2]
     rows = [scenario(host, e, ln, x, repeats) for e, ln, x in grid]
-    default = "placement-linear"
-    worst = {
-        n: _worst(rows, n, "ratio") for n in (*(f"placement-{p}" for p in PLACEMENTS), "exhaustive")
-    }
-    slowest = max(_worst(rows, n, "seconds") for n in worst)
+    worst = {n: _worst(rows, n, "ratio") for n in SEARCHES}
+    slowest = {n: _worst(rows, n, "seconds") for n in (*SEARCHES, "brute-force")}
     for r in rows:
         p = r["plans"]
         print(
-            f"{r['edge']:>16} {r['link']:>5} {r['exits_per_part']}: linear "
-            f"{p['placement-linear']['ratio']:.3f}x pareto {p['placement-pareto']['ratio']:.3f}x"
-            f" exhaustive {p['exhaustive']['ratio']:.4f}x  (brute force "
+            f"{r['edge']:>16} {r['link']:>5} {r['exits_per_part']}: exhaustive "
+            f"{p['exhaustive']['ratio']:.4f}x  linear {p['placement-linear']['ratio']:.3f}x  "
+            f"pareto {p['placement-pareto']['ratio']:.3f}x  (brute force "
             f"{p['brute-force']['seconds']:.3f} s, {p['brute-force']['evaluated']} combinations)"
         )
-    ratio = worst[default]
+    ratio, seconds = worst[HEADLINE], slowest[HEADLINE]
+    optimum = [r["plans"]["brute-force"]["value_ms"] for r in rows]
+    chosen = [r["plans"][HEADLINE]["value_ms"] for r in rows]
     details = {
         "profile_source": source,
         "model": host.model,
         "cut_points": len(host.cut_points),
         "cloud_device": CLOUD_DEVICE,
         "exit_rates": "default_exit_rates (the planner's documented prior)",
-        "headline_search": "plan_objective(search='placement', placement='linear'), the build "
-        "default for --constraint expected-latency",
+        "headline_search": "plan_objective(search='exhaustive'): split and exits chosen by the "
+        "objective, the same space as the brute force",
         "worst_ratio": worst,
         "slowest_planning_seconds": slowest,
         "scenarios": rows,
     }
     result = benchlib.BenchResult(
         bench="P5",
-        what="predicted expected latency of the chosen plan, and planning time (ResNet50)",
+        what="predicted expected latency of the planner's plan (exhaustive search), worst "
+        f"over {len(rows)} scenarios, and planning time ({host.model}, "
+        f"{len(host.cut_points)} cut points)",
         baseline="brute-force optimum over every split x exit subset",
         headline=benchlib.Headline(
             "P5",
-            f"plan/optimum worst (planning {slowest:.3f} s)",
+            f"plan/optimum worst (planning {1000 * seconds:.1f} ms; the build's linear rule "
+            f"{worst['placement-linear']:.3g}x)",
             ratio,
             "x",
             f"<= {GOAL_RATIO}x, < {GOAL_SECONDS:g} s",
-            ratio <= GOAL_RATIO and slowest < GOAL_SECONDS,
+            ratio <= GOAL_RATIO and seconds < GOAL_SECONDS,
+            ours=f"{statistics.fmean(chosen):.3g} ms mean predicted latency, planned in <= "
+            f"{1000 * seconds:.1f} ms",
+            reference=f"{statistics.fmean(optimum):.3g} ms mean optimum, brute force <= "
+            f"{1000 * slowest['brute-force']:.0f} ms",
         ),
         quick=args.quick,
         reduced=[f"{len(grid)} scenarios; {source}"] if args.quick else [],

@@ -7,22 +7,26 @@ prints its headline ratio as its **last** line, e.g.::
     P2 executor/raw = 1.03x (goal <= 1.05x): MET
 
 This module holds only what every script needs: argument parsing (``--quick``, ``--out``),
-machine information, interleaved timing, the result record, and the shared benchmark bundle.
-It imports TensorFlow nowhere; the bundle helper imports the build pipeline lazily.
+machine information, interleaved timing and statistics (summary, MAPE), the budget rule of
+``bench_all.py``, the result record and its strict JSON, running a child process with a time
+limit, and the shared benchmark bundle. It imports TensorFlow nowhere; the bundle helper imports
+the build pipeline lazily. ``benchtable.py`` turns the records into the Markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -194,7 +198,47 @@ def summary(samples: Sequence[float]) -> dict[str, float]:
     }
 
 
+def mape(measured: Sequence[float], predicted: Sequence[float]) -> float:
+    """Mean absolute percentage error of ``predicted`` against ``measured``, in percent.
+
+    ``100 * mean(|measured - predicted| / |measured|)``; the measured values are the reference.
+
+    Raises:
+        ValueError: the lists are empty, of different lengths, or a measured value is 0.
+    """
+    pairs = list(zip(measured, predicted, strict=True))
+    if not pairs:
+        raise ValueError("MAPE needs at least one (measured, predicted) pair.")
+    if any(m == 0 for m, _ in pairs):
+        raise ValueError("MAPE is undefined when a measured value is 0.")
+    return 100.0 * statistics.fmean(abs(m - p) / abs(m) for m, p in pairs)
+
+
+# ------------------------------------------------------------------------------ budget
+
+
+def timeout_for(
+    remaining_s: float, later_reserve_s: Sequence[float], floor_s: float = 5.0
+) -> float:
+    """Seconds one benchmark may run: what is left of the budget minus what later ones need.
+
+    Each later benchmark keeps its reserve, so one slow benchmark cannot starve all the others;
+    the benchmark still gets at least ``floor_s`` (or all that is left, if less).
+    """
+    left = max(0.0, float(remaining_s))
+    return min(left, max(floor_s, left - sum(later_reserve_s)))
+
+
 # ------------------------------------------------------------------------------ results
+
+
+def significant(value: float) -> str:
+    """Three significant digits, trailing zeros kept (``1.00``, ``0.279``, ``19.2``, ``123``)."""
+    if not math.isfinite(value):
+        return str(value)
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:#.3g}".rstrip(".")
 
 
 @dataclass(frozen=True)
@@ -202,6 +246,8 @@ class Headline:
     """The one figure a benchmark is compared on, and whether it met its goal.
 
     ``met`` is ``None`` when the figure was not measured (e.g. skipped in ``--quick`` mode).
+    ``ours`` and ``reference`` are the two measured figures behind the ratio, as short text
+    with units (e.g. ``"0.82 ms/sample"``), for the summary table.
     """
 
     bench: str
@@ -210,6 +256,8 @@ class Headline:
     unit: str
     goal: str
     met: bool | None
+    ours: str = ""
+    reference: str = ""
 
     @property
     def verdict(self) -> str:
@@ -218,10 +266,14 @@ class Headline:
             return SKIPPED
         return MET if self.met else MISSED
 
+    @property
+    def shown(self) -> str:
+        """The value with its unit, three significant digits (``n/a`` when not measured)."""
+        return "n/a" if self.value is None else f"{significant(self.value)}{self.unit}"
+
     def line(self) -> str:
         """E.g. ``P2 executor/raw = 1.03x (goal <= 1.05x): MET``."""
-        shown = "n/a" if self.value is None else f"{self.value:.3g}{self.unit}"
-        return f"{self.bench} {self.label} = {shown} (goal {self.goal}): {self.verdict}"
+        return f"{self.bench} {self.label} = {self.shown} (goal {self.goal}): {self.verdict}"
 
 
 @dataclass(frozen=True)
@@ -236,39 +288,122 @@ class BenchResult:
     reduced: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    command: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (with the machine information and the headline line)."""
+    def to_dict(self, machine: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """JSON-ready dict with the machine information and the headline's verdict and line.
+
+        Args:
+            machine: the machine record (default: :func:`machine_info` now).
+        """
         data = asdict(self)
         data["headline"]["verdict"] = self.headline.verdict
         data["headline"]["line"] = self.headline.line()
-        return {"schema": SCHEMA, "machine": machine_info(), **data}
+        return {"schema": SCHEMA, "machine": dict(machine or machine_info()), **data}
 
 
-def write_result(result: BenchResult, out: Path) -> Path:
-    """Write ``<out>/<bench id lower>.json`` and return its path."""
+def write_result(result: BenchResult, out: Path, machine: Mapping[str, Any] | None = None) -> Path:
+    """Write ``<out>/<bench id lower>.json`` (strict JSON: NaN/inf become null); its path."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{result.bench.lower()}.json"
-    path.write_text(json.dumps(result.to_dict(), indent=2, default=_json_default) + "\n")
+    data = to_json_ready(result.to_dict(machine))
+    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
     return path
 
 
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
+def to_json_ready(value: Any) -> Any:
+    """``value`` with numpy values as Python ones, paths as text and NaN/inf as ``None``."""
+    if isinstance(value, Mapping):
+        return {str(k): to_json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json_ready(v) for v in value]
     if isinstance(value, Path):
         return str(value)
-    raise TypeError(f"Cannot write {type(value).__name__} to JSON")
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return to_json_ready(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(f"Cannot write {type(value).__name__} to JSON: {value!r}")
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """How this script was run, as a user would type it from the repository root."""
+    argv = list(sys.argv if argv is None else argv)
+    script = Path(argv[0]) if argv else Path("?")
+    shown = f"experiments/{script.name}" if script.suffix == ".py" else str(script)
+    return " ".join([".venv/bin/python", shown, *(relative_to_root(a) for a in argv[1:])])
+
+
+def relative_to_root(arg: str) -> str:
+    """An absolute path inside the repository as a relative one; anything else unchanged."""
+    path = Path(arg)
+    if not path.is_absolute():
+        return arg
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return arg
 
 
 def finish(result: BenchResult, out: Path) -> int:
     """Write the JSON, print where it went, then the headline as the last line; exit code 0."""
+    if not result.command:
+        result = replace(result, command=command_line())
     path = write_result(result, out)
     for note in result.reduced:
         print(f"reduced: {note}")
     print(f"wrote {path}")
     print(result.headline.line(), flush=True)
     return 0
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What :func:`run_command` got back; ``returncode`` is ``None`` when it was killed."""
+
+    returncode: int | None
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+def run_command(cmd: Sequence[str], timeout_s: float, **kwargs: Any) -> Finished:
+    """Run ``cmd`` in its own process group; past ``timeout_s`` kill the whole group.
+
+    A benchmark starts children of its own (``make`` and the build under it, P3's load
+    generator); killing only the direct child would leave them running after the time limit.
+    """
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        list(cmd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        **kwargs,
+    )
+    try:
+        out, err = proc.communicate(timeout=max(0.1, timeout_s))
+        code: int | None = proc.returncode
+    except subprocess.TimeoutExpired:
+        _kill_group(proc.pid)
+        out, err = proc.communicate()
+        code = None
+    except BaseException:  # Ctrl-C reaches only our group: take the child's group down too
+        _kill_group(proc.pid)
+        proc.wait()
+        raise
+    return Finished(code, out or "", err or "", time.perf_counter() - start)
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL the process group ``run_command`` created for ``pid`` (nothing else)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def log(message: str) -> None:
@@ -368,16 +503,25 @@ class Progressive:
 
     def __call__(self, x: Any) -> Any:
         """The answer of a batch-1 ``x`` (the first stage's input)."""
-        current = x
+        return self.run(x)[0]
+
+    def run(self, x: Any) -> tuple[Any, list[str]]:
+        """The answer of a batch-1 ``x`` and the segments it ran, in order.
+
+        A stage that hands the sample on ran all of its segments; in the stage that answers,
+        the segments are the ones in the answer's timings (each stage times only its own).
+        """
+        current, ran = x, []
         for executor in self.executors:
             result = executor.run(current)
+            names = [s.name for s in executor.segments]
             if result.boundary is None:
-                return result.answers[0]
+                answer = result.answers[0]
+                return answer, ran + [n for n in names if n in answer.timings]
+            ran += names
             current = result.boundary
-        return None
+        raise RuntimeError("The last stage handed the sample on: it has no final classifier.")
 
     def chain(self, x: Any) -> list[str]:
-        """The segments sample ``x`` runs (from its answer's per-segment timings)."""
-        answer = self(x)
-        names = [s.name for e in self.executors for s in e.segments]
-        return [n for n in names if n in answer.timings]
+        """The segments sample ``x`` runs, in order."""
+        return self.run(x)[1]

@@ -38,6 +38,11 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "--image-size": {"type": int, "help": "input side for digits/image folders (32)"},
     "--max-cut-points": {"type": int, "help": "candidate cut points to profile (16)"},
     "--profile-method": {"choices": ["litert", "tf-function"], "help": "how latency is timed"},
+    "--search": {
+        "choices": ["exhaustive", "placement"],
+        "help": "expected-latency/expected-cost constraints: choose exits optimally "
+        "(exhaustive, default) or by the --placement spacing rule",
+    },
     "--codec": {
         "help": "boundary tensor codec: auto (default; the fewest bytes within "
         "--max-codec-loss) or raw, fp16, int8, lz4, zstd, zfp, fp16+lz4, int8+lz4, zfp+lz4, "
