@@ -13,7 +13,6 @@ is given and re-allocates tensors on every call, so any batch size works with on
 
 from __future__ import annotations
 
-import queue
 import threading
 from pathlib import Path
 from typing import Any
@@ -71,14 +70,15 @@ class SegmentRunner:
         self.spec = spec
         self.pool_size = int(pool_size)
         self.num_threads = int(num_threads)
-        self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
+        self._idle: list[Any] = []  # idle runners, most recently used last (warm caches)
         self._lock = threading.Lock()
+        self._returned = threading.Condition(self._lock)
         self._created = 0
         self._calls = 0
         self._rows = 0
         if not self.path.is_file():
             raise BundleError(f"Segment file {self.path} for segment {spec.name!r} is missing.")
-        self._idle.put(self._new_runner())
+        self._idle.append(self._new_runner())
         self._created = 1
 
     def _new_runner(self) -> Any:
@@ -110,22 +110,27 @@ class SegmentRunner:
             )
 
     def _acquire(self) -> Any:
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
+        """An idle runner, a new one while the pool has room, or wait for one to come back."""
         with self._lock:
-            may_create = self._created < self.pool_size
-            if may_create:
-                self._created += 1  # reserve the slot before building outside the lock
-        if not may_create:
-            return self._idle.get()
+            while not self._idle:
+                if self._created < self.pool_size:
+                    self._created += 1  # reserve the slot, build outside the lock
+                    break
+                self._returned.wait()
+            else:
+                return self._idle.pop()
         try:
             return self._new_runner()
         except BaseException:
             with self._lock:
                 self._created -= 1
+                self._returned.notify()
             raise
+
+    def _release(self, runner: Any) -> None:
+        with self._lock:
+            self._idle.append(runner)
+            self._returned.notify()
 
     @property
     def interpreters(self) -> int:
@@ -145,11 +150,16 @@ class SegmentRunner:
         with self._lock:
             return self._rows
 
-    def __call__(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def __call__(
+        self, x: np.ndarray, *, trusted: bool = False
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Run the segment on a batch.
 
         Args:
             x: ``(N, *spec.input.shape)`` (or one sample without the batch dimension).
+            trusted: ``x`` is already a validated ``float32`` batch of the input shape (the
+                executor passes this for its own checked input and for the boundary tensors
+                one segment hands the next), so the shape/dtype/finite check is skipped.
 
         Returns:
             ``(probs, boundary)``: ``(N, C)`` probabilities if the segment has an exit, else
@@ -158,17 +168,22 @@ class SegmentRunner:
         Raises:
             InputError: ``x`` does not match the segment's input spec.
         """
-        x = validate_input(x, self.spec.input)
+        if not trusted:
+            x = validate_input(x, self.spec.input)
         runner = self._acquire()
         try:
             outputs = runner(**{INPUT_NAME: x})
         except (ValueError, RuntimeError) as exc:
+            self._release(runner)
             raise InputError(
                 f"Segment {self.spec.name!r} failed on a batch of shape {x.shape}: {exc}"
             ) from exc
-        finally:
-            self._idle.put(runner)
+        except BaseException:
+            self._release(runner)
+            raise
         with self._lock:
+            self._idle.append(runner)
+            self._returned.notify()
             self._calls += 1
             self._rows += int(x.shape[0])
         return self._outputs(outputs, int(x.shape[0]))
