@@ -75,6 +75,11 @@ class CloudService:
         self.rows = self.registry.counter(
             "edgelesspart_cloud_rows_total", "Rows the cloud part answered."
         )
+        self.bytes_received = self.registry.counter(
+            "edgelesspart_cloud_bytes_received_total",
+            "Request body bytes received on the tensor routes, by route (continue: the encoded "
+            "tensor; invoke: the Lambda JSON event with the tensor in base64).",
+        )
         self.latency = self.registry.histogram(
             "edgelesspart_cloud_latency_seconds", "Wall time of a cloud request by route."
         )
@@ -89,6 +94,7 @@ class CloudService:
             "requests": int(sum(per_route.values())),
             **{k: int(v) for k, v in per_route.items()},
             "rows": int(self.rows.total()),
+            "bytes_received": int(self.bytes_received.total()),
             "rejected": int(self.rejected.total()),
         }
 
@@ -182,6 +188,7 @@ def _register_routes(app: Flask, service: CloudService) -> None:
     def continue_request():
         start = time.perf_counter()
         body = request.get_data(cache=False)
+        service.bytes_received.inc(len(body), route="continue")
         service.check_auth(request.headers, body)
         if request.mimetype not in TENSOR_TYPES:
             raise UnsupportedMedia(

@@ -122,7 +122,7 @@ def _auth_error(service: CloudService, body: bytes) -> Response | None:
         return None
     try:
         event = json.loads(body or b"{}")
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # not JSON, too deep, or too many digits
         event = None
     problem = signing.check_event(service.token, event)
     if problem is None:
@@ -170,6 +170,7 @@ def _invoke(
             f"Request must be smaller than {limit} bytes for the InvokeFunction operation",
         )
     body = request.get_data(cache=False)
+    service.bytes_received.inc(len(body), route="invoke")
     if len(body) > limit:
         return _aws_error(
             413,
@@ -194,7 +195,7 @@ def _invoke(
 def _unmarshal(body: bytes, context: LocalContext) -> tuple[Any, dict[str, Any] | None]:
     try:
         return json.loads(body or b"{}"), None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # not JSON, too deep, or too many digits
         return None, {
             "errorMessage": f"Unable to unmarshal input: {exc}",
             "errorType": "Runtime.UnmarshalError",

@@ -33,6 +33,7 @@ from edge_runtime.config import EdgeConfig
 from edge_runtime.errors import (
     BadRequest,
     BundleMismatch,
+    InvalidInput,
     PayloadTooLarge,
     Unauthorized,
     UnsupportedMedia,
@@ -269,7 +270,7 @@ def _decode(body: bytes, service: EdgeService) -> np.ndarray:
 def _json_body(body: bytes) -> dict[str, Any]:
     try:
         payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # also: too deeply nested, too many digits
         raise BadRequest(f"Request body is not valid JSON: {exc}.", code="bad_json") from exc
     if not isinstance(payload, dict):
         raise BadRequest(
@@ -288,20 +289,30 @@ def _json_input(payload: dict[str, Any], service: EdgeService) -> np.ndarray:
             raise BadRequest("tensor_b64 must be a base64 string.", code="bad_base64")
         return _decode(from_base64(encoded), service)
     if "inputs" in payload:
-        try:
-            x = np.asarray(payload["inputs"], dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise BadRequest(
-                f"inputs must be a rectangular nested list of numbers ({exc}).", code="bad_inputs"
-            ) from exc
-        if x.ndim == 0:
-            raise BadRequest(
-                "inputs must be a nested list, not a single number.", code="bad_inputs"
-            )
-        return x
+        return _inputs_array(payload["inputs"])
     raise BadRequest(
         f'JSON body needs "tensor_b64" or "inputs"; got keys {sorted(payload)}.', code="bad_json"
     )
+
+
+def _inputs_array(inputs: Any) -> np.ndarray:
+    """JSON ``inputs`` as a float32 array; numbers beyond float32 are refused, not made Inf."""
+    try:
+        wide = np.asarray(inputs, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        raise BadRequest(
+            f"inputs must be a rectangular nested list of numbers ({exc}).", code="bad_inputs"
+        ) from exc
+    if wide.ndim == 0:
+        raise BadRequest("inputs must be a nested list, not a single number.", code="bad_inputs")
+    limit = float(np.finfo(np.float32).max)
+    finite = wide[np.isfinite(wide)]
+    if finite.size and float(np.abs(finite).max()) > limit:
+        raise InvalidInput(
+            f"inputs has values beyond the float32 range (|x| > {limit:.3g}); scale the input "
+            "as the bundle's preprocessing says."
+        )
+    return wide.astype(np.float32)
 
 
 def _check_bundle(claimed: str | None, service: EdgeService) -> None:

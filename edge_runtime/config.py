@@ -181,14 +181,20 @@ class EdgeConfig:
         """
         try:
             threshold = float(value)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"threshold must be a number, got {value!r}.") from exc
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ConfigError(f"threshold must be a number, got {_short(value)}.") from exc
         if math.isnan(threshold) or not self.threshold_min <= threshold <= self.threshold_max:
             raise ConfigError(
-                f"threshold {value!r} is outside the allowed range "
+                f"threshold {_short(value)} is outside the allowed range "
                 f"[{self.threshold_min}, {self.threshold_max}] of this service."
             )
         return threshold
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a client may send megabytes)."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**limit else "a huge int"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _convert(variable: str, raw: str, kind: Any) -> Any:

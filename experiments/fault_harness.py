@@ -3,19 +3,23 @@
 Starts, on loopback, a cloud part (``experiments/chaos_cloud.py``: the real local cloud server
 behind a chaos switch) and the edge service (``edgelesspart serve-edge``) as two processes, then:
 
-1. **Faults.** Sends ``--requests`` inferences (default 10,000) from ``--clients`` concurrent
-   clients while a schedule, driven by the number of answered requests, kills the cloud
-   (SIGKILL), restarts it, makes it slow past the edge's timeout, answer 500, and answer
-   garbage, with healthy phases in between. Every answer is checked: a cloud answer, an edge
-   early-exit answer, or an edge answer marked ``degraded`` with a reason. Anything else (no
-   answer, 5xx, a malformed body, a 429 still refused after three polite retries) is **lost**.
-   Circuit-breaker transitions are read from the edge's ``/metrics`` at each phase boundary,
-   the cloud's per-mode request counts from its ``/_chaos`` route, and the edge process's
-   resident memory (``/proc/PID/status`` VmRSS) is sampled throughout.
-2. **Load.** With a healthy cloud: the sustainable rate is the closed-loop throughput of
-   ``--clients`` clients; then open-loop arrivals at 1x, 2x and 4x that rate for ``--load-s``
-   seconds each. Latency counts from the scheduled send time (no coordinated omission); p50/p99
-   and the 429 rate are reported per level.
+1. **Faults.** Sends ``--requests`` one-row inferences (default 10,000) from ``--clients``
+   concurrent clients, paced at ``--rate`` per second, while a schedule (:data:`SCHEDULE`,
+   ten phases of 10 % of the requests) kills the cloud (SIGKILL), restarts it, makes it slow
+   past the edge's timeout, answer 500 and answer garbage, with healthy phases in between.
+   Phases do not overlap: a phase's fault is applied once every request of the previous phase
+   has been answered, and before any request of its own goes out. Every reply is checked: a
+   cloud answer, an edge early-exit answer, or an edge answer marked ``degraded`` with a
+   reason. Anything else (no reply, a 5xx, a malformed body, a 429 still refused after three
+   polite retries) is **lost**. Breaker transitions are read from the edge's ``/metrics`` at
+   each phase boundary, the cloud's per-mode call counts from its ``/_chaos`` route, and the
+   edge process's resident memory is sampled throughout.
+2. **Load.** With a healthy cloud: the capacity is the closed-loop throughput of
+   ``max_inflight`` clients; the sustainable rate is the highest open-loop rate, stepping down
+   from the capacity, answered with at most 1 % 429s; then open-loop arrivals at 1x, 2x and 4x
+   the sustainable rate for ``--load-s`` seconds each. Latency counts from the scheduled send
+   time (no coordinated omission); p50/p99, the 429 rate and the error rate (non-429 failures)
+   are reported per level.
 
 Writes ``<out>/fault_harness.json`` (default ``results/reliability/``, git-ignored) and prints a
 summary whose last line is the headline. Every request asks for ``threshold=1.0`` so nearly
@@ -24,55 +28,68 @@ every row takes the whole edge -> cloud path (the worst case for faults).
 Usage::
 
     .venv/bin/python experiments/fault_harness.py --bundle bundles/demo
-    .venv/bin/python experiments/fault_harness.py --requests 300 --load-s 1.5   # quick
+    .venv/bin/python experiments/fault_harness.py --bundle B --requests 600 --rate 100 --load-s 1
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
+import argparse
+import json
 import sys
 import threading
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-TENSOR = "application/x-edgelesspart-tensor"
-#: (mode, share of the requests); "kill" SIGKILLs the cloud, the next "ok" restarts it.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib  # noqa: E402
+from faultlib import (  # noqa: E402
+    ROOT,
+    Client,
+    EdgeSettings,
+    RssSampler,
+    Services,
+    Tally,
+    delta,
+    pct,
+    scrape,
+)
+
+RESULTS_DIR = ROOT / "results" / "reliability"
+SCHEMA = "edgelesspart-fault-harness/1"
+#: (mode, share of the requests). ``kill`` SIGKILLs the cloud; ``restart`` starts it again and
+#: keeps sending while it boots; the other modes switch the running cloud's chaos mode.
 SCHEDULE = (
-    ("ok", 0.12),
-    ("kill", 0.11),
-    ("ok", 0.11),
-    ("slow", 0.11),
-    ("ok", 0.11),
-    ("error", 0.11),
-    ("ok", 0.11),
-    ("garbage", 0.11),
-    ("ok", 0.11),
+    ("ok", 0.1),
+    ("kill", 0.1),
+    ("restart", 0.1),
+    ("ok", 0.1),
+    ("slow", 0.1),
+    ("ok", 0.1),
+    ("error", 0.1),
+    ("ok", 0.1),
+    ("garbage", 0.1),
+    ("ok", 0.1),
 )
 FAULTS = ("kill", "slow", "error", "garbage")
+#: The growth of the edge's RSS (end - start of the run) above which memory is called unbounded.
+RSS_GROWTH_LIMIT_MIB = 64.0
 
 
 @dataclass(frozen=True)
 class HarnessConfig:
-    """Settings of one harness run (the edge settings go to it as ``EDGELESSPART_*``)."""
+    """Settings of one harness run."""
 
     requests: int = 10_000
+    rate_per_s: float = 200.0
     clients: int = 8
-    timeout_s: float = 0.25
-    retries: int = 1
-    breaker_failures: int = 3
-    breaker_reset_s: float = 0.5
-    max_inflight: int = 4
-    max_queue: int = 8
+    warmup: int = 32
+    edge: EdgeSettings = field(default_factory=EdgeSettings)
     load_s: float = 8.0
     load_levels: tuple[float, ...] = (1.0, 2.0, 4.0)
     load_clients: int = 48
@@ -80,295 +97,8 @@ class HarnessConfig:
     seed: int = 0
 
 
-@dataclass
-class Tally:
-    """Outcome counts of a set of requests, with latencies in ms."""
-
-    counts: Counter = field(default_factory=Counter)
-    reasons: Counter = field(default_factory=Counter)
-    latencies_ms: list[float] = field(default_factory=list)
-    kinds: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, kind: str, latency_ms: float, reason: str | None = None) -> None:
-        """Count one request of outcome ``kind``."""
-        with self.lock:
-            self.counts[kind] += 1
-            self.latencies_ms.append(latency_ms)
-            self.kinds.append(kind)
-            if reason:
-                self.reasons[reason.split(":", 1)[0][:60]] += 1
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = 90.0) -> None:
-    """Poll ``url/healthz`` until it answers 200 (the process must stay alive meanwhile)."""
-    import requests
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode}")
-        try:
-            if requests.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not become healthy within {timeout_s} s")
-
-
-class Services:
-    """The chaos cloud and the edge service as child processes on loopback ports."""
-
-    def __init__(self, bundle: Path, config: HarnessConfig, log_dir: Path) -> None:
-        self.bundle, self.config, self.log_dir = bundle, config, log_dir
-        self.cloud_port, self.edge_port = free_port(), free_port()
-        self.cloud_url = f"http://127.0.0.1:{self.cloud_port}"
-        self.edge_url = f"http://127.0.0.1:{self.edge_port}"
-        self.cloud: subprocess.Popen | None = None
-        self.edge: subprocess.Popen | None = None
-        self.cloud_starts = 0
-
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
-        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-
-    def start_cloud(self) -> None:
-        """Start (or restart, on the same port) the chaos cloud and wait until it is healthy."""
-        argv = [
-            sys.executable,
-            str(HERE / "chaos_cloud.py"),
-            str(self.bundle),
-            "--port",
-            str(self.cloud_port),
-            "--slow",
-            str(4 * self.config.timeout_s),
-        ]
-        self.cloud = self._spawn("cloud", argv, _child_env({}))
-        self.cloud_starts += 1
-        wait_healthy(self.cloud_url, self.cloud)
-
-    def kill_cloud(self) -> None:
-        """SIGKILL the cloud process (no goodbye to open connections)."""
-        if self.cloud is not None and self.cloud.poll() is None:
-            self.cloud.kill()
-            self.cloud.wait(10)
-
-    def start_edge(self) -> None:
-        """Start the edge service pointed at the cloud, with the harness's edge settings."""
-        c = self.config
-        env = _child_env(
-            {
-                "EDGELESSPART_OFFLOAD_TIMEOUT": str(c.timeout_s),
-                "EDGELESSPART_OFFLOAD_RETRIES": str(c.retries),
-                "EDGELESSPART_BREAKER_FAILURES": str(c.breaker_failures),
-                "EDGELESSPART_BREAKER_RESET": str(c.breaker_reset_s),
-                "EDGELESSPART_MAX_INFLIGHT": str(c.max_inflight),
-                "EDGELESSPART_MAX_QUEUE": str(c.max_queue),
-            }
-        )
-        argv = [
-            sys.executable,
-            "-m",
-            "edgelesspart.cli",
-            "serve-edge",
-            str(self.bundle),
-            "--port",
-            str(self.edge_port),
-            "--cloud",
-            self.cloud_url,
-        ]
-        self.edge = self._spawn("edge", argv, env)
-        wait_healthy(self.edge_url, self.edge)
-
-    def set_mode(self, mode: str) -> dict[str, Any]:
-        """Switch the chaos mode of the running cloud; return its per-mode counts."""
-        import requests
-
-        reply = requests.post(f"{self.cloud_url}/_chaos", json={"mode": mode}, timeout=5)
-        return reply.json()
-
-    def stop(self) -> None:
-        """Terminate both processes."""
-        for process in (self.edge, self.cloud):
-            if process is not None and process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-
-
-def _child_env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGELESSPART_")}
-    env.update(extra, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
-    return env
-
-
-class RssSampler(threading.Thread):
-    """Samples a process's resident set size (MiB) every ``interval_s`` (Linux /proc)."""
-
-    def __init__(self, pid: int, interval_s: float) -> None:
-        super().__init__(daemon=True, name="rss")
-        self.pid, self.interval_s = pid, interval_s
-        self.samples: list[tuple[float, float]] = []
-        self._stop = threading.Event()
-        self._t0 = time.monotonic()
-
-    def read(self) -> float | None:
-        """Current VmRSS in MiB, or ``None`` where /proc is not available."""
-        try:
-            text = Path(f"/proc/{self.pid}/status").read_text()
-        except OSError:
-            return None
-        for line in text.splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-        return None
-
-    def run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            value = self.read()
-            if value is not None:
-                self.samples.append((time.monotonic() - self._t0, value))
-
-    def stop(self) -> dict[str, Any]:
-        """Stop sampling; summarise start, peak and end (MiB) and the growth."""
-        self._stop.set()
-        self.join(5)
-        values = [v for _, v in self.samples]
-        if not values:
-            return {"available": False}
-        head = values[: max(1, len(values) // 10)]
-        tail = values[-max(1, len(values) // 10) :]
-        start, end = float(np.median(head)), float(np.median(tail))
-        return {
-            "available": True,
-            "samples": len(values),
-            "start_mib": round(start, 1),
-            "peak_mib": round(max(values), 1),
-            "end_mib": round(end, 1),
-            "growth_mib": round(end - start, 1),
-        }
-
-
-class Client:
-    """Sends one-row inferences to the edge and classifies the answers (thread-safe)."""
-
-    def __init__(self, edge_url: str, bundle: Path, count: int = 16, seed: int = 0) -> None:
-        from edgelesspart.runtime.codecs import encode_tensor
-        from edgelesspart.runtime.manifest import load_manifest
-
-        manifest = load_manifest(bundle, verify=False)
-        spec = manifest.input.tensor
-        rng = np.random.default_rng(seed)
-        shape = (1, *[int(d) for d in spec.shape])
-        self.payloads = [
-            encode_tensor(
-                rng.random(shape).astype(spec.dtype), meta={"bundle_id": manifest.bundle_id}
-            )
-            for _ in range(count)
-        ]
-        self.edge_stage = manifest.stage_names[0]
-        self.url = f"{edge_url}/v1/infer?threshold=1.0"
-        self._local = threading.local()
-
-    def _session(self) -> Any:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            import requests
-
-            session = self._local.session = requests.Session()
-        return session
-
-    def send(self, i: int) -> tuple[int, Any, dict[str, str]]:
-        """POST payload ``i``; return (status, JSON body or None, headers); status 0: no reply."""
-        import requests
-
-        try:
-            reply = self._session().post(
-                self.url,
-                data=self.payloads[i % len(self.payloads)],
-                headers={"Content-Type": TENSOR},
-                timeout=10.0,
-            )
-        except requests.RequestException as exc:
-            return 0, {"error": str(exc)}, {}
-        try:
-            body = reply.json()
-        except ValueError:
-            body = None
-        return reply.status_code, body, dict(reply.headers)
-
-    def classify(self, status: int, body: Any) -> tuple[str, str | None]:
-        """``cloud``, ``edge`` (early exit), ``degraded``, ``busy`` (429) or ``lost``."""
-        if status == 429:
-            return "busy", None
-        if status != 200 or not isinstance(body, dict):
-            return "lost", f"status {status}"
-        answers = body.get("answers")
-        if not isinstance(answers, list) or len(answers) != 1 or not isinstance(answers[0], dict):
-            return "lost", "malformed answers"
-        answer = answers[0]
-        if answer.get("degraded") is True:
-            reason = answer.get("reason")
-            if isinstance(reason, str) and reason and answer.get("stage") == self.edge_stage:
-                return "degraded", reason
-            return "lost", "degraded answer without a reason"
-        if not isinstance(answer.get("label"), int) or not answer.get("exit"):
-            return "lost", "answer without label or exit"
-        return ("edge" if answer.get("stage") == self.edge_stage else "cloud"), None
-
-    def ask(self, i: int, polite_retries: int = 3) -> tuple[str, str | None, float]:
-        """Send payload ``i``, retrying a 429 after its Retry-After; (kind, reason, ms)."""
-        start = time.perf_counter()
-        for _ in range(polite_retries + 1):
-            status, body, headers = self.send(i)
-            kind, reason = self.classify(status, body)
-            if kind != "busy":
-                break
-            time.sleep(min(float(headers.get("Retry-After", "1")), 1.0))
-        if kind == "busy":
-            kind, reason = "lost", "429 after retries"
-        return kind, reason, (time.perf_counter() - start) * 1000.0
-
-
-def scrape(edge_url: str) -> dict[str, Any]:
-    """Breaker state and transitions, 429 refusals and degraded answers from ``/metrics``."""
-    import re
-
-    import requests
-
-    text = requests.get(f"{edge_url}/metrics", timeout=5).text
-    out: dict[str, Any] = {"transitions": {}, "state": None, "rejected": 0.0, "degraded": 0.0}
-    for line in text.splitlines():
-        if line.startswith("edgelesspart_breaker_transitions{"):
-            pair = re.search(r'from="([^"]+)",to="([^"]+)"', line)
-            if pair:
-                out["transitions"][f"{pair[1]}->{pair[2]}"] = int(float(line.rsplit(" ", 1)[1]))
-        elif line.startswith("edgelesspart_breaker_state{") and line.endswith(" 1"):
-            out["state"] = re.search(r'state="([^"]+)"', line)[1]
-        elif line.startswith("edgelesspart_rejected_total"):
-            out["rejected"] += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("edgelesspart_degraded_answers_total"):
-            out["degraded"] += float(line.rsplit(" ", 1)[1])
-    return out
-
-
-def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
-    keys = set(after) | set(before)
-    return {k: after.get(k, 0) - before.get(k, 0) for k in sorted(keys)}
-
-
 class FaultRun:
-    """Drives the chaos schedule from the request counter while clients keep sending."""
+    """Drives the chaos schedule from the request counter while the clients keep sending."""
 
     def __init__(self, services: Services, client: Client, config: HarnessConfig) -> None:
         self.services, self.client, self.config = services, client, config
@@ -377,60 +107,94 @@ class FaultRun:
         self.starts = [0, *bounds[:-1].tolist()]
         self.tallies = [Tally() for _ in SCHEDULE]
         self.marks: list[dict[str, Any]] = [{} for _ in SCHEDULE]
+        self._phase_t0 = [0.0 for _ in SCHEDULE]
         self._next = 0
-        self._lock = threading.Lock()
+        self._outstanding = 0
+        self._entering = False
+        self._cond = threading.Condition()
+        self._booting: threading.Thread | None = None
 
-    def _take(self) -> int | None:
-        with self._lock:
+    def _take(self) -> tuple[int, int, float] | None:
+        """The next request index, its phase and when it is due.
+
+        Phases do not overlap: before a phase's first request, every request of the previous
+        phase has been answered, then the phase's fault is applied (all under the lock, so no
+        request of the phase goes out before that). Requests are paced at ``rate_per_s`` from
+        the start of their phase, so a phase lasts long enough for the breaker's timer to matter.
+        """
+        with self._cond:
+            self._cond.wait_for(lambda: not self._entering)
             if self._next >= self.config.requests:
                 return None
             i, self._next = self._next, self._next + 1
-            return i
+            k = int(np.searchsorted(self.starts, i, side="right") - 1)
+            if i == self.starts[k]:
+                self._entering = True  # nobody draws a request until the fault is applied
+                self._cond.wait_for(lambda: self._outstanding == 0)
+                try:
+                    self._enter(k)
+                finally:
+                    self._entering = False
+                    self._cond.notify_all()
+                self._phase_t0[k] = time.monotonic()
+            self._outstanding += 1
+            return i, k, self._phase_t0[k] + (i - self.starts[k]) / self.config.rate_per_s
 
-    def _phase_of(self, i: int) -> int:
-        return int(np.searchsorted(self.starts, i, side="right") - 1)
+    def _done(self) -> None:
+        with self._cond:
+            self._outstanding -= 1
+            self._cond.notify_all()
 
     def _enter(self, k: int) -> None:
-        """Apply phase ``k``'s fault (runs in the client that drew the phase's first index)."""
         mode = SCHEDULE[k][0]
-        mark: dict[str, Any] = {"t": time.monotonic(), "edge": scrape(self.services.edge_url)}
+        services = self.services
+        mark: dict[str, Any] = {"t": time.monotonic(), "edge": scrape(services.edge_url)}
         if mode == "kill":
-            mark["cloud"] = self.services.set_mode("ok")
-            self.services.kill_cloud()
+            mark["cloud"] = services.set_mode("ok")
+            services.kill_cloud()
+        elif mode == "restart":
+            services.spawn_cloud()
+            self._booting = threading.Thread(target=services.wait_cloud, daemon=True)
+            self._booting.start()
+            mark["restarted"] = True
         else:
-            if self.services.cloud is None or self.services.cloud.poll() is not None:
-                self.services.start_cloud()
+            if self._booting is not None:  # the cloud must be up before a chaos mode applies
+                self._booting.join()
+                self._booting = None
+            if not services.cloud_alive():
+                services.spawn_cloud()
+                services.wait_cloud()
                 mark["restarted"] = True
-            mark["cloud"] = self.services.set_mode(mode)
+            mark["cloud"] = services.set_mode(mode)
         self.marks[k] = mark
 
     def _worker(self) -> None:
-        while (i := self._take()) is not None:
-            k = self._phase_of(i)
-            if i == self.starts[k] and k > 0:
-                self._enter(k)
-            kind, reason, ms = self.client.ask(i)
-            self.tallies[k].add(kind, ms, reason)
+        while (taken := self._take()) is not None:
+            i, k, due = taken
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            try:
+                self.client.ask(i, self.tallies[k])
+            finally:
+                self._done()
 
     def run(self) -> list[dict[str, Any]]:
-        """Send every request; return one summary per phase."""
-        self.marks[0] = {
-            "t": time.monotonic(),
-            "edge": scrape(self.services.edge_url),
-            "cloud": self.services.set_mode(SCHEDULE[0][0]),
-        }
+        """Warm up (uncounted), send every request; return one summary per phase."""
+        warm = Tally()
+        for i in range(self.config.warmup):
+            self.client.ask(i, warm)
+        self.warmup = dict(warm.counts)
         threads = [threading.Thread(target=self._worker) for _ in range(self.config.clients)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        time.sleep(self.config.breaker_reset_s + 0.1)
-        self.client.ask(0)  # one more call lets a half-open breaker close before the scrape
-        end = {
-            "t": time.monotonic(),
-            "edge": scrape(self.services.edge_url),
-            "cloud": self.services.set_mode("ok"),
-        }
+        if self._booting is not None:
+            self._booting.join()
+        end = {"t": time.monotonic(), "edge": scrape(self.services.edge_url)}
+        if self.services.cloud_alive():
+            end["cloud"] = self.services.set_mode("ok")
         return [self._phase(k, end) for k in range(len(SCHEDULE))]
 
     def _phase(self, k: int, end: dict[str, Any]) -> dict[str, Any]:
@@ -447,44 +211,45 @@ class FaultRun:
             "restarted_cloud": bool(mark.get("restarted")),
             "requests": sum(tally.counts.values()),
             "outcomes": dict(tally.counts),
-            "degraded_reasons": dict(tally.reasons.most_common(6)),
+            "statuses": dict(tally.statuses),
+            "degraded_reasons": dict(tally.reasons.most_common()),
+            "reason_examples": dict(tally.examples),
             "duration_s": round(duration, 2),
-            "breaker": _delta(after["edge"]["transitions"], mark["edge"]["transitions"]),
+            "breaker": delta(after["edge"]["transitions"], mark["edge"]["transitions"]),
             "breaker_state_after": after["edge"]["state"],
             "cloud_calls_in_mode": seen,
             "cloud_calls_bound": self._call_bound(duration) if seen is not None else None,
-            "p50_ms": _pct(tally.latencies_ms, 50),
-            "p99_ms": _pct(tally.latencies_ms, 99),
+            "p50_ms": pct(tally.latencies_ms, 50),
+            "p99_ms": pct(tally.latencies_ms, 99),
         }
 
     def _call_bound(self, duration_s: float) -> int:
         """Most calls a failing cloud may see in a phase if the breaker works as specified.
 
-        Closed: ``breaker_failures`` failed calls, each tried ``retries + 1`` times, plus the
-        calls already in flight (``clients``, at most ``retries + 1`` attempts each). Open: one
-        half-open trial per ``breaker_reset_s``.
+        Closed: ``breaker_failures`` failed calls plus the calls already in flight
+        (``offload_workers``), each tried at most ``retries + 1`` times. Open: none. Half-open:
+        one trial per ``breaker_reset_s``.
         """
-        c = self.config
-        attempts = c.retries + 1
-        trials = int(np.ceil(duration_s / c.breaker_reset_s)) + 1
-        return (c.breaker_failures + c.clients) * attempts + trials
-
-
-def _pct(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 2) if values else None
+        e = self.config.edge
+        attempts = e.retries + 1
+        trials = int(np.ceil(duration_s / e.breaker_reset_s)) + 1
+        return (e.breaker_failures + e.offload_workers) * attempts + trials
 
 
 def closed_loop(client: Client, clients: int, seconds: float) -> dict[str, Any]:
     """``clients`` clients back to back for ``seconds``: the sustainable rate (answers/s)."""
     tally = Tally()
     stop = time.monotonic() + seconds
-    counter = iter(range(10**9))
+    lock = threading.Lock()
+    sent = [0]
 
     def worker() -> None:
         while time.monotonic() < stop:
-            status, body, _ = client.send(next(counter))
+            with lock:
+                i = sent[0] = sent[0] + 1
+            status, body, _ = client.send(i)
             kind, _ = client.classify(status, body)
-            tally.add(kind, 0.0)
+            tally.add(kind, 0.0, status=status)
 
     start = time.monotonic()
     with ThreadPoolExecutor(clients) as pool:
@@ -502,15 +267,17 @@ def closed_loop(client: Client, clients: int, seconds: float) -> dict[str, Any]:
 
 
 def open_loop(client: Client, rate: float, seconds: float, pool_size: int) -> dict[str, Any]:
-    """Poisson-free open loop: one request every ``1/rate`` s; latency from the scheduled time."""
+    """One request every ``1/rate`` s for ``seconds``; latency from each scheduled send time."""
     tally = Tally()
     total = max(1, int(rate * seconds))
     t0 = time.perf_counter() + 0.05
 
     def one(i: int, due: float) -> None:
-        status, body, _ = client.send(i)
-        kind, _ = client.classify(status, body)
-        tally.add(kind, (time.perf_counter() - due) * 1000.0)
+        status, body, headers = client.send(i)
+        kind, reason = client.classify(status, body)
+        if kind == "busy" and "Retry-After" not in headers:
+            tally.refused_without_retry_after()
+        tally.add(kind, (time.perf_counter() - due) * 1000.0, reason, status)
 
     with ThreadPoolExecutor(pool_size) as pool:
         for i in range(total):
@@ -521,17 +288,257 @@ def open_loop(client: Client, rate: float, seconds: float, pool_size: int) -> di
             pool.submit(one, i, due)
     elapsed = time.perf_counter() - t0
     n = sum(tally.counts.values())
-    ok = [lat for lat, kind in zip(tally.latencies_ms, tally.kinds) if kind != "busy"]
+    answered = [lat for lat, kind in zip(tally.latencies_ms, tally.kinds) if kind != "busy"]
     return {
         "target_rate_per_s": round(rate, 1),
         "sent": n,
         "elapsed_s": round(elapsed, 2),
         "answered_per_s": round((n - tally.counts["busy"] - tally.counts["lost"]) / elapsed, 1),
         "outcomes": dict(tally.counts),
+        "statuses": dict(tally.statuses),
         "rate_429": round(tally.counts["busy"] / n, 4),
-        "error_rate": round((tally.counts["busy"] + tally.counts["lost"]) / n, 4),
-        "p50_ms": _pct(tally.latencies_ms, 50),
-        "p99_ms": _pct(tally.latencies_ms, 99),
-        "answered_p50_ms": _pct(ok, 50),
-        "answered_p99_ms": _pct(ok, 99),
+        "error_rate": round(tally.counts["lost"] / n, 4),
+        "missing_retry_after": tally.missing_retry_after,
+        "p50_ms": pct(tally.latencies_ms, 50),
+        "p99_ms": pct(tally.latencies_ms, 99),
+        "answered_p50_ms": pct(answered, 50),
+        "answered_p99_ms": pct(answered, 99),
     }
+
+
+#: Fractions of the closed-loop capacity tried, in order, when looking for the sustainable rate.
+SUSTAINABLE_STEPS = (1.0, 0.85, 0.7, 0.55, 0.4, 0.25)
+#: Largest share of 429s (and no other error) at which an offered rate counts as sustainable.
+SUSTAINABLE_MAX_429 = 0.01
+
+
+def find_sustainable(client: Client, capacity: float, config: HarnessConfig) -> dict[str, Any]:
+    """The highest offered rate (a step down from ``capacity``) that is answered with at most
+    1% 429s and no other error, each step an open-loop probe of ``load_s / 4`` seconds."""
+    probe_s = max(1.0, config.load_s / 4)
+    probes = []
+    for step in SUSTAINABLE_STEPS:
+        probe = open_loop(client, step * capacity, probe_s, config.load_clients)
+        probes.append({"fraction": step, **{k: probe[k] for k in (
+            "target_rate_per_s", "sent", "rate_429", "error_rate", "p50_ms", "p99_ms")}})
+        time.sleep(0.5)
+        if probe["rate_429"] <= SUSTAINABLE_MAX_429 and probe["error_rate"] == 0:
+            return {"rate_per_s": probe["target_rate_per_s"], "probes": probes}
+    return {"rate_per_s": probes[-1]["target_rate_per_s"], "probes": probes, "met": False}
+
+
+def run_load(client: Client, config: HarnessConfig) -> dict[str, Any]:
+    """Capacity, the sustainable rate, then open-loop load at each multiple of the latter.
+
+    The capacity is the closed-loop throughput of ``max_inflight`` clients (every admission
+    slot busy, nobody waiting). The sustainable rate is the highest offered (open-loop) rate,
+    stepping down from the capacity, answered with at most 1% 429s (:func:`find_sustainable`).
+    """
+    capacity = closed_loop(client, config.edge.max_inflight, config.load_s)
+    sustainable = find_sustainable(client, max(capacity["rate_per_s"], 1.0), config)
+    levels = []
+    for factor in config.load_levels:
+        level = open_loop(client, factor * sustainable["rate_per_s"], config.load_s,
+                          config.load_clients)
+        levels.append({"factor": factor, **level})
+        time.sleep(0.5)  # let the waiting room drain between levels
+    return {"capacity": capacity, "sustainable": sustainable, "levels": levels}
+
+
+def run_harness(bundle: Path, config: HarnessConfig, out: Path) -> dict[str, Any]:
+    """Run the fault schedule and the load levels against ``bundle``; return the report."""
+    out.mkdir(parents=True, exist_ok=True)
+    services = Services(bundle, config.edge, out / "logs")
+    load_before = benchlib.load_average()
+    t0 = time.monotonic()
+    try:
+        services.spawn_cloud()
+        services.wait_cloud()
+        services.start_edge()
+        sampler = RssSampler(services.edge.pid, config.rss_interval_s)
+        sampler.start()
+        client = Client(services.edge_url, bundle, seed=config.seed)
+        fault_run = FaultRun(services, client, config)
+        phases = fault_run.run()
+        rss_after_faults = sampler.mark()
+        load = run_load(client, config)
+        rss = sampler.stop()
+        rss["after_faults_mib"] = None if rss_after_faults is None else round(rss_after_faults, 1)
+        final = scrape(services.edge_url)
+    finally:
+        services.stop()
+    report = {
+        "schema": SCHEMA,
+        "bundle": str(bundle),
+        "config": asdict(config),
+        "machine": {
+            **benchlib.machine_info(),
+            "load_average_before": load_before,
+            "load_average_after": benchlib.load_average(),
+        },
+        "wall_s": round(time.monotonic() - t0, 1),
+        "cloud": {
+            "starts": services.cloud_starts,
+            "kills": services.cloud_kills,
+            "start_s": services.restart_s,
+        },
+        "warmup": fault_run.warmup,
+        "phases": phases,
+        "faults": summarize(phases, config),
+        "breaker_transitions_total": final["transitions"],
+        "rss": rss,
+        "load": load,
+    }
+    report["checks"] = checks(report)
+    return report
+
+
+def summarize(phases: list[dict[str, Any]], config: HarnessConfig) -> dict[str, Any]:
+    """Totals of the fault run: sent, lost, outcomes, degraded reasons, 5xx."""
+    outcomes: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    statuses: dict[str, int] = {}
+    for phase in phases:
+        for source, target in (
+            (phase["outcomes"], outcomes),
+            (phase["degraded_reasons"], reasons),
+            (phase["statuses"], statuses),
+        ):
+            for key, n in source.items():
+                target[key] = target.get(key, 0) + n
+    return {
+        "sent": sum(outcomes.values()),
+        "lost": outcomes.get("lost", 0),
+        "outcomes": outcomes,
+        "degraded_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+        "statuses": statuses,
+        "http_5xx": sum(n for s, n in statuses.items() if s.startswith("5")),
+        "requested": config.requests,
+    }
+
+
+def recoveries(phases: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Each fault phase's mode with the healthy phases that follow it (up to the next fault)."""
+    out = []
+    for k, phase in enumerate(phases):
+        if phase["mode"] in FAULTS:
+            after = []
+            for nxt in phases[k + 1 :]:
+                if nxt["mode"] in FAULTS:
+                    break
+                after.append(nxt)
+            out.append((phase["mode"], after))
+    return out
+
+
+def opened(phase: dict[str, Any]) -> bool:
+    """Whether the breaker opened during a phase and was not closed at its end (it may have
+    gone half-open by then; it may also have entered the phase already open)."""
+    moves = phase["breaker"]
+    into_open = moves.get("closed->open", 0) + moves.get("half-open->open", 0)
+    return into_open >= 1 and phase["breaker_state_after"] in ("open", "half-open")
+
+
+def checks(report: dict[str, Any]) -> dict[str, bool]:
+    """The pass/fail checks of issue 7 on a finished report."""
+    phases, faults, rss = report["phases"], report["faults"], report["rss"]
+    levels = report["load"]["levels"]
+    return {
+        "all_sent": faults["sent"] == faults["requested"],
+        "zero_lost": faults["lost"] == 0,
+        "no_5xx": faults["http_5xx"] == 0,
+        "breaker_opened_in_every_fault": all(opened(p) for p in phases if p["mode"] in FAULTS),
+        "breaker_closed_after_every_fault": all(
+            bool(after)
+            and sum(p["breaker"].get("half-open->closed", 0) for p in after) >= 1
+            and after[-1]["breaker_state_after"] == "closed"
+            for _, after in recoveries(phases)
+        ),
+        "cloud_calls_within_breaker_bound": all(
+            p["cloud_calls_in_mode"] <= p["cloud_calls_bound"]
+            for p in phases
+            if p["cloud_calls_in_mode"] is not None
+        ),
+        "every_429_has_retry_after": all(level["missing_retry_after"] == 0 for level in levels),
+        "load_no_errors_besides_429": all(level["error_rate"] == 0 for level in levels),
+        "rss_bounded": bool(rss.get("available")) and rss["growth_mib"] < RSS_GROWTH_LIMIT_MIB,
+    }
+
+
+def headline(report: dict[str, Any]) -> list[str]:
+    """Human-readable summary lines; the last one is the headline."""
+    f, rss, load = report["faults"], report["rss"], report["load"]
+    lines = [f"{'phase':8} {'n':>6} {'cloud':>6} {'edge':>5} {'degr':>6} {'lost':>5}  breaker"]
+    for p in report["phases"]:
+        o = p["outcomes"]
+        lines.append(
+            f"{p['mode']:8} {p['requests']:6d} {o.get('cloud', 0):6d} {o.get('edge', 0):5d} "
+            f"{o.get('degraded', 0):6d} {o.get('lost', 0):5d}  {p['breaker'] or '-'}"
+            + (f" calls {p['cloud_calls_in_mode']}<={p['cloud_calls_bound']}"
+               if p["cloud_calls_in_mode"] is not None else "")
+        )
+    lines.append(f"degraded by reason: {f['degraded_reasons']}")
+    lines.append(f"breaker transitions (whole run): {report['breaker_transitions_total']}")
+    if rss.get("available"):
+        lines.append(
+            f"edge RSS: min {rss['min_mib']} max {rss['max_mib']} start {rss['start_mib']} "
+            f"end {rss['end_mib']} MiB (growth {rss['growth_mib']} MiB, {rss['samples']} samples)"
+        )
+    cap, s = load["capacity"], load["sustainable"]
+    lines.append(
+        f"capacity ({cap['clients']} closed-loop clients): {cap['rate_per_s']}/s; sustainable "
+        f"(<= 1% 429, open loop): {s['rate_per_s']}/s"
+    )
+    for lv in load["levels"]:
+        lines.append(
+            f"  {lv['factor']:g}x {lv['target_rate_per_s']}/s: p50 {lv['p50_ms']} ms "
+            f"p99 {lv['p99_ms']} ms, 429 {lv['rate_429']:.1%}, errors {lv['error_rate']:.1%}"
+        )
+    failed = [name for name, ok in report["checks"].items() if not ok]
+    lines.append(
+        f"fault harness: sent {f['sent']}, lost {f['lost']}, degraded "
+        f"{f['outcomes'].get('degraded', 0)}, 5xx {f['http_5xx']}; checks "
+        + ("all passed" if not failed else f"FAILED: {', '.join(failed)}")
+    )
+    return lines
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=ROOT / "bundles" / "demo")
+    parser.add_argument("--requests", type=int, default=HarnessConfig.requests)
+    parser.add_argument("--rate", type=float, default=HarnessConfig.rate_per_s,
+                        help="fault-run pace in requests/s (per phase)")
+    parser.add_argument("--clients", type=int, default=HarnessConfig.clients)
+    parser.add_argument("--load-s", type=float, default=HarnessConfig.load_s)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the harness, write ``<out>/fault_harness.json``; exit 1 if a check failed."""
+    args = _args(argv)
+    if not (args.bundle / "manifest.json").is_file():
+        print(
+            f"No bundle at {args.bundle}: build one with `make demo` or pass --bundle DIR.",
+            file=sys.stderr,
+        )
+        return 2
+    config = HarnessConfig(
+        requests=args.requests,
+        rate_per_s=args.rate,
+        clients=args.clients,
+        load_s=args.load_s,
+        seed=args.seed,
+    )
+    report = run_harness(args.bundle, config, args.out)
+    path = args.out / "fault_harness.json"
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"written: {path}")
+    print("\n".join(headline(report)))
+    return 0 if all(report["checks"].values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -56,9 +56,16 @@ def _register_edge(sub: Any) -> None:
         "--lambda-endpoint", default=None, help="boto3 endpoint_url for lambda:// (local tests)"
     )
     parser.add_argument("--region", default=None, help="AWS region for lambda://")
-    parser.add_argument("--cloud-token", default=None, help="bearer token sent to an HTTP cloud")
+    parser.add_argument(
+        "--cloud-token",
+        default=None,
+        help="shared secret of a serve-cloud started with --token: every offload is signed "
+        "(HMAC-SHA256 of body and timestamp, HTTP and lambda://); env EDGELESSPART_CLOUD_TOKEN",
+    )
     parser.add_argument("--timeout", type=float, default=None, help="cloud read timeout (s)")
-    parser.add_argument("--codec", default=None, help="tensor codec on the link (default: raw)")
+    parser.add_argument(
+        "--codec", default=None, help="tensor codec on the link (default: the bundle's codec)"
+    )
     parser.set_defaults(func=run_edge)
 
 

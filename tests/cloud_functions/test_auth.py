@@ -1,0 +1,188 @@
+"""Auth of the cloud part: ``serve-cloud`` with a token refuses unsigned, badly signed and stale
+calls on both ways in (a real boto3 client for the Invoke API, ``requests`` for /v1/continue),
+the Lambda handler checks ``$EDGELESSPART_CLOUD_SECRET``, and a public bind needs a token.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import requests
+
+from edgelesspart.cli import main
+from edgelesspart.runtime import signing
+
+pytestmark = pytest.mark.timeout(120)
+
+TIMEOUT = 15
+SECRET = "cloud shared secret"
+TENSOR = "application/x-edgelesspart-tensor"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle):
+    from cloud_functions.local_server import create_app
+    from edge_runtime.wsgi import BackgroundServer
+
+    background = BackgroundServer(create_app(tiny_bundle, token=SECRET))
+    yield background.start()
+    background.stop()
+
+
+@pytest.fixture(scope="module")
+def lambda_client(server):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "lambda", endpoint_url=server.url, region_name="us-east-1", aws_access_key_id="x",
+        aws_secret_access_key="x", config=Config(retries={"max_attempts": 0}),
+    )
+
+
+# --- Lambda Invoke API through boto3 ---------------------------------------------------------
+
+
+def test_a_signed_event_is_answered(lambda_client, event):
+    signed = signing.sign_event(SECRET, event)
+    response = lambda_client.invoke(FunctionName="f", Payload=json.dumps(signed))
+    result = json.loads(response["Payload"].read())
+    assert response["StatusCode"] == 200 and "FunctionError" not in response
+    assert len(result["answers"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("make", "pattern"),
+    [
+        (lambda e: e, "no 'auth' signature"),
+        (lambda e: signing.sign_event("wrong secret", e), "does not match the event"),
+        (lambda e: {**signing.sign_event(SECRET, e), "threshold": 0.01}, "does not match"),
+        (lambda e: signing.sign_event(SECRET, e, timestamp=int(time.time()) - 3600),
+         "away from this server's clock"),
+    ],
+    ids=["unsigned", "wrong-secret", "changed-after-signing", "stale"],
+)
+def test_boto3_surfaces_a_refused_invocation(lambda_client, server, event, make, pattern):
+    from botocore.exceptions import ClientError
+
+    before = requests.get(f"{server.url}/v1/stats", timeout=TIMEOUT).json()["invoke"]
+    # WHEN boto3 invokes with an unsigned, wrongly signed, altered or stale event
+    with pytest.raises(ClientError) as info:
+        lambda_client.invoke(FunctionName="f", Payload=json.dumps(make(dict(event))))
+    # THEN boto3 raises Lambda's AccessDeniedException with the reason, and nothing ran
+    error = info.value.response
+    assert error["Error"]["Code"] == "AccessDeniedException"
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert pattern in error["Error"]["Message"] and "sign the event" in error["Error"]["Message"]
+    assert requests.get(f"{server.url}/v1/stats", timeout=TIMEOUT).json()["invoke"] == before
+
+
+def test_a_dry_run_and_an_event_invocation_need_a_signature_too(lambda_client, event):
+    from botocore.exceptions import ClientError
+
+    for kind in ("DryRun", "Event"):
+        with pytest.raises(ClientError, match="AccessDenied"):
+            lambda_client.invoke(FunctionName="f", InvocationType=kind, Payload=json.dumps(event))
+    signed = json.dumps(signing.sign_event(SECRET, event))
+    assert lambda_client.invoke(FunctionName="f", InvocationType="DryRun",
+                                Payload=signed)["StatusCode"] == 204
+
+
+# --- POST /v1/continue -----------------------------------------------------------------------
+
+
+def _post(server, body, headers):
+    return requests.post(f"{server.url}/v1/continue?threshold=2", data=body,
+                         headers={"Content-Type": TENSOR, **headers}, timeout=TIMEOUT)
+
+
+def test_a_signed_body_is_answered(server, encoded):
+    response = _post(server, encoded, signing.sign_body(SECRET, encoded))
+    assert response.status_code == 200 and len(response.json()["answers"]) == 3
+
+
+def test_the_bearer_token_is_accepted_for_curl(server, encoded):
+    response = _post(server, encoded, {"Authorization": f"Bearer {SECRET}"})
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("make", "pattern"),
+    [
+        (lambda body: {}, "bearer token"),
+        (lambda body: {"Authorization": "Bearer nope"}, "bearer token"),
+        (lambda body: signing.sign_body("wrong secret", body), "does not match the body"),
+        (lambda body: signing.sign_body(SECRET, body + b"x"), "does not match the body"),
+        (lambda body: signing.sign_body(SECRET, body, int(time.time()) + 3600), "clock"),
+        (lambda body: {signing.SIGNATURE_HEADER: "v1=abc"}, "missing"),
+    ],
+    ids=["nothing", "wrong-bearer", "wrong-secret", "other-body", "future", "no-timestamp"],
+)
+def test_unsigned_or_badly_signed_continue_is_401_json(server, encoded, make, pattern):
+    response = _post(server, encoded, make(encoded))
+    assert response.status_code == 401
+    error = response.json()["error"]
+    assert error["code"] == "unauthorized" and pattern in error["message"]
+
+
+# --- the Lambda handler ----------------------------------------------------------------------
+
+
+def test_the_lambda_handler_checks_the_secret_from_its_environment(
+    monkeypatch, container, lambda_context, event
+):
+    from cloud_functions import handler
+
+    monkeypatch.setenv(handler.SECRET_ENV, SECRET)
+    refused = handler.handler(dict(event), lambda_context)
+    assert refused["status"] == 401 and refused["error"]["type"] == "Unauthorized"
+    assert "no 'auth' signature" in refused["error"]["message"]
+    answered = handler.handler(signing.sign_event(SECRET, event), lambda_context)
+    assert len(answered["answers"]) == 3
+    # AND without the variable the handler leaves auth to IAM (unsigned events are served)
+    monkeypatch.delenv(handler.SECRET_ENV)
+    assert len(handler.handler(dict(event), lambda_context)["answers"]) == 3
+
+
+# --- exposure --------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def captured_serve(monkeypatch):
+    import edge_runtime.wsgi
+
+    calls: list[dict] = []
+    monkeypatch.setattr(edge_runtime.wsgi, "serve", lambda app, **kw: calls.append(kw))
+    monkeypatch.delenv("EDGELESSPART_TOKEN", raising=False)
+    return calls
+
+
+def test_serve_cloud_binds_to_loopback_by_default(tiny_bundle, captured_serve):
+    assert main(["serve-cloud", str(tiny_bundle)]) == 0
+    assert captured_serve[0]["host"] == "127.0.0.1" and captured_serve[0]["port"] == 9000
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "203.0.113.7"])
+def test_serve_cloud_refuses_a_public_bind_without_a_token(tiny_bundle, captured_serve, capsys,
+                                                          host):
+    code = main(["serve-cloud", str(tiny_bundle), "--host", host])
+    err = capsys.readouterr().err
+    assert code == 2 and captured_serve == []
+    assert f"serve-cloud refuses to listen on {host!r} without a token" in err
+
+
+def test_serve_cloud_binds_publicly_with_a_token(tiny_bundle, captured_serve, monkeypatch):
+    assert main(["serve-cloud", str(tiny_bundle), "--host", "0.0.0.0", "--token", "t"]) == 0
+    monkeypatch.setenv("EDGELESSPART_TOKEN", "from-env")
+    assert main(["serve-cloud", str(tiny_bundle), "--host", "0.0.0.0"]) == 0
+    assert [c["host"] for c in captured_serve] == ["0.0.0.0", "0.0.0.0"]
+
+
+def test_local_server_serve_refuses_a_public_bind_without_a_token(tiny_bundle):
+    from cloud_functions.local_server import serve
+    from edgelesspart.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="serve-cloud refuses to listen"):
+        serve(tiny_bundle, host="0.0.0.0", token=None)
