@@ -31,6 +31,19 @@ def _add_server_args(parser: argparse.ArgumentParser, port: int) -> None:
         help="waitress threads (default: admission limit + waiting room + 4)",
     )
     parser.add_argument(
+        "--max-inflight",
+        type=int,
+        default=None,
+        help="inference requests at work at once (admission control; edge 4, cloud 4)",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=None,
+        help="requests that may wait for a slot; beyond that 429 with Retry-After (edge 8, "
+        "cloud 16)",
+    )
+    parser.add_argument(
         "--token",
         default=None,
         help="token clients must send (required with a non-loopback --host; "
@@ -113,6 +126,8 @@ def run_edge(args: argparse.Namespace) -> int:
         region=args.region,
         offload_timeout_s=args.timeout,
         codec=args.codec,
+        max_inflight=args.max_inflight,
+        max_queue=args.max_queue,
     )
     require_token_off_loopback(args.host, config.token, "serve-edge")
     app = create_app(args.bundle, config)
@@ -132,7 +147,8 @@ def run_cloud(args: argparse.Namespace) -> int:
 
     token = args.token or os.environ.get("EDGELESSPART_TOKEN") or None
     require_token_off_loopback(args.host, token, "serve-cloud")
-    limits = CloudLimits()
+    sizes = {"max_inflight": args.max_inflight, "max_queue": args.max_queue}
+    limits = CloudLimits(**{k: v for k, v in sizes.items() if v is not None})
     app = create_app(args.bundle, token=token, function_name=args.function_name, limits=limits)
     threads = args.threads or limits.max_inflight + limits.max_queue + 4
     print(

@@ -143,3 +143,18 @@ def test_a_burst_never_grows_the_waiting_room(saturated, encoded):
     assert service.admission.peak <= 2 and cloud.entered == 1
     assert 'edgelesspart_cloud_rejected_total{reason="queue_full"} 16' in requests.get(
         f"{server.url}/metrics", timeout=TIMEOUT).text
+
+
+def test_serve_cloud_takes_its_admission_sizes_from_flags(tiny_bundle, monkeypatch, capsys):
+    import edge_runtime.wsgi
+    from edgelesspart.cli import main
+
+    served: list = []
+    monkeypatch.setattr(edge_runtime.wsgi, "serve", lambda app, **kw: served.append((app, kw)))
+    assert main(["serve-cloud", str(tiny_bundle), "--max-inflight", "2", "--max-queue", "3"]) == 0
+    app, kwargs = served[0]
+    admission = app.extensions["edgelesspart"].admission
+    assert (admission.limit, admission.queue) == (2, 3)
+    assert kwargs["threads"] == 2 + 3 + 4
+    assert main(["serve-cloud", str(tiny_bundle), "--max-inflight", "0"]) == 2
+    assert "limit" in capsys.readouterr().err

@@ -220,3 +220,16 @@ def test_a_wait_that_runs_out_is_429(tiny_bundle, digits):
         first.join(TIMEOUT)
     assert response.status_code == 429 and "wait timeout" in response.json["error"]["message"]
     assert response.headers["Retry-After"] == "1"
+
+
+def test_serve_edge_takes_its_admission_sizes_from_flags(tiny_bundle, monkeypatch):
+    import edge_runtime.wsgi
+    from edgelesspart.cli import main
+
+    served: list = []
+    monkeypatch.setattr(edge_runtime.wsgi, "serve", lambda app, **kw: served.append((app, kw)))
+    assert main(["serve-edge", str(tiny_bundle), "--max-inflight", "3", "--max-queue", "5"]) == 0
+    app, kwargs = served[0]
+    admission = app.extensions["edgelesspart.admission"]
+    assert (admission.limit, admission.queue) == (3, 5)
+    assert kwargs["threads"] == 3 + 5 + 4
