@@ -39,7 +39,7 @@ from edgelesspart.runtime.manifest import Manifest, load_manifest, safe_path, wr
 
 MIB = 1024 * 1024
 REQUIREMENTS_INSTALLED_BYTES = 140 * MIB
-REQUIREMENTS = ("numpy", "ai-edge-litert")
+REQUIREMENTS = ("numpy", "ai-edge-litert", "lz4", "zstandard")
 HANDLER = "cloud_functions.handler.handler"
 BUNDLE_DIR = "cloud_functions/bundle"
 ZIP_NAME = "function.zip"
@@ -161,10 +161,17 @@ def _source_files() -> dict[str, Path]:
     return files
 
 
-def requirements_text() -> str:
-    """``requirements.txt`` pinned to the versions installed here (what the tests ran with)."""
+def requirements_text(codec: str | None = None) -> str:
+    """``requirements.txt`` pinned to the versions installed here (what the tests ran with).
+
+    Always the runtime core's own dependencies (numpy, LiteRT, lz4, zstandard), plus what the
+    bundle's boundary ``codec`` needs beyond them (``zfpy`` for the zfp codecs).
+    """
+    from edgelesspart.runtime.codecs import codec_packages
+
+    needed = (*REQUIREMENTS, *(codec_packages(codec) if codec else ()))
     lines = []
-    for name in REQUIREMENTS:
+    for name in dict.fromkeys(needed):
         try:
             lines.append(f"{name}=={metadata.version(name)}")
         except metadata.PackageNotFoundError:
@@ -190,7 +197,9 @@ def stage_package(
         shutil.copyfile(safe_path(bundle, rel), target)
     bundle_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(bundle_dir, packaged)
-    (staging / "requirements.txt").write_text(requirements_text(), encoding="utf-8")
+    (staging / "requirements.txt").write_text(
+        requirements_text(manifest.codec.get("name")), encoding="utf-8"
+    )
     from edgelesspart.runtime.bundle import Bundle
 
     Bundle.load(bundle_dir, verify=True, stages=chosen, pool_size=1)
@@ -267,7 +276,9 @@ def build_package(
         shutil.copytree(staging, function_dir)
     stages_done = tuple(packaged.extra["package"]["stages"])
     written = [zip_path, function_dir]
-    (out_dir / "requirements.txt").write_text(requirements_text(), encoding="utf-8")
+    (out_dir / "requirements.txt").write_text(
+        requirements_text(packaged.codec.get("name")), encoding="utf-8"
+    )
     written.append(out_dir / "requirements.txt")
     for name, text in render_deploy_files(packaged, options).items():
         path = out_dir / name
@@ -290,7 +301,7 @@ def render_deploy_files(manifest: Manifest, options: DeployOptions) -> dict[str,
         "bundle_id": manifest.bundle_id,
         "bundle_env": "EDGELESSPART_BUNDLE",
         "bundle_path": f"/var/task/{BUNDLE_DIR}",
-        "requirements": requirements_text().split(),
+        "requirements": requirements_text(manifest.codec.get("name")).split(),
     }
     rendered = {
         "template.yaml": render_template("template.yaml.j2", context),

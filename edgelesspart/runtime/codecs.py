@@ -86,6 +86,29 @@ def check_codec(name: str) -> str:
     return canonical
 
 
+def codec_packages(name: str) -> tuple[str, ...]:
+    """The optional pip packages codec ``name`` needs, e.g. ``("zfpy", "lz4")`` for zfp+lz4.
+
+    Raises:
+        CodecError: ``name`` is not one of :data:`CODECS`.
+    """
+    canonical = check_codec(name)
+    return tuple(_OPTIONAL[s][1] for s in canonical.split("+") if s in _OPTIONAL)
+
+
+def require_codec(name: str) -> str:
+    """Check that codec ``name`` exists and its libraries import here; return its canonical name.
+
+    Raises:
+        CodecError: an unknown codec, or one whose optional package is missing (the message
+            names the ``pip install`` that fixes it).
+    """
+    canonical = check_codec(name)
+    for stage in canonical.split("+"):
+        _module(stage, canonical)
+    return canonical
+
+
 def available_codecs() -> tuple[str, ...]:
     """Return the codecs whose optional libraries import in this environment."""
     usable = []

@@ -69,7 +69,7 @@ class OffloadPolicy:
                 f"got {self.breaker_failures!r}."
             )
         try:
-            codecs.check_codec(self.codec)
+            codecs.require_codec(self.codec)
         except EdgeLessPartError as exc:
             raise ConfigError(f"OffloadPolicy.codec: {exc}") from exc
 

@@ -38,6 +38,7 @@ def test_zip_holds_runtime_core_handler_and_cloud_segments_only(package):
                 and n not in ("edgelesspart/__init__.py", "edgelesspart/errors.py")]
     requirements = zipfile.ZipFile(report.zip_path).read("requirements.txt").decode()
     assert "numpy==" in requirements and "ai-edge-litert==" in requirements
+    assert "lz4==" in requirements and "zstandard==" in requirements  # every core codec decodes
     assert report.zipped_bytes == report.zip_path.stat().st_size
     assert report.estimated_installed_bytes > report.unzipped_bytes
 
@@ -162,3 +163,12 @@ def test_cli_help_is_fast_and_tensorflow_free(command):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "--host" in done.stdout or "--out" in done.stdout
+
+
+def test_requirements_add_what_the_bundle_codec_needs():
+    from cloud_functions.package import requirements_text
+
+    assert "zfpy" not in requirements_text("int8+zstd")
+    zfp = requirements_text("zfp+lz4").splitlines()
+    assert any(line.startswith("zfpy") for line in zfp)
+    assert len(zfp) == len(set(zfp))  # lz4 is listed once

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edgelesspart.errors import CodecError
+from edgelesspart.errors import CodecError, ConfigError
 from edgelesspart.runtime import wire
 from edgelesspart.runtime.codecs import (
     CODECS,
@@ -486,3 +486,26 @@ def test_int8_lz4_beats_raw_by_more_than_4x_on_sparse_relu_maps() -> None:
     packed = len(encode_tensor(array, "int8+lz4"))
     # THEN the payload is more than 4x smaller than raw
     assert raw / packed > 4.0
+
+
+def test_codec_packages_names_the_optional_libraries():
+    from edgelesspart.runtime.codecs import codec_packages
+
+    assert codec_packages("raw") == () and codec_packages("int8") == ()
+    assert codec_packages("zfp+lz4") == ("zfpy", "lz4")
+    assert codec_packages("FP16+ZSTD") == ("zstandard",)
+    with pytest.raises(CodecError, match="Unknown codec"):
+        codec_packages("gzip")
+
+
+def test_require_codec_refuses_a_codec_whose_library_is_missing(monkeypatch):
+    from edgelesspart.runtime import codecs
+    from edgelesspart.runtime.resilience import OffloadPolicy
+
+    monkeypatch.setitem(codecs._OPTIONAL, "zfp", ("no_such_module_zfpy", "zfpy"))
+    assert codecs.require_codec("int8+zstd") == "int8+zstd"
+    with pytest.raises(CodecError, match="pip install zfpy"):
+        codecs.require_codec("zfp+lz4")
+    # an edge whose bundle chose zfp refuses to start instead of degrading every offload
+    with pytest.raises(ConfigError, match="pip install zfpy"):
+        OffloadPolicy(codec="zfp")
