@@ -261,9 +261,9 @@ def choose_codec(
         table, config.codec, config.max_codec_loss, max_bytes=limit
     )
     chosen = table.row(entry["name"])
-    if limit is not None and chosen.bytes_per_sample > limit:
+    if limit is not None and chosen.largest_bytes > limit:
         raise ConfigError(
-            f"Codec {chosen.codec!r} sends {chosen.bytes_per_sample:,.0f} bytes per sample at "
+            f"Codec {chosen.codec!r} sends up to {chosen.largest_bytes:,.0f} bytes per sample at "
             f"{plan.split!r}, over the {cloud.name} payload limit ({limit:,} bytes before "
             "base64); use --codec auto or a smaller codec."
         )

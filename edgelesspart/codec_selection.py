@@ -11,9 +11,12 @@ tail runs on the decoded tensors to the final output. A :class:`CodecMeasurement
 * ``accuracy_delta_pp``: (accuracy on decoded tensors - accuracy on the exact tensors) x 100,
   so a loss is negative; with ``n`` samples one flipped prediction moves it by 100/n points;
 * ``agreement``: share of samples whose top-1 class equals the exact tensors' top-1;
-* ``encode_ms`` / ``decode_ms``: medians over the samples at batch 1, on this host.
+* ``encode_ms`` / ``decode_ms``: medians over the samples at batch 1, on this host;
+* ``broken_pp``: share of samples the exact tensors classify correctly and the decoded ones do
+  not, x 100: the loss the selection uses, so answers a codec happens to fix elsewhere cannot
+  hide the ones it breaks;
 
-:func:`select_codec` is the rule: among codecs whose accuracy loss (-delta) is <= the bound
+:func:`select_codec` is the rule: among codecs whose accuracy loss (``broken_pp``) is <= the bound
 (lossless codecs always qualify) and whose payload fits an optional byte limit, take the
 fewest bytes; ties go to the faster decode, then the name. TensorFlow is imported lazily.
 """
@@ -51,11 +54,18 @@ class CodecMeasurement:
     decode_ms: float
     lossless: bool
     params: dict[str, Any] = field(default_factory=dict, hash=False)
+    broken_pp: float | None = None
+    max_bytes_per_sample: float | None = None
 
     @property
     def loss_pp(self) -> float:
-        """Accuracy loss in percentage points (negative when the codec happened to help)."""
-        return -self.accuracy_delta_pp
+        """Accuracy loss in percentage points that fixes elsewhere cannot cancel.
+
+        The share of samples the exact tensors classify correctly and the decoded ones do not
+        (``broken_pp``); a codec that breaks 3 % of the answers and happens to fix 3 % others
+        loses 3 points here, not 0. Rows without it (older tables) fall back to the net change.
+        """
+        return -self.accuracy_delta_pp if self.broken_pp is None else self.broken_pp
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (one row of the codec table)."""
@@ -72,6 +82,8 @@ class CodecMeasurement:
             "encode_ms": self.encode_ms,
             "decode_ms": self.decode_ms,
             "lossless": self.lossless,
+            "broken_pp": self.broken_pp,
+            "max_bytes_per_sample": self.max_bytes_per_sample,
         }
 
     @classmethod
@@ -90,7 +102,20 @@ class CodecMeasurement:
             encode_ms=float(data.get("encode_ms", 0.0)),
             decode_ms=float(data.get("decode_ms", 0.0)),
             lossless=bool(data.get("lossless", data["codec"] in LOSSLESS)),
+            broken_pp=None if data.get("broken_pp") is None else float(data["broken_pp"]),
+            max_bytes_per_sample=(
+                None
+                if data.get("max_bytes_per_sample") is None
+                else float(data["max_bytes_per_sample"])
+            ),
         )
+
+    @property
+    def largest_bytes(self) -> float:
+        """The largest payload seen for one sample (the mean for tables without it)."""
+        if self.max_bytes_per_sample is None:
+            return self.bytes_per_sample
+        return self.max_bytes_per_sample
 
 
 @dataclass(frozen=True)
@@ -166,7 +191,8 @@ def select_codec(
     """The smallest codec whose accuracy loss is within ``max_loss_pp``.
 
     Lossless codecs always qualify. Among qualifying rows (and, with ``max_bytes``, those whose
-    ``bytes_per_sample`` fits), the fewest bytes win; ties go to the faster decode, then name.
+    largest payload of one sample fits: a hard limit must hold for every request), the fewest
+    bytes win; ties go to the faster decode, then name.
 
     Raises:
         ConfigError: ``max_loss_pp`` is negative or not a number, or no row qualifies.
@@ -178,7 +204,7 @@ def select_codec(
     if not max_loss_pp >= 0:
         raise ConfigError(f"max_codec_loss must be >= 0 percentage points, got {max_loss_pp}.")
     table = rows.rows if isinstance(rows, CodecTable) else tuple(rows)
-    fits = [r for r in table if max_bytes is None or r.bytes_per_sample <= max_bytes]
+    fits = [r for r in table if max_bytes is None or r.largest_bytes <= max_bytes]
     qualified = [r for r in fits if r.lossless or r.loss_pp <= max_loss_pp + 1e-9]
     if not qualified:
         seen = ", ".join(
@@ -251,6 +277,10 @@ def measure_codec(
         encode_ms=_median_ms(enc),
         decode_ms=_median_ms(dec),
         lossless=codec in LOSSLESS,
+        max_bytes_per_sample=float(max(sizes)) if sizes else 0.0,
+        broken_pp=round(float(np.mean((reference == labels) & (predicted != labels))) * 100.0, 6)
+        if len(labels)
+        else 0.0,
     )
 
 

@@ -34,8 +34,9 @@ from edgelesspart.runtime.offload import LAMBDA_PAYLOAD_LIMIT
 
 AUTO = "auto"
 #: Bytes of the JSON wrapper around the base64 text: ``{"tensor_b64": "", "threshold": x}``
-#: is 40-50 bytes with a float threshold; 64 is a safe upper bound.
-LAMBDA_JSON_OVERHEAD = 64
+#: is 40-50 bytes with a float threshold, and a signed event's ``auth`` field (timestamp and
+#: HMAC hex) adds about 110; 256 leaves room for both with margin.
+LAMBDA_JSON_OVERHEAD = 256
 
 __all__ = [
     "AUTO",

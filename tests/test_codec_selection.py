@@ -71,6 +71,17 @@ def test_selection_takes_the_fewest_bytes_within_the_loss_bound(max_loss, expect
     assert select_codec(TABLE, max_loss).codec == expected
 
 
+def test_answers_a_codec_breaks_count_even_when_it_fixes_as_many_elsewhere():
+    # GIVEN a lossy codec with no net accuracy change that breaks 3 % of the correct answers
+    flipper = replace(row("int8+zstd", 600, 0.0), broken_pp=3.0, agreement=0.94)
+    careful = replace(row("int8+lz4", 800, -0.4), broken_pp=0.4)
+    # WHEN selecting within 0.5 points THEN the net-zero flipper does not qualify
+    assert flipper.loss_pp == 3.0
+    assert select_codec([row("raw", 4100, 0.0), flipper, careful], 0.5).codec == "int8+lz4"
+    # AND the field survives the codecs.json round trip
+    assert CodecMeasurement.from_dict(flipper.to_dict()) == flipper
+
+
 def test_lossless_always_qualifies_and_ties_go_to_the_faster_decode():
     # GIVEN only codecs that lose accuracy, plus two lossless ones of equal size
     rows = [row("int8", 1000, -3.0), row("zstd", 2000, 0.0, 0.3), row("lz4", 2000, 0.0, 0.2)]
@@ -238,7 +249,7 @@ def test_build_choice_fits_the_lambda_limit_or_refuses_clearly(tiny, lambda_limi
         round(smallest["bytes_per_sample"])
     )
     # AND a fixed codec over the limit is refused with the bytes, the limit and the way out
-    with pytest.raises(ConfigError, match=r"Codec 'raw' sends 16,\d{3} bytes per sample at "
+    with pytest.raises(ConfigError, match=r"Codec 'raw' sends up to 16,\d{3} bytes per sample at "
                                           r"'block2_relu', over the lambda-2gb payload limit "
                                           r"\(10,000 bytes before base64\); use --codec auto"):
         choose_codec(replace(auto, codec="raw"), model, plan, data, log=lambda _: None)

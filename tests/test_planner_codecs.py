@@ -2,7 +2,7 @@
 
 Synthetic profiles only. Byte counts are chosen by hand around AWS Lambda's synchronous limit
 of 6 MiB = 6,291,456 bytes for the JSON event; the largest tensor payload that fits, once
-base64-encoded (x4/3) inside the 64-byte JSON wrapper, is (6,291,456 - 64) // 4 x 3 = 4,718,544.
+base64-encoded (x4/3) inside the 256-byte JSON wrapper, is (6,291,456 - 256) // 4 x 3 = 4,718,400.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from edgelesspart.payload import (
 from edgelesspart.profile import CutPointProfile, ModelProfile
 
 MB = 1_000_000
-FITS = 4_718_544
+FITS = 4_718_400
 #: c1: a 7 MB raw boundary (an early ResNet50-like cut); c2: 7 MB that compresses poorly.
 C1_BYTES = {"raw": 7 * MB, "lz4": 6 * MB, "fp16": 3_500_000, "int8+zstd": 900_000}
 C2_BYTES = {"raw": 7 * MB, "lz4": 6_900_000, "fp16": 5 * MB}
@@ -193,11 +193,11 @@ def test_lambda_link_time_counts_the_base64_event(lam):
     assert (http.split, http.parameters["codec"]) == ("c3", "lz4")
     assert http.parameters["boundary_wire_bytes"] == 60_000
     assert http.parameters["objective_value"] == pytest.approx(580.0)
-    # AND Lambda carries it as base64 in a JSON event: 4 * 20,000 + 64 = 80,064 bytes
-    assert wire_bytes(60_000, lam) == lambda_event_bytes(60_000) == 80_064
+    # AND Lambda carries it as base64 in a JSON event: 4 * 20,000 + 256 = 80,256 bytes
+    assert wire_bytes(60_000, lam) == lambda_event_bytes(60_000) == 80_256
     assert on_lambda.parameters["boundary_encoded_bytes"] == 60_000
-    assert on_lambda.parameters["boundary_wire_bytes"] == 80_064
-    assert on_lambda.parameters["objective_value"] == pytest.approx(30 + 640.512 + 70)
+    assert on_lambda.parameters["boundary_wire_bytes"] == 80_256
+    assert on_lambda.parameters["objective_value"] == pytest.approx(30 + 642.048 + 70)
     # AND expected_latency of each plan agrees with the planner
     rates = planner.default_exit_rates(edge)
     for plan in (http, on_lambda):
