@@ -274,6 +274,7 @@ def choose_codec(
         )
     parameters = {
         **plan.parameters,
+        # objective_value (objective modes) stays the planner's: computed with planning_codec
         "planning_codec": plan.parameters.get("codec"),
         "codec": chosen.codec,
         "codec_reason": (

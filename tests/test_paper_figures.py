@@ -26,10 +26,10 @@ def paper_figures():
     return _load_script()
 
 
-def _evaluation(costs, latencies, offload, baselines):
+def _evaluation(costs, latencies, offload, baselines, accuracy=0.9):
     rows = [
         {"threshold": t, "cloud_cost_per_million": c, "latency_mean_ms": lat,
-         "offload_rate": offload}
+         "offload_rate": offload, "accuracy": accuracy}
         for t, c, lat in zip((0.3, 0.8, 0.9), costs, latencies)
     ]
     base = {name: {"latency_mean_ms": lat, "cloud_cost_per_million": cost}
@@ -60,9 +60,12 @@ def test_findings_compute_each_claim_from_the_numbers(paper_figures):
     assert resnet["holds"] is True
     assert resnet["thresholds"] == [0.8, 0.9]
     assert resnet["linear_over_pareto"] == pytest.approx(1.2)
+    assert resnet["mean_latency_ms"] == {"linear": 5, "pareto": 5}
     inception = found["inceptionv3_exits_faster"]["per_placement"]["linear"]
     assert found["inceptionv3_exits_faster"]["holds"] is True
-    assert inception["speedup_vs_cloud_only"] == pytest.approx(0.4)
+    assert inception["speedup_vs_cloud_only"] == pytest.approx(0.4)  # 12 ms vs 20 ms
+    assert inception["speedup_vs_edge_only"] == pytest.approx(0.6)  # 12 ms vs 30 ms
+    assert found["inceptionv3_exits_faster"]["faster_than_split_no_exits"] is True
     mobilenet = found["mobilenetv2_exit_overhead"]
     assert mobilenet["holds"] is True
     assert mobilenet["slower_than_split_no_exits"] is False  # 23 ms vs 25 ms
@@ -90,6 +93,17 @@ def test_unknown_model_is_rejected_with_the_choices(paper_figures):
         paper_figures.parse_args(["--models", "vgg16"])
 
 
+def test_cifar10_switches_to_the_full_defaults(paper_figures):
+    # WHEN only the dataset is named
+    settings = paper_figures.parse_args(["--dataset", "cifar10"])
+
+    # THEN every sample, the paper-scale epochs and the build's cut-point search are used
+    assert (settings.limit, settings.epochs, settings.max_cut_points) == (None, 30, 16)
+    assert not any("CIFAR-10" in note for note in paper_figures.reductions(settings))
+    digits = paper_figures.parse_args([])
+    assert any("instead of CIFAR-10" in note for note in paper_figures.reductions(digits))
+
+
 def test_quick_shrinks_defaults_but_explicit_flags_win(paper_figures):
     # WHEN --quick is combined with an explicit epoch count and --limit 0
     settings = paper_figures.parse_args(["--quick", "--epochs", "2", "--limit", "0"])
@@ -99,6 +113,50 @@ def test_quick_shrinks_defaults_but_explicit_flags_win(paper_figures):
     assert settings.limit is None
     assert settings.exits_per_part == paper_figures.QUICK["exits_per_part"]
     assert settings.max_cut_points == paper_figures.QUICK["max_cut_points"]
+
+
+@pytest.mark.needs_tf
+def test_settle_batchnorm_replaces_moving_statistics_by_the_data_statistics(paper_figures):
+    import keras
+    import numpy as np
+
+    # GIVEN a BatchNormalization layer (momentum 0.99) that has never seen data
+    inputs = keras.Input(shape=(3,))
+    model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.99)(inputs))
+    x = np.random.default_rng(0).normal([5.0, -2.0, 0.5], [2.0, 1.0, 0.1], size=(64, 3))
+    x = x.astype("float32")
+
+    # WHEN it is settled on the data, 16 samples per batch
+    settled = paper_figures.settle_batchnorm(model, x, batch_size=16)
+
+    # THEN its moving statistics are the mean over the 4 batches, and its momentum is restored
+    layer = model.layers[-1]
+    batches = x.reshape(4, 16, 3)
+    assert settled == 1
+    np.testing.assert_allclose(layer.moving_mean.numpy(), x.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(
+        layer.moving_variance.numpy(), batches.var(axis=1).mean(axis=0), rtol=1e-4
+    )
+    assert layer.momentum == 0.99
+
+
+@pytest.mark.needs_tf
+def test_cifar10_without_the_data_fails_with_a_clear_message(
+    paper_figures, tmp_path, monkeypatch, capsys
+):
+    from edgelesspart import datasets
+
+    # GIVEN an empty Keras cache and no network (never download in a test)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(datasets, "_network_reachable", lambda *args: False)
+
+    # WHEN the real experiment is asked for
+    code = paper_figures.main(["--dataset", "cifar10", "--out", str(tmp_path / "out")])
+
+    # THEN it stops before training anything and says how to provide the data
+    assert code == 1
+    assert "CIFAR-10 could not be loaded" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "backbones").exists()
 
 
 @pytest.mark.slow
@@ -111,14 +169,17 @@ def test_quick_run_writes_table_figure_and_findings(paper_figures, tmp_path, cap
     # WHEN the script runs
     assert paper_figures.main(argv) == 0
 
-    # THEN the bundle, table, figure, findings and run record exist
+    # THEN the backbone, bundle, table, figure, findings and run record exist
+    assert (tmp_path / "backbones" / "mobilenetv2.keras").is_file()
     assert (tmp_path / "mobilenetv2-linear" / "evaluation.json").is_file()
     assert (tmp_path / "mobilenetv2.png").stat().st_size > 0
     rows = list(csv.DictReader((tmp_path / "table.csv").open(encoding="utf-8")))
     kinds = {r["kind"] for r in rows}
     assert kinds == {"threshold", "edge-only", "cloud-only", "split-no-exits"}
     assert sum(r["kind"] == "threshold" for r in rows) == 13  # 0.3..0.9 step 0.05
-    assert "## mobilenetv2" in (tmp_path / "table.md").read_text(encoding="utf-8")
+    table = (tmp_path / "table.md").read_text(encoding="utf-8")
+    assert "## mobilenetv2" in table
+    assert "answered there (linear): exit_1 " in table
     found = json.loads((tmp_path / "findings.json").read_text(encoding="utf-8"))
     assert set(found) == {
         "resnet50_pareto_cheaper", "inceptionv3_exits_faster", "mobilenetv2_exit_overhead"
@@ -127,7 +188,17 @@ def test_quick_run_writes_table_figure_and_findings(paper_figures, tmp_path, cap
     assert found["resnet50_pareto_cheaper"]["holds"] is None
     assert "mobilenetv2_exit_overhead" in capsys.readouterr().out
 
-    # AND a second run reuses the bundle instead of rebuilding it
+    run = json.loads((tmp_path / "run.json").read_text(encoding="utf-8"))
+    manifest = json.loads(
+        (tmp_path / "mobilenetv2-linear" / "manifest.json").read_text(encoding="utf-8")
+    )
+    assert manifest["model"]["name"] == "mobilenetv2"  # device factors are looked up by name
+    assert manifest["extra"]["build_config"]["train_backbone"] == "no"
+    assert run["backbones"]["mobilenetv2"]["batchnorm_layers_settled"] > 0
+    assert any("32 samples per split" in note for note in run["reduced_against_paper"])
+
+    # AND a second run reuses the backbone and the bundle instead of training them again
     assert paper_figures.main(argv) == 0
     run = json.loads((tmp_path / "run.json").read_text(encoding="utf-8"))
     assert run["steps"]["mobilenetv2-linear"]["build"] == "reused"
+    assert "reusing backbone" in capsys.readouterr().err

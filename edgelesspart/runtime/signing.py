@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -30,6 +31,9 @@ AUTH_FIELD = "auth"
 SCHEME = "v1"
 #: Largest accepted difference between the signer's and the verifier's clocks (seconds).
 MAX_SKEW_S = 300
+#: A timestamp is a Unix time in whole seconds: 1 to 12 decimal digits (up to the year 33658).
+MAX_TIMESTAMP = 10**12
+_DIGITS = re.compile(r"[0-9]{1,12}")
 
 
 def _digest(secret: str, message: bytes) -> str:
@@ -43,18 +47,49 @@ def sign_body(secret: str, body: bytes, timestamp: int | None = None) -> dict[st
     return {TIMESTAMP_HEADER: str(ts), SIGNATURE_HEADER: f"{SCHEME}={signature}"}
 
 
-def _fresh(raw: Any, now: float | None, max_skew_s: float) -> tuple[int | None, str | None]:
+def _show(raw: Any, limit: int = 40) -> str:
+    """A short, never-failing rendering of an untrusted value for an error message."""
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw.bit_length() > 128:
+        return f"(an integer of about {int(raw.bit_length() * 0.30103) + 1} digits)"
     try:
-        ts = int(str(raw))
-    except (TypeError, ValueError):
-        return None, f"timestamp {raw!r} is not an integer number of seconds"
+        text = repr(raw)
+    except (ValueError, RecursionError):  # an int over Python's digit limit, deep nesting
+        return f"(a {type(raw).__name__})"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _timestamp(raw: Any) -> int | None:
+    """``raw`` as Unix seconds if it is an int or a string of 1 to 12 digits, else ``None``."""
+    if isinstance(raw, bool):  # bool is an int subclass; True is not a time
+        return None
+    if isinstance(raw, int):
+        return raw if 0 <= raw < MAX_TIMESTAMP else None
+    if isinstance(raw, str) and _DIGITS.fullmatch(raw):
+        return int(raw)
+    return None
+
+
+def _fresh(raw: Any, now: float | None, max_skew_s: float) -> tuple[int | None, str | None]:
+    """``(timestamp, None)`` for a well-formed timestamp inside the skew window, else
+    ``(None, reason)``. Never raises, whatever ``raw`` is (huge ints, floats, nan, lists...)."""
+    ts = _timestamp(raw)
+    if ts is None:
+        return None, (
+            f"timestamp {_show(raw)} is not an integer number of seconds "
+            "(a Unix time of 1 to 12 decimal digits)"
+        )
     skew = abs((time.time() if now is None else now) - ts)
-    if skew > max_skew_s:
+    if not skew <= max_skew_s:  # also refuses a nan clock or skew
         return None, (
             f"timestamp is {skew:.0f} s away from this server's clock (limit {max_skew_s:g} s); "
             "sign each request when it is sent and keep clocks in sync"
         )
     return ts, None
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison of an untrusted string (any code points) with a hex digest."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode())
 
 
 def check_body(
@@ -74,7 +109,7 @@ def check_body(
     if problem:
         return problem
     expected = f"{SCHEME}=" + _digest(secret, f"{ts}.".encode() + bytes(body))
-    if not hmac.compare_digest(signature.encode(), expected.encode()):
+    if not _same(signature, expected):
         return "signature does not match the body (wrong secret, or the body was changed)"
     return None
 
@@ -111,6 +146,6 @@ def check_event(
         expected = _digest(secret, f"{SCHEME}.{ts}.".encode() + _canonical(event))
     except (TypeError, ValueError):
         return "the event cannot be put in canonical JSON form"
-    if not hmac.compare_digest(auth["sig"].encode(), expected.encode()):
+    if not _same(auth["sig"], expected):
         return "signature does not match the event (wrong secret, or the event was changed)"
     return None

@@ -137,3 +137,33 @@ def test_the_secret_never_travels():
     headers = signing.sign_body(SECRET, BODY, timestamp=NOW)
     event = signing.sign_event(SECRET, {"tensor_b64": "QUJD"}, timestamp=NOW)
     assert SECRET not in json.dumps(headers) and SECRET not in json.dumps(event)
+
+
+# --- absurd timestamps and signatures: a refusal, never an exception -------------------------
+
+ABSURD_TIMESTAMPS = [
+    10**400, -(10**400), 10**5000, "9" * 400, "9" * 5000, 1e308, float("inf"), float("-inf"),
+    float("nan"), "nan", "inf", "1e400", -5, "-5", 10**12, str(10**12), True, False, None,
+    "", " 1800000000", "1800000000\n", "１８００", 1_800_000_000.0, [NOW], {"ts": NOW}, b"1",
+]
+
+
+@pytest.mark.parametrize("raw", ABSURD_TIMESTAMPS, ids=lambda raw: type(raw).__name__)
+def test_an_absurd_timestamp_is_a_reason_not_an_exception(raw):
+    # GIVEN a timestamp that is no Unix time (huge, negative, not finite, bool, text, nested)
+    headers = {signing.SIGNATURE_HEADER: "v1=00", signing.TIMESTAMP_HEADER: raw}
+    event = {"tensor_b64": "QUJD", "auth": {"v": 1, "ts": raw, "sig": "00"}}
+    # THEN both verifiers return a short reason (no OverflowError / ValueError escapes)
+    for problem in (signing.check_body(SECRET, BODY, headers, now=NOW),
+                    signing.check_event(SECRET, event, now=NOW)):
+        assert problem is not None and len(problem) < 300
+        assert any(p in problem for p in ("not an integer", "away from this server", "missing"))
+
+
+def test_a_signature_that_is_not_encodable_is_refused():
+    # a lone surrogate survives json.loads and used to break str.encode() before the comparison
+    event = json.loads(json.dumps(signing.sign_event(SECRET, {"tensor_b64": "QUJD"}, NOW)))
+    event["auth"]["sig"] = "\ud800" * 64
+    assert "does not match the event" in signing.check_event(SECRET, event, now=NOW)
+    headers = {**signing.sign_body(SECRET, BODY, NOW), signing.SIGNATURE_HEADER: "v1=\udcff"}
+    assert "does not match the body" in signing.check_body(SECRET, BODY, headers, now=NOW)
