@@ -477,13 +477,13 @@ def shared_bundle(out: Path, quick: bool, given: Path | None = None) -> tuple[Pa
     return ensure_bundle(out / "bundles" / "shared", **SHARED_BUNDLE_OPTIONS)
 
 
-def eval_split(bundle_path: Path, limit: int | None = None) -> tuple[Any, Any]:
-    """The bundle build's test split ``(x, y)`` (reloaded from the manifest's dataset entry)."""
+def eval_split(bundle_path: Path, limit: int | None = None, split: str = "test") -> tuple[Any, Any]:
+    """The bundle build's ``test`` (or ``val``) split ``(x, y)``, reloaded from the manifest."""
     from edgelesspart.evaluation.pipeline import load_eval_data
     from edgelesspart.runtime.manifest import load_manifest
 
     data = load_eval_data(load_manifest(bundle_path, verify=False))
-    x, y = data.x_test, data.y_test
+    x, y = (data.x_val, data.y_val) if split == "val" else (data.x_test, data.y_test)
     if limit is not None:
         x, y = x[:limit], y[:limit]
     return x, y
