@@ -1,9 +1,12 @@
 """Training: the backbone when it is untrained, then the exits with the backbone frozen.
 
-Exits are trained jointly: one model with every exit as an output and the sum of their
-cross-entropies as the loss (equal weights), early-stopped on validation loss with the best
-weights restored. The backbone's layers are frozen (``trainable=False``, which also keeps
-BatchNormalization in inference mode), so the final classifier's answers do not change.
+The backbone's BatchNormalization statistics are recomputed on training images before every
+validation pass (:func:`settle_batchnorm`), so short trainings of Keras applications answer in
+inference mode as well as they trained. Exits are trained jointly: one model with every exit
+as an output and the sum of their cross-entropies as the loss (equal weights), early-stopped
+on validation loss with the best weights restored. The backbone's layers are frozen
+(``trainable=False``, which also keeps BatchNormalization in inference mode), so the final
+classifier's answers do not change.
 """
 
 from __future__ import annotations
@@ -56,6 +59,48 @@ class TrainingReport:
         }
 
 
+#: Training images whose batch statistics replace BatchNormalization's moving statistics.
+SETTLE_IMAGES = 1024
+SETTLE_BATCH = 128
+
+
+def settle_batchnorm(model: Any, images: np.ndarray, batch_size: int = SETTLE_BATCH) -> int:
+    """Set every BatchNormalization layer's moving mean/variance to ``images``' batch statistics.
+
+    Keras applications use momentum 0.99 (MobileNetV2 0.999): after the few epochs a build
+    trains, the moving statistics are still mostly their initial values, so the model that
+    scored well in training mode answers at chance in inference mode, and early stopping judges
+    epochs by a meaningless validation loss. This runs ``images`` through ``model`` in training
+    mode with each layer's momentum set so the moving statistics become the equal-weight mean
+    over the batches; weights are untouched and the momenta are restored. Returns the number of
+    layers settled.
+    """
+    bn = keras().layers.BatchNormalization
+    layers = [layer for layer in model._flatten_layers() if isinstance(layer, bn)]
+    if not layers or not len(images):
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    try:
+        for k, start in enumerate(range(0, len(images), batch_size)):
+            for layer in layers:
+                layer.momentum = k / (k + 1)  # k = 0 overwrites, then a running mean
+            model(images[start : start + batch_size], training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    return len(layers)
+
+
+def _settle_callback(images: np.ndarray) -> Any:
+    """A callback that settles BatchNormalization before every validation pass of ``fit``."""
+
+    class SettleBatchNorm(keras().callbacks.Callback):
+        def on_test_begin(self, logs: Any = None) -> None:
+            settle_batchnorm(self.model, images)
+
+    return SettleBatchNorm()
+
+
 def _early_stopping(patience: int) -> Any:
     k = keras()
     return k.callbacks.EarlyStopping(
@@ -74,13 +119,15 @@ def train_backbone(model: Any, data: Any, config: TrainingConfig) -> int:
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
+    settle = np.asarray(data.x_train[:SETTLE_IMAGES], dtype=np.float32)
     history = model.fit(
         data.x_train,
         data.y_train,
         validation_data=(data.x_val, data.y_val),
         epochs=config.epochs,
         batch_size=config.batch_size,
-        callbacks=[_early_stopping(config.patience)],
+        # settle first, so early stopping compares epochs by their real inference-mode loss
+        callbacks=[_settle_callback(settle), _early_stopping(config.patience)],
         shuffle=True,
         verbose=config.verbose,
     )
