@@ -55,6 +55,12 @@ class Container:
         self._load_ms = 0.0
         self._lock = threading.Lock()
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the cloud part is in memory (the cold load has happened)."""
+        with self._lock:
+            return self._cloud is not None
+
     def load(self) -> Any:
         """Load the cloud part now if needed (the cold-start flag is kept) and return it."""
         with self._lock:
@@ -102,19 +108,22 @@ def invoke(
 ) -> dict[str, Any]:
     """Run one invocation against ``container`` (shared by Lambda and the local servers).
 
-    With a ``secret``, an event without a valid ``auth`` signature gets a 401 error event.
+    With a ``secret``, an event without a valid ``auth`` signature gets a 401 error event; it is
+    checked before anything else, so a refused event never loads the cloud part (it reports
+    ``cold_start: false``, ``init_ms: 0`` and the next accepted event is the cold one).
     """
     request_id = _request_id(context)
     log = logging.LoggerAdapter(LOG, {"request_id": request_id})
     start = time.perf_counter()
+    refused = _unsigned(event, secret)
+    if refused is not None:
+        log.warning("[%s] refused: %s", request_id, refused["error"]["message"])
+        return {**refused, "cold_start": False, "init_ms": 0.0, "request_id": request_id}
     cloud, cold, init_ms = container.acquire()
     if cold:
         log.info("[%s] cold start: cloud part loaded in %.1f ms", request_id, init_ms)
-    refused = _unsigned(event, secret)
-    if refused is not None:
-        response: dict[str, Any] = refused
-    elif not isinstance(event, dict):
-        response = _error(
+    if not isinstance(event, dict):
+        response: dict[str, Any] = _error(
             "InputError",
             f'The event must be a JSON object like {{"tensor_b64": "..."}}, '
             f"got {type(event).__name__}.",

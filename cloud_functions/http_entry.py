@@ -8,8 +8,16 @@ tests and operators can see how many calls actually reached the cloud).
 Auth: with a ``token`` (shared secret) ``/v1/continue`` needs either an HMAC signature of the
 body (``X-EdgeLessPart-Signature`` + ``X-EdgeLessPart-Timestamp``, what the edge's
 ``HttpOffloader`` sends; see :mod:`edgelesspart.runtime.signing`) or ``Authorization: Bearer
-<token>`` (for curl over TLS). Admission control bounds the requests at work; the rest get 429
-with ``Retry-After``.
+<token>`` (for curl over TLS). A signature covers the body only (the tensor, its ``meta`` with
+``bundle_id`` and ``threshold``) and the timestamp, not the URL or other headers, so a signed
+request must not carry ``?threshold=`` or ``X-EdgeLessPart-Threshold``: it is refused with 400
+``unsigned_threshold`` (put the threshold in the tensor's ``meta`` before signing). A bearer
+request may use them (the token is the whole credential).
+
+Order of work on ``/v1/continue``: auth first (cheap, before anything is loaded or queued), then
+the cheap checks (content type, empty body, threshold), then admission control (a bounded number
+of requests at work, the rest get 429 with ``Retry-After``), then the cloud part. An
+unauthenticated flood is refused with 401 without taking an admission slot.
 
 Deploy it with any WSGI host (waitress, gunicorn ``-k gthread``, Google Cloud Functions' Flask
 adapter); ``edgelesspart serve-cloud`` serves it together with the Lambda Invoke API.
@@ -19,6 +27,8 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,17 +46,27 @@ EXTENSION = "edgelesspart"
 TENSOR_TYPES = ("application/x-edgelesspart-tensor", "application/octet-stream")
 THRESHOLD_HEADER = "X-EdgeLessPart-Threshold"
 DEFAULT_MAX_CONTENT_LENGTH = 8 * 1024 * 1024
-ADMITTED_PREFIXES = ("/v1/continue", "/2015-03-31/functions/")
+#: How a request proved knowledge of the token (``check_auth``'s answers).
+BY_SIGNATURE, BY_BEARER = "signature", "bearer"
 
 
 @dataclass(frozen=True)
 class CloudLimits:
-    """Admission control of a cloud app: requests at work, waiting, wait time, Retry-After."""
+    """Admission control of a cloud app: requests at work, waiting, wait time, Retry-After, and
+    the Lambda ``Event`` invocations accepted but not finished (``None``: ``2 x max_queue``)."""
 
     max_inflight: int = 4
     max_queue: int = 16
     queue_timeout_s: float = 1.0
     retry_after_s: int = 1
+    max_pending_events: int | None = None
+
+    @property
+    def event_backlog(self) -> int:
+        """Largest number of ``Event`` invocations accepted (202) and not finished (>= 1)."""
+        if self.max_pending_events is not None:
+            return max(1, int(self.max_pending_events))
+        return max(1, 2 * int(self.max_queue))
 
 
 class CloudService:
@@ -58,7 +78,7 @@ class CloudService:
         self.container = container
         self.token = token
         self.registry = Registry()
-        limits = limits or CloudLimits()
+        self.limits = limits = limits or CloudLimits()
         self.rejected = self.registry.counter(
             "edgelesspart_cloud_rejected_total", "Requests refused with 429, by reason."
         )
@@ -98,6 +118,15 @@ class CloudService:
             "rejected": int(self.rejected.total()),
         }
 
+    @contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Hold an admission slot for the block (429 ``TooManyRequests`` if none comes)."""
+        self.admission.enter()
+        try:
+            yield
+        finally:
+            self.admission.leave()
+
     def count(self, route: str, start: float, rows: int = 0) -> None:
         """Record one request on ``route`` that started at ``start`` (perf_counter)."""
         self.requests.inc(route=route)
@@ -113,23 +142,28 @@ class CloudService:
                 "Missing or wrong bearer token: send 'Authorization: Bearer <token>'."
             )
 
-    def check_auth(self, headers: Any, body: bytes) -> None:
+    def check_auth(self, headers: Any, body: bytes) -> str | None:
         """Refuse a request that has neither a valid body signature nor the bearer token.
+
+        Returns:
+            How the request proved itself: :data:`BY_SIGNATURE`, :data:`BY_BEARER`, or ``None``
+            when no token is configured (no auth).
 
         Raises:
             Unauthorized: a token is configured and the request proves no knowledge of it.
         """
         if not self.token:
-            return
+            return None
         if signing.SIGNATURE_HEADER not in headers:
             self.check_token(headers.get("Authorization"))
-            return
+            return BY_BEARER
         problem = signing.check_body(self.token, body, headers)
         if problem:
             raise Unauthorized(
                 f"Request signature refused: {problem}. Sign the body with the shared secret "
                 f"(HMAC-SHA256 of '<timestamp>.' + body, header {signing.SIGNATURE_HEADER})."
             )
+        return BY_SIGNATURE
 
 
 def create_app(
@@ -161,24 +195,8 @@ def create_app(
     service = CloudService(container, token, limits)
     app.extensions[EXTENSION] = service
     register_error_handlers(app)
-    _register_admission(app, service)
     _register_routes(app, service)
     return app
-
-
-def _register_admission(app: Flask, service: CloudService) -> None:
-    from flask import g, request
-
-    @app.before_request
-    def _admit() -> None:
-        if request.method == "POST" and request.path.startswith(ADMITTED_PREFIXES):
-            service.admission.enter()
-            g.edgelesspart_admitted = True
-
-    @app.teardown_request
-    def _release(_exc: BaseException | None) -> None:
-        if g.pop("edgelesspart_admitted", False):
-            service.admission.leave()
 
 
 def _register_routes(app: Flask, service: CloudService) -> None:
@@ -189,7 +207,7 @@ def _register_routes(app: Flask, service: CloudService) -> None:
         start = time.perf_counter()
         body = request.get_data(cache=False)
         service.bytes_received.inc(len(body), route="continue")
-        service.check_auth(request.headers, body)
+        proof = service.check_auth(request.headers, body)  # before any slot or load
         if request.mimetype not in TENSOR_TYPES:
             raise UnsupportedMedia(
                 f"Content-Type {request.mimetype or '(none)'!r} is not supported; send the "
@@ -197,12 +215,13 @@ def _register_routes(app: Flask, service: CloudService) -> None:
             )
         if not body:
             raise BadRequest("Empty request body: send an encoded tensor.", code="empty_body")
-        threshold = _threshold(request.args.get("threshold", request.headers.get(THRESHOLD_HEADER)))
-        cloud, cold, init_ms = service.container.acquire()
-        try:
-            result = dict(cloud.continue_request(body, threshold=threshold))
-        finally:
-            service.count("continue", start)
+        threshold = _threshold(request, signed=proof == BY_SIGNATURE)
+        with service.admitted():
+            cloud, cold, init_ms = service.container.acquire()
+            try:
+                result = dict(cloud.continue_request(body, threshold=threshold))
+            finally:
+                service.count("continue", start)
         result.update(cold_start=cold, init_ms=init_ms)
         service.rows.inc(len(result.get("answers", [])))
         return jsonify(result)
@@ -223,9 +242,25 @@ def _register_routes(app: Flask, service: CloudService) -> None:
         return jsonify(service.stats())
 
 
-def _threshold(raw: str | None) -> float | None:
-    if raw is None:
+def _threshold(request: Any, *, signed: bool) -> float | None:
+    """The ``?threshold=`` / ``X-EdgeLessPart-Threshold`` override, if any.
+
+    Raises:
+        BadRequest: it is not a number, or the request is signed (the signature covers the body
+            only, so a threshold outside it could be changed by anyone on the way).
+    """
+    given = [raw for raw in (request.args.get("threshold"), request.headers.get(THRESHOLD_HEADER))
+             if raw is not None]
+    if not given:
         return None
+    if signed:
+        raise BadRequest(
+            "This request is signed, and the signature covers the body only: send the threshold "
+            "inside the signed tensor (meta.threshold), not as ?threshold= or "
+            f"{THRESHOLD_HEADER}.",
+            code="unsigned_threshold",
+        )
+    raw = given[0]
     try:
         return float(raw)
     except ValueError as exc:

@@ -14,8 +14,14 @@ With a ``token`` both ways in are authenticated: ``/v1/continue`` as in
 :mod:`cloud_functions.http_entry`, and every Invoke call must carry a signed event (an ``auth``
 field, see :mod:`edgelesspart.runtime.signing`; ``LambdaOffloader(secret=...)`` adds it) or it
 is refused with 403 ``AccessDeniedException``. boto3's own SigV4 signature is not checked here:
-the local server has no IAM. When every slot is taken the Invoke API answers 429
-``TooManyRequestsException`` (with ``Retry-After``), like Lambda out of concurrency.
+the local server has no IAM. The signature is checked before any admission slot is taken, so
+unsigned calls are refused with 403 even when the server is saturated.
+
+Limits, answered like Lambda out of concurrency (429 ``TooManyRequestsException`` with
+``Retry-After``): a ``RequestResponse`` invocation takes an admission slot (the same gate as
+``/v1/continue``); ``Event`` invocations are accepted (202) only while fewer than
+``CloudLimits.event_backlog`` of them (default ``2 x max_queue``) are queued or running in the
+background.
 
 Both call the same handler logic (:func:`cloud_functions.handler.invoke`) on one container
 loaded at start-up; ``GET /v1/stats`` and ``GET /metrics`` count the requests that arrived.
@@ -25,10 +31,12 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 import traceback
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +75,52 @@ class LocalContext:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
+class EventBacklog:
+    """Runs ``Event`` invocations on a few background threads, at most ``limit`` accepted and
+    not finished at once (queued or running); :meth:`submit` refuses the rest. Thread-safe.
+
+    Args:
+        limit: invocations accepted and not finished (>= 1).
+        workers: background threads.
+    """
+
+    def __init__(self, limit: int, workers: int = 2) -> None:
+        self.limit = max(1, int(limit))
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="lambda-event")
+        self._lock = threading.Lock()
+        self._pending = 0
+        self.peak = 0
+
+    @property
+    def pending(self) -> int:
+        """Invocations accepted and not finished."""
+        with self._lock:
+            return self._pending
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run ``fn(*args)`` in the background if the backlog has room; ``False`` if it is full."""
+        with self._lock:
+            if self._pending >= self.limit:
+                return False
+            self._pending += 1
+            self.peak = max(self.peak, self._pending)
+        try:
+            future = self._pool.submit(fn, *args)
+        except BaseException:
+            self._done(None)
+            raise
+        future.add_done_callback(self._done)
+        return True
+
+    def _done(self, _future: Future | None) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the background threads (after the queued invocations when ``wait``)."""
+        self._pool.shutdown(wait=wait)
+
+
 def create_app(
     bundle_path: str | Path | None = None,
     *,
@@ -93,7 +147,7 @@ def create_app(
         limits=limits,
     )
     service: CloudService = app.extensions[EXTENSION]
-    background = ThreadPoolExecutor(2, thread_name_prefix="lambda-event")
+    background = EventBacklog(service.limits.event_backlog)
     app.extensions["edgelesspart_events"] = background
 
     from flask import request
@@ -147,7 +201,7 @@ def _aws_error(status: int, kind: str, message: str) -> Response:
 def _invoke(
     request: Any,
     service: CloudService,
-    background: ThreadPoolExecutor,
+    background: EventBacklog,
     name: str,
     expected: str | None,
 ) -> Response:
@@ -177,7 +231,7 @@ def _invoke(
             "RequestTooLargeException",
             f"Request must be smaller than {limit} bytes for the InvokeFunction operation",
         )
-    refused = _auth_error(service, body)
+    refused = _auth_error(service, body)  # before any slot is taken
     if refused is not None:
         return refused
     if kind == "DryRun":
@@ -187,9 +241,25 @@ def _invoke(
         event, error = _unmarshal(body, context)
         if error is not None:
             return _aws_error(400, "InvalidRequestContentException", error["errorMessage"])
-        background.submit(_run, service, event, context)
+        if not background.submit(_run, service, event, context):
+            return _backlog_full(service, background.limit)
         return _respond(b"", 202)
-    return _run_sync(request, service, body, context)
+    with service.admitted():
+        return _run_sync(request, service, body, context)
+
+
+def _backlog_full(service: CloudService, limit: int) -> Response:
+    """Lambda's 429 for an ``Event`` invocation when the background backlog is full."""
+    service.rejected.inc(reason="event_backlog_full")
+    retry_after = service.admission.retry_after_s
+    response = _aws_error(
+        429,
+        "TooManyRequestsException",
+        f"Rate exceeded: {limit} asynchronous invocations are already queued or running; "
+        f"retry after {retry_after} s.",
+    )
+    response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 def _unmarshal(body: bytes, context: LocalContext) -> tuple[Any, dict[str, Any] | None]:

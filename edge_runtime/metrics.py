@@ -55,6 +55,21 @@ class Counter:
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
 
+    def set_total(self, total: float, **labels: str) -> None:
+        """Set the series to ``total``, a cumulative count kept elsewhere (e.g. a breaker's).
+
+        Raises:
+            ValueError: ``total`` is below the series' current value (counters never decrease).
+        """
+        key = _key(labels)
+        with self._lock:
+            current = self._values.get(key, 0.0)
+            if total < current:
+                raise ValueError(
+                    f"Counter {self.name} cannot decrease (from {current:g} to {total:g})."
+                )
+            self._values[key] = float(total)
+
     def value(self, **labels: str) -> float:
         """Current value of one series (0 if never incremented)."""
         with self._lock:
@@ -213,8 +228,8 @@ class EdgeMetrics:
             "edgelesspart_breaker_state",
             "Cloud circuit breaker: 1 for the current state (closed, open, half-open).",
         )
-        self.breaker_transitions = r.gauge(
-            "edgelesspart_breaker_transitions",
+        self.breaker_transitions = r.counter(
+            "edgelesspart_breaker_transitions_total",
             "Circuit breaker state changes since start, by from and to state.",
         )
         self.offload_latency = r.histogram(
@@ -222,7 +237,7 @@ class EdgeMetrics:
         )
 
     def observe_breaker(self, breaker: object) -> None:
-        """Copy a circuit breaker's state and transition counts into the gauges."""
+        """Copy a circuit breaker's state (gauge) and cumulative transition counts (counter)."""
         state = getattr(breaker, "state", None)
         if state is None:
             return
@@ -230,7 +245,7 @@ class EdgeMetrics:
             self.breaker_state.set(1.0 if name == state else 0.0, state=name)
         transitions = getattr(breaker, "transitions", None)
         for (old, new), count in (transitions() if callable(transitions) else {}).items():
-            self.breaker_transitions.set(count, **{"from": old, "to": new})
+            self.breaker_transitions.set_total(count, **{"from": old, "to": new})
 
     def render(self) -> str:
         """Prometheus text of every metric."""

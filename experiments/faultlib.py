@@ -390,7 +390,7 @@ def scrape(edge_url: str) -> dict[str, Any]:
     text = requests.get(f"{edge_url}/metrics", timeout=5).text
     out: dict[str, Any] = {"transitions": {}, "state": None, "rejected": 0.0, "degraded": 0.0}
     for line in text.splitlines():
-        if line.startswith("edgelesspart_breaker_transitions{"):
+        if line.startswith("edgelesspart_breaker_transitions_total{"):
             pair = re.search(r'from="([^"]+)",to="([^"]+)"', line)
             if pair:
                 out["transitions"][f"{pair[1]}->{pair[2]}"] = int(float(line.rsplit(" ", 1)[1]))

@@ -182,6 +182,58 @@ def bad_thresholds(check):
     return candidates.filter(lambda value: not accepted(check, value))
 
 
+# --- auth: values that must never authenticate (and never crash the verifier) ---------------
+
+#: Text a client could put in an HTTP header: printable ASCII and Latin-1 (no CR/LF).
+header_text = st.text(st.characters(min_codepoint=32, max_codepoint=255, exclude_characters="\x7f"),
+                      max_size=40)
+#: Ints of any size: small, near "now", 12+ digits, and beyond float range.
+any_ints = (st.integers() | st.integers(1_600_000_000, 2_000_000_000) | st.integers(10**11, 10**20)
+            | huge_ints)
+#: Any float, nan and +-inf included.
+any_floats = st.floats() | st.sampled_from([float("nan"), float("inf"), float("-inf"), 1e308])
+#: What an ``auth.ts`` / ``auth.sig`` field of a Lambda event could hold.
+auth_field_values = (any_ints | any_floats | st.booleans() | st.none() | st.text(max_size=80)
+                     | st.lists(any_ints | any_floats | st.text(max_size=8), max_size=4)
+                     | json_values | st.sampled_from(["\ud800" * 64, "a" * 64, "0" * 64]))
+
+
+def _number_text(value) -> str:
+    try:
+        return str(value)
+    except ValueError:  # an int over Python's digit limit for str()
+        return "9" * 5000
+
+
+def timestamp_headers():
+    """An ``X-EdgeLessPart-Timestamp`` value: numbers of any size or kind as text, or junk."""
+    return (any_ints.map(_number_text) | any_floats.map(repr) | header_text
+            | json_values.map(lambda v: json.dumps(v, default=str))
+            | st.sampled_from(["nan", "inf", "-inf", "1e400", "0x10", " 1", "1 ", "", "-0"]))
+
+
+def signature_headers():
+    """An ``X-EdgeLessPart-Signature`` value that is not the HMAC of anything sent."""
+    hex64 = st.text("0123456789abcdef", min_size=64, max_size=64)
+    return (hex64.map(lambda h: "v1=" + h) | header_text.map(lambda t: "v1=" + t) | header_text
+            | hex64 | st.sampled_from(["v1=", "v2=" + "0" * 64, "V1=" + "a" * 64]))
+
+
+def bearer_headers(secret: str):
+    """An ``Authorization`` value that is not ``Bearer <secret>``."""
+    near = st.sampled_from([f"Bearer {secret[:-1]}", f"bearer {secret}", f"Bearer  {secret}",
+                            f"Bearer {secret} ", f"Basic {secret}", secret, "Bearer"])
+    return (header_text.map(lambda t: "Bearer " + t) | header_text | near).filter(
+        lambda v: v != f"Bearer {secret}")
+
+
+def auth_fields():
+    """An event's ``auth`` field: not an object, or ``{v, ts, sig}`` with any of them absurd."""
+    fields = st.fixed_dictionaries({}, optional={"v": auth_field_values, "ts": auth_field_values,
+                                                 "sig": auth_field_values})
+    return json_values | fields
+
+
 def accepted(check, value) -> bool:
     try:
         check(value)

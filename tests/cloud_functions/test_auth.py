@@ -93,8 +93,8 @@ def test_a_dry_run_and_an_event_invocation_need_a_signature_too(lambda_client, e
 # --- POST /v1/continue -----------------------------------------------------------------------
 
 
-def _post(server, body, headers):
-    return requests.post(f"{server.url}/v1/continue?threshold=2", data=body,
+def _post(server, body, headers, query=""):
+    return requests.post(f"{server.url}/v1/continue{query}", data=body,
                          headers={"Content-Type": TENSOR, **headers}, timeout=TIMEOUT)
 
 
@@ -104,8 +104,52 @@ def test_a_signed_body_is_answered(server, encoded):
 
 
 def test_the_bearer_token_is_accepted_for_curl(server, encoded):
-    response = _post(server, encoded, {"Authorization": f"Bearer {SECRET}"})
+    response = _post(server, encoded, {"Authorization": f"Bearer {SECRET}"}, "?threshold=2")
     assert response.status_code == 200
+
+
+def _with_threshold(boundary, bundle_id, threshold):
+    from edgelesspart.runtime.codecs import encode_tensor
+
+    return encode_tensor(boundary, "raw", meta={"bundle_id": bundle_id, "threshold": threshold})
+
+
+def test_a_signed_request_takes_its_threshold_from_the_signed_meta(server, boundary, bundle_id):
+    # GIVEN two signed tensors that differ only in meta.threshold (0: first cloud exit; 2: none)
+    exits = {}
+    for threshold in (0.0, 2.0):
+        body = _with_threshold(boundary, bundle_id, threshold)
+        response = _post(server, body, signing.sign_body(SECRET, body))
+        assert response.status_code == 200
+        exits[threshold] = {a["exit"] for a in response.json()["answers"]}
+    # THEN the signed threshold decides where the rows exit
+    assert exits[0.0] != exits[2.0] and exits[2.0] == {"final"}
+
+
+@pytest.mark.parametrize(
+    ("query", "headers"),
+    [("?threshold=0", {}), ("", {"X-EdgeLessPart-Threshold": "0"}),
+     ("?threshold=2", {"X-EdgeLessPart-Threshold": "0"}), ("?threshold=oops", {})],
+    ids=["query", "header", "both", "not-a-number"],
+)
+def test_a_signed_request_refuses_an_unsigned_threshold(server, boundary, bundle_id, query,
+                                                       headers):
+    # GIVEN a correctly signed body whose meta says threshold 2 (no early exit)
+    body = _with_threshold(boundary, bundle_id, 2.0)
+    signed = signing.sign_body(SECRET, body)
+    # WHEN someone on the way adds a threshold outside the signature
+    response = _post(server, body, {**signed, **headers}, query)
+    # THEN it is a 400 that says where the threshold belongs, and nothing ran
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "unsigned_threshold" and "meta.threshold" in error["message"]
+
+
+def test_a_bearer_request_may_still_set_the_threshold_outside_the_body(server, encoded):
+    bearer = {"Authorization": f"Bearer {SECRET}"}
+    low = _post(server, encoded, bearer, "?threshold=0").json()["answers"]
+    high = _post(server, encoded, {**bearer, "X-EdgeLessPart-Threshold": "2"}).json()["answers"]
+    assert {a["exit"] for a in high} == {"final"} != {a["exit"] for a in low}
 
 
 @pytest.mark.parametrize(
@@ -117,14 +161,33 @@ def test_the_bearer_token_is_accepted_for_curl(server, encoded):
         (lambda body: signing.sign_body(SECRET, body + b"x"), "does not match the body"),
         (lambda body: signing.sign_body(SECRET, body, int(time.time()) + 3600), "clock"),
         (lambda body: {signing.SIGNATURE_HEADER: "v1=abc"}, "missing"),
+        (lambda body: {signing.SIGNATURE_HEADER: "v1=abc", signing.TIMESTAMP_HEADER: "9" * 400},
+         "not an integer number of seconds"),
+        (lambda body: {signing.SIGNATURE_HEADER: "v1=abc", signing.TIMESTAMP_HEADER: "-5"},
+         "not an integer number of seconds"),
     ],
-    ids=["nothing", "wrong-bearer", "wrong-secret", "other-body", "future", "no-timestamp"],
+    ids=["nothing", "wrong-bearer", "wrong-secret", "other-body", "future", "no-timestamp",
+         "400-digit-timestamp", "negative-timestamp"],
 )
 def test_unsigned_or_badly_signed_continue_is_401_json(server, encoded, make, pattern):
     response = _post(server, encoded, make(encoded))
     assert response.status_code == 401
     error = response.json()["error"]
     assert error["code"] == "unauthorized" and pattern in error["message"]
+
+
+@pytest.mark.parametrize("ts", [10**400, -1, float("nan"), float("inf"), True, "soon", [1], {}],
+                         ids=lambda ts: type(ts).__name__)
+def test_an_absurd_event_timestamp_is_403_not_500(lambda_client, event, ts):
+    from botocore.exceptions import ClientError
+
+    # json.dumps writes nan/inf as NaN/Infinity, which Python's (and the server's) parser reads
+    payload = json.dumps({**event, "auth": {"v": 1, "ts": ts, "sig": "a"}})
+    with pytest.raises(ClientError) as info:
+        lambda_client.invoke(FunctionName="f", Payload=payload)
+    error = info.value.response
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert "not an integer number of seconds" in error["Error"]["Message"]
 
 
 # --- the Lambda handler ----------------------------------------------------------------------
@@ -144,6 +207,36 @@ def test_the_lambda_handler_checks_the_secret_from_its_environment(
     # AND without the variable the handler leaves auth to IAM (unsigned events are served)
     monkeypatch.delenv(handler.SECRET_ENV)
     assert len(handler.handler(dict(event), lambda_context)["answers"]) == 3
+
+
+@pytest.mark.parametrize("ts", [10**400, -(10**400), float("nan"), float("-inf"), False, "9" * 400],
+                         ids=lambda ts: type(ts).__name__)
+def test_the_lambda_handler_refuses_an_absurd_timestamp_as_a_handled_401(
+    monkeypatch, container, lambda_context, event, ts
+):
+    from cloud_functions import handler
+
+    monkeypatch.setenv(handler.SECRET_ENV, SECRET)
+    refused = handler.handler({**event, "auth": {"v": 1, "ts": ts, "sig": "a"}}, lambda_context)
+    assert refused["status"] == 401 and refused["error"]["type"] == "Unauthorized"
+    assert "not an integer number of seconds" in refused["error"]["message"]
+
+
+def test_an_unsigned_event_does_not_load_the_cloud_part(
+    monkeypatch, container, lambda_context, event
+):
+    from cloud_functions import handler
+
+    monkeypatch.setenv(handler.SECRET_ENV, SECRET)
+    # WHEN unsigned events reach a fresh container (the cold start is still to come)
+    for _ in range(3):
+        refused = handler.handler(dict(event), lambda_context)
+        assert refused["status"] == 401 and refused["cold_start"] is False
+    # THEN the cloud part was never loaded for them
+    assert not container.loaded
+    # AND the first signed event is the one that pays the cold start
+    first = handler.handler(signing.sign_event(SECRET, event), lambda_context)
+    assert first["cold_start"] is True and container.loaded and len(first["answers"]) == 3
 
 
 # --- exposure --------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """Admission control of the cloud server: both ways in (``/v1/continue`` and the Lambda Invoke
-API) answer 429 with ``Retry-After`` when saturated, and the probes keep answering.
+API) answer 429 with ``Retry-After`` when saturated, and the probes keep answering; with a token,
+unauthenticated calls are refused (401/403) before they can take a slot; the backlog of
+asynchronous (``Event``) invocations is bounded.
 
 Served by waitress on a loopback port; the Invoke path is called with a real boto3 client.
 """
@@ -58,22 +60,26 @@ def real_cloud(tiny_bundle):
     return CloudPart(tiny_bundle)
 
 
-@pytest.fixture()
-def saturated(real_cloud, encoded):
-    """A cloud server with 1 slot and 1 waiting place, both taken by calls held at the gate."""
+SECRET = "backpressure secret"
+
+
+def _saturate(real_cloud, encoded, token=None):
+    """A cloud server with 1 slot and 1 waiting place, both taken by calls held at the gate
+    (signed with ``token`` when one is set)."""
     from cloud_functions.http_entry import CloudLimits
     from cloud_functions.local_server import create_app
     from edge_runtime.wsgi import BackgroundServer
+    from edgelesspart.runtime import signing
 
     cloud = GatedCloud(real_cloud)
     limits = CloudLimits(max_inflight=1, max_queue=1, queue_timeout_s=20.0, retry_after_s=3)
-    app = create_app(cloud=cloud, limits=limits)
+    app = create_app(cloud=cloud, limits=limits, token=token)
     server = BackgroundServer(app, threads=8).start()
     service = app.extensions["edgelesspart"]
     pool = ThreadPoolExecutor(2)
     post = lambda: requests.post(  # noqa: E731
-        f"{server.url}/v1/continue", data=encoded, headers={"Content-Type": TENSOR},
-        timeout=TIMEOUT,
+        f"{server.url}/v1/continue", data=encoded, timeout=TIMEOUT,
+        headers={"Content-Type": TENSOR, **(signing.sign_body(token, encoded) if token else {})},
     )
     held = [pool.submit(post) for _ in range(2)]
     deadline = time.monotonic() + 5
@@ -86,6 +92,16 @@ def saturated(real_cloud, encoded):
         cloud.gate.set()
         pool.shutdown(wait=True)
         server.stop()
+
+
+@pytest.fixture()
+def saturated(real_cloud, encoded):
+    yield from _saturate(real_cloud, encoded)
+
+
+@pytest.fixture()
+def saturated_with_token(real_cloud, encoded):
+    yield from _saturate(real_cloud, encoded, token=SECRET)
 
 
 def test_saturated_continue_is_429_json_with_retry_after(saturated, encoded):
@@ -143,6 +159,103 @@ def test_a_burst_never_grows_the_waiting_room(saturated, encoded):
     assert service.admission.peak <= 2 and cloud.entered == 1
     assert 'edgelesspart_cloud_rejected_total{reason="queue_full"} 16' in requests.get(
         f"{server.url}/metrics", timeout=TIMEOUT).text
+
+
+def _lambda(server):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "lambda", endpoint_url=server.url, region_name="us-east-1", aws_access_key_id="x",
+        aws_secret_access_key="x", config=Config(retries={"max_attempts": 0}),
+    )
+
+
+def test_unauthenticated_calls_are_401_not_429_and_take_no_slot(saturated_with_token, encoded,
+                                                                 event):
+    from botocore.exceptions import ClientError
+
+    from edgelesspart.runtime import signing
+
+    server, service, cloud, held = saturated_with_token
+    # WHEN 12 unsigned, badly signed or wrong-bearer calls arrive while every slot is taken
+    bad_headers = [{}, {"Authorization": "Bearer nope"}, signing.sign_body("wrong", encoded),
+                   {signing.TIMESTAMP_HEADER: "9" * 400, signing.SIGNATURE_HEADER: "v1=00"}] * 3
+    with ThreadPoolExecutor(12) as pool:
+        replies = list(pool.map(
+            lambda h: requests.post(f"{server.url}/v1/continue", data=encoded, timeout=TIMEOUT,
+                                    headers={"Content-Type": TENSOR, **h}),
+            bad_headers,
+        ))
+    # THEN each is refused for what it is (401), not as overload, and none took a slot
+    assert [r.status_code for r in replies] == [401] * 12
+    assert all(r.json()["error"]["code"] == "unauthorized" for r in replies)
+    # AND on the Invoke API an unsigned event is AccessDenied, not TooManyRequests
+    with pytest.raises(ClientError) as info:
+        _lambda(server).invoke(FunctionName="f", Payload=json.dumps(event))
+    assert info.value.response["Error"]["Code"] == "AccessDeniedException"
+    assert service.admission.peak <= 2 and service.stats()["rejected"] == 0
+    # AND a signed call still meets the full gate (429), so the gate itself is unchanged
+    signed = requests.post(f"{server.url}/v1/continue", data=encoded, timeout=TIMEOUT,
+                           headers={"Content-Type": TENSOR, **signing.sign_body(SECRET, encoded)})
+    assert signed.status_code == 429 and service.stats()["rejected"] == 1
+    cloud.gate.set()
+    assert [f.result(TIMEOUT).status_code for f in held] == [200, 200]
+
+
+def test_the_event_backlog_is_bounded_and_answers_lambdas_429(real_cloud, event):
+    from botocore.exceptions import ClientError
+
+    from cloud_functions.http_entry import CloudLimits
+    from cloud_functions.local_server import create_app
+    from edge_runtime.wsgi import BackgroundServer
+
+    # GIVEN a server taking at most 3 Event invocations at once (2 run, 1 queued) at the gate
+    cloud = GatedCloud(real_cloud)
+    app = create_app(cloud=cloud, limits=CloudLimits(max_pending_events=3, retry_after_s=2))
+    backlog = app.extensions["edgelesspart_events"]
+    service = app.extensions["edgelesspart"]
+    with BackgroundServer(app, threads=4) as server:
+        client = _lambda(server)
+        invoke = lambda: client.invoke(  # noqa: E731
+            FunctionName="f", InvocationType="Event", Payload=json.dumps(event))
+        try:
+            # WHEN 3 are accepted and a 4th and 5th arrive while they are held
+            assert [invoke()["StatusCode"] for _ in range(3)] == [202] * 3
+            assert backlog.pending == 3
+            for _ in range(2):
+                with pytest.raises(ClientError) as info:
+                    invoke()
+                # THEN those are Lambda's 429 TooManyRequestsException with Retry-After
+                err = info.value.response
+                assert err["Error"]["Code"] == "TooManyRequestsException"
+                assert err["ResponseMetadata"]["HTTPStatusCode"] == 429
+                assert err["ResponseMetadata"]["HTTPHeaders"]["retry-after"] == "2"
+                assert "3 asynchronous invocations" in err["Error"]["Message"]
+            assert backlog.pending == 3 and backlog.peak == 3
+            assert service.rejected.value(reason="event_backlog_full") == 2
+        finally:
+            cloud.gate.set()
+        # AND once they finish the slots are released and Events are accepted again
+        deadline = time.monotonic() + TIMEOUT
+        while backlog.pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert backlog.pending == 0 and cloud.entered == 3
+        assert invoke()["StatusCode"] == 202
+
+
+def test_the_event_backlog_defaults_to_twice_the_queue(tiny_bundle):
+    from cloud_functions.http_entry import CloudLimits
+    from cloud_functions.local_server import EventBacklog, create_app
+
+    assert CloudLimits().event_backlog == 32 and CloudLimits(max_queue=0).event_backlog == 1
+    app = create_app(tiny_bundle, limits=CloudLimits(max_queue=5))
+    assert app.extensions["edgelesspart_events"].limit == 10
+    # a task that fails still gives its place back
+    backlog = EventBacklog(limit=1, workers=1)
+    assert backlog.submit(lambda: 1 / 0)
+    backlog.shutdown(wait=True)
+    assert backlog.pending == 0
 
 
 def test_serve_cloud_takes_its_admission_sizes_from_flags(tiny_bundle, monkeypatch, capsys):

@@ -10,6 +10,13 @@ Two ways in, both on the local cloud server (``serve-cloud``'s app):
   ``X-Amz-Function-Error`` (that header would mean the handler crashed); an invalid request at
   the API level (bad invocation type) is an HTTP 4xx with ``x-amzn-ErrorType``.
 
+With a token (shared secret) configured, the auth inputs are fuzzed too: the
+``X-EdgeLessPart-Timestamp`` / ``X-EdgeLessPart-Signature`` / ``Authorization`` headers of
+``/v1/continue`` (401), a correctly signed body with a threshold outside the signature (400),
+the ``auth`` field of an Invoke event (403 ``AccessDeniedException``) and of an event given to the
+Lambda handler itself (a handled 401 error event, and the cloud part is never loaded for it).
+Timestamps and signatures are ints of any size, floats with nan/inf, text, lists and objects.
+
 Volume goes through Flask's test client; a subset goes over a real loopback socket, the Invoke
 API through a real boto3 client. The count of cases is printed at the end (``-s``).
 """
@@ -28,15 +35,20 @@ from fuzz_strategies import (
     Cases,
     accepted,
     ascii_text,
+    auth_fields,
+    bearer_headers,
     frames,
     fuzz_settings,
+    header_text,
     json_values,
+    signature_headers,
+    timestamp_headers,
     unparseable_json,
 )
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgelesspart.runtime import codecs, wire
+from edgelesspart.runtime import codecs, signing, wire
 from edgelesspart.runtime.executor import check_threshold
 
 pytestmark = pytest.mark.timeout(240)
@@ -45,6 +57,7 @@ TENSOR = "application/x-edgelesspart-tensor"
 INVOKE = "/2015-03-31/functions/edgelesspart-cloud/invocations"
 COUNTS: dict[str, int] = {}
 CODES: Counter = Counter()
+SECRET = "fuzz shared secret"
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +252,118 @@ def test_unparseable_invoke_payloads_are_unmarshal_errors_as_on_lambda(app, enco
     still_serves(client, encoded)
 
 
+# --- with a token: the auth inputs -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def signed_app(cloud):
+    """The local cloud server with a token, sharing the already loaded cloud part."""
+    from cloud_functions.local_server import create_app
+
+    return create_app(cloud=cloud, token=SECRET)
+
+
+def auth_headers():
+    """Any mix of the three auth headers (each may be absent), none of them valid."""
+    return st.fixed_dictionaries({}, optional={
+        signing.TIMESTAMP_HEADER: timestamp_headers(),
+        signing.SIGNATURE_HEADER: signature_headers(),
+        "Authorization": bearer_headers(SECRET),
+    })
+
+
+def check_refused(cases: Cases, response, elapsed: float, status: int) -> None:
+    cases.check(response.status_code, response.get_data(), elapsed, response.content_type or "")
+    assert response.status_code == status, response.get_data()[:300]
+
+
+def check_access_denied(cases: Cases, status, headers, payload: bytes, elapsed: float) -> None:
+    """The local Invoke API's refusal of an unsigned event: 403 AccessDeniedException."""
+    cases.count += 1
+    assert elapsed < SLOW_S, f"took {elapsed:.1f} s"
+    assert status == 403 and headers["x-amzn-ErrorType"] == "AccessDeniedException", (
+        status, payload[:300])
+    assert json.loads(payload)["message"].strip()
+    cases.codes["invoke 403 AccessDeniedException"] += 1
+
+
+def test_fuzz_continue_auth_headers(signed_app, encoded):
+    client, cases = signed_app.test_client(), Cases("cloud continue auth", COUNTS, CODES)
+
+    @fuzz_settings(250)
+    @given(auth_headers())
+    def fuzz(headers):
+        response, elapsed = timed(lambda: client.post(
+            "/v1/continue", data=encoded, content_type=TENSOR, headers=headers))
+        check_refused(cases, response, elapsed, 401)
+
+    fuzz()
+    cases.done(200)
+    signed = client.post("/v1/continue", data=encoded, content_type=TENSOR,
+                         headers=signing.sign_body(SECRET, encoded))
+    assert signed.status_code == 200 and len(signed.json["answers"]) == 3
+
+
+def test_fuzz_signed_continue_with_an_unsigned_threshold(signed_app, encoded):
+    client, cases = signed_app.test_client(), Cases("cloud continue unsigned threshold",
+                                                   COUNTS, CODES)
+
+    @fuzz_settings(60)
+    @given(st.sampled_from(["query", "header"]), header_text)
+    def fuzz(channel, value):
+        headers = signing.sign_body(SECRET, encoded)
+        query = {"threshold": value} if channel == "query" else None
+        if channel == "header":
+            headers["X-EdgeLessPart-Threshold"] = value
+        response, elapsed = timed(lambda: client.post(
+            "/v1/continue", data=encoded, content_type=TENSOR, headers=headers,
+            query_string=query))
+        check_refused(cases, response, elapsed, 400)
+        assert response.json["error"]["code"] == "unsigned_threshold"
+
+    fuzz()
+    cases.done(50)
+
+
+def test_fuzz_invoke_auth_fields(signed_app, event):
+    client, cases = signed_app.test_client(), Cases("cloud invoke auth", COUNTS, CODES)
+
+    @fuzz_settings(200)
+    @given(auth_fields(), st.sampled_from(["RequestResponse", "Event", "DryRun"]))
+    def fuzz(auth, kind):
+        payload = json.dumps({**event, "auth": auth}, default=str)
+        response, elapsed = timed(lambda: client.post(
+            INVOKE, data=payload, headers={"X-Amz-Invocation-Type": kind}))
+        check_access_denied(cases, response.status_code, response.headers, response.get_data(),
+                            elapsed)
+
+    fuzz()
+    cases.done(160)
+    signed = client.post(INVOKE, data=json.dumps(signing.sign_event(SECRET, event)))
+    assert signed.status_code == 200 and len(signed.json["answers"]) == 3
+
+
+def test_fuzz_lambda_handler_auth_fields(tiny_bundle, event, lambda_context):
+    from cloud_functions.handler import Container, invoke
+
+    # a fresh container: refused events must never pay for (or trigger) the cold load
+    container, cases = Container(tiny_bundle), Cases("lambda handler auth", COUNTS, CODES)
+    not_events = json_values.filter(lambda v: not isinstance(v, dict))
+
+    @fuzz_settings(150)
+    @given(auth_fields().map(lambda auth: {**event, "auth": auth}) | not_events)
+    def fuzz(incoming):
+        result, elapsed = timed(lambda: invoke(container, incoming, lambda_context, SECRET))
+        check_handled(cases, 200, {}, json.dumps(result, default=str).encode(), elapsed)
+        assert result["status"] == 401 and result["cold_start"] is False
+
+    fuzz()
+    cases.done(120)
+    assert not container.loaded
+    answered = invoke(container, signing.sign_event(SECRET, event), lambda_context, SECRET)
+    assert answered["cold_start"] is True and len(answered["answers"]) == 3
+
+
 # --- over a real socket (a subset): requests and boto3 ---------------------------------------
 
 
@@ -281,6 +406,59 @@ def test_fuzz_over_a_real_socket(app, cloud, boundary_shape, events, encoded):
                               headers={"Content-Type": TENSOR}, timeout=SLOW_S)
         assert reply.status_code == 200
     cases.done(180)
+
+
+def on_the_wire(headers: dict[str, str]) -> dict[str, str]:
+    """Header values as an HTTP client sends them (no surrounding whitespace; empty dropped)."""
+    return {k: v.strip() for k, v in headers.items() if v.strip()}
+
+
+def test_fuzz_auth_over_a_real_socket(signed_app, event, encoded):
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    from edge_runtime.wsgi import BackgroundServer
+
+    cases = Cases("cloud auth real socket", COUNTS, CODES)
+    with BackgroundServer(signed_app, threads=4) as server:
+        lam = boto3.client(
+            "lambda", endpoint_url=server.url, region_name="us-east-1", aws_access_key_id="x",
+            aws_secret_access_key="x",
+            config=Config(retries={"max_attempts": 0}, read_timeout=SLOW_S, connect_timeout=2),
+        )
+
+        @fuzz_settings(50)
+        @given(auth_headers().map(on_the_wire))
+        def fuzz_continue(headers):
+            start = time.perf_counter()
+            reply = requests.post(f"{server.url}/v1/continue", data=encoded, timeout=SLOW_S,
+                                  headers={"Content-Type": TENSOR, **headers})
+            cases.check(reply.status_code, reply.content, time.perf_counter() - start,
+                        reply.headers.get("Content-Type", ""))
+            assert reply.status_code == 401
+
+        @fuzz_settings(50)
+        @given(auth_fields())
+        def fuzz_invoke(auth):
+            start = time.perf_counter()
+            with pytest.raises(ClientError) as info:
+                lam.invoke(FunctionName="edgelesspart-cloud",
+                           Payload=json.dumps({**event, "auth": auth}, default=str))
+            error = info.value.response
+            check_access_denied(
+                cases, error["ResponseMetadata"]["HTTPStatusCode"],
+                {"x-amzn-ErrorType": error["Error"]["Code"]},
+                json.dumps({"message": error["Error"]["Message"]}).encode(),
+                time.perf_counter() - start)
+
+        fuzz_continue()
+        fuzz_invoke()
+        signed = {"Content-Type": TENSOR, **signing.sign_body(SECRET, encoded)}
+        reply = requests.post(f"{server.url}/v1/continue", data=encoded, timeout=SLOW_S,
+                              headers=signed)
+        assert reply.status_code == 200
+    cases.done(90)
 
 
 def test_fuzz_total_is_reported(capsys):

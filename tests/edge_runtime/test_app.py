@@ -409,3 +409,29 @@ def test_wsgi_factory_reads_the_bundle_from_the_environment(monkeypatch, tiny_bu
     monkeypatch.setenv("EDGELESSPART_THRESHOLD", "0.5")
     app = app_from_env()
     assert app.extensions["edgelesspart"].config.threshold == 0.5
+
+
+def test_breaker_transitions_are_a_counter_set_from_the_breakers_totals():
+    from edge_runtime.metrics import EdgeMetrics
+    from edgelesspart.runtime.resilience import CircuitBreaker
+
+    now = [0.0]
+    breaker = CircuitBreaker(failures=1, reset_s=1.0, clock=lambda: now[0])
+    metrics = EdgeMetrics()
+    # GIVEN a breaker that opened, went half-open after the reset time, and opened again twice
+    for _ in range(2):
+        breaker.record_failure()
+        now[0] += 1.5
+        assert breaker.state == "half-open"
+    metrics.observe_breaker(breaker)
+    metrics.observe_breaker(breaker)  # scraping twice must not add anything
+    text = metrics.render()
+    # THEN the cumulative counts are exported as a counter family named *_total
+    assert "# TYPE edgelesspart_breaker_transitions_total counter" in text
+    assert 'edgelesspart_breaker_transitions_total{from="closed",to="open"} 1' in text
+    assert 'edgelesspart_breaker_transitions_total{from="open",to="half-open"} 2' in text
+    assert 'edgelesspart_breaker_transitions_total{from="half-open",to="open"} 1' in text
+    assert "edgelesspart_breaker_transitions{" not in text
+    # AND a counter never goes back
+    with pytest.raises(ValueError, match="cannot decrease"):
+        metrics.breaker_transitions.set_total(0, **{"from": "closed", "to": "open"})

@@ -5,7 +5,12 @@ random bytes, JSON that is not a valid input, an undecodable or oversized image,
 content type, a threshold outside the allowed range, or another bundle's id. Each one must get a
 4xx JSON error with a message, quickly (no hang), and the service must keep serving.
 
-Volume goes through Flask's test client (about 1,100 cases in a few seconds); a subset of the
+With a bearer token configured, the ``Authorization`` header is fuzzed too (with the cloud
+signing headers ``X-EdgeLessPart-Timestamp`` / ``X-EdgeLessPart-Signature`` added, which the
+edge must not take for credentials): every such request is a 401 on ``/v1/infer`` and
+``/v1/bundle``.
+
+Volume goes through Flask's test client (about 1,300 cases in a few seconds); a subset of the
 same strategies then goes over a real loopback socket (waitress) with a client timeout.
 The count of cases is printed at the end of the run (``-s``) and asserted.
 """
@@ -26,15 +31,18 @@ from fuzz_strategies import (
     ascii_text,
     bad_images,
     bad_thresholds,
+    bearer_headers,
     frames,
     fuzz_settings,
     json_bodies,
     json_values,
+    signature_headers,
+    timestamp_headers,
 )
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgelesspart.runtime import codecs, wire
+from edgelesspart.runtime import codecs, signing, wire
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -42,6 +50,7 @@ TENSOR = "application/x-edgelesspart-tensor"
 SUPPORTED = {TENSOR, "application/octet-stream", "application/json", "image/png", "image/jpeg"}
 COUNTS: dict[str, int] = {}
 CODES: Counter = Counter()
+TOKEN = "edge fuzz token"
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +213,50 @@ def test_fuzz_bundle_ids(app, service, digits):
     still_serves(client, digits)
 
 
+# --- with a bearer token: the auth headers ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def token_app(tiny_bundle, cloud_part):
+    from edge_runtime import create_app
+    from edge_runtime.config import EdgeConfig
+    from edgelesspart.runtime.offload import InProcessOffloader
+
+    return create_app(tiny_bundle, EdgeConfig(threshold=0.8, token=TOKEN),
+                      offloader=InProcessOffloader(cloud_part))
+
+
+def auth_headers():
+    """A wrong or absent ``Authorization``, maybe with cloud signing headers beside it."""
+    return st.fixed_dictionaries({}, optional={
+        "Authorization": bearer_headers(TOKEN),
+        signing.TIMESTAMP_HEADER: timestamp_headers(),
+        signing.SIGNATURE_HEADER: signature_headers(),
+    })
+
+
+def test_fuzz_bearer_token(token_app, digits):
+    client, cases = token_app.test_client(), Cases("edge auth headers", COUNTS, CODES)
+    body = {"inputs": digits[:1].tolist()}
+
+    @fuzz_settings(150)
+    @given(auth_headers(), st.sampled_from(["infer", "bundle"]))
+    def fuzz(headers, route):
+        start = time.perf_counter()
+        if route == "infer":
+            response = client.post("/v1/infer", json=body, headers=headers)
+        else:
+            response = client.get("/v1/bundle", headers=headers)
+        cases.check(response.status_code, response.get_data(), time.perf_counter() - start,
+                    response.content_type or "")
+        assert response.status_code == 401
+
+    fuzz()
+    cases.done(120)
+    good = client.post("/v1/infer", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert good.status_code == 200
+
+
 # --- regressions: 500s the fuzzing found (fixed) ---------------------------------------------
 
 @pytest.mark.parametrize(
@@ -256,6 +309,30 @@ def test_fuzz_over_a_real_socket(app, service, spec_shape, digits, digit_png):
                               timeout=SLOW_S)
         assert reply.status_code == 200
     cases.done(150)
+
+
+def test_fuzz_bearer_token_over_a_real_socket(token_app, digits):
+    from edge_runtime.wsgi import BackgroundServer
+
+    cases = Cases("edge auth real socket", COUNTS, CODES)
+    body = {"inputs": digits[:1].tolist()}
+    with BackgroundServer(token_app, threads=4) as server:
+
+        @fuzz_settings(40)
+        @given(auth_headers().map(lambda h: {k: v.strip() for k, v in h.items() if v.strip()}))
+        def fuzz(headers):
+            start = time.perf_counter()
+            reply = requests.post(f"{server.url}/v1/infer", json=body, headers=headers,
+                                  timeout=SLOW_S)
+            cases.check(reply.status_code, reply.content, time.perf_counter() - start,
+                        reply.headers.get("Content-Type", ""))
+            assert reply.status_code == 401
+
+        fuzz()
+        good = requests.post(f"{server.url}/v1/infer", json=body, timeout=SLOW_S,
+                             headers={"Authorization": f"Bearer {TOKEN}"})
+        assert good.status_code == 200
+    cases.done(30)
 
 
 def test_fuzz_total_is_reported(capsys):
