@@ -28,12 +28,19 @@ def paper_figures():
 
 def _evaluation(costs, latencies, offload, baselines, accuracy=0.9):
     rows = [
-        {"threshold": t, "cloud_cost_per_million": c, "latency_mean_ms": lat,
-         "offload_rate": offload, "accuracy": accuracy}
+        {
+            "threshold": t,
+            "cloud_cost_per_million": c,
+            "latency_mean_ms": lat,
+            "offload_rate": offload,
+            "accuracy": accuracy,
+        }
         for t, c, lat in zip((0.3, 0.8, 0.9), costs, latencies)
     ]
-    base = {name: {"latency_mean_ms": lat, "cloud_cost_per_million": cost}
-            for name, (lat, cost) in baselines.items()}
+    base = {
+        name: {"latency_mean_ms": lat, "cloud_cost_per_million": cost}
+        for name, (lat, cost) in baselines.items()
+    }
     return {"results": rows, "baselines": base}
 
 
@@ -116,31 +123,6 @@ def test_quick_shrinks_defaults_but_explicit_flags_win(paper_figures):
 
 
 @pytest.mark.needs_tf
-def test_settle_batchnorm_replaces_moving_statistics_by_the_data_statistics(paper_figures):
-    import keras
-    import numpy as np
-
-    # GIVEN a BatchNormalization layer (momentum 0.99) that has never seen data
-    inputs = keras.Input(shape=(3,))
-    model = keras.Model(inputs, keras.layers.BatchNormalization(momentum=0.99)(inputs))
-    x = np.random.default_rng(0).normal([5.0, -2.0, 0.5], [2.0, 1.0, 0.1], size=(64, 3))
-    x = x.astype("float32")
-
-    # WHEN it is settled on the data, 16 samples per batch
-    settled = paper_figures.settle_batchnorm(model, x, batch_size=16)
-
-    # THEN its moving statistics are the mean over the 4 batches, and its momentum is restored
-    layer = model.layers[-1]
-    batches = x.reshape(4, 16, 3)
-    assert settled == 1
-    np.testing.assert_allclose(layer.moving_mean.numpy(), x.mean(axis=0), rtol=1e-5)
-    np.testing.assert_allclose(
-        layer.moving_variance.numpy(), batches.var(axis=1).mean(axis=0), rtol=1e-4
-    )
-    assert layer.momentum == 0.99
-
-
-@pytest.mark.needs_tf
 def test_cifar10_without_the_data_fails_with_a_clear_message(
     paper_figures, tmp_path, monkeypatch, capsys
 ):
@@ -163,8 +145,7 @@ def test_cifar10_without_the_data_fails_with_a_clear_message(
 @pytest.mark.needs_tf
 def test_quick_run_writes_table_figure_and_findings(paper_figures, tmp_path, capsys):
     # GIVEN the quick settings on one small model and one placement
-    argv = ["--quick", "--models", "mobilenetv2", "--placements", "linear",
-            "--out", str(tmp_path)]
+    argv = ["--quick", "--models", "mobilenetv2", "--placements", "linear", "--out", str(tmp_path)]
 
     # WHEN the script runs
     assert paper_figures.main(argv) == 0
@@ -182,7 +163,9 @@ def test_quick_run_writes_table_figure_and_findings(paper_figures, tmp_path, cap
     assert "answered there (linear): exit_1 " in table
     found = json.loads((tmp_path / "findings.json").read_text(encoding="utf-8"))
     assert set(found) == {
-        "resnet50_pareto_cheaper", "inceptionv3_exits_faster", "mobilenetv2_exit_overhead"
+        "resnet50_pareto_cheaper",
+        "inceptionv3_exits_faster",
+        "mobilenetv2_exit_overhead",
     }
     assert isinstance(found["mobilenetv2_exit_overhead"]["holds"], bool)
     assert found["resnet50_pareto_cheaper"]["holds"] is None
