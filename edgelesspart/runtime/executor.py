@@ -195,13 +195,14 @@ class ProgressiveExecutor:
             t0 = time.perf_counter()
             probs, boundary = runner(current, trusted=True)
             rows.add_time(seg.name, (time.perf_counter() - t0) * 1000.0)
-            keep = np.ones(len(rows.active), dtype=bool)
             if seg.exit is not None:
                 keep = self._exit(seg, probs, rows, thr)
-            rows.active = rows.active[keep]
+                if not keep.all():  # only copy when some rows were answered here
+                    rows.active = rows.active[keep]
+                    boundary = boundary[keep] if boundary is not None else None
             if not len(rows.active):
                 break
-            current = boundary[keep] if boundary is not None else None
+            current = boundary
         answers = [_with_total(a) for a in rows.answers]
         best = [_with_total(a) for a in rows.best]
         pending = rows.active.astype(np.int64)
