@@ -43,6 +43,9 @@ def register(subparsers: Any) -> None:
                         help="extra latency (and, on Lambda, billed INIT) of a cold start")
     parser.add_argument("--cold-start-prob", type=float, default=0.0,
                         help="probability an offloaded request meets a cold container")
+    parser.add_argument("--offload-overhead-ms", type=float, default=0.0,
+                        help="fixed software cost of one offload (HTTP, JSON, encode/decode), "
+                        "measured on your deployment (default: %(default)s)")
     parser.add_argument("--response-bytes", type=int, default=512,
                         help="bytes of the cloud's answer, for egress pricing "
                         "(default: %(default)s)")
@@ -74,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         memory_mb=args.memory_mb,
         cold_start_ms=args.cold_start_ms,
         cold_start_prob=args.cold_start_prob,
+        offload_overhead_ms=args.offload_overhead_ms,
         response_bytes=args.response_bytes,
         calibrate=args.calibrate,
         max_accuracy_drop=args.max_accuracy_drop,

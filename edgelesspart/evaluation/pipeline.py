@@ -47,6 +47,7 @@ class EvaluationConfig:
     memory_mb: int | None = None
     cold_start_ms: float = 0.0
     cold_start_prob: float = 0.0
+    offload_overhead_ms: float = 0.0
     response_bytes: int = 512
     calibrate: bool = False
     max_accuracy_drop: float | None = None
@@ -151,6 +152,7 @@ def _settings(config: EvaluationConfig, manifest: Any, model: LatencyModel, **mo
         "codec_size_ratio": model.codec_ratio,
         "cold_start_ms": model.cold_start_ms,
         "cold_start_prob": model.cold_start_prob,
+        "offload_overhead_ms": model.offload_overhead_ms,
         "response_bytes": config.response_bytes,
         "calibrate": config.calibrate,
         "max_accuracy_drop": config.max_accuracy_drop,
@@ -176,6 +178,7 @@ def build_latency_model(manifest: Any, config: EvaluationConfig) -> tuple[Latenc
         codec_ratio=codec_size_ratio(manifest.codec),
         cold_start_ms=config.cold_start_ms,
         cold_start_prob=config.cold_start_prob,
+        offload_overhead_ms=config.offload_overhead_ms,
     )
     info = {
         "edge_device": edge_name,

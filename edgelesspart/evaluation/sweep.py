@@ -45,6 +45,10 @@ class LatencyModel:
         codec_ratio: encoded bytes / raw bytes of a boundary tensor on the wire.
         cold_start_ms: extra latency of a cold cloud container.
         cold_start_prob: probability that an offloaded request meets a cold container.
+        offload_overhead_ms: fixed software cost of one hop between stages (HTTP request,
+            JSON, encode/decode, the cloud's front end), charged with every transfer; measure
+            it on the deployment (``edgelesspart_offload_latency_seconds`` minus the cloud
+            compute) or on loopback (benchmark P6). 0 by default: only compute and link.
     """
 
     edge_factor: float = 1.0
@@ -53,6 +57,7 @@ class LatencyModel:
     codec_ratio: float = 1.0
     cold_start_ms: float = 0.0
     cold_start_prob: float = 0.0
+    offload_overhead_ms: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("edge_factor", "cloud_factor", "codec_ratio"):
@@ -64,13 +69,18 @@ class LatencyModel:
                 f"Cold start needs 0 <= prob <= 1 and ms >= 0, got prob={self.cold_start_prob}, "
                 f"ms={self.cold_start_ms}."
             )
+        if not np.isfinite(self.offload_overhead_ms) or self.offload_overhead_ms < 0:
+            raise ConfigError(
+                f"LatencyModel.offload_overhead_ms must be >= 0 ms, got {self.offload_overhead_ms}."
+            )
 
     def transfer_ms(self, raw_bytes: int, *, encoded: bool = True) -> float:
-        """Link time for a tensor of ``raw_bytes`` (scaled by the codec ratio if ``encoded``)."""
+        """One hop: link time for a tensor of ``raw_bytes`` (scaled by the codec ratio if
+        ``encoded``) plus :attr:`offload_overhead_ms`."""
         if self.link is None:
-            return 0.0
+            return float(self.offload_overhead_ms)
         nbytes = raw_bytes * self.codec_ratio if encoded else raw_bytes
-        return float(self.link.transfer_ms(int(round(nbytes))))
+        return float(self.link.transfer_ms(int(round(nbytes)))) + self.offload_overhead_ms
 
     @property
     def expected_cold_ms(self) -> float:

@@ -47,6 +47,18 @@ def test_codec_ratio_and_cold_start_enter_the_offload_path(hand_trace, fake_link
     assert costs.cloud_ms.tolist() == pytest.approx([0.0, 0.0, 2.5, 4.5])
 
 
+def test_offload_overhead_is_charged_once_per_hop_and_never_on_the_edge(hand_trace, fake_link):
+    # GIVEN a 3 ms fixed cost per offload, with the link and without one
+    trace, _ = hand_trace
+    with_link = exit_costs(trace, LatencyModel(**MODEL, link=fake_link, offload_overhead_ms=3.0))
+    no_link = exit_costs(trace, LatencyModel(**MODEL, offload_overhead_ms=3.0))
+    # THEN only the offloaded exits pay it: 30.5 + 3 and 32.5 + 3 (the hand figures above)
+    assert with_link.latency_ms.tolist() == pytest.approx([4.0, 10.0, 33.5, 35.5])
+    assert no_link.latency_ms.tolist() == pytest.approx([4.0, 10.0, 10 + 3 + 2.5, 17.5])
+    with pytest.raises(ConfigError, match="offload_overhead_ms"):
+        LatencyModel(offload_overhead_ms=-1.0)
+
+
 def test_sweep_row_matches_hand_computation(hand_trace, fake_link):
     # GIVEN the hand trace; WHEN swept at 0.9
     trace, labels = hand_trace
