@@ -71,20 +71,23 @@ def settle_batchnorm(model: Any, images: np.ndarray, batch_size: int = SETTLE_BA
     trains, the moving statistics are still mostly their initial values, so the model that
     scored well in training mode answers at chance in inference mode, and early stopping judges
     epochs by a meaningless validation loss. This runs ``images`` through ``model`` in training
-    mode with each layer's momentum set so the moving statistics become the equal-weight mean
-    over the batches; weights are untouched and the momenta are restored. Returns the number of
-    layers settled.
+    mode with each layer's momentum set so the moving statistics become the mean over the
+    batches weighted by their sizes (a short last batch counts for what it holds); weights are
+    untouched and the momenta are restored. Returns the number of layers settled.
     """
     bn = keras().layers.BatchNormalization
     layers = [layer for layer in model._flatten_layers() if isinstance(layer, bn)]
     if not layers or not len(images):
         return 0
     momenta = [layer.momentum for layer in layers]
+    seen = 0
     try:
-        for k, start in enumerate(range(0, len(images), batch_size)):
-            for layer in layers:
-                layer.momentum = k / (k + 1)  # k = 0 overwrites, then a running mean
-            model(images[start : start + batch_size], training=True)
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            for layer in layers:  # seen = 0 overwrites, then a mean weighted by batch size
+                layer.momentum = seen / (seen + len(batch))
+            model(batch, training=True)
+            seen += len(batch)
     finally:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum

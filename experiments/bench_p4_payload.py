@@ -7,8 +7,8 @@ with early exits off (threshold > 1: every sample reaches the final classifier, 
 case). Payload bytes are the full wire payload (header included) for ours and the baseline,
 raw float32. Accuracy delta = raw accuracy - codec accuracy, in points.
 
-The headline codec is the bundle's build-time codec when its manifest names one other than
-raw; otherwise the smallest payload among the codecs that lose at most 0.5 points.
+The headline codec is always the bundle's build-time codec (``manifest.codec``, chosen on the
+validation split), ``raw`` included; never a codec picked here on the test samples.
 
 Usage::
 

@@ -82,6 +82,15 @@ def test_answers_a_codec_breaks_count_even_when_it_fixes_as_many_elsewhere():
     assert CodecMeasurement.from_dict(flipper.to_dict()) == flipper
 
 
+def test_a_byte_limit_holds_for_the_largest_sample_not_the_mean():
+    # GIVEN a codec whose mean fits a 1000-byte limit but whose largest sample does not
+    spiky = replace(row("zstd", 900, 0.0), max_bytes_per_sample=1100.0)
+    steady = replace(row("int8+lz4", 950, 0.0), max_bytes_per_sample=990.0)
+    # THEN it is excluded and the steady codec is chosen
+    assert select_codec([spiky, steady], 0.5, max_bytes=1000).codec == "int8+lz4"
+    assert spiky.largest_bytes == 1100.0 and row("raw", 4100, 0.0).largest_bytes == 4100
+
+
 def test_lossless_always_qualifies_and_ties_go_to_the_faster_decode():
     # GIVEN only codecs that lose accuracy, plus two lossless ones of equal size
     rows = [row("int8", 1000, -3.0), row("zstd", 2000, 0.0, 0.3), row("lz4", 2000, 0.0, 0.2)]
@@ -165,6 +174,8 @@ def test_measurement_on_real_tensors(tiny):
     for name in ("raw", "lz4"):
         assert rows[name].accuracy_delta_pp == 0.0 and rows[name].agreement == 1.0
         assert rows[name].max_abs_error == 0.0
+        assert rows[name].broken_pp == 0.0
+    assert all(r.largest_bytes >= r.bytes_per_sample for r in table.rows)
     # raw is the tensor plus its frame header; the others are smaller
     assert rows["raw"].raw_bytes == 16 * 16 * 16 * 4
     assert 1.0 < rows["raw"].size_ratio < 1.1

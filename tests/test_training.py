@@ -34,6 +34,19 @@ def test_settle_batchnorm_sets_moving_statistics_to_the_data_and_keeps_momentum(
     assert np.array_equal(model.layers[-1].get_weights()[0], kernel)  # weights untouched
 
 
+def test_a_short_last_batch_does_not_drag_the_statistics():
+    from edgelesspart.training import settle_batchnorm
+
+    model = _bn_model()
+    rng = np.random.default_rng(2)
+    images = (rng.normal(size=(129, 6)) * 2.0 + 1.0).astype(np.float32)  # 64 + 64 + 1
+    settle_batchnorm(model, images, batch_size=64)
+    bn = model.get_layer("bn")
+    assert np.allclose(np.asarray(bn.moving_mean), images.mean(axis=0), atol=1e-3)
+    # a one-image batch has zero variance; weighted by size it barely moves the estimate
+    assert np.allclose(np.asarray(bn.moving_variance), images.var(axis=0), rtol=0.1)
+
+
 def test_training_a_batchnorm_model_briefly_answers_well_in_inference_mode():
     """A momentum-0.999 network trained for 2 short epochs still classifies in inference mode."""
     from edgelesspart.training import TrainingConfig, train_backbone
