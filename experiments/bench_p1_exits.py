@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     result = benchlib.BenchResult(
         bench="P1",
         what="mean compute per sample with early exits at the fastest threshold within 1 point "
-        "of the final exit's test accuracy (all stages on this host, batch 1)",
+        "of the final exit's validation accuracy (all stages on this host, batch 1)",
         baseline="the full model without exits on LiteRT (bare interpreter, batch 1)",
         headline=benchlib.Headline(
             "P1",

@@ -17,7 +17,8 @@ from benchlib import significant
 
 #: Short names of the benchmarks for the table's "what" column (issue 6).
 TITLES = {
-    "P1": "edge compute per sample with early exits (ResNet50; MobileNetV2, InceptionV3 in JSON)",
+    "P1": "compute per sample with early exits, all stages on one host (ResNet50; MobileNetV2, "
+    "InceptionV3 in JSON)",
     "P2": "progressive executor time per sample",
     "P3": "edge endpoint throughput, 16 concurrent loopback clients",
     "P4": "offload payload bytes per sample (and accuracy delta)",
