@@ -47,6 +47,7 @@ __all__ = [
     "check_plan_codec",
     "codec_bytes",
     "lambda_event_bytes",
+    "largest_bytes",
     "payload_limit",
     "payload_parameters",
     "split_payloads",
@@ -123,6 +124,16 @@ def codec_bytes(cp: CutPointProfile, codec: str) -> tuple[int, bool]:
     return int(cp.boundary_bytes), False
 
 
+def largest_bytes(cp: CutPointProfile, codec: str) -> int:
+    """The largest measured payload of ``codec`` at ``cp`` (its mean, or raw, when unknown).
+
+    A hard limit must hold for every request, so the Lambda rule checks this, not the mean.
+    """
+    if codec in cp.encoded_bytes_max:
+        return int(cp.encoded_bytes_max[codec])
+    return codec_bytes(cp, codec)[0]
+
+
 def _smallest(cp: CutPointProfile, names: Iterable[str]) -> str | None:
     known = [(cp.encoded_bytes[n], n) for n in names if n in cp.encoded_bytes]
     return min(known)[1] if known else None
@@ -135,17 +146,17 @@ def _describe(cp: CutPointProfile) -> str:
 
 
 def _refusal(cp: CutPointProfile, codec: str, nbytes: int, limit: int) -> PlanError:
-    fitting = sorted(n for n, b in cp.encoded_bytes.items() if b <= limit)
+    fitting = sorted(n for n in cp.encoded_bytes if largest_bytes(cp, n) <= limit)
     hint = (
         f"codecs that fit here: {', '.join(fitting)} (use --codec with one of them or 'auto')"
         if fitting
         else "no measured codec fits: choose a deeper split, an HTTP cloud, or a lossier codec"
     )
     return PlanError(
-        f"Split {cp.name!r} is refused: its boundary tensor is {nbytes:,} bytes per sample with "
-        f"codec {codec!r}, {lambda_event_bytes(nbytes):,} bytes as a Lambda JSON event (base64), "
-        f"over AWS Lambda's synchronous payload limit of {LAMBDA_PAYLOAD_LIMIT:,} bytes. Bytes "
-        f"per codec at {cp.name!r}: {_describe(cp)}; {hint}."
+        f"Split {cp.name!r} is refused: its boundary tensor is up to {nbytes:,} bytes per sample "
+        f"with codec {codec!r}, {lambda_event_bytes(nbytes):,} bytes as a Lambda JSON event "
+        f"(base64), over AWS Lambda's synchronous payload limit of {LAMBDA_PAYLOAD_LIMIT:,} "
+        f"bytes. Bytes per codec at {cp.name!r}: {_describe(cp)}; {hint}."
     )
 
 
@@ -171,11 +182,11 @@ def boundary_payload(
         chosen, reason = codec, "fixed by the user"
     nbytes, measured = codec_bytes(cp, chosen)
     limit = payload_limit(cloud_device)
-    if limit is None or nbytes <= limit:
+    if limit is None or largest_bytes(cp, chosen) <= limit:
         return BoundaryPayload(cp.name, chosen, nbytes, measured, reason)
-    smaller = _smallest(cp, [n for n, b in cp.encoded_bytes.items() if b <= limit])
+    smaller = _smallest(cp, [n for n in cp.encoded_bytes if largest_bytes(cp, n) <= limit])
     if codec != AUTO or smaller is None:
-        raise _refusal(cp, chosen, nbytes, limit)
+        raise _refusal(cp, chosen, largest_bytes(cp, chosen), limit)
     return BoundaryPayload(
         cp.name,
         smaller,

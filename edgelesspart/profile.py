@@ -32,7 +32,9 @@ class CutPointProfile:
         flops: cumulative multiply-accumulates x2 (estimate), 0 if unknown.
         encoded_bytes: codec name -> mean wire payload bytes of the cut tensor for one sample
             (frame header included), measured on real samples; empty when not measured. The
-            planner reads it for link time and payload limits (raw ``boundary_bytes`` otherwise).
+            planner reads it for link time (raw ``boundary_bytes`` otherwise).
+        encoded_bytes_max: codec name -> the largest of those payloads; a hard payload limit
+            (Lambda) is checked against it (against ``encoded_bytes`` when it is missing).
     """
 
     name: str
@@ -44,6 +46,7 @@ class CutPointProfile:
     boundary_bytes: int
     flops: int = 0
     encoded_bytes: dict[str, int] = field(default_factory=dict, hash=False)
+    encoded_bytes_max: dict[str, int] = field(default_factory=dict, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -57,6 +60,11 @@ class CutPointProfile:
             "boundary_bytes": self.boundary_bytes,
             "flops": self.flops,
             **({"encoded_bytes": dict(self.encoded_bytes)} if self.encoded_bytes else {}),
+            **(
+                {"encoded_bytes_max": dict(self.encoded_bytes_max)}
+                if self.encoded_bytes_max
+                else {}
+            ),
         }
 
     @classmethod
@@ -73,6 +81,9 @@ class CutPointProfile:
             flops=int(data.get("flops", 0)),
             encoded_bytes={
                 str(k): int(v) for k, v in dict(data.get("encoded_bytes") or {}).items()
+            },
+            encoded_bytes_max={
+                str(k): int(v) for k, v in dict(data.get("encoded_bytes_max") or {}).items()
             },
         )
 

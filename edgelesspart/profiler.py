@@ -98,15 +98,18 @@ def _stretch_timer(segment: Any, method: str, x: np.ndarray) -> Callable[[], Any
     return lambda: fn(tensor)
 
 
-def encoded_bytes_per_sample(boundary: np.ndarray, codecs: Sequence[str]) -> dict[str, int]:
-    """Mean wire payload bytes (header included) per sample at batch 1, per usable codec.
+def encoded_bytes_per_sample(
+    boundary: np.ndarray, codecs: Sequence[str]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Mean and largest wire payload bytes (header included) per sample at batch 1, per codec.
 
     Codecs whose library is missing or that cannot carry this tensor are left out.
     """
     from edgelesspart.runtime.codecs import available_codecs, encode_tensor
 
     usable = set(available_codecs())
-    result: dict[str, int] = {}
+    mean: dict[str, int] = {}
+    largest: dict[str, int] = {}
     for codec in dict.fromkeys(codecs):
         if codec not in usable or len(boundary) == 0:
             continue
@@ -114,8 +117,9 @@ def encoded_bytes_per_sample(boundary: np.ndarray, codecs: Sequence[str]) -> dic
             sizes = [len(encode_tensor(boundary[i : i + 1], codec)) for i in range(len(boundary))]
         except EdgeLessPartError:
             continue
-        result[codec] = int(round(float(np.mean(sizes))))
-    return result
+        mean[codec] = int(round(float(np.mean(sizes))))
+        largest[codec] = int(max(sizes))
+    return mean, largest
 
 
 def profile_model(
@@ -167,12 +171,22 @@ def profile_model(
         shape = tuple(int(d) for d in x.shape[1:])
         mem, weights = memory[name]
         wire: dict[str, int] = {}
+        wire_max: dict[str, int] = {}
         if real is not None:
             real = np.asarray(stretch(real, training=False)["boundary"], dtype=np.float32)
-            wire = encoded_bytes_per_sample(real, codecs)
+            wire, wire_max = encoded_bytes_per_sample(real, codecs)
         entries.append(
             CutPointProfile(
-                name, index, round(cumulative, 6), mem, weights, shape, int(x.size) * 4, 0, wire
+                name,
+                index,
+                round(cumulative, 6),
+                mem,
+                weights,
+                shape,
+                int(x.size) * 4,
+                0,
+                wire,
+                wire_max,
             )
         )
         start = name

@@ -203,3 +203,22 @@ def test_lambda_link_time_counts_the_base64_event(lam):
     for plan in (http, on_lambda):
         value = planner.expected_latency(plan, edge, edge, rates, link)
         assert value == pytest.approx(plan.parameters["objective_value"])
+
+
+def test_the_lambda_limit_holds_for_the_largest_sample_not_the_mean(lam):
+    from dataclasses import replace
+
+    from edgelesspart.payload import boundary_payload
+
+    # GIVEN a split whose lz4 mean fits the limit but whose largest profiled sample does not
+    cp = CutPointProfile("c1", 0, 10.0, 100, 50, (1,), 7 * MB, 0,
+                         {"raw": 7 * MB, "lz4": FITS - 10, "fp16": 3_500_000})
+    spiky = replace(cp, encoded_bytes_max={"raw": 7 * MB, "lz4": FITS + 10, "fp16": 3_500_000})
+    # THEN without the maximum the mean decides; with it, a fixed lz4 is refused
+    assert boundary_payload(cp, "lz4", lam).codec == "lz4"
+    with pytest.raises(PlanError, match=r"up to 4,718,410 bytes per sample with codec 'lz4'"):
+        boundary_payload(spiky, "lz4", lam)
+    # AND auto takes the smallest codec whose largest sample fits
+    assert boundary_payload(spiky, "auto", lam).codec == "fp16"
+    # AND the field round-trips through profile.json
+    assert CutPointProfile.from_dict(spiky.to_dict()) == spiky
