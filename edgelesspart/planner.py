@@ -448,6 +448,30 @@ def _link_bytes(payloads: Mapping[str, Any], cloud: DeviceProfile | None) -> dic
     return {name: wire_bytes(p.nbytes, cloud) for name, p in payloads.items()}
 
 
+def _objective_setup(
+    edge_profile: ModelProfile,
+    objective: str,
+    *,
+    edge_device: DeviceProfile | None,
+    cloud_device: DeviceProfile | None,
+    max_boundary_bytes: int | None,
+    codec: str,
+    **objective_options: Any,
+) -> tuple[tuple[str, ...], dict[str, Any], Any]:
+    """Feasible splits, their planned payloads and the objective that charges those bytes."""
+    splits, payloads = _payload_splits(
+        edge_profile, edge_device, cloud_device, max_boundary_bytes, codec
+    )
+    spec = _obj.make_objective(
+        edge_profile,
+        objective,
+        cloud_device=cloud_device,
+        wire_bytes=_link_bytes(payloads, cloud_device),
+        **objective_options,
+    )
+    return splits, payloads, spec
+
+
 # --------------------------------------------------------------------------- objective mode
 
 
@@ -517,10 +541,7 @@ def plan_objective(
     check_pair(edge_profile, cloud_profile)
     check_choice(search, SEARCHES, "search")
     limits = exits_pair(exits_per_part)
-    splits, payloads = _payload_splits(
-        edge_profile, edge_device, cloud_device, max_boundary_bytes, codec
-    )
-    spec = _obj.make_objective(
+    splits, payloads, spec = _objective_setup(
         edge_profile,
         objective,
         link=link,
@@ -528,8 +549,10 @@ def plan_objective(
         exit_overhead_ms=exit_overhead_ms,
         offload_overhead_ms=offload_overhead_ms,
         cost_fn=cost_fn,
+        edge_device=edge_device,
         cloud_device=cloud_device,
-        wire_bytes=_link_bytes(payloads, cloud_device),
+        max_boundary_bytes=max_boundary_bytes,
+        codec=codec,
     )
     best: tuple[float, str, tuple[tuple[str, ...], tuple[str, ...]]] | None = None
     for split in splits:
@@ -595,10 +618,7 @@ def brute_force_optimum(
     compares the placement rules against.
     """
     check_pair(edge_profile, cloud_profile)
-    splits, payloads = _payload_splits(
-        edge_profile, edge_device, cloud_device, max_boundary_bytes, codec
-    )
-    spec = _obj.make_objective(
+    splits, payloads, spec = _objective_setup(
         edge_profile,
         objective,
         link=link,
@@ -606,8 +626,10 @@ def brute_force_optimum(
         exit_overhead_ms=exit_overhead_ms,
         offload_overhead_ms=offload_overhead_ms,
         cost_fn=cost_fn,
+        edge_device=edge_device,
         cloud_device=cloud_device,
-        wire_bytes=_link_bytes(payloads, cloud_device),
+        max_boundary_bytes=max_boundary_bytes,
+        codec=codec,
     )
     return _obj.brute_force(
         edge_profile,
