@@ -8,7 +8,8 @@ one-line message and a non-zero exit code, never a traceback::
     ├── DependencyError(ImportError)     an optional extra is not installed (names the fix)
     ├── DatasetError(ValueError)         unknown dataset, unreadable file, offline CIFAR-10
     ├── ModelError(ValueError)           unknown zoo name, unloadable or unsupported model
-    │   └── GraphError                   nested models, no cut point, bad cut name
+    │   ├── GraphError                   nested models, no cut point, bad cut name
+    │   └── PruningError                 a layer whose channels cannot be pruned safely
     ├── ProfileError(ValueError)         malformed profile or device file
     ├── PlanError(ValueError)            no split satisfies the constraint, bad plan file
     ├── ExitSpecError(ValueError)        bad exit spec or template (unknown layer, escape, ...)
@@ -47,6 +48,10 @@ class ModelError(EdgeLessPartError, ValueError):
 
 class GraphError(ModelError):
     """The model graph cannot be cut where asked (nested model, unknown cut point, ...)."""
+
+
+class PruningError(ModelError):
+    """A model cannot be pruned safely (the message names the layer) or a bad pruning ratio."""
 
 
 class ProfileError(EdgeLessPartError, ValueError):
