@@ -42,6 +42,11 @@ class BuildConfig:
     exits_per_part: tuple[int, int] = (2, 2)
     exit_spec: str | None = None
     exit_template: str | None = None
+    exit_head: str = "sdn"
+    exit_training: str = "distill"
+    max_final_drop: float = 1.0
+    max_accuracy_drop: float = 1.0
+    confidence: str = "max-softmax"
     edge_device: str = "rpi4"
     cloud_device: str = "gcf-2gb"
     link: str = "wifi"
@@ -53,6 +58,7 @@ class BuildConfig:
     limit: int | None = None
     image_size: int | None = None
     max_cut_points: int = 16
+    profiling_kit: str | None = None
     profile_method: str = "litert"
     codec: str = "auto"
     max_codec_loss: float = 0.5
@@ -80,6 +86,7 @@ class BuildConfig:
             )
         if self.exit_spec and self.exit_template:
             raise ConfigError("Give either exit_spec or exit_template, not both.")
+        _check_exit_options(self)
         if self.train_backbone not in ("auto", "yes", "no"):
             raise ConfigError(
                 f"train_backbone must be auto, yes or no; got {self.train_backbone!r}."
@@ -115,6 +122,34 @@ class BuildConfig:
         if "exits_per_part" in clean:
             clean["exits_per_part"] = parse_exits_per_part(clean["exits_per_part"])
         return cls(**clean)
+
+
+def _check_exit_options(config: BuildConfig) -> None:
+    from edgelesspart.exit_training import EXIT_TRAININGS
+    from edgelesspart.exits import EXIT_HEADS
+    from edgelesspart.runtime.confidence import MEASURES
+
+    if config.exit_head not in EXIT_HEADS:
+        raise ConfigError(
+            f"Unknown exit head {config.exit_head!r}; built-in heads: {', '.join(EXIT_HEADS)} "
+            "(sdn is the default; paper reproduces the paper), or give --exit-spec/--exit-template."
+        )
+    if config.exit_training not in EXIT_TRAININGS:
+        raise ConfigError(
+            f"Unknown exit training {config.exit_training!r}; choose one of "
+            f"{', '.join(EXIT_TRAININGS)}."
+        )
+    if config.confidence not in MEASURES:
+        raise ConfigError(
+            f"Unknown confidence measure {config.confidence!r}; choose {' or '.join(MEASURES)}."
+        )
+    for name in ("max_final_drop", "max_accuracy_drop"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ConfigError(
+                f"{name} must be a number of accuracy percentage points >= 0 (e.g. 1), "
+                f"got {value!r}."
+            )
 
 
 def _check_codec_options(codec: Any, max_loss: Any) -> None:
@@ -186,8 +221,10 @@ def make_plan(config: BuildConfig, host_profile: Any, model_name: str) -> tuple[
 
     edge = devices.load_device(config.edge_device)
     cloud = devices.load_device(config.cloud_device)
-    edge_profile = devices.profile_for_device(host_profile, edge)
-    cloud_profile = devices.profile_for_device(host_profile, cloud)
+    from edgelesspart.profiling_kit import host_reference_ms
+
+    edge_profile = devices.profile_for_device(host_profile, edge, host_reference_ms)
+    cloud_profile = devices.profile_for_device(host_profile, cloud, host_reference_ms)
     common = {
         "placement": config.placement,
         "exits_per_part": config.exits_per_part,
@@ -219,16 +256,21 @@ def make_plan(config: BuildConfig, host_profile: Any, model_name: str) -> tuple[
         "cloud_full_model_ms": cloud_profile.total.latency_ms,
         "model": model_name,
     }
-    return plan, summary
+    sources = devices.latency_sources(edge_profile, cloud_profile)
+    plan = replace(plan, parameters={**plan.parameters, "latency_sources": sources})
+    return plan, {**summary, "latency_sources": sources}
 
 
-def _exit_heads(model: Any, plan: Plan, definition: Any, classes: int) -> tuple[Any, dict, dict]:
+def _exit_heads(
+    model: Any, plan: Plan, definition: Any, classes: int, head: str = "sdn"
+) -> tuple[Any, dict, dict]:
     """Render the exit definition and attach one head per planned exit (exit_1, exit_2, ...)."""
     from edgelesspart import exits
     from edgelesspart.graph import cut_tensor
 
     if definition.kind == "default":
-        definition = exits.load_exit_definition(pooling=exits.classifier_pooling(model))
+        pooling = exits.classifier_pooling(model)
+        definition = exits.load_exit_definition(pooling=pooling, head=head)
     builder = exits.compile_exit_builder(definition)
     exit_cuts = {f"exit_{i + 1}": cut for i, cut in enumerate(plan.exits)}
     exit_tensors = {
@@ -316,7 +358,9 @@ def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = pri
         config.dataset, seed=config.seed, image_size=config.image_size, limit=config.limit
     )
     # Reject a bad exit spec/template before any training time is spent.
-    definition = exits.load_exit_definition(config.exit_spec, config.exit_template)
+    definition = exits.load_exit_definition(
+        config.exit_spec, config.exit_template, head=config.exit_head
+    )
     model, model_info = zoo.resolve_model(
         config.model, data.input_shape, data.num_classes, seed=config.seed
     )
@@ -338,10 +382,24 @@ def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = pri
         samples=data.x_val[:PROFILE_SAMPLES],
         codecs=_profile_codecs(config.codec),
     )
+    if config.profiling_kit:
+        from edgelesspart.profiling_kit import write_kit
+
+        write_kit(
+            model,
+            config.profiling_kit,
+            model_name=model_info["name"],
+            max_cut_points=config.max_cut_points,
+            overwrite=config.overwrite,
+        )
+        log(f"profiling kit: {config.profiling_kit} (run `edgelesspart profile-device` on it)")
     clock.lap("profile")
     plan, profile_summary = make_plan(config, host_profile, model_info["name"])
-    definition, exit_cuts, exit_tensors = _exit_heads(model, plan, definition, data.num_classes)
-    joint, exit_epochs = training.train_exits(model, exit_tensors, data, train_config)
+    definition, exit_cuts, exit_tensors = _exit_heads(
+        model, plan, definition, data.num_classes, config.exit_head
+    )
+    joint, exit_epochs, exit_training = _train_exits(config, model, exit_tensors, data,
+                                                     train_config, log)  # fmt: skip
     clock.lap("train_exits")
     codec, codec_table, plan = choose_codec(config, model, plan, data, log)
     log(
@@ -355,6 +413,7 @@ def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = pri
         "test": training.classifier_accuracy(joint, data.x_test, data.y_test),
     }
     report = training.TrainingReport(trained, backbone_epochs, exit_epochs, accuracy)
+    training_record = {**report.to_dict(), "exit_training": exit_training}
     request = export.ExportRequest(
         backbone=model,
         exit_tensors=exit_tensors,
@@ -366,7 +425,7 @@ def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = pri
         exit_source=f"{definition.kind}:{definition.origin}",
         model_info=model_info,
         profile={**host_profile.to_dict(), "planning": profile_summary},
-        training=report.to_dict(),
+        training=training_record,
         extra={
             "dataset": {
                 "spec": config.dataset,
@@ -383,4 +442,46 @@ def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = pri
         request, config.bundle_dir, probe=data.x_val[:4], overwrite=config.overwrite
     )
     clock.lap("export")
+    manifest = _choose_serving(config, manifest, data, log)
+    clock.lap("serving")
     return BuildResult(config.bundle_dir, manifest, plan, clock.seconds)
+
+
+def _train_exits(
+    config: BuildConfig, model: Any, exit_tensors: dict, data: Any, train_config: Any, log: Any
+) -> tuple[Any, int, dict[str, Any]]:
+    """Train the exits as ``config.exit_training`` asks; report the final classifier's change."""
+    from edgelesspart import exit_training, training
+
+    if config.exit_training == "frozen":
+        joint, epochs = training.train_exits(model, exit_tensors, data, train_config)
+        return joint, epochs, {"mode": "frozen", "used": "frozen", "epochs": epochs}
+    joint, result = exit_training.train_exits_distilled(
+        model, exit_tensors, data, train_config, mode=config.exit_training,
+        max_final_drop=config.max_final_drop, log=log,
+    )  # fmt: skip
+    record = result.to_dict()
+    if config.exit_training == "joint":
+        change = record["final_accuracy_change_pp"]
+        log(
+            f"joint exit training: final classifier validation accuracy "
+            f"{record['final_val_accuracy']['before']:.3f} -> "
+            f"{record['final_val_accuracy']['after']:.3f} ({change:+.2f} pt, bound "
+            f"-{config.max_final_drop:g} pt){'; fell back to distill' if result.fell_back else ''}"
+        )
+    return joint, result.epochs, record
+
+
+def _choose_serving(config: BuildConfig, manifest: Manifest, data: Any, log: Any) -> Manifest:
+    """Fit exit temperatures and the default threshold on validation; record them; print them."""
+    from edgelesspart.evaluation.serving import choose_serving, format_serving
+    from edgelesspart.runtime.manifest import write_manifest
+
+    serving = choose_serving(
+        config.bundle_dir, data, max_accuracy_drop=config.max_accuracy_drop,
+        measure=config.confidence, link=config.link,
+    )  # fmt: skip
+    manifest = replace(manifest, serving=serving)
+    write_manifest(config.bundle_dir, manifest)
+    log(format_serving(serving))
+    return manifest

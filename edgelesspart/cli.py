@@ -15,7 +15,15 @@ from collections.abc import Sequence
 from edgelesspart import __version__
 from edgelesspart.errors import EdgeLessPartError
 
-COMMAND_MODULES = ("build", "profile", "inspect", "evaluate", "serve")
+COMMAND_MODULES = (
+    "build",
+    "profile",
+    "profile_device",
+    "inspect",
+    "evaluate",
+    "serve",
+    "serve_pipeline",
+)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -1,20 +1,29 @@
-"""Device profiles: how much slower or faster than this host a device runs, and its memory budget.
+"""Device profiles: how fast a device runs a model, and its memory budget.
 
-A :class:`DeviceProfile` is data (one JSON file per device in ``edgelesspart/devices/``). The
-planner never measures a device: it scales the profile measured on this host
-(:mod:`edgelesspart.profiler`) by a latency factor (>1 = slower than this host):
+A :class:`DeviceProfile` is data (one JSON file per device in ``edgelesspart/devices/``, or a
+``DEVICE.json`` written by ``edgelesspart profile-device``). The planner turns the profile
+measured on this host (:mod:`edgelesspart.profiler`) into the device's profile in one of three
+ways, and records which (``extra["latency_source"]``):
 
-* when the device has a published full-network latency for the model (``measured_ms``) and this
-  host's latency for the same model is recorded (``host_reference_ms``), the factor is their
-  ratio, so per-model effects (e.g. TensorRT gains more on ResNet50 than on MobileNet) are kept;
-* otherwise the device's generic ``speed_factor`` is used.
+* ``measured-profile``: the device ran the build's profiling kit (``profile-device``); its own
+  per cut point latencies replace the host's, with no factor;
+* ``host-reference``: the device has a published full-network latency for a reference model
+  (``measured_ms``, e.g. ResNet50 on a Raspberry Pi 4) and this host's latency for the same model
+  is **measured at build time** with the profiler's LiteRT path
+  (:func:`edgelesspart.profiling_kit.host_reference_ms`); the factor is their ratio, for the
+  model itself when the device has a figure for it, else for the reference model;
+* ``speed_factor``: the device's generic factor (cloud tiers, which have no published figures).
 
-Memory is not scaled: the prefix of a model needs the same bytes on every device.
+``host_reference_ms`` in a device file is a legacy, machine-specific constant: the build never
+uses it when it can measure; :func:`latency_factor_with_reason` falls back to it only when no
+host measurement is passed (``stored-reference``). Memory is not scaled: the prefix of a model
+needs the same bytes on every device.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -22,6 +31,13 @@ from typing import Any
 
 from edgelesspart.errors import ProfileError
 from edgelesspart.profile import ModelProfile
+from edgelesspart.runtime.device_profiler import (
+    MeasuredProfile,
+    is_measured_profile,
+)
+
+#: ``model name -> (this host's latency in ms, how it was obtained)``.
+HostReference = Callable[[str], tuple[float, str]]
 
 DEVICE_VERSION = 1
 DEVICE_KINDS = ("edge", "cloud", "host")
@@ -63,6 +79,7 @@ class DeviceProfile:
     ghz: float | None = None
     vcpu: float | None = None
     provider: str | None = None
+    measured: MeasuredProfile | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in DEVICE_KINDS:
@@ -102,6 +119,7 @@ class DeviceProfile:
             "provider": self.provider,
             "source": self.source,
             "notes": self.notes,
+            **({"measured_profile": self.measured.to_dict()} if self.measured else {}),
         }
 
     @classmethod
@@ -137,6 +155,23 @@ class DeviceProfile:
             raise ProfileError(f"Malformed device file: missing or bad field {exc!r}.") from exc
 
 
+def device_from_measurement(measured: MeasuredProfile) -> DeviceProfile:
+    """The edge :class:`DeviceProfile` of a ``profile-device`` measurement (no factor)."""
+    ident = measured.identity
+    return DeviceProfile(
+        name=measured.name,
+        kind="edge",
+        memory_bytes=max(1, measured.memory_budget_bytes),
+        speed_factor=None,
+        source=f"measured with edgelesspart profile-device on {ident.get('cpu_model')} "
+        f"({ident.get('cores')} cores, LiteRT {ident.get('litert_version')}, "
+        f"{measured.created}), kit {measured.kit_id}",
+        notes="Per cut point latencies measured on the device itself; memory_bytes is "
+        f"{measured.settings.get('memory_fraction', '?')} of the device's memory.",
+        measured=measured,
+    )
+
+
 def _opt(kind: Any, value: Any) -> Any:
     return None if value is None else kind(value)
 
@@ -169,6 +204,8 @@ def load_device(name_or_path: str | Path) -> DeviceProfile:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise ProfileError(f"Cannot read device file {text}: {exc}.") from exc
+        if is_measured_profile(data):
+            return device_from_measurement(MeasuredProfile.from_dict(data))
         return DeviceProfile.from_dict(data)
     known = list_devices()
     if text not in known:
@@ -180,26 +217,44 @@ def load_device(name_or_path: str | Path) -> DeviceProfile:
     return DeviceProfile.from_dict(data)
 
 
-def latency_factor_with_reason(device: DeviceProfile, model_name: str) -> tuple[float, str]:
+def latency_factor_with_reason(
+    device: DeviceProfile, model_name: str, host_reference: HostReference | None = None
+) -> tuple[float, str]:
     """The latency multiplier of ``device`` for ``model_name`` and how it was obtained.
 
+    Args:
+        device: the device.
+        model_name: the model being planned.
+        host_reference: measures (or reads from its cache) this host's latency of a reference
+            model; when given and the device has a published figure, the factor is
+            ``measured_ms[ref] / host_reference(ref)``, where ``ref`` is the model itself if the
+            device has a figure for it, else the device's first reference model.
+
     Returns:
-        ``(factor, reason)``: ``reason`` is ``"measured"`` when the factor is
-        ``measured_ms[model] / host_reference_ms[model]``, ``"speed_factor"`` when the device's
-        generic factor was used.
+        ``(factor, reason)``: ``reason`` is ``"measured-profile"`` (factor 1: a device measured
+        with profile-device, whose latencies are used directly), ``"host-reference"``,
+        ``"stored-reference"`` (legacy ``host_reference_ms``) or ``"speed_factor"``.
 
     Raises:
-        ProfileError: the device has neither a measurement for the model nor a speed factor.
+        ProfileError: the device has neither a figure for the model nor a speed factor.
     """
     key = model_name.lower()
+    if device.measured is not None:
+        return 1.0, "measured-profile"
+    if device.measured_ms and host_reference is not None:
+        ref = key if key in device.measured_ms else sorted(device.measured_ms)[0]
+        host_ms, _ = host_reference(ref)
+        if not host_ms > 0:
+            raise ProfileError(f"This host's reference latency of {ref!r} must be > 0 ms.")
+        return device.measured_ms[ref] / host_ms, "host-reference"
     if key in device.measured_ms and key in device.host_reference_ms:
-        return device.measured_ms[key] / device.host_reference_ms[key], "measured"
+        return device.measured_ms[key] / device.host_reference_ms[key], "stored-reference"
     if device.speed_factor is not None:
         return device.speed_factor, "speed_factor"
     raise ProfileError(
         f"Device {device.name!r} has no latency for model {model_name!r} (measured for: "
         f"{', '.join(sorted(device.measured_ms)) or 'none'}) and no speed_factor; add one of "
-        "them to the device file."
+        "them to the device file, or measure the device with `edgelesspart profile-device`."
     )
 
 
@@ -209,13 +264,81 @@ def latency_factor(device: DeviceProfile, model_name: str) -> float:
     return latency_factor_with_reason(device, model_name)[0]
 
 
-def profile_for_device(host_profile: ModelProfile, device: DeviceProfile) -> ModelProfile:
-    """Scale a profile measured on this host to ``device`` (latencies only; memory unchanged).
+def profile_from_measurement(host_profile: ModelProfile, measured: MeasuredProfile) -> ModelProfile:
+    """The host profile with every latency replaced by the device's measured median.
 
-    The returned profile's ``extra`` records the factor and whether it was ``measured`` or the
-    device's ``speed_factor``.
+    Memory, boundary and codec bytes stay the host's (they do not depend on the device).
+
+    Raises:
+        ProfileError: the measurement is of another model or misses one of the profile's cut
+            points (the kit was written with other ``--max-cut-points``).
     """
-    factor, reason = latency_factor_with_reason(device, host_profile.model)
+    if measured.model.lower() != host_profile.model.lower():
+        raise ProfileError(
+            f"The measured profile of {measured.name!r} is of model {measured.model!r}, the build "
+            f"plans {host_profile.model!r}. Write a kit for this model (build --profiling-kit) "
+            "and run profile-device on it."
+        )
+    names = {cp.name for cp in measured.cut_points}
+    missing = [cp.name for cp in host_profile.cut_points if cp.name not in names]
+    if missing:
+        raise ProfileError(
+            f"The measured profile of {measured.name!r} has no latency at cut points {missing}; "
+            "its kit was written with other candidate cut points. Write the kit with the same "
+            "--max-cut-points as the build and measure again."
+        )
+    cps = tuple(
+        replace(cp, latency_ms=measured.at(cp.name).latency_ms) for cp in host_profile.cut_points
+    )
+    extra = {
+        **host_profile.extra,
+        "latency_source": "measured-profile",
+        "latency_factor": 1.0,
+        "latency_factor_reason": "measured-profile",
+        "latency_p95_ms": {cp.name: cp.latency_p95_ms for cp in measured.cut_points},
+        "device_identity": dict(measured.identity),
+        "kit_id": measured.kit_id,
+        "measured_full_model_ms": measured.full_model_ms,
+        "measured_peak_rss_bytes": measured.peak_rss_bytes,
+        "scaled_from": None,
+    }
+    return replace(
+        host_profile,
+        device=measured.name,
+        cut_points=cps,
+        method=f"measured on the device with profile-device ({measured.settings.get('repeats')} "
+        "chain runs, median)",
+        source=f"edgelesspart profile-device on {measured.identity.get('cpu_model')}",
+        extra=extra,
+    )
+
+
+def profile_for_device(
+    host_profile: ModelProfile,
+    device: DeviceProfile,
+    host_reference: HostReference | None = None,
+) -> ModelProfile:
+    """The profile of ``host_profile``'s model on ``device`` (latencies only; memory unchanged).
+
+    A device measured with ``profile-device`` gets its own latencies; any other is scaled (see
+    :func:`latency_factor_with_reason`). ``extra`` records ``latency_source``, the factor and
+    its reason, and, for ``host-reference``, this host's reference latency and where it came
+    from.
+    """
+    if device.measured is not None:
+        return profile_from_measurement(host_profile, device.measured)
+    notes: dict[str, Any] = {}
+
+    def _recording(ref: str) -> tuple[float, str]:
+        ms, how = host_reference(ref)  # type: ignore[misc]
+        notes.update(
+            {"host_reference_model": ref, "host_reference_ms": ms, "host_reference_how": how}
+        )
+        return ms, how
+
+    factor, reason = latency_factor_with_reason(
+        device, host_profile.model, _recording if host_reference is not None else None
+    )
     scaled = host_profile.scaled(
         device.name,
         factor,
@@ -223,8 +346,47 @@ def profile_for_device(host_profile: ModelProfile, device: DeviceProfile) -> Mod
     )
     extra = {
         **scaled.extra,
+        **notes,
+        "latency_source": f"scaled ({reason})",
         "latency_factor": factor,
         "latency_factor_reason": reason,
         "scaled_from": host_profile.device,
     }
     return replace(scaled, extra=extra)
+
+
+def latency_sources(edge: ModelProfile, cloud: ModelProfile) -> dict[str, dict[str, Any]]:
+    """What a plan records about where each stage's latencies came from (see module docs)."""
+    out: dict[str, dict[str, Any]] = {}
+    for role, profile in (("edge", edge), ("cloud", cloud)):
+        extra = profile.extra
+        entry: dict[str, Any] = {
+            "device": profile.device,
+            "source": extra.get("latency_source", "unknown"),
+            "factor": extra.get("latency_factor"),
+        }
+        for key in ("host_reference_model", "host_reference_ms", "host_reference_how", "kit_id"):
+            if key in extra:
+                entry[key] = extra[key]
+        entry["summary"] = describe_latency_source(profile)
+        out[role] = entry
+    return out
+
+
+def describe_latency_source(profile: ModelProfile) -> str:
+    """One human line: measured on the device, or scaled by which factor from what."""
+    extra = profile.extra
+    reason = extra.get("latency_factor_reason")
+    if reason == "measured-profile":
+        ident = extra.get("device_identity", {})
+        return (
+            f"{profile.device}: measured on the device with profile-device "
+            f"({ident.get('cpu_model')}, kit {extra.get('kit_id')}), no factor"
+        )
+    factor = float(extra.get("latency_factor", 1.0))
+    if reason == "host-reference":
+        return (
+            f"{profile.device}: scaled x{factor:.3g} = published {extra['host_reference_model']} "
+            f"/ this host's {extra['host_reference_ms']:.1f} ms ({extra['host_reference_how']})"
+        )
+    return f"{profile.device}: scaled x{factor:.3g} ({reason})"

@@ -52,8 +52,8 @@ def test_seeded_factors_follow_the_reference_numbers():
     gcf, lam = load_device("gcf-2gb"), load_device("lambda-2gb")
     # WHEN factors are asked for ResNet50 (measured) and an unmeasured model
     # THEN ResNet50 uses the published ratios and other models the generic speed factor
-    assert latency_factor_with_reason(rpi, "resnet50") == pytest.approx((556 / 60, "measured"))
-    assert latency_factor_with_reason(orin, "ResNet50") == pytest.approx((4.8 / 60, "measured"))
+    assert latency_factor_with_reason(rpi, "resnet50") == pytest.approx((556 / 60, "stored-reference"))
+    assert latency_factor_with_reason(orin, "ResNet50") == pytest.approx((4.8 / 60, "stored-reference"))
     assert latency_factor_with_reason(rpi, "small_cnn") == (9.3, "speed_factor")
     assert latency_factor(load_device("host"), "anything") == 1.0
     assert (gcf.provider, gcf.memory_mb, gcf.ghz, gcf.speed_factor) == ("gcf", 2048, 2.4, 1.0)
@@ -131,6 +131,6 @@ def test_profile_for_device_scales_latency_not_memory(host_profile):
     )
     assert [cp.memory_bytes for cp in scaled.cut_points] == [100, 300, 500]
     assert scaled.device == "rpi4"
-    assert scaled.extra["latency_factor_reason"] == "measured"
+    assert scaled.extra["latency_factor_reason"] == "stored-reference"
     assert scaled.extra["scaled_from"] == "host"
     assert ModelProfile.from_dict(scaled.to_dict()) == scaled

@@ -23,6 +23,31 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "--exits-per-part": {"help": "0..3, or EDGE,CLOUD such as 2,1 (default 2)"},
     "--exit-spec": {"help": "YAML/JSON list of Keras layers for the exit heads"},
     "--exit-template": {"help": "a Jinja2 template rendering build_exit(x, num_classes, name)"},
+    "--exit-head": {
+        "choices": ["sdn", "paper", "conv"],
+        "help": "built-in exit head when no spec/template is given: sdn (default; pooled 4x4 "
+        "grid + 1x1 bottleneck), paper (copy of the model's head, as in the paper), conv",
+    },
+    "--exit-training": {
+        "choices": ["frozen", "distill", "joint"],
+        "help": "frozen: labels only; distill (default): labels + the final classifier's soft "
+        "targets; joint: distill and fine-tune the backbone within --max-final-drop",
+    },
+    "--max-final-drop": {
+        "type": float,
+        "help": "joint: most final-classifier validation accuracy loss in points (1); beyond "
+        "it the frozen backbone is restored",
+    },
+    "--max-accuracy-drop": {
+        "type": float,
+        "help": "serving threshold: the fastest whose validation accuracy is within this many "
+        "points of the final classifier's (1); stored in the manifest as the services' default",
+    },
+    "--confidence": {
+        "choices": ["max-softmax", "entropy"],
+        "help": "exit confidence: calibrated top-1 probability (default) or 1 - normalised "
+        "entropy (BranchyNet)",
+    },
     "--edge-device": {"help": "edge device profile (rpi4, jetson-orin-nano, host, or a JSON)"},
     "--cloud-device": {"help": "cloud device profile (gcf-2gb, lambda-2gb, host, or a JSON)"},
     "--link": {"help": "link for objective modes: wifi, lte, 5g, 3g, loopback or a JSON"},
@@ -37,6 +62,11 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "--limit": {"type": int, "help": "at most N samples per split (quick runs)"},
     "--image-size": {"type": int, "help": "input side for digits/image folders (32)"},
     "--max-cut-points": {"type": int, "help": "candidate cut points to profile (16)"},
+    "--profiling-kit": {
+        "help": "also write a profiling kit (LiteRT slices at every candidate cut point) to DIR; "
+        "run `edgelesspart profile-device DIR --out DEVICE.json` on the device, then build "
+        "with --edge-device DEVICE.json"
+    },
     "--profile-method": {"choices": ["litert", "tf-function"], "help": "how latency is timed"},
     "--search": {
         "choices": ["exhaustive", "placement"],
@@ -68,6 +98,10 @@ def register(sub: Any) -> None:
     for flag, kwargs in OPTIONS.items():
         parser.add_argument(flag, default=None, **kwargs)
     parser.add_argument("--config", help="YAML file holding the same keys as the flags")
+    parser.add_argument(
+        "--pipeline", help="DEFER chain: one device per node, e.g. rpi4,rpi4,jetson-orin-nano"
+    )
+    parser.add_argument("--nodes", type=int, help="DEFER chain of N nodes of --edge-device")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -112,8 +146,14 @@ def run(args: argparse.Namespace) -> int:
     from edgelesspart.summary import format_plan
 
     config = config_from_args(args)
+    if args.pipeline or args.nodes:
+        from edgelesspart.commands.serve_pipeline import run_pipeline_build
+
+        return run_pipeline_build(args, config)
     result = run_build(config, show_progress=not args.quiet)
     print(format_plan(result.plan))
+    for role, source in result.plan.parameters.get("latency_sources", {}).items():
+        print(f"  {role} latencies: {source['summary']}")
     accuracy = result.manifest.training.get("accuracy", {}).get("test", {})
     if accuracy:
         print("test accuracy: " + ", ".join(f"{k}={v:.3f}" for k, v in accuracy.items()))
