@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edgelesspart.errors import BundleError
+from edgelesspart.runtime import backends
 from edgelesspart.runtime.manifest import (
     InputSpec,
     Manifest,
@@ -93,6 +94,7 @@ class Bundle:
         stages: Sequence[str] | None = None,
         pool_size: int = 4,
         num_threads: int = 1,
+        backend: str = backends.DEFAULT_BACKEND,
     ) -> Bundle:
         """Read and validate a bundle directory and create runners for the chosen stages.
 
@@ -102,6 +104,8 @@ class Bundle:
             stages: stage names to load (default: all, in plan order).
             pool_size: interpreters per segment (= concurrent calls per segment).
             num_threads: CPU threads per interpreter.
+            backend: ``litert`` (the ``.tflite`` files) or ``keras`` (the ``.keras`` files, with
+                TensorFlow; see :mod:`edgelesspart.runtime.backends`).
 
         Raises:
             BundleError: missing/corrupt manifest or files, unknown stage, or a segment whose
@@ -126,15 +130,20 @@ class Bundle:
         elif verify:
             _verify_partial(root, manifest, loaded)
         runners = {}
+        fmt = backends.file_format(backend)
         for seg in loaded:
-            rel = seg.files.get(TFLITE)
+            rel = seg.files.get(fmt)
             if rel is None:
                 raise BundleError(
-                    f"Segment {seg.name!r} has no {TFLITE!r} file (formats: {sorted(seg.files)}); "
-                    "the runtime needs LiteRT segments. Re-export with the tflite format."
+                    f"Segment {seg.name!r} has no {fmt!r} file (formats: {sorted(seg.files)}); "
+                    f"the {backend} backend needs one. Re-export with the {fmt} format."
                 )
             runners[seg.name] = SegmentRunner(
-                safe_path(root, rel), seg, pool_size=pool_size, num_threads=num_threads
+                safe_path(root, rel),
+                seg,
+                pool_size=pool_size,
+                num_threads=num_threads,
+                backend=backend,
             )
         return cls(root, manifest, runners, ordered)
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgelesspart.errors import BundleError, InputError
+from edgelesspart.runtime import backends
 from edgelesspart.runtime.manifest import SegmentSpec
 from edgelesspart.runtime.preprocess import validate_input
 
@@ -53,6 +54,8 @@ class SegmentRunner:
         spec: its manifest entry (input spec, whether it has an exit and a boundary).
         pool_size: the most interpreters (and so concurrent calls) for this segment.
         num_threads: CPU threads each interpreter may use.
+        backend: ``litert`` (``path`` is a ``.tflite`` file) or ``keras`` (a ``.keras`` file;
+            see :mod:`edgelesspart.runtime.backends`).
 
     Raises:
         BundleError: the file is missing, is not a LiteRT model, or its signature does not
@@ -60,7 +63,13 @@ class SegmentRunner:
     """
 
     def __init__(
-        self, path: Path, spec: SegmentSpec, pool_size: int = 4, num_threads: int = 1
+        self,
+        path: Path,
+        spec: SegmentSpec,
+        pool_size: int = 4,
+        num_threads: int = 1,
+        *,
+        backend: str = backends.DEFAULT_BACKEND,
     ) -> None:
         if int(pool_size) < 1 or int(num_threads) < 1:
             raise BundleError(
@@ -70,6 +79,7 @@ class SegmentRunner:
         self.spec = spec
         self.pool_size = int(pool_size)
         self.num_threads = int(num_threads)
+        self.backend = backends.check_backend(backend)  # path is that backend's file
         self._idle: list[Any] = []  # idle runners, most recently used last (warm caches)
         self._lock = threading.Lock()
         self._returned = threading.Condition(self._lock)
@@ -82,6 +92,8 @@ class SegmentRunner:
         self._created = 1
 
     def _new_runner(self) -> Any:
+        if self.backend != backends.LITERT:
+            return backends.open_segment(self.backend, self.path, expected_outputs(self.spec))
         try:
             interpreter = _interpreter_class()(
                 model_path=str(self.path), num_threads=self.num_threads

@@ -1,0 +1,101 @@
+"""Segment backends: ``keras`` gives the same answers as ``litert`` on the same bundle.
+
+Runs on the CPU here; on a machine with a GPU visible to TensorFlow (``CUDA_VISIBLE_DEVICES``
+set, ``EDGELESSPART_EXPECT_GPU=1``) the keras backend must also report that it ran on the GPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from edgelesspart.errors import BundleError, ConfigError
+from edgelesspart.runtime import backends
+from edgelesspart.runtime.bundle import Bundle
+
+# LiteRT (XNNPACK) and TensorFlow differ in summation order; cuDNN adds TF32/fused kernels.
+ATOL = 2e-4 if not os.environ.get("EDGELESSPART_EXPECT_GPU") else 2e-3
+
+
+def _chain(bundle: Bundle, x: np.ndarray) -> dict[str, tuple]:
+    """Every segment's (probs, boundary), run in order from the model input."""
+    out, value = {}, x
+    for seg in bundle.manifest.segments:
+        probs, boundary = bundle.runner(seg.name)(value, trusted=True)
+        out[seg.name] = (probs, boundary)
+        if boundary is not None:
+            value = boundary
+    return out
+
+
+@pytest.mark.needs_tf
+def test_keras_backend_matches_litert_on_every_segment(tiny_bundle, digits):
+    # GIVEN the same bundle loaded with both backends
+    pytest.importorskip("tensorflow")
+    lite = Bundle.load(tiny_bundle, pool_size=1)
+    keras_bundle = Bundle.load(tiny_bundle, pool_size=2, backend="keras")
+    x = digits[:16]
+    # WHEN every segment runs on the same batch
+    want, got = _chain(lite, x), _chain(keras_bundle, x)
+    # THEN probabilities and boundary tensors agree within tolerance, and so do the answers
+    for name, (probs, boundary) in want.items():
+        k_probs, k_boundary = got[name]
+        for a, b in ((probs, k_probs), (boundary, k_boundary)):
+            assert (a is None) == (b is None), name
+            if a is not None:
+                scale = max(1.0, float(np.max(np.abs(a))))
+                np.testing.assert_allclose(b, a, atol=ATOL * scale, err_msg=name)
+        if probs is not None:
+            agree = np.mean(np.argmax(probs, 1) == np.argmax(k_probs, 1))
+            assert agree >= 15 / 16, name
+    info = backends.backend_info("keras")
+    if os.environ.get("EDGELESSPART_EXPECT_GPU"):
+        assert info["device"] == "GPU" and info["gpus"], info
+    runner = keras_bundle.runner(keras_bundle.manifest.segments[0].name)
+    assert runner.backend == "keras" and runner.calls == 1
+
+
+@pytest.mark.needs_tf
+def test_keras_backend_runs_the_progressive_executor(tiny_bundle, digits):
+    # GIVEN the edge executor over each backend
+    pytest.importorskip("tensorflow")
+    from edgelesspart.runtime.executor import ProgressiveExecutor
+
+    x = digits[:8]
+    answers = {}
+    for backend in backends.BACKENDS:
+        bundle = Bundle.load(tiny_bundle, pool_size=1, backend=backend)
+        trace = ProgressiveExecutor(bundle, bundle.stages[0]).trace(x)
+        answers[backend] = trace
+    # THEN the traced exit probabilities agree
+    lite, keras_trace = answers["litert"], answers["keras"]
+    assert lite.exits == keras_trace.exits
+    for name, probs in lite.probs.items():
+        np.testing.assert_allclose(keras_trace.probs[name], probs, atol=ATOL)
+
+
+def test_unknown_backend_names_the_choices(tiny_bundle):
+    with pytest.raises(ConfigError, match=r"Unknown segment backend 'onnx'.*litert, keras"):
+        Bundle.load(tiny_bundle, backend="onnx")
+
+
+def test_keras_backend_refuses_a_bundle_without_keras_files(tiny_bundle, tmp_path):
+    # GIVEN a manifest whose segments list only LiteRT files (what a cloud package ships)
+    import shutil
+    from dataclasses import replace
+
+    from edgelesspart.runtime.manifest import load_manifest, write_manifest
+
+    copy = tmp_path / "lite-only"
+    shutil.copytree(tiny_bundle, copy)
+    manifest = load_manifest(copy, verify=False)
+    segments = tuple(
+        replace(s, files={k: v for k, v in s.files.items() if k == "tflite"})
+        for s in manifest.segments
+    )
+    write_manifest(copy, replace(manifest, segments=segments))
+    # WHEN it is loaded for the keras backend, THEN the message names the missing format
+    with pytest.raises(BundleError, match="no 'keras' file.*keras backend"):
+        Bundle.load(copy, backend="keras", verify=False)
