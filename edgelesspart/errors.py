@@ -100,3 +100,11 @@ class OffloadRejected(OffloadError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class PipelineError(EdgeLessPartError):
+    """A multi-node pipeline could not answer (a stage failed after Ray's restarts/retries)."""
+
+
+class PipelineBusy(PipelineError):
+    """Every slot of the pipeline's in-flight window is taken (HTTP 429); retry shortly."""

@@ -57,7 +57,6 @@ from edgelesspart.placement import (
     exit_targets,
     exits_pair,
     internal_cut_points,
-    latency_at,
     place_exits,
 )
 from edgelesspart.profile import ModelProfile
@@ -342,37 +341,25 @@ def plan_split(
     )
 
 
-def _min_bottleneck_cuts(lat: Sequence[float], n_stages: int) -> tuple[float, tuple[int, ...]]:
-    """Positions of ``n_stages - 1`` internal cuts minimising the slowest stage (exact DP).
-
-    ``best[k][j]`` = (bottleneck, cuts) of ``k + 1`` stages covering the input up to position
-    ``j``; ties keep the lexicographically smallest (shallowest) cuts.
-    """
-    last = len(lat) - 1
-    best: list[dict[int, tuple[float, tuple[int, ...]]]] = [
-        {j: (lat[j], ()) for j in range(last + 1)}
-    ]
-    for k in range(1, n_stages):
-        row: dict[int, tuple[float, tuple[int, ...]]] = {}
-        for j in range(k, last + 1):
-            options = [
-                (max(best[k - 1][i][0], lat[j] - lat[i]), best[k - 1][i][1] + (i,))
-                for i in range(k - 1, min(j, last))
-            ]
-            row[j] = min(options, key=lambda o: (o[0], o[1]))
-        best.append(row)
-    return best[n_stages - 1][last]
-
-
 def plan_pipeline(
-    profile: ModelProfile, n_stages: int, *, devices: Sequence[str] | None = None
+    profile: ModelProfile,
+    n_stages: int,
+    *,
+    devices: Sequence[str] | None = None,
+    link: Any = None,
+    codecs: Sequence[str] = ("raw",),
 ) -> Plan:
     """DEFER-style pipeline: ``n_stages`` edge stages (``edge-0``, ``edge-1``, ...), no exits.
 
-    The ``n_stages - 1`` cut points minimise the slowest stage's latency (the pipeline's
-    throughput bottleneck), found exactly by dynamic programming over cumulative latencies; ties
-    go to the shallower cut points.
+    The cut points minimise the slowest stage (the pipeline's throughput bottleneck), found
+    exactly by dynamic programming; ties go to the shallower cut points. This is the one-profile
+    shortcut of :func:`edgelesspart.pipeline.planning.plan_chain` (every node runs ``profile``;
+    ``devices`` only names them); heterogeneous nodes, codec and link costs are there.
     """
+    from dataclasses import replace
+
+    from edgelesspart.pipeline.planning import ChainCosts, plan_chain
+
     names = [cp.name for cp in profile.cut_points]
     if (
         isinstance(n_stages, bool)
@@ -386,34 +373,9 @@ def plan_pipeline(
     devices = list(devices) if devices is not None else [profile.device] * n_stages
     if len(devices) != n_stages:
         raise PlanError(f"Give one device per stage: {n_stages} stages, {len(devices)} devices.")
-    lat = [cp.latency_ms for cp in profile.cut_points]
-    bottleneck, cuts = _min_bottleneck_cuts(lat, n_stages)
-    bounds = [MODEL_INPUT] + [names[i] for i in cuts] + [MODEL_OUTPUT]
-    stages = tuple(
-        Stage(
-            name=f"edge-{k}",
-            device=devices[k],
-            start=bounds[k],
-            end=bounds[k + 1],
-            predicted_latency_ms=float(
-                latency_at(profile, bounds[k + 1]) - latency_at(profile, bounds[k])
-            ),
-            predicted_memory_bytes=stage_memory(profile, bounds[k], bounds[k + 1]),
-        )
-        for k in range(n_stages)
-    )
-    return Plan(
-        constraint="pipeline",
-        placement="none",
-        stages=stages,
-        cut_points=tuple(cp.name for cp in internal_cut_points(profile)),
-        boundary_bytes=tuple(profile.cut_points[i].boundary_bytes for i in cuts),
-        parameters={"n_stages": n_stages, "bottleneck_ms": bottleneck},
-        rationale=(
-            f"{n_stages} stages split at {', '.join(bounds[1:-1]) or 'no cut point'}: the "
-            f"slowest stage takes {bottleneck:.4g} ms of the model's {lat[-1]:.4g} ms."
-        ),
-    )
+    profiles = tuple(replace(profile, device=d) for d in devices)
+    costs = ChainCosts(profiles, link=link, codecs=tuple(codecs))
+    return plan_chain(costs, stage_prefix="edge-")
 
 
 def _payload_splits(

@@ -17,6 +17,35 @@ def _kib(nbytes: float) -> str:
     return f"{nbytes / 1024:.1f} KiB"
 
 
+def _pipeline_lines(plan: Plan) -> list[str]:
+    """Per-stage cost breakdown, link codecs and DEFER's equal-layer split (pipeline plans)."""
+    p = plan.parameters
+    lines = []
+    for stage in plan.stages:
+        cost = stage.options.get("cost") or {}
+        if cost:
+            lines.append(
+                f"    {stage.name}: compute {cost['compute_ms']:.2f} + decode "
+                f"{cost['decode_ms']:.2f} + encode {cost['encode_ms']:.2f} + link "
+                f"{cost['transfer_ms']:.2f} ms; sends {_kib(cost['out_bytes'])} with "
+                f"{stage.options.get('codec_out') or 'raw (result)'}"
+            )
+    equal = p.get("equal_layer") or {}
+    if "bottleneck_ms" in p:
+        lines.append(
+            f"  bottleneck {p['bottleneck_ms']:.2f} ms -> {p.get('throughput_per_s', 0):.2f} "
+            f"inputs/s predicted, {p.get('predicted_speedup_vs_one_node', 0):.2f}x one node "
+            f"(codec times {p.get('codec_times', '?')})"
+        )
+    if equal:
+        lines.append(
+            f"  DEFER equal-layer split at {', '.join(equal['cuts']) or '-'} "
+            f"({', '.join(equal.get('link_codecs', [])) or '-'}): bottleneck "
+            f"{equal['bottleneck_ms']:.2f} ms"
+        )
+    return lines
+
+
 def format_plan(plan: Plan) -> str:
     """The split, the exits and the predicted latency and memory of every stage."""
     lines = [
@@ -33,6 +62,8 @@ def format_plan(plan: Plan) -> str:
         )
         if i < len(plan.boundary_bytes):
             lines.append(f"    boundary to next stage: {_kib(plan.boundary_bytes[i])} raw fp32")
+    if plan.constraint == "pipeline":
+        lines.extend(_pipeline_lines(plan))
     encoded = plan.parameters.get("boundary_encoded_bytes")
     if plan.parameters.get("codec") and isinstance(encoded, (int, float)):
         wire = plan.parameters.get("boundary_wire_bytes", encoded)

@@ -1,0 +1,141 @@
+"""HTTP front of the dispatcher, in the style of ``serve-edge`` (Flask app factory).
+
+Routes: ``POST /v1/infer`` (an encoded tensor, ``application/x-edgelesspart-tensor``, or JSON
+``{"inputs": nested lists}``), ``GET /metrics`` (Prometheus text: per-stage busy seconds, queue
+length, bytes in/out, restarts seen; dispatcher counters), ``GET /v1/metrics`` (the same as
+JSON), ``GET /v1/pipeline`` (stages, segments, codecs, placement), ``GET /healthz``. A full
+in-flight window answers 429 with ``Retry-After``; a stage that still fails after Ray's
+restarts and retries answers 503 -- never a silent loss. Errors are the shared JSON errors of
+:mod:`service_http.errors`. Nothing happens at import; :func:`create_app` wires a started
+:class:`~edgelesspart.pipeline.dispatcher.Pipeline`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgelesspart.errors import PipelineBusy, PipelineError
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+EXTENSION = "edgelesspart_pipeline"
+TENSOR_TYPES = ("application/x-edgelesspart-tensor", "application/octet-stream")
+DEFAULT_MAX_BODY = 32 * 2**20
+PUBLIC_ROUTES = ("/healthz",)
+
+
+def _read_input(request: Any) -> np.ndarray:
+    from edgelesspart.runtime.codecs import decode_tensor
+    from service_http.errors import BadRequest, UnsupportedMedia
+
+    ctype = (request.mimetype or "").lower()
+    if ctype in TENSOR_TYPES:
+        array, _ = decode_tensor(request.get_data(cache=False))
+        return array
+    if ctype == "application/json":
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or "inputs" not in body:
+            raise BadRequest('Send JSON {"inputs": [...]} or an encoded tensor body.')
+        try:
+            return np.asarray(body["inputs"], dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(f"'inputs' is not a numeric array: {exc}.") from exc
+    raise UnsupportedMedia(
+        f"Content type {ctype or 'none'!r} is not read here; send {TENSOR_TYPES[0]} or JSON."
+    )
+
+
+def prometheus_text(metrics: dict[str, Any]) -> str:
+    """The dispatcher metrics in Prometheus text exposition format."""
+    lines = []
+    for key in ("submitted", "completed", "failed", "rejected"):
+        lines.append(f"# TYPE edgelesspart_pipeline_{key}_total counter")
+        lines.append(f"edgelesspart_pipeline_{key}_total {metrics[key]}")
+    lines.append("# TYPE edgelesspart_pipeline_in_flight gauge")
+    lines.append(f"edgelesspart_pipeline_in_flight {metrics['in_flight']}")
+    series = {
+        "items_total": "items",
+        "busy_seconds_total": "busy_s",
+        "host_cpu_seconds_total": "host_cpu_s",
+        "link_seconds_total": "link_s",
+        "bytes_in_total": "bytes_in",
+        "bytes_out_total": "bytes_out",
+        "queue_length": "queue",
+        "restarts_seen": "restarts_seen",
+        "host_bound_items_total": "host_bound_items",
+    }
+    for metric, field in series.items():
+        kind = "gauge" if metric in ("queue_length", "restarts_seen") else "counter"
+        lines.append(f"# TYPE edgelesspart_stage_{metric} {kind}")
+        for stage, values in metrics["stages"].items():
+            lines.append(f'edgelesspart_stage_{metric}{{stage="{stage}"}} {values[field]}')
+    return "\n".join(lines) + "\n"
+
+
+def create_app(
+    pipeline: Any, *, token: str | None = None, max_body: int = DEFAULT_MAX_BODY
+) -> Flask:
+    """The dispatcher's Flask app for a started pipeline (kept in ``app.extensions``)."""
+    from flask import Flask, Response, jsonify, request
+
+    from service_http.auth import check_bearer
+    from service_http.errors import ServiceError, TooManyRequests, register_error_handlers
+
+    app = Flask("edgelesspart_pipeline")
+    app.config["MAX_CONTENT_LENGTH"] = int(max_body)
+    app.extensions[EXTENSION] = pipeline
+    register_error_handlers(app)
+
+    @app.before_request
+    def _auth() -> None:
+        if token and request.path not in PUBLIC_ROUTES:
+            check_bearer(token, request.headers.get("Authorization"))
+
+    @app.post("/v1/infer")
+    def infer():
+        x = _read_input(request)
+        try:
+            result = pipeline.infer(x)
+        except PipelineBusy as exc:
+            raise TooManyRequests(str(exc)) from exc
+        except PipelineError as exc:
+            raise ServiceError(str(exc), status=503, code="pipeline_unavailable") from exc
+        probs = np.asarray(result.probs)
+        return jsonify(
+            {
+                "seq": result.seq,
+                "exit": result.exit,
+                "answered_by": result.stage,
+                "top1": probs.argmax(axis=-1).tolist(),
+                "probs": probs.tolist(),
+                "latency_ms": round(result.latency_ms, 3),
+            }
+        )
+
+    @app.get("/metrics")
+    def metrics_text():
+        return Response(prometheus_text(pipeline.metrics()), mimetype="text/plain")
+
+    @app.get("/v1/metrics")
+    def metrics_json():
+        return jsonify(pipeline.metrics())
+
+    @app.get("/v1/pipeline")
+    def describe():
+        return jsonify(
+            {
+                "bundle_id": pipeline.manifest.bundle_id,
+                "window": pipeline.window,
+                "stages": [s.to_dict() for s in pipeline.stages],
+                "workers": pipeline.workers,
+            }
+        )
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify({"status": "ok", "stages": len(pipeline.actors)})
+
+    return app
