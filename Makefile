@@ -12,7 +12,7 @@ DEMO_BUNDLE ?= bundles/demo
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[build,codecs,dev]"
+	$(BIN)/python -m pip install -q -e ".[build,codecs,dev,pipeline]"
 	touch $(STAMP)
 
 demo: $(STAMP)
