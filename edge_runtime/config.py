@@ -33,6 +33,7 @@ ENV_NAMES: dict[str, str] = {
     "offload_retries": "EDGELESSPART_OFFLOAD_RETRIES",
     "offload_workers": "EDGELESSPART_OFFLOAD_WORKERS",
     "codec": "EDGELESSPART_CODEC",
+    "backend": "EDGELESSPART_BACKEND",
     "max_inflight": "EDGELESSPART_MAX_INFLIGHT",
     "max_queue": "EDGELESSPART_MAX_QUEUE",
     "queue_timeout_s": "EDGELESSPART_QUEUE_TIMEOUT",
@@ -68,6 +69,8 @@ class EdgeConfig:
             ``None`` (default) uses the bundle's codec from ``manifest.codec`` (chosen at build
             time), or ``raw`` when the manifest names none.
         pool_size: LiteRT interpreters per segment (concurrent requests served in parallel).
+        backend: segment engine, ``litert`` (default) or ``keras`` (TensorFlow, GPU when
+            visible); see :mod:`edgelesspart.runtime.backends`.
         verify: check the bundle's file hashes at load time.
         max_inflight: ``/v1/infer`` requests at work at once (admission control).
         max_queue: further requests that may wait for a slot; beyond that 429 at once.
@@ -93,6 +96,7 @@ class EdgeConfig:
     offload_workers: int = 4
     codec: str | None = None
     pool_size: int = 4
+    backend: str = "litert"
     verify: bool = True
     max_inflight: int = 4
     max_queue: int = 8
@@ -130,6 +134,9 @@ class EdgeConfig:
                 "max_queue, queue_timeout_s and breaker_reset_s must be >= 0, got "
                 f"{self.max_queue!r}, {self.queue_timeout_s!r}, {self.breaker_reset_s!r}."
             )
+        from edgelesspart.runtime.backends import check_backend
+
+        check_backend(self.backend)
         if self.offload_retries < 0:
             raise ConfigError(f"offload_retries must be >= 0, got {self.offload_retries!r}.")
         if self.cloud is not None and not self.cloud.startswith(

@@ -110,6 +110,7 @@ class EdgeService:
             verify=config.verify,
             stages=[manifest.stage_names[0]],
             pool_size=config.pool_size,
+            backend=config.backend,
         )
         if offloader is None:
             offloader = make_offloader(config)

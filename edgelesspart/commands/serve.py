@@ -79,6 +79,13 @@ def _register_edge(sub: Any) -> None:
     parser.add_argument(
         "--codec", default=None, help="tensor codec on the link (default: the bundle's codec)"
     )
+    parser.add_argument(
+        "--backend",
+        choices=("litert", "keras"),
+        default=None,
+        help="segment engine: litert (default; .tflite on the CPU, XNNPACK) or keras (.keras "
+        "segments with TensorFlow, on a GPU when TensorFlow sees one); env EDGELESSPART_BACKEND",
+    )
     parser.set_defaults(func=run_edge)
 
 
@@ -126,6 +133,7 @@ def run_edge(args: argparse.Namespace) -> int:
         region=args.region,
         offload_timeout_s=args.timeout,
         codec=args.codec,
+        backend=args.backend,
         max_inflight=args.max_inflight,
         max_queue=args.max_queue,
     )

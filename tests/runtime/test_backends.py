@@ -99,3 +99,31 @@ def test_keras_backend_refuses_a_bundle_without_keras_files(tiny_bundle, tmp_pat
     # WHEN it is loaded for the keras backend, THEN the message names the missing format
     with pytest.raises(BundleError, match="no 'keras' file.*keras backend"):
         Bundle.load(copy, backend="keras", verify=False)
+
+
+def test_edge_config_takes_the_backend_from_flag_or_environment():
+    from edge_runtime.config import EdgeConfig
+
+    assert EdgeConfig.from_env(env={}).backend == "litert"
+    assert EdgeConfig.from_env(env={"EDGELESSPART_BACKEND": "keras"}).backend == "keras"
+    assert EdgeConfig.from_env(env={"EDGELESSPART_BACKEND": "keras"}, backend="litert").backend == (
+        "litert"
+    )
+    with pytest.raises(ConfigError, match="Unknown segment backend 'tensorrt'"):
+        EdgeConfig(backend="tensorrt")
+
+
+@pytest.mark.needs_tf
+def test_edge_service_serves_with_the_keras_backend(tiny_bundle, digits):
+    # GIVEN the edge service loaded with --backend keras (edge only)
+    pytest.importorskip("tensorflow")
+    from edge_runtime.config import EdgeConfig
+    from edge_runtime.service import EdgeService
+
+    lite = EdgeService.load(tiny_bundle, EdgeConfig(threshold=0.0))
+    heavy = EdgeService.load(tiny_bundle, EdgeConfig(threshold=0.0, backend="keras"))
+    # WHEN both answer the same digits at threshold 0 (every row exits at the first exit)
+    a, b = lite.infer(digits[:6]), heavy.infer(digits[:6])
+    # THEN the answers are the same
+    assert [r["label"] for r in a.answers] == [r["label"] for r in b.answers]
+    assert heavy.bundle.runner(heavy.bundle.manifest.segments[0].name).backend == "keras"
