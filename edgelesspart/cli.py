@@ -3,18 +3,23 @@
 Subcommands live in :mod:`edgelesspart.commands`, one module each with ``register(subparsers)``.
 Nothing heavy is imported here or at the top of those modules, so ``--help`` stays fast and
 TensorFlow-free. Every :class:`EdgeLessPartError` becomes a one-line message and exit code 2.
+Unless ``--verbose`` is given (before or after the subcommand), TensorFlow and LiteRT start-up
+noise is kept off stderr (:mod:`edgelesspart.stderr_filter`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from edgelesspart import __version__
 from edgelesspart.errors import EdgeLessPartError
 
+VERBOSE_HELP = "show TensorFlow/LiteRT start-up logs (hidden by default)"
 COMMAND_MODULES = (
     "build",
     "profile",
@@ -22,7 +27,9 @@ COMMAND_MODULES = (
     "inspect",
     "evaluate",
     "serve",
+    "package",
     "serve_pipeline",
+    "replay",
 )
 
 
@@ -34,11 +41,26 @@ def make_parser() -> argparse.ArgumentParser:
         "evaluate the result.",
     )
     parser.add_argument("--version", action="version", version=f"edgelesspart {__version__}")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"edgelesspart.commands.{name}")
         module.register(sub)
+    for subparser in sub.choices.values():
+        # SUPPRESS: an absent sub-level flag leaves the top-level value alone
+        subparser.add_argument(
+            "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP
+        )
     return parser
+
+
+def quiet_startup() -> Any:
+    """Hide TensorFlow/LiteRT start-up noise; return the stderr filter (or ``None``)."""
+    from edgelesspart.stderr_filter import filter_stderr, quiet_python_loggers
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_python_loggers()
+    return filter_stderr()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    quiet = None if args.verbose else quiet_startup()
     try:
         return int(args.func(args) or 0)
     except EdgeLessPartError as exc:
@@ -56,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if quiet is not None:
+            quiet.close()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from edgelesspart.cli import COMMAND_MODULES, main
 from edgelesspart.errors import ConfigError
 
 SUBCOMMANDS = ["build", "profile", "inspect", "evaluate", "serve-edge", "serve-cloud",
-               "package-cloud"]
+               "package-cloud", "replay"]
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
@@ -87,3 +87,60 @@ def test_build_config_rejects_bad_values(tmp_path):
 @pytest.mark.parametrize("value, expected", [(2, (2, 2)), ("3,1", (3, 1)), ([0, 2], (0, 2))])
 def test_exits_per_part_parsing(value, expected):
     assert parse_exits_per_part(value) == expected
+
+
+NOISE_LINES = (
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+    "I0000 00:00:1796139016.107972    6490 port.cc:153] oneDNN custom operations are on.\n"
+    "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
+)
+
+
+def test_stderr_filter_drops_native_noise_and_keeps_the_rest():
+    # GIVEN native-style writes straight to fd 2 (as TensorFlow and LiteRT do), mixed with a
+    # real error, a progress bar drawn with carriage returns and an absl error line
+    code = textwrap.dedent(f"""
+        import os, sys
+        from edgelesspart.stderr_filter import filter_stderr
+        active = filter_stderr()
+        os.write(2, {NOISE_LINES.encode()!r})
+        sys.stderr.write("\\rbar 1/2"); sys.stderr.flush()
+        sys.stderr.write("\\rbar 2/2\\n"); sys.stderr.flush()
+        os.write(2, b"E0000 00:00:1.0  1 x.cc:1] a real native error\\n")
+        print("edgelesspart build: error: something the user must see", file=sys.stderr)
+        active.close()
+        print("dropped", active.dropped)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    # THEN only the noise is gone, in order, and the process exits normally
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        b"\rbar 1/2\rbar 2/2\n"
+        b"E0000 00:00:1.0  1 x.cc:1] a real native error\n"
+        b"edgelesspart build: error: something the user must see\n"
+    )
+    assert b"dropped 3" in result.stdout
+
+
+def test_verbose_is_accepted_before_and_after_the_subcommand():
+    from edgelesspart.cli import make_parser
+
+    parser = make_parser()
+    assert parser.parse_args(["--verbose", "inspect", "b"]).verbose is True
+    assert parser.parse_args(["inspect", "b", "--verbose"]).verbose is True
+    assert parser.parse_args(["inspect", "b"]).verbose is False
+
+
+@pytest.mark.slow
+def test_cli_output_is_free_of_tensorflow_and_litert_noise(tmp_path):
+    # GIVEN a command that imports TensorFlow and creates LiteRT interpreters
+    argv = ["profile", "--max-cut-points", "2", "--repeats", "1", "--quiet",
+            "--out", str(tmp_path / "p.json")]
+    # WHEN it runs as a user runs it (a fresh process, no --verbose)
+    result = subprocess.run([sys.executable, "-m", "edgelesspart.cli", *argv],
+                            capture_output=True, text=True, timeout=300)
+    # THEN it succeeds, prints its table, and stderr holds none of the start-up noise
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "wrote" in result.stdout
+    for noise in ("oneDNN", "XNNPACK", "absl::InitializeLog", "cpu_feature_guard"):
+        assert noise not in result.stderr, result.stderr[-2000:]

@@ -159,4 +159,8 @@ def run(args: argparse.Namespace) -> int:
         print("test accuracy: " + ", ".join(f"{k}={v:.3f}" for k, v in accuracy.items()))
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
     print(f"bundle: {result.bundle} (id {result.manifest.bundle_id}); {timings}")
+    from edgelesspart.plan_check import bundle_warnings  # plan truth (docs/demo.md)
+
+    for warning in bundle_warnings(result.bundle, link=config.link):
+        print(f"warning: {warning}")
     return 0
