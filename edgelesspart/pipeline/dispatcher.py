@@ -81,6 +81,33 @@ def default_stages(manifest: Manifest) -> list[StageSpec]:
     return specs
 
 
+def stages_for_plan(manifest: Manifest, plan: Any) -> list[StageSpec]:
+    """Group a bundle's segments into the stages of another ``plan`` over the same cut points.
+
+    A bundle exported with fine segments (one per stretch between candidate cut points) can so
+    run any coarser chain without a new export; each plan cut must be a segment boundary.
+
+    Raises:
+        ConfigError: a cut of ``plan`` falls inside a segment of the bundle.
+    """
+    segments = list(manifest.segments)
+    specs, i = [], 0
+    for k, stage in enumerate(plan.stages):
+        group = []
+        while i < len(segments) and (not group or group[-1].end != stage.end):
+            group.append(segments[i])
+            i += 1
+        if not group or group[0].start != stage.start or group[-1].end != stage.end:
+            raise ConfigError(
+                f"Stage {stage.name!r} ({stage.start} -> {stage.end}) does not start and end at "
+                "segment boundaries of this bundle; export the bundle with these cut points."
+            )
+        last = k == len(plan.stages) - 1
+        codec = None if last else stage.options.get("codec_out") or "raw"
+        specs.append(StageSpec(stage.name, tuple(s.name for s in group), codec_out=codec))
+    return specs
+
+
 class Pipeline:
     """A running chain of stage actors (use as a context manager, or :meth:`start`/:meth:`close`).
 
