@@ -1,0 +1,388 @@
+"""The width controller: per-stage metrics in, one width per stage out, with a reason (pure).
+
+Every tick the dispatcher (or the single-node edge) hands the controller an
+:class:`Observation`: the arrival rate and, per stage, the mean service time at its current
+width, its queue length and throughput. The controller
+
+1. estimates each stage's *slowdown* (observed service time / the stage's measured latency at
+   that width, smoothed), so it knows what every other width would cost on that node now;
+2. predicts, for every combination of widths, the bottleneck utilisation ``rho = lambda x s``
+   (``lambda`` includes draining the current backlog within ``drain_s``) and the end-to-end
+   latency (service times plus M/D/1 waiting ``rho / (2 (1 - rho)) x s`` per stage);
+3. picks the most accurate combination (accuracy: full-width accuracy minus each narrowed
+   stage's measured drop) that meets the SLO with headroom, the fastest one if none does.
+
+Hysteresis: it narrows only after ``patience_up`` ticks of pressure (the current widths predicted
+to miss the SLO or to run a stage above ``high_utilisation``), to a combination that keeps every
+stage under ``target_utilisation``; it widens only after ``patience_down`` calm ticks in which a
+more accurate combination would stay under ``low_utilisation`` with latency headroom, and not
+within ``min_dwell_s`` of the last change. So a load between the bands changes nothing, and full
+width comes back once the pressure is gone. Every :class:`Decision` carries its reason.
+No TensorFlow, no Ray, no clock: time comes in with the observation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgelesspart.dynamic.widths import DynamicManifest, check_widths, width_key
+from edgelesspart.errors import ConfigError
+
+#: A stage measured faster than its curve is believed down to this factor.
+MIN_SLOWDOWN = 0.1
+
+
+@dataclass(frozen=True)
+class StageCurve:
+    """What one stage costs and loses at each width, at its nominal (unslowed) speed.
+
+    Attributes:
+        widths: widths the stage holds, widest first.
+        latency_ms: service time per width on the stage's device at nominal speed.
+        accuracy_drop: accuracy points (0..1) lost with only this stage at that width.
+    """
+
+    widths: tuple[float, ...]
+    latency_ms: Mapping[float, float]
+    accuracy_drop: Mapping[float, float]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", check_widths(self.widths))
+        for w in self.widths:
+            if w not in self.latency_ms or w not in self.accuracy_drop:
+                raise ConfigError(f"Stage curve lacks latency or accuracy for width {w!r}.")
+            if not self.latency_ms[w] > 0:
+                raise ConfigError(f"Stage latency at width {w!r} must be > 0 ms.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {
+            "widths": list(self.widths),
+            "latency_ms": {width_key(w): v for w, v in self.latency_ms.items()},
+            "accuracy_drop": {width_key(w): v for w, v in self.accuracy_drop.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StageCurve:
+        """Build from :meth:`to_dict` output."""
+        return cls(
+            widths=tuple(float(w) for w in data["widths"]),
+            latency_ms={float(k): float(v) for k, v in data["latency_ms"].items()},
+            accuracy_drop={float(k): float(v) for k, v in data["accuracy_drop"].items()},
+        )
+
+
+def curves_from_manifest(
+    manifest: DynamicManifest, scale: float = 1.0, groups: Sequence[Sequence[int]] | None = None
+) -> tuple[tuple[StageCurve, ...], float]:
+    """Controller curves from a width bundle, and the full-width accuracy.
+
+    Args:
+        manifest: the width bundle's manifest.
+        scale: device latency = ``scale`` x build-host latency (an emulated or measured factor).
+        groups: stage indices each controlled stage runs (default: one bundle stage each); a
+            single-node edge passes ``[[0, 1, 2, 3]]`` and narrows all of them together, and
+            its accuracy drop is then the measured uniform-width drop.
+    """
+    full = manifest.full_accuracy
+    groups = [[i] for i in range(len(manifest.stages))] if groups is None else groups
+    curves = []
+    for group in groups:
+        lat = {
+            w: scale * sum(manifest.stages[i].at(w).latency_ms for i in group)
+            for w in manifest.widths
+        }
+        if len(group) == 1:
+            drop = {w: full - manifest.stages[group[0]].at(w).accuracy for w in manifest.widths}
+        else:
+            drop = {w: full - manifest.uniform_accuracy[width_key(w)] for w in manifest.widths}
+        curves.append(StageCurve(manifest.widths, lat, {w: max(0.0, d) for w, d in drop.items()}))
+    return tuple(curves), full
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """Targets and hysteresis of :class:`WidthController` (defaults: a 0.5 s tick)."""
+
+    slo_ms: float
+    high_utilisation: float = 0.9
+    target_utilisation: float = 0.8
+    low_utilisation: float = 0.7
+    latency_headroom: float = 0.8
+    patience_up: int = 2
+    patience_down: int = 6
+    min_dwell_s: float = 3.0
+    smoothing: float = 0.5
+    drain_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not self.slo_ms > 0:
+            raise ConfigError(f"--slo-ms must be > 0, got {self.slo_ms!r}.")
+        if not 0 < self.low_utilisation < self.target_utilisation <= self.high_utilisation < 1:
+            raise ConfigError(
+                "Utilisation bands must satisfy 0 < low < target <= high < 1, got "
+                f"{self.low_utilisation}, {self.target_utilisation}, {self.high_utilisation}."
+            )
+        if self.patience_up < 1 or self.patience_down < 1 or not 0 < self.smoothing <= 1:
+            raise ConfigError("patience_up/down must be >= 1 and smoothing in (0, 1].")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class StageMetrics:
+    """One stage over the last tick: mean service time (ms, ``None`` if it served nothing),
+    items waiting or running there, items finished per second, and its current width."""
+
+    service_ms: float | None
+    queue: int
+    throughput: float
+    width: float
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the dispatcher saw over the last tick, at time ``time_s``."""
+
+    time_s: float
+    arrival_rate: float
+    stages: tuple[StageMetrics, ...]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The widths the controller wants after an observation, and why."""
+
+    time_s: float
+    widths: tuple[float, ...]
+    previous: tuple[float, ...]
+    reason: str
+    bottleneck: int
+    slowdown: tuple[float, ...]
+    predicted_latency_ms: float
+    predicted_utilisation: float
+    predicted_accuracy: float
+
+    @property
+    def changed(self) -> bool:
+        """Whether the widths differ from the previous ones."""
+        return self.widths != self.previous
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {
+            "time_s": round(self.time_s, 3),
+            "widths": list(self.widths),
+            "previous": list(self.previous),
+            "changed": self.changed,
+            "reason": self.reason,
+            "bottleneck": self.bottleneck,
+            "slowdown": [round(s, 3) for s in self.slowdown],
+            "predicted_latency_ms": _finite(self.predicted_latency_ms),
+            "predicted_utilisation": _finite(self.predicted_utilisation),
+            "predicted_accuracy": round(self.predicted_accuracy, 5),
+        }
+
+
+def _finite(value: float) -> float | None:
+    return round(value, 3) if math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class _Prediction:
+    widths: tuple[float, ...]
+    utilisation: float
+    latency_ms: float
+    accuracy: float
+    bottleneck: int
+
+
+@dataclass
+class _State:
+    slowdown: list[float]
+    widths: tuple[float, ...]
+    pressure: int = 0
+    calm: int = 0
+    last_change_s: float = -math.inf
+    decisions: list[Decision] = field(default_factory=list)
+
+
+class WidthController:
+    """Picks a width per stage from observations (see the module docstring).
+
+    Args:
+        curves: one :class:`StageCurve` per stage, in chain order.
+        full_accuracy: accuracy with every stage at full width.
+        config: targets and hysteresis.
+    """
+
+    def __init__(
+        self, curves: Sequence[StageCurve], full_accuracy: float, config: ControllerConfig
+    ) -> None:
+        if not curves:
+            raise ConfigError("The controller needs at least one stage curve.")
+        self.curves = tuple(curves)
+        self.full_accuracy = float(full_accuracy)
+        self.config = config
+        self._combos = list(itertools.product(*(c.widths for c in self.curves)))
+        self._state = _State([1.0] * len(self.curves), tuple(1.0 for _ in self.curves))
+
+    @property
+    def widths(self) -> tuple[float, ...]:
+        """The widths of the last decision (full width before the first)."""
+        return self._state.widths
+
+    @property
+    def slowdown(self) -> tuple[float, ...]:
+        """The smoothed slowdown estimate per stage."""
+        return tuple(self._state.slowdown)
+
+    @property
+    def decisions(self) -> list[Decision]:
+        """Every decision that changed the widths, oldest first."""
+        return list(self._state.decisions)
+
+    def predict(self, widths: Sequence[float], arrival_rate: float) -> _Prediction:
+        """Utilisation of the bottleneck, latency and accuracy of ``widths`` at this load."""
+        rate = max(0.0, float(arrival_rate))
+        latency = 0.0
+        worst, bottleneck = -1.0, 0
+        accuracy = self.full_accuracy
+        for k, (curve, w) in enumerate(zip(self.curves, widths)):
+            service = curve.latency_ms[w] * self._state.slowdown[k]
+            rho = rate * service / 1000.0
+            wait = math.inf if rho >= 1 else rho / (2 * (1 - rho)) * service
+            latency += service + wait
+            accuracy -= curve.accuracy_drop[w]
+            if rho > worst:
+                worst, bottleneck = rho, k
+        return _Prediction(tuple(widths), worst, latency, accuracy, bottleneck)
+
+    def _best(self, rate: float, utilisation: float, headroom: float) -> _Prediction | None:
+        """Most accurate combination under ``utilisation`` and ``headroom`` x SLO (or None)."""
+        best = None
+        for combo in self._combos:
+            p = self.predict(combo, rate)
+            if p.utilisation > utilisation or p.latency_ms > headroom * self.config.slo_ms:
+                continue
+            key = (round(p.accuracy, 6), sum(combo), -p.latency_ms)
+            if best is None or key > (round(best.accuracy, 6), sum(best.widths), -best.latency_ms):
+                best = p
+        return best
+
+    def _fastest(self, rate: float) -> _Prediction:
+        return min(
+            (self.predict(c, rate) for c in self._combos),
+            key=lambda p: (p.utilisation, p.latency_ms, -p.accuracy),
+        )
+
+    def _observe(self, obs: Observation) -> float:
+        """Update slowdown estimates; return the effective arrival rate (with backlog)."""
+        cfg = self.config
+        for k, (m, curve) in enumerate(zip(obs.stages, self.curves)):
+            if m.service_ms is None or m.width not in curve.latency_ms:
+                continue
+            sample = max(MIN_SLOWDOWN, m.service_ms / curve.latency_ms[m.width])
+            old = self._state.slowdown[k]
+            self._state.slowdown[k] = old + cfg.smoothing * (sample - old)
+        backlog = sum(m.queue for m in obs.stages)
+        return max(0.0, obs.arrival_rate) + backlog / cfg.drain_s
+
+    def step(self, obs: Observation) -> Decision:
+        """Read one observation; return the decision (``decision.changed``: apply it)."""
+        if len(obs.stages) != len(self.curves):
+            raise ConfigError(
+                f"Observation has {len(obs.stages)} stages, the controller {len(self.curves)}."
+            )
+        rate = self._observe(obs)
+        state, cfg = self._state, self.config
+        current = self.predict(state.widths, rate)
+        pressure = current.utilisation > cfg.high_utilisation or current.latency_ms > cfg.slo_ms
+        if pressure:
+            state.pressure, state.calm = state.pressure + 1, 0
+            if state.pressure >= cfg.patience_up:
+                return self._narrow(obs.time_s, rate, current)
+            return self._hold(obs.time_s, current, f"pressure {state.pressure}/{cfg.patience_up}")
+        state.pressure = 0
+        wider = self._best(rate, cfg.low_utilisation, cfg.latency_headroom)
+        if wider is None or wider.accuracy <= current.accuracy + 1e-9:
+            state.calm = 0
+            return self._hold(obs.time_s, current, "within bands")
+        state.calm += 1
+        dwell = obs.time_s - state.last_change_s
+        if state.calm < cfg.patience_down or dwell < cfg.min_dwell_s:
+            return self._hold(
+                obs.time_s, current, f"calm {state.calm}/{cfg.patience_down}, dwell {dwell:.1f} s"
+            )
+        reason = (
+            f"pressure gone: widths {_fmt(wider.widths)} keep the bottleneck (stage "
+            f"{wider.bottleneck}) at {wider.utilisation:.0%} <= {cfg.low_utilisation:.0%} and "
+            f"latency {wider.latency_ms:.0f} ms <= {cfg.latency_headroom:.0%} of the "
+            f"{cfg.slo_ms:.0f} ms SLO; accuracy {current.accuracy:.3f} -> {wider.accuracy:.3f}"
+        )
+        return self._apply(obs.time_s, wider, reason)
+
+    def _narrow(self, now: float, rate: float, current: _Prediction) -> Decision:
+        cfg = self.config
+        target = self._best(rate, cfg.target_utilisation, cfg.latency_headroom)
+        why = (
+            f"stage {current.bottleneck} is the bottleneck (slowdown "
+            f"{self._state.slowdown[current.bottleneck]:.2f}x): utilisation "
+            f"{current.utilisation:.0%}, predicted latency {_ms(current.latency_ms)} vs SLO "
+            f"{cfg.slo_ms:.0f} ms at {rate:.1f} req/s"
+        )
+        if target is None:
+            target = self._fastest(rate)
+            reason = f"{why}; no widths meet the SLO, taking the fastest {_fmt(target.widths)}"
+        else:
+            reason = (
+                f"{why}; {_fmt(target.widths)} keeps every stage <= "
+                f"{cfg.target_utilisation:.0%} at accuracy {target.accuracy:.3f}"
+            )
+        if target.widths == self._state.widths:
+            return self._hold(now, current, f"{why}; already at the best widths")
+        return self._apply(now, target, reason)
+
+    def _apply(self, now: float, target: _Prediction, reason: str) -> Decision:
+        state = self._state
+        decision = Decision(
+            now,
+            target.widths,
+            state.widths,
+            reason,
+            target.bottleneck,
+            tuple(state.slowdown),
+            target.latency_ms,
+            target.utilisation,
+            target.accuracy,
+        )
+        state.widths, state.pressure, state.calm, state.last_change_s = target.widths, 0, 0, now
+        state.decisions.append(decision)
+        return decision
+
+    def _hold(self, now: float, current: _Prediction, why: str) -> Decision:
+        return Decision(
+            now,
+            current.widths,
+            current.widths,
+            f"hold: {why}",
+            current.bottleneck,
+            tuple(self._state.slowdown),
+            current.latency_ms,
+            current.utilisation,
+            current.accuracy,
+        )
+
+
+def _fmt(widths: Sequence[float]) -> str:
+    return "[" + ", ".join(width_key(w) for w in widths) + "]"
+
+
+def _ms(value: float) -> str:
+    return f"{value:.0f} ms" if math.isfinite(value) else "unbounded (queue grows)"

@@ -1,0 +1,164 @@
+"""The width controller on synthetic metric streams: a fluid model of a 4-stage chain.
+
+GIVEN measured-looking curves (latency roughly proportional to width, small accuracy drops),
+WHEN a stage slows down mid-run and later recovers, THEN the controller narrows that stage (and
+only as far as needed), holds without flapping, and restores full width afterwards; every
+decision has a reason.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from edgelesspart.dynamic.controller import (
+    ControllerConfig,
+    Decision,
+    Observation,
+    StageCurve,
+    StageMetrics,
+    WidthController,
+)
+from edgelesspart.errors import ConfigError
+
+WIDTHS = (1.0, 0.75, 0.5, 0.25)
+LATENCY = {1.0: 40.0, 0.75: 31.0, 0.5: 22.0, 0.25: 13.0}
+DROP = {1.0: 0.0, 0.75: 0.002, 0.5: 0.006, 0.25: 0.02}
+TICK_S = 0.5
+
+
+def curves(n: int = 4) -> list[StageCurve]:
+    return [StageCurve(WIDTHS, LATENCY, DROP) for _ in range(n)]
+
+
+class FluidChain:
+    """A chain of stages with queues: each tick, work arrives and each stage serves what it can."""
+
+    def __init__(self, n: int = 4) -> None:
+        self.queue = [0.0] * n
+        self.slow = [1.0] * n
+
+    def tick(self, rate: float, widths: tuple[float, ...], now: float) -> Observation:
+        inflow = rate * TICK_S
+        stages = []
+        for k, w in enumerate(widths):
+            service_ms = LATENCY[w] * self.slow[k]
+            capacity = TICK_S * 1000.0 / service_ms
+            self.queue[k] += inflow
+            served = min(self.queue[k], capacity)
+            self.queue[k] -= served
+            inflow = served
+            stages.append(StageMetrics(service_ms, round(self.queue[k]), served / TICK_S, w))
+        return Observation(now, rate, tuple(stages))
+
+
+def run(controller: WidthController, chain: FluidChain, ticks: range, rate: float, log: list):
+    for t in ticks:
+        obs = chain.tick(rate, controller.widths, t * TICK_S)
+        log.append(controller.step(obs))
+
+
+def test_reacts_to_injected_slowdown_and_recovers() -> None:
+    # GIVEN a chain at 60% load (40 ms stages, 15 req/s: ~280 ms end to end) and a 400 ms SLO
+    ctl = WidthController(curves(), 0.99, ControllerConfig(slo_ms=400.0))
+    chain, log = FluidChain(), []
+    run(ctl, chain, range(0, 20), 15.0, log)
+    assert ctl.widths == (1.0, 1.0, 1.0, 1.0)
+    # WHEN stage 2 becomes 2.5x slower (capacity 10 req/s < 15 req/s)
+    chain.slow[2] = 2.5
+    run(ctl, chain, range(20, 60), 15.0, log)
+    # THEN within a few ticks only stage 2 is narrowed, enough to carry the load
+    narrowed = next(i for i, d in enumerate(log) if d.changed)
+    assert 20 < narrowed <= 24
+    assert ctl.widths[2] < 1.0 and ctl.widths[:2] == (1.0, 1.0) and ctl.widths[3] == 1.0
+    assert 15.0 * LATENCY[ctl.widths[2]] * 2.5 / 1000 < 0.9
+    assert sum(chain.queue) < 2  # the backlog drained
+    assert "stage 2 is the bottleneck" in log[narrowed].reason
+    # WHEN the node recovers
+    chain.slow[2] = 1.0
+    run(ctl, chain, range(60, 100), 15.0, log)
+    # THEN full width comes back, after the calm patience, and the reason says why
+    assert ctl.widths == (1.0, 1.0, 1.0, 1.0)
+    restored = [d for d in ctl.decisions if d.widths == (1.0, 1.0, 1.0, 1.0)]
+    assert restored and restored[-1].reason.startswith("pressure gone")
+    calm_s = (ctl.config.patience_down - 1) * TICK_S
+    assert restored[-1].time_s >= 60 * TICK_S + calm_s - 1e-9
+    # and it took few steps: no flapping
+    assert len(ctl.decisions) <= 4
+
+
+def test_no_flapping_between_the_bands() -> None:
+    # GIVEN a stage slowed 2x (narrowed), then only partly recovering: full width would run it
+    # at 78%, between the low (70%) and high (90%) bands
+    ctl = WidthController(curves(), 0.99, ControllerConfig(slo_ms=400.0))
+    chain, log = FluidChain(), []
+    chain.slow[1] = 2.0
+    run(ctl, chain, range(0, 40), 15.0, log)
+    assert ctl.widths[1] < 1.0
+    chain.slow[1] = 1.3
+    run(ctl, chain, range(40, 240), 15.0, log)
+    # THEN it widens at most once, never back to full width, and then holds for good
+    later = [d for d in ctl.decisions if d.time_s >= 40 * TICK_S]
+    assert len(later) <= 1
+    assert ctl.widths[1] < 1.0
+    assert not any(d.changed for d in log[-150:])
+    assert all(d.reason for d in log)
+
+
+def test_steady_load_changes_nothing() -> None:
+    ctl = WidthController(curves(), 0.99, ControllerConfig(slo_ms=400.0))
+    chain, log = FluidChain(), []
+    run(ctl, chain, range(0, 100), 15.0, log)
+    assert ctl.decisions == []
+    assert all(d.reason.startswith("hold:") for d in log)
+
+
+def test_pressure_must_persist_before_narrowing() -> None:
+    # GIVEN a single tick of a very high rate, then normal load
+    ctl = WidthController(curves(), 0.99, ControllerConfig(slo_ms=400.0, patience_up=3))
+    chain, log = FluidChain(), []
+    run(ctl, chain, range(0, 1), 40.0, log)
+    chain.queue = [0.0] * 4
+    run(ctl, chain, range(1, 10), 10.0, log)
+    # THEN the spike alone changed nothing
+    assert ctl.decisions == []
+    assert log[0].reason.startswith("hold: pressure 1/3")
+
+
+def test_unreachable_slo_takes_the_fastest_widths_and_says_so() -> None:
+    ctl = WidthController(curves(), 0.99, ControllerConfig(slo_ms=30.0, patience_up=1))
+    chain = FluidChain()
+    decision = ctl.step(chain.tick(5.0, ctl.widths, 0.0))
+    assert decision.changed
+    assert decision.widths == (0.25, 0.25, 0.25, 0.25)
+    assert "no widths meet the SLO" in decision.reason
+
+
+def test_prefers_narrowing_the_slow_stage_over_others() -> None:
+    # GIVEN stage 0 slowed 2x at 15 req/s and a loose SLO: only stage 0 must give up accuracy
+    ctl = WidthController(curves(), 0.99, ControllerConfig(slo_ms=600.0, patience_up=1))
+    chain = FluidChain()
+    chain.slow[0] = 2.0
+    log: list[Decision] = []
+    run(ctl, chain, range(0, 20), 15.0, log)
+    decision = ctl.decisions[-1]
+    assert decision.widths[1:] == (1.0, 1.0, 1.0)
+    assert decision.widths[0] in (0.5, 0.25)
+    assert decision.predicted_accuracy == pytest.approx(0.99 - DROP[decision.widths[0]])
+    assert isinstance(decision, Decision) and decision.to_dict()["changed"] is True
+
+
+def test_rejects_bad_configuration_and_mismatched_observations() -> None:
+    with pytest.raises(ConfigError, match="slo-ms must be > 0"):
+        ControllerConfig(slo_ms=0)
+    with pytest.raises(ConfigError, match="low < target <= high"):
+        ControllerConfig(slo_ms=100, low_utilisation=0.8, target_utilisation=0.7)
+    with pytest.raises(ConfigError, match="lacks latency"):
+        StageCurve(WIDTHS, {1.0: 1.0}, DROP)
+    ctl = WidthController(curves(2), 0.99, ControllerConfig(slo_ms=100))
+    with pytest.raises(ConfigError, match="Observation has 1 stages"):
+        ctl.step(Observation(0.0, 1.0, (StageMetrics(1.0, 0, 1.0, 1.0),)))
+
+
+def test_curve_round_trip() -> None:
+    curve = StageCurve(WIDTHS, LATENCY, DROP)
+    assert StageCurve.from_dict(curve.to_dict()) == curve
