@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LEAN_VENV ?= .venv-lean
 DEMO_BUNDLE ?= bundles/demo
+DEMO_LINK ?= wifi
+DEMO_BUILD_FLAGS ?= --constraint memory --link $(DEMO_LINK)
 
 .PHONY: demo test test-lean lint check bench clean
 
@@ -15,10 +17,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[build,codecs,dev,pipeline]"
 	touch $(STAMP)
 
+# The demo: build, inspect and evaluate the default bundle, then serve it for real
+# (serve-cloud + serve-edge on free loopback ports), replay its test split as PNG images through
+# POST /v1/infer and stop both services (docs/demo.md).
 demo: $(STAMP)
-	$(BIN)/edgelesspart build --constraint memory --out $(DEMO_BUNDLE) --overwrite
+	$(BIN)/edgelesspart build $(DEMO_BUILD_FLAGS) --out $(DEMO_BUNDLE) --overwrite
 	$(BIN)/edgelesspart inspect $(DEMO_BUNDLE)
-	$(BIN)/edgelesspart evaluate $(DEMO_BUNDLE)
+	$(BIN)/edgelesspart evaluate $(DEMO_BUNDLE) --link $(DEMO_LINK)
+	$(BIN)/python experiments/demo_serve.py $(DEMO_BUNDLE)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
