@@ -27,7 +27,8 @@ def _pipeline_lines(plan: Plan) -> list[str]:
             lines.append(
                 f"    {stage.name}: compute {cost['compute_ms']:.2f} + decode "
                 f"{cost['decode_ms']:.2f} + encode {cost['encode_ms']:.2f} + link "
-                f"{cost['transfer_ms']:.2f} ms; sends {_kib(cost['out_bytes'])} with "
+                f"{cost['transfer_ms']:.2f} ms (paces {cost.get('pace_ms', 0):.2f} ms); sends "
+                f"{_kib(cost['out_bytes'])} with "
                 f"{stage.options.get('codec_out') or 'raw (result)'}"
             )
     equal = p.get("equal_layer") or {}

@@ -26,7 +26,7 @@ import numpy as np
 from edgelesspart.errors import ConfigError, PipelineBusy, PipelineError
 from edgelesspart.pipeline import raykit
 from edgelesspart.pipeline.emulation import DeviceEmulation, sleep_s
-from edgelesspart.pipeline.stage import StageSpec, StageWorker, stage_files
+from edgelesspart.pipeline.stage import CONCURRENCY_GROUPS, StageSpec, StageWorker, stage_files
 from edgelesspart.runtime.codecs import decode_tensor, encode_tensor
 from edgelesspart.runtime.manifest import Manifest, load_manifest
 
@@ -176,7 +176,7 @@ class Pipeline:
         """Create one actor per stage and wait until each has loaded its segments."""
         ray = raykit.require_ray()
         self._check_resources()
-        remote_cls = ray.remote(StageWorker)
+        remote_cls = ray.remote(concurrency_groups=CONCURRENCY_GROUPS)(StageWorker)
         manifest = self.manifest.to_dict()
         for spec in self.stages:
             options = raykit.actor_options(resource=spec.resource, **self._restart_opts)
@@ -241,8 +241,10 @@ class Pipeline:
             sleep_s(self.input_emulation.link_s(len(frame)))
         ref: Any = frame
         stats = []
-        for actor in self.actors:
-            ref, st = actor.forward.options(num_returns=2).remote(ref)
+        for actor, spec in zip(self.actors, self.stages):
+            ref, st = actor.forward.options(num_returns=2, concurrency_group="compute").remote(ref)
+            if spec.emulation.link_mbps is not None:
+                ref = actor.send.options(concurrency_group="link").remote(ref)
             stats.append(st)
         ticket = _Ticket(seq, ref, stats, time.perf_counter())
         with self._lock:

@@ -1,12 +1,14 @@
 """Partition a model over a chain of N nodes so that the slowest stage is as fast as possible.
 
 A pipeline's throughput is set by its slowest stage. Node ``k`` covering the cut points after
-position ``i`` up to ``j`` takes (milliseconds, on *its own* device profile)::
+position ``i`` up to ``j`` spends (milliseconds, on *its own* device profile)::
 
-    stage_ms = decode(boundary i, codec of link k-1)      # 0 for the first node (raw input)
-             + compute_k(j) - compute_k(i)                # cumulative profile latencies
-             + encode(boundary j, codec of link k)        # 0 for the last node
-             + link.transfer_ms(encoded bytes of boundary j)   # the result for the last node
+    cpu_ms      = decode(boundary i, codec of link k-1)   # the input frame for the first node
+                + compute_k(j) - compute_k(i)             # cumulative profile latencies
+                + encode(boundary j, codec of link k)     # 0 for the last node
+    transfer_ms = link.transfer_ms(encoded bytes of boundary j)   # the result for the last node
+    pace_ms     = max(cpu_ms, transfer_ms)   # it sends one input while computing the next
+                                             # (cpu_ms + transfer_ms with overlap_link=False)
 
 Encode/decode times are host measurements (or the documented estimates in
 :data:`ESTIMATED_CODEC_MBPS`) multiplied by the node's latency factor. :func:`plan_chain` finds the
@@ -65,15 +67,32 @@ class StageCost:
     transfer_ms: float
     out_bytes: int
     bytes_measured: bool
+    overlapped: bool = True
+
+    @property
+    def cpu_ms(self) -> float:
+        """Decode + compute + encode: what the node's processor does per input."""
+        return self.compute_ms + self.decode_ms + self.encode_ms
 
     @property
     def total_ms(self) -> float:
-        """Decode + compute + encode + transfer."""
-        return self.compute_ms + self.decode_ms + self.encode_ms + self.transfer_ms
+        """Decode + compute + encode + transfer: one input's time through this node."""
+        return self.cpu_ms + self.transfer_ms
+
+    @property
+    def pace_ms(self) -> float:
+        """Time between inputs this node sustains: ``max(cpu, transfer)`` when the node sends
+        one input while computing the next (``overlapped``), else ``cpu + transfer``."""
+        return max(self.cpu_ms, self.transfer_ms) if self.overlapped else self.total_ms
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (with ``total_ms``)."""
-        return {**asdict(self), "total_ms": self.total_ms}
+        """JSON-ready dict (with ``cpu_ms``, ``total_ms`` and ``pace_ms``)."""
+        return {
+            **asdict(self),
+            "cpu_ms": self.cpu_ms,
+            "total_ms": self.total_ms,
+            "pace_ms": self.pace_ms,
+        }
 
 
 @dataclass(frozen=True)
@@ -86,6 +105,10 @@ class ChainCosts:
         codecs: candidate codecs for every link between nodes.
         codec_ms: cut point -> codec -> (encode ms, decode ms) measured on the host.
         result_bytes: bytes the last node returns to the dispatcher per sample.
+        input_decode_ms: host ms the first node spends decoding the dispatcher's input frame.
+        overlap_link: a node sends one input while it computes the next (the runtime does:
+            each stage actor has a compute thread and a link thread), so its pace is
+            ``max(cpu, transfer)``; ``False`` charges ``cpu + transfer``.
     """
 
     profiles: tuple[ModelProfile, ...]
@@ -93,6 +116,8 @@ class ChainCosts:
     codecs: tuple[str, ...] = ("raw",)
     codec_ms: CodecTimes | None = None
     result_bytes: int = DEFAULT_RESULT_BYTES
+    input_decode_ms: float = 0.0
+    overlap_link: bool = True
 
     def __post_init__(self) -> None:
         if not self.profiles:
@@ -144,7 +169,11 @@ class ChainCosts:
         """Cost of ``node`` running the layers after position ``i`` up to ``j``."""
         lat = self.profiles[node].cut_points
         compute = lat[j].latency_ms - (lat[i].latency_ms if i >= 0 else 0.0)
-        decode = self.codec_time(i, c_in, node)[1] if i >= 0 and c_in else 0.0
+        if i < 0:
+            factor = float(self.profiles[node].extra.get("latency_factor", 1.0))
+            decode = self.input_decode_ms * factor
+        else:
+            decode = self.codec_time(i, c_in, node)[1] if c_in else 0.0
         if j == self.last:
             encode, out_bytes, measured = 0.0, self.result_bytes, True
         else:
@@ -163,6 +192,7 @@ class ChainCosts:
             transfer_ms=self.transfer(out_bytes),
             out_bytes=int(out_bytes),
             bytes_measured=measured,
+            overlapped=self.overlap_link,
         )
 
 
@@ -189,7 +219,7 @@ def min_bottleneck(costs: ChainCosts) -> tuple[float, tuple[tuple[int, str], ...
             for c_out in outs:
                 options = [
                     (
-                        max(prev, costs.stage(node, i, c_in, j, c_out).total_ms),
+                        max(prev, costs.stage(node, i, c_in, j, c_out).pace_ms),
                         cuts + (((j, c_out),) if c_out else ()),
                     )
                     for (i, c_in), (prev, cuts) in best.items()
@@ -244,7 +274,7 @@ def _equal_layer_partition(
     for codec in costs.codecs:
         chosen = tuple((pos, codec) for pos in cuts)
         stages = chain_stage_costs(costs, chosen)
-        options.append((max(s.total_ms for s in stages), chosen, stages))
+        options.append((max(s.pace_ms for s in stages), chosen, stages))
     best = min(options, key=lambda o: o[0])
     return best[1], best[2]
 
@@ -285,7 +315,7 @@ def plan_chain(
     equal, equal_cost = _equal_layer_partition(
         costs, equal_layer_cuts(costs.profiles[0], n, layer_positions)
     )
-    equal_bottleneck = max(s.total_ms for s in equal_cost)
+    equal_bottleneck = max(s.pace_ms for s in equal_cost)
     dispatch_ms = costs.transfer(input_bytes) if input_bytes else 0.0
     single_ms = costs.profiles[0].total.latency_ms + costs.transfer(costs.result_bytes)
     stages = tuple(
@@ -306,6 +336,7 @@ def plan_chain(
         "devices": [p.device for p in costs.profiles],
         "link": None if costs.link is None else costs.link.to_dict(),
         "codecs": list(costs.codecs),
+        "overlap_link": costs.overlap_link,
         "link_codecs": [c for _, c in cuts],
         "bottleneck_ms": bottleneck,
         "dispatcher_send_ms": dispatch_ms,
@@ -316,7 +347,7 @@ def plan_chain(
             "cuts": [costs.name(p) for p, _ in equal],
             "link_codecs": [c for _, c in equal],
             "bottleneck_ms": equal_bottleneck,
-            "stage_ms": [s.total_ms for s in equal_cost],
+            "stage_pace_ms": [s.pace_ms for s in equal_cost],
         },
         "codec_times": "measured" if costs.codec_ms else "estimated (ESTIMATED_CODEC_MBPS)",
     }

@@ -30,6 +30,9 @@ from edgelesspart.runtime.codecs import decode_tensor, encode_tensor, require_co
 from edgelesspart.runtime.manifest import Manifest, SegmentSpec
 
 RESULT_CODEC = "raw"
+#: Ray concurrency groups of a stage actor: one thread computes while the other sends (the
+#: emulated link), so a node works on input i+1 while input i is on the wire.
+CONCURRENCY_GROUPS = {"compute": 1, "link": 1}
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,8 @@ class StageWorker:
         return x, False, None
 
     def forward(self, payload: bytes) -> tuple[bytes, dict[str, Any]]:
-        """Decode ``payload``, run the stage, encode and (emulated) send the result.
+        """Decode ``payload``, run the stage and encode the result (padded to the emulated
+        device's time). Sending is :meth:`send`, on the actor's link thread.
 
         Returns:
             ``(frame, stats)``: the frame for the next stage (or the dispatcher) and this call's
@@ -200,7 +204,6 @@ class StageWorker:
         wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
         pad, host_bound = self.spec.emulation.compute_pad_s(cpu, wall)
         slept = sleep_s(pad)
-        link = sleep_s(self.spec.emulation.link_s(len(out)))
         stats = {
             "stage": self.spec.name,
             "seq": meta.get("seq"),
@@ -209,13 +212,18 @@ class StageWorker:
             "host_cpu_s": cpu,
             "pad_s": slept,
             "busy_s": wall + slept,
-            "link_s": link,
+            "link_s": self.spec.emulation.link_s(len(out)),
             "bytes_in": len(payload),
             "bytes_out": len(out),
             "host_bound": host_bound,
             "passed_through": bool(meta.get("final")) and exit_name is not None and out is payload,
         }
         return out, stats
+
+    def send(self, frame: bytes) -> bytes:
+        """Hand ``frame`` on after the emulated link's time (no delay without link emulation)."""
+        sleep_s(self.spec.emulation.link_s(len(frame)))
+        return frame
 
     def __del__(self) -> None:
         shutil.rmtree(getattr(self, "_dir", ""), ignore_errors=True)

@@ -53,7 +53,7 @@ def brute_force(costs: ChainCosts) -> float:
     for cuts in itertools.combinations(range(last), n - 1):
         for codecs in itertools.product(costs.codecs, repeat=n - 1):
             stages = chain_stage_costs(costs, list(zip(cuts, codecs)))
-            best = min(best, max(s.total_ms for s in stages))
+            best = min(best, max(s.pace_ms for s in stages))
     return best
 
 
@@ -73,11 +73,14 @@ def test_link_moves_the_cut_away_from_a_big_tensor():
     profile = toy_profile([25, 50, 75, 100], [1000, 1_250_000, 1000, 40])
     costs = ChainCosts((profile,) * 2, link=LAN, result_bytes=40)
     plan = plan_chain(costs)
-    # THEN the planner avoids c2 (cutting at c1 leaves 75 ms + the 40-byte result on node 2)
+    # THEN the planner avoids c2 (100 ms on the wire); c1 leaves node 2 with 75 ms of compute
     assert plan.stages[0].end == "c1"
     cost = plan.stages[0].options["cost"]
     assert cost["transfer_ms"] == pytest.approx(1000 * 8 / 100e6 * 1000)
-    assert plan.parameters["bottleneck_ms"] == pytest.approx(75 + 40 * 8 / 100e6 * 1000)
+    assert plan.parameters["bottleneck_ms"] == pytest.approx(75.0)
+    # AND without overlap (send after compute) node 2 also pays for sending the result
+    serial = plan_chain(ChainCosts((profile,) * 2, link=LAN, result_bytes=40, overlap_link=False))
+    assert serial.parameters["bottleneck_ms"] == pytest.approx(75 + 40 * 8 / 100e6 * 1000)
     assert Plan.from_dict(plan.to_dict()) == plan
 
 
@@ -88,10 +91,11 @@ def test_codec_per_link_is_chosen_when_it_pays():
     codec_ms = {"c2": {"raw": (0.0, 0.0), "zfp+lz4": (2.0, 1.0)}}
     costs = ChainCosts((profile,) * 2, link=LAN, codecs=("raw", "zfp+lz4"), codec_ms=codec_ms)
     plan = plan_chain(costs, layer_positions={"c1": 1, "c2": 2, "c3": 3, "output": 4})
-    # THEN cutting at c2 with zfp+lz4 (50 + 2 + 10 ms) beats every raw split
+    # THEN cutting at c2 with zfp+lz4 (node 1: 50 + 2 ms of CPU while 10 ms on the wire; node 2:
+    # 1 + 50 ms) beats every raw split (c2 raw: 100 ms on the wire; c1 or c3: 75 ms of compute)
     assert plan.stages[0].end == "c2"
     assert plan.stages[0].options["codec_out"] == "zfp+lz4"
-    assert plan.parameters["bottleneck_ms"] == pytest.approx(62.0)
+    assert plan.parameters["bottleneck_ms"] == pytest.approx(52.0)
     # AND DEFER's equal-layer split (c2, best single codec) is reported with the same costs
     assert plan.parameters["equal_layer"]["cuts"] == ["c2"]
     assert plan.parameters["codec_times"] == "measured"
@@ -127,6 +131,14 @@ def test_dp_equals_brute_force(steps, sizes, n, factors):
     costs = ChainCosts(profiles, link=LAN, codecs=("raw", "int8+zstd"))
     # THEN the DP's bottleneck is the brute-force optimum
     assert min_bottleneck(costs)[0] == pytest.approx(brute_force(costs))
+
+
+def test_first_node_pays_for_decoding_the_input():
+    profile = toy_profile([10, 20, 30, 40], [100] * 4)
+    costs = ChainCosts((profile,) * 2, input_decode_ms=5.0)
+    stages = chain_stage_costs(costs, [(1, "raw")])
+    assert stages[0].decode_ms == pytest.approx(5.0)
+    assert stages[0].cpu_ms == pytest.approx(25.0)
 
 
 def test_equal_layer_cuts_follow_layer_counts():
