@@ -14,7 +14,7 @@ DEMO_BUILD_FLAGS ?= --constraint memory --link $(DEMO_LINK)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[build,codecs,dev,pipeline]"
+	$(BIN)/python -m pip install -q -e ".[build,codecs,dev,pipeline,slimedge]"
 	touch $(STAMP)
 
 # The demo: build, inspect and evaluate the default bundle, then serve it for real

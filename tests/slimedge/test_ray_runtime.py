@@ -1,0 +1,94 @@
+"""SlimEdge on a real local Ray instance: a device is lost mid-stream, no request is lost."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("keras")
+pytestmark = [pytest.mark.needs_tf, pytest.mark.integration]
+
+from edgelesspart.litert_export import to_tflite  # noqa: E402
+from edgelesspart.pruning import prune_model  # noqa: E402
+from edgelesspart.slimedge.model import build_backbone, build_fusion  # noqa: E402
+from edgelesspart.slimedge.ray_runtime import (  # noqa: E402
+    AggregatorImpl,
+    SlimEdgeService,
+    ViewWorkerImpl,
+    nearest_ratio,
+)
+
+VIEWS, CLASSES, FEATURES, SHAPE = 3, 4, 8, (10, 10, 1)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def segments():
+    """Per view an unpruned and a half-pruned backbone (LiteRT), and the fusion head."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    library = {}
+    for v in range(VIEWS):
+        backbone = build_backbone(SHAPE, widths=(4, 8), features=FEATURES, name=f"bb{v}")
+        library[(v, 0.0)] = to_tflite(backbone)
+        library[(v, 0.5)] = to_tflite(prune_model(backbone, 0.5).model)
+    fusion = to_tflite(build_fusion(VIEWS, CLASSES, features=FEATURES))
+    return library, fusion
+
+
+def local_answer(library, fusion, ratios, present, views):
+    feats = [
+        ViewWorkerImpl(v, library[(v, ratios[v])], ratios[v]).features(views[v]) for v in present
+    ]
+    return AggregatorImpl(fusion, VIEWS).fuse(present, *feats)
+
+
+def test_device_loss_is_replanned_and_no_request_is_lost(ray_local, segments):
+    library, fusion = segments
+    rng = np.random.default_rng(0)
+    requests = [
+        [rng.random((2, *SHAPE), dtype=np.float32) for _ in range(VIEWS)] for _ in range(12)
+    ]
+    plans = {1: [0.0, 0.0, 0.0]}  # precomputed: after losing view 1, survivors run unpruned
+    # GIVEN a deployment on Ray, every device at ratio 0.5
+    service = SlimEdgeService(
+        library, fusion, [0.5] * VIEWS, lambda alive: plans[({0, 1, 2} - set(alive)).pop()]
+    )
+    answers = []
+    for i, views in enumerate(requests):
+        if i == 4:
+            service.kill(1)  # WHEN device 1 dies mid-stream
+        answers.append(service.infer(views))
+    # THEN every request got an answer, fused from the views that answered
+    assert len(answers) == len(requests) == service.stats.answered
+    for probs in answers:
+        assert probs.shape == (2, CLASSES)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert service.stats.lost_devices == [1] and service.stats.degraded_answers >= 1
+    np.testing.assert_allclose(
+        answers[0], local_answer(library, fusion, [0.5] * 3, [0, 1, 2], requests[0]), atol=1e-5
+    )
+    # AND the survivors were re-planned and swapped to their new segments without stopping
+    record = service.stats.replans[0]
+    assert record["alive"] == [0, 2] and record["swapped"] == [0, 2]
+    assert record["replan_seconds"] < 1.0
+    assert [s["ratio"] for s in service.states()] == [0.0, 0.0]
+    assert all(s["swaps"] == 1 for s in service.states())
+    np.testing.assert_allclose(
+        answers[-1], local_answer(library, fusion, [0.0] * 3, [0, 2], requests[-1]), atol=1e-5
+    )
+
+
+def test_nearest_ratio_never_prunes_more_than_planned(segments):
+    library, _ = segments
+    assert nearest_ratio(library, 0, 0.49) == 0.0
+    assert nearest_ratio(library, 0, 0.5) == 0.5
+    assert nearest_ratio(library, 0, 0.8) == 0.5
