@@ -390,3 +390,23 @@ def describe_latency_source(profile: ModelProfile) -> str:
             f"/ this host's {extra['host_reference_ms']:.1f} ms ({extra['host_reference_how']})"
         )
     return f"{profile.device}: scaled x{factor:.3g} ({reason})"
+
+
+DEFAULT_PROVIDER = "gcf"
+
+
+def bundle_cloud_provider(bundle: str | Path) -> str:
+    """The serverless provider the bundle was planned for: its cloud stage device's ``provider``.
+
+    ``gcf`` for ``gcf-2gb`` (the default cloud device, and the paper's cost model), ``lambda`` for
+    ``lambda-2gb``; :data:`DEFAULT_PROVIDER` when the device is not a bundled or readable one.
+    ``package-cloud`` and ``evaluate`` both default to it, so what is priced is what is packaged.
+    """
+    from edgelesspart.runtime.manifest import load_manifest
+
+    device = load_manifest(bundle, verify=False).plan.stages[-1].device
+    try:
+        provider = load_device(device).provider
+    except ProfileError:
+        provider = None
+    return provider or DEFAULT_PROVIDER

@@ -33,8 +33,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--link", default="wifi",
                         help="wifi, lte, 5g, 3g, loopback or a link JSON file "
                         "(default: %(default)s)")
-    parser.add_argument("--provider", choices=PROVIDER_CHOICES, default="gcf",
-                        help="pricing table; gcf = Cloud Functions 1st gen (default)")
+    parser.add_argument("--provider", choices=PROVIDER_CHOICES, default=None,
+                        help="pricing table; gcf = Cloud Functions 1st gen (default: the "
+                        "provider of the plan's cloud device, as package-cloud uses)")
     parser.add_argument("--architecture", choices=("x86_64", "arm64"), default="x86_64",
                         help="Lambda CPU architecture (default: %(default)s)")
     parser.add_argument("--memory-mb", type=int,
@@ -63,6 +64,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate the bundle, write the outputs, print the table; return the exit code."""
+    from edgelesspart.devices import bundle_cloud_provider
     from edgelesspart.evaluation.pipeline import EvaluationConfig, evaluate_bundle
     from edgelesspart.evaluation.report import format_table, write_outputs
     from edgelesspart.evaluation.sweep import parse_thresholds
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         edge_device=args.edge_device,
         cloud_device=args.cloud_device,
         link=args.link,
-        provider=args.provider,
+        provider=args.provider or bundle_cloud_provider(args.bundle),
         architecture=args.architecture,
         memory_mb=args.memory_mb,
         cold_start_ms=args.cold_start_ms,

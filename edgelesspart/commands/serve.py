@@ -106,12 +106,23 @@ def _register_cloud(sub: Any) -> None:
 def _register_package(sub: Any) -> None:
     parser = sub.add_parser(
         "package-cloud",
-        help="build a deployable Lambda zip (cloud segments + runtime core) and SAM template",
-        description="Writes function.zip, requirements.txt, template.yaml, Dockerfile.edge and "
-        "Dockerfile.cloud; refuses a zip over Lambda's 50 MB zipped / 250 MB unzipped limits.",
+        help="package the cloud part: a Lambda zip + SAM template, or a Google Cloud "
+        "Functions source directory",
+        description="lambda: writes function.zip, requirements.txt, template.yaml, "
+        "Dockerfile.edge and Dockerfile.cloud; refuses a zip over Lambda's 50 MB zipped / 250 MB "
+        "unzipped limits. gcf: writes a functions-framework source directory (main.py, "
+        "requirements.txt, runtime core, cloud segments) and function.zip within Cloud "
+        "Functions' 100 MB compressed / 500 MB uncompressed limits.",
     )
     parser.add_argument("bundle", help="bundle directory")
     parser.add_argument("--out", default="dist/cloud", help="output directory")
+    parser.add_argument(
+        "--provider",
+        choices=("lambda", "gcf"),
+        default=None,
+        help="target (default: the provider of the plan's cloud device, gcf for gcf-2gb; "
+        "evaluate prices the same provider by default)",
+    )
     parser.add_argument("--function-name", default="edgelesspart-cloud", help="Lambda name")
     parser.add_argument("--memory", type=int, default=2048, help="Lambda memory (MB)")
     parser.add_argument("--timeout", type=int, default=30, help="Lambda timeout (s)")
@@ -168,7 +179,16 @@ def run_cloud(args: argparse.Namespace) -> int:
 
 
 def run_package(args: argparse.Namespace) -> int:
-    """Build the Lambda package and deployment templates, then print what was written."""
+    """Build the Lambda or GCF package, then print what was written."""
+    from edgelesspart.devices import bundle_cloud_provider
+
+    provider = args.provider or bundle_cloud_provider(args.bundle)
+    if provider == "gcf":
+        from cloud_functions.gcf_package import build_gcf_package
+
+        print(f"provider: gcf{'' if args.provider else ' (from the plan)'}")
+        print(build_gcf_package(args.bundle, args.out).summary())
+        return 0
     from cloud_functions.package import DeployOptions, build_package
 
     report = build_package(
