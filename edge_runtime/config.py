@@ -52,6 +52,8 @@ class EdgeConfig:
             ``lambda://FUNCTION`` (AWS Lambda through boto3) or ``None`` (edge only: pending rows
             are answered from the best local exit, marked degraded).
         threshold: default confidence threshold ``c_thr``; above 1 means "never exit early".
+            ``None`` (default): the bundle's ``manifest.serving.threshold``, chosen by the build
+            on validation (0.8 for a bundle that records none).
         threshold_min: lowest threshold a request may ask for.
         threshold_max: highest threshold a request may ask for.
         token: bearer token the edge requires on ``/v1/*`` (``None``: no auth).
@@ -81,7 +83,7 @@ class EdgeConfig:
     """
 
     cloud: str | None = None
-    threshold: float = 0.8
+    threshold: float | None = None
     threshold_min: float = 0.0
     threshold_max: float = 1.0
     token: str | None = None
@@ -106,7 +108,7 @@ class EdgeConfig:
     breaker_reset_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if math.isnan(self.threshold) or self.threshold < 0:
+        if self.threshold is not None and (math.isnan(self.threshold) or self.threshold < 0):
             raise ConfigError(
                 f"threshold must be a number >= 0 (above 1 disables early exits), got "
                 f"{self.threshold!r}."
@@ -175,6 +177,14 @@ class EdgeConfig:
             return self
         name = (codec_entry or {}).get("name") or DEFAULT_CODEC
         return replace(self, codec=str(name))
+
+    def with_bundle_threshold(self, serving: Mapping[str, Any] | None) -> EdgeConfig:
+        """This config with ``threshold`` from a manifest ``serving`` entry unless already set."""
+        if self.threshold is not None:
+            return self
+        from edgelesspart.runtime.confidence import serving_threshold
+
+        return replace(self, threshold=serving_threshold(serving))
 
     def with_overrides(self, **overrides: Any) -> EdgeConfig:
         """A copy with the non-``None`` overrides applied."""

@@ -79,7 +79,9 @@ class EdgeService:
         from edgelesspart.runtime.executor import ProgressiveExecutor
 
         self.bundle = bundle
-        self.config = config = config.with_bundle_codec(bundle.manifest.codec)
+        manifest = bundle.manifest
+        config = config.with_bundle_codec(manifest.codec).with_bundle_threshold(manifest.serving)
+        self.config = config
         self.offloader = offloader
         self.metrics = metrics or EdgeMetrics()
         self.stage = bundle.manifest.stage_names[0]

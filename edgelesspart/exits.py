@@ -1,10 +1,20 @@
 """Early-exit classifiers: render a user's exit definition into Keras code and attach it.
 
 The user gives an **exit spec** (YAML/JSON list of allow-listed Keras layers with literal
-arguments), their own **Jinja2 template**, or nothing (the built-in default copies the model's
-own head: global pooling or Flatten, then ``Dense(num_classes, softmax)``). Either way::
+arguments), their own **Jinja2 template**, or names a **built-in head** (:data:`EXIT_HEADS`):
 
-    definition = load_exit_definition(spec=..., template=..., pooling=classifier_pooling(model))
+* ``sdn`` (the default): SDN-style (Kaya et al., ICML 2019): max and average pooling side by
+  side down to a 4x4 grid, a 1x1 convolution bottleneck (64 filters, BN, ReLU) that learns
+  their mix, Flatten, ``Dense(num_classes, softmax)``. It keeps spatial layout, which is what
+  makes shallow exits work (see ``docs/exit_heads.md`` for the measured comparison);
+* ``paper``: the EdgeLessPart paper's head, a copy of the model's own head (global pooling or
+  Flatten, then ``Dense(num_classes, softmax)``), kept to reproduce the paper;
+* ``conv``: a 1x1 conv bottleneck (32 filters, BN, ReLU), the model's global pooling, Dense.
+
+Either way::
+
+    definition = load_exit_definition(spec=..., template=..., head="sdn",
+                                      pooling=classifier_pooling(model))
     build_exit = compile_exit_builder(definition)           # checked, then executed
     probabilities = attach_exit(build_exit, cut_tensor, num_classes, "exit_1")
 
@@ -58,7 +68,10 @@ from edgelesspart import _lazy
 from edgelesspart.errors import ExitSpecError, ModelError
 
 TEMPLATES_ENV = "EDGELESSPART_TEMPLATES"
-DEFAULT_ORIGIN = "builtin:default"
+#: Built-in exit heads (``--exit-head``) and the template each renders.
+EXIT_HEADS = {"sdn": "sdn.py.j2", "paper": "default.py.j2", "conv": "conv_pool.py.j2"}
+DEFAULT_HEAD = "sdn"
+DEFAULT_ORIGIN = f"builtin:{DEFAULT_HEAD}"
 POOLINGS = ("avg", "max", "flatten")
 ALLOWED_LAYERS = (
     "Activation", "AveragePooling1D", "AveragePooling2D", "BatchNormalization", "Conv1D",
@@ -104,8 +117,8 @@ class ExitDefinition:
     """A rendered and validated exit classifier.
 
     Attributes:
-        kind: ``"default"``, ``"spec"`` or ``"template"``.
-        origin: the spec/template file path, or ``"builtin:default"``.
+        kind: ``"default"`` (a built-in head), ``"spec"`` or ``"template"``.
+        origin: the spec/template file path, or ``"builtin:<head>"`` (e.g. ``builtin:sdn``).
         code: the rendered Python module text (kept in the bundle for inspection).
     """
 
@@ -137,13 +150,15 @@ def load_exit_definition(
     template: str | Path | None = None,
     *,
     pooling: str = "avg",
+    head: str = DEFAULT_HEAD,
 ) -> ExitDefinition:
-    """Render an exit spec, a user template, or (neither given) the default exit.
+    """Render an exit spec, a user template, or (neither given) a built-in head.
 
     Args:
         spec: YAML/JSON exit spec file.
         template: Jinja2 template file rendering a Python module with ``build_exit``.
         pooling: ``"avg"``, ``"max"`` or ``"flatten"``; see :func:`classifier_pooling`.
+        head: the built-in head used when neither file is given (:data:`EXIT_HEADS`).
 
     Returns:
         The definition with its rendered, AST-checked code.
@@ -155,10 +170,15 @@ def load_exit_definition(
         raise ExitSpecError(
             f"Unknown exit pooling {pooling!r}. Expected one of: {', '.join(POOLINGS)}."
         )
+    if head not in EXIT_HEADS:
+        raise ExitSpecError(
+            f"Unknown exit head {head!r}. Built-in heads: {', '.join(EXIT_HEADS)} (or give "
+            "--exit-spec / --exit-template)."
+        )
     if spec is not None and template is not None:
         raise ExitSpecError(
             f"Got both an exit spec ({spec}) and an exit template ({template}); give one of them, "
-            "or neither for the default exit (a copy of the model's classifier head)."
+            f"or neither for a built-in exit head ({', '.join(EXIT_HEADS)})."
         )
     env = _environment()
     context: dict[str, Any] = {
@@ -175,8 +195,8 @@ def load_exit_definition(
         kind, origin = "template", str(path)
         compiled = _template(env, origin, source=_read_text(path, "template"))
     else:
-        kind, origin = "default", DEFAULT_ORIGIN
-        compiled = _template(env, origin, name="default.py.j2")
+        kind, origin = "default", f"builtin:{head}"
+        compiled = _template(env, origin, name=EXIT_HEADS[head])
     code = _render(compiled, context, origin)
     check_exit_code(code, origin)
     return ExitDefinition(kind=kind, origin=origin, code=code)

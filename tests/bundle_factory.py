@@ -59,7 +59,7 @@ def build_tiny_bundle(out: Path, *, epochs: int = 8, seed: int = 0) -> Path:
         parameters={"fixture": True},
         rationale="hand-written plan for tests",
     )
-    definition = exits.load_exit_definition()
+    definition = exits.load_exit_definition(head="paper")  # the paper head: a mix of exits
     builder = exits.compile_exit_builder(definition)
     exit_cuts = {"exit_1": EDGE_EXIT_CUT, "exit_2": SPLIT_CUT, "exit_3": CLOUD_EXIT_CUT}
     exit_tensors = {

@@ -58,3 +58,56 @@ def test_placement_search_keeps_the_spacing_rule_and_is_never_better_than_exhaus
 def test_unknown_search_is_refused_with_the_choices():
     with pytest.raises(ConfigError, match="exhaustive .* placement"):
         BuildConfig(search="greedy")
+
+
+@pytest.mark.parametrize(
+    ("option", "match"),
+    [
+        ({"exit_head": "resnet"}, "Unknown exit head 'resnet'.*sdn, paper, conv"),
+        ({"exit_training": "fancy"}, "Unknown exit training 'fancy'.*frozen, distill, joint"),
+        ({"confidence": "margin"}, "Unknown confidence measure 'margin'"),
+        ({"max_accuracy_drop": -1}, "max_accuracy_drop must be .* >= 0"),
+        ({"max_final_drop": "a lot"}, "max_final_drop must be .* >= 0"),
+    ],
+)
+def test_exit_options_are_checked_with_the_choices(option, match):
+    with pytest.raises(ConfigError, match=match):
+        BuildConfig(**option)
+
+
+def test_exit_defaults_are_the_product_defaults_and_yaml_keys_mirror_flags():
+    config = BuildConfig.from_mapping({"exit-head": "paper", "max-accuracy-drop": 2})
+    assert (config.exit_head, config.max_accuracy_drop) == ("paper", 2)
+    default = BuildConfig()
+    assert (default.exit_head, default.exit_training, default.confidence) == (
+        "sdn", "distill", "max-softmax",
+    )  # fmt: skip
+    assert default.max_accuracy_drop == 1.0 and default.max_final_drop == 1.0
+
+
+@pytest.mark.needs_tf
+@pytest.mark.slow
+def test_build_records_the_serving_choice_and_prints_its_expectation(tmp_path, capsys):
+    from edgelesspart.cli import main
+    from edgelesspart.runtime.manifest import load_manifest
+
+    out = tmp_path / "bundle"
+    # WHEN a quick default build runs (sdn heads, distillation, threshold within 1 point)
+    code = main(["build", "--constraint", "memory", "--limit", "120", "--epochs", "1",
+                 "--max-cut-points", "6", "--out", str(out), "--quiet"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0
+    # THEN the manifest records temperatures for every exit and the validated threshold
+    manifest = load_manifest(out)
+    serving = manifest.serving
+    assert set(serving["temperatures"]) == {e.name for e in manifest.exits} | {"final"}
+    assert serving["confidence"] == "max-softmax" and serving["chosen_on"] == "validation"
+    assert 0.0 <= serving["threshold"] <= 1.01
+    val = serving["validation"]
+    assert val["accuracy"] >= val["final_accuracy"] - 0.01 - 1e-9
+    assert {"edge_share", "accuracy", "cost_per_million"} <= set(serving["expected"])
+    # AND the build says what it expects, and which head and training it used
+    assert f"serving: threshold {serving['threshold']:g}" in printed
+    assert "edge share" in printed and "per 1M requests" in printed
+    assert manifest.training["exit_training"]["mode"] == "distill"
+    assert "SDN-style" in (out / "exits" / "generated_exit.py").read_text()

@@ -13,7 +13,9 @@ import pytest
 
 from edgelesspart.errors import ExitSpecError, ModelError
 from edgelesspart.exits import (
+    DEFAULT_HEAD,
     DEFAULT_ORIGIN,
+    EXIT_HEADS,
     ExitDefinition,
     attach_exit,
     classifier_pooling,
@@ -58,13 +60,13 @@ def tiny_classifier(reducer) -> keras.Model:
 # --- good paths ---------------------------------------------------------------------------------
 
 
-def test_default_exit_on_feature_map_copies_the_head_and_gives_probabilities():
-    # GIVEN the default exit definition
-    definition = load_exit_definition()
+def test_paper_exit_on_feature_map_copies_the_head_and_gives_probabilities():
+    # GIVEN the paper's exit head
+    definition = load_exit_definition(head="paper")
     # WHEN it is attached to a 4-D feature map
     inputs, out = build(definition, (8, 8, 4), num_classes=10)
     # THEN it yields (batch, 10) probabilities from a layer named exactly like the exit
-    assert definition.kind == "default" and definition.origin == DEFAULT_ORIGIN
+    assert definition.kind == "default" and definition.origin == "builtin:paper"
     assert tuple(out.shape) == (None, 10)
     model = keras.Model(inputs, out)
     assert [layer.name for layer in model.layers[1:]] == ["exit_1_0", "exit_1"]
@@ -72,12 +74,48 @@ def test_default_exit_on_feature_map_copies_the_head_and_gives_probabilities():
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
-def test_default_exit_on_a_vector_skips_pooling():
-    # GIVEN the default exit WHEN attached to a 2-D tensor
-    inputs, out = build(load_exit_definition(), (16,), num_classes=3)
+@pytest.mark.parametrize("head", sorted(EXIT_HEADS))
+def test_every_head_on_a_vector_skips_pooling(head):
+    # GIVEN a built-in exit head WHEN attached to a 2-D tensor
+    inputs, out = build(load_exit_definition(head=head), (16,), num_classes=3)
     # THEN only the softmax Dense is added
     assert tuple(out.shape) == (None, 3)
     assert [layer.name for layer in keras.Model(inputs, out).layers[1:]] == ["exit_1"]
+
+
+def test_default_head_is_sdn_and_reduces_a_large_map_to_a_4x4_grid():
+    # GIVEN the default exit definition
+    definition = load_exit_definition()
+    assert definition.kind == "default" and definition.origin == DEFAULT_ORIGIN
+    assert DEFAULT_HEAD == "sdn" and DEFAULT_ORIGIN == "builtin:sdn"
+    # WHEN it is attached to a 16x16x8 feature map
+    inputs, out = build(definition, (16, 16, 8), num_classes=10)
+    model = keras.Model(inputs, out)
+    # THEN max and average pooling (side by side) bring it to 4x4, a 1x1 conv mixes them
+    kinds = {type(layer).__name__: layer for layer in model.layers[1:]}
+    assert tuple(kinds["Concatenate"].output.shape) == (None, 4, 4, 16)
+    assert tuple(kinds["Conv2D"].output.shape) == (None, 4, 4, 64)
+    assert tuple(kinds["Flatten"].output.shape) == (None, 4 * 4 * 64)
+    assert model.layers[-1].name == "exit_1" and tuple(out.shape) == (None, 10)
+    probabilities = model.predict_on_batch(np.ones((2, 16, 16, 8), np.float32))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("side", "grid"), [(7, 4), (5, 3), (3, 3), (1, 1)])
+def test_sdn_head_pools_only_maps_larger_than_the_grid(side, grid):
+    # GIVEN the sdn head WHEN attached to a side x side map
+    inputs, out = build(load_exit_definition(head="sdn"), (side, side, 4), num_classes=3)
+    model = keras.Model(inputs, out)
+    kinds = [type(layer).__name__ for layer in model.layers[1:]]
+    # THEN a map at most 4 wide is not pooled; a larger one is pooled to at most 4x4
+    assert ("MaxPooling2D" in kinds) == (side > 4)
+    flatten = next(layer for layer in model.layers if type(layer).__name__ == "Flatten")
+    assert tuple(flatten.output.shape) == (None, grid * grid * 64)
+
+
+def test_unknown_head_is_named_with_the_choices():
+    with pytest.raises(ExitSpecError, match="Unknown exit head 'resnet'.*sdn, paper, conv"):
+        load_exit_definition(head="resnet")
 
 
 @pytest.mark.parametrize(
@@ -85,8 +123,8 @@ def test_default_exit_on_a_vector_skips_pooling():
     [("avg", "GlobalAveragePooling2D"), ("max", "GlobalMaxPooling2D"), ("flatten", "Flatten")],
 )
 def test_default_exit_uses_the_requested_pooling(pooling, layer):
-    # GIVEN a pooling kind WHEN the default exit is rendered and built
-    definition = load_exit_definition(pooling=pooling)
+    # GIVEN a pooling kind WHEN the paper exit is rendered and built
+    definition = load_exit_definition(pooling=pooling, head="paper")
     inputs, out = build(definition, (8, 8, 4), num_classes=5)
     # THEN the code and the built model use that reducer
     assert f"layers.{layer}(" in definition.code

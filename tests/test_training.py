@@ -64,3 +64,83 @@ def test_training_a_batchnorm_model_briefly_answers_well_in_inference_mode():
     train_backbone(model, Data, TrainingConfig(epochs=2, learning_rate=3e-2, batch_size=32))
     accuracy = float(np.mean(model.predict(Data.x_val, verbose=0).argmax(1) == Data.y_val))
     assert accuracy > 0.9
+
+
+# --- exit training: distillation and joint fine-tuning -------------------------------------------
+
+
+class _Blobs:
+    """Three separable classes in 6-D (train/val), the shape of a ``Dataset`` the trainers read."""
+
+    rng = np.random.default_rng(3)
+    y_train = rng.integers(0, 3, 480)
+    x_train = (rng.normal(size=(480, 6)) + 3.0 * np.eye(3, 6)[y_train]).astype(np.float32)
+    y_val = rng.integers(0, 3, 120)
+    x_val = (rng.normal(size=(120, 6)) + 3.0 * np.eye(3, 6)[y_val]).astype(np.float32)
+
+
+def _backbone_with_exit():
+    """A trained 2-layer backbone plus one untrained exit on its hidden layer."""
+    from edgelesspart._lazy import keras
+    from edgelesspart.training import TrainingConfig, train_backbone
+
+    k = keras()
+    k.utils.set_random_seed(0)
+    inputs = k.Input((6,))
+    hidden = k.layers.Dense(8, activation="relu", name="hidden")(inputs)
+    model = k.Model(inputs, k.layers.Dense(3, activation="softmax", name="head")(hidden))
+    train_backbone(model, _Blobs, TrainingConfig(epochs=4, learning_rate=3e-2, batch_size=32))
+    hidden_out = model.get_layer("hidden").output
+    exit_1 = k.layers.Dense(3, activation="softmax", name="exit_1")(hidden_out)
+    return model, {"exit_1": exit_1}
+
+
+def test_distillation_loss_mixes_label_cross_entropy_and_softened_targets():
+    from edgelesspart._lazy import keras
+    from edgelesspart.exit_training import distillation_loss, soften
+
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], np.float32)
+    labels = np.array([0, 1])
+    teacher = soften(np.array([[0.6, 0.3, 0.1], [0.2, 0.2, 0.6]]), 3.0)
+    y_true = np.concatenate([teacher, labels[:, None].astype(np.float32)], axis=1)
+    ops = keras().ops
+    hard = -np.log(probs[np.arange(2), labels])
+    soft = -(teacher * np.log(soften(probs, 3.0))).sum(axis=1) * 9.0
+    for alpha in (0.0, 0.5, 1.0):
+        got = ops.convert_to_numpy(distillation_loss(3.0, alpha)(y_true, probs))
+        np.testing.assert_allclose(got, alpha * hard + (1 - alpha) * soft, rtol=1e-4)
+
+
+def test_distilled_exits_learn_and_leave_the_final_classifier_unchanged():
+    from edgelesspart.exit_training import train_exits_distilled
+    from edgelesspart.training import TrainingConfig
+
+    model, exits = _backbone_with_exit()
+    before = model.predict(_Blobs.x_val, verbose=0)
+    config = TrainingConfig(epochs=6, batch_size=32, exit_learning_rate=3e-2)
+    joint, result = train_exits_distilled(model, exits, _Blobs, config, mode="distill")
+    out = joint.predict(_Blobs.x_val, verbose=0)
+    np.testing.assert_allclose(out["final"], before, rtol=1e-5)
+    assert float(np.mean(out["exit_1"].argmax(1) == _Blobs.y_val)) > 0.8
+    assert result.used == "distill" and not result.fell_back and result.epochs >= 1
+
+
+def test_joint_training_that_hurts_the_final_classifier_falls_back_to_the_frozen_backbone():
+    from edgelesspart.exit_training import train_exits_distilled
+    from edgelesspart.training import TrainingConfig
+
+    model, exits = _backbone_with_exit()
+    before = model.predict(_Blobs.x_val, verbose=0)
+    # GIVEN a joint fine-tuning with an absurd learning rate and a zero-point bound
+    config = TrainingConfig(epochs=2, batch_size=32, exit_learning_rate=500.0, patience=1)
+    notes = []
+    joint, result = train_exits_distilled(
+        model, exits, _Blobs, config, mode="joint", max_final_drop=0.0, log=notes.append
+    )
+    # THEN the bound is reported broken, the backbone restored and the build told so
+    record = result.to_dict()
+    assert result.fell_back and result.used == "distill" and record["mode"] == "joint"
+    assert record["final_val_accuracy"]["joint"] < record["final_val_accuracy"]["before"]
+    assert record["final_accuracy_change_pp"] == 0.0
+    np.testing.assert_allclose(joint.predict(_Blobs.x_val, verbose=0)["final"], before, rtol=1e-5)
+    assert notes and "restored the frozen backbone" in notes[0]

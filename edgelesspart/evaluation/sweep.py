@@ -168,7 +168,15 @@ def exit_costs(trace: Any, model: LatencyModel) -> ExitCosts:
 
 
 def confidences(trace: Any, labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-1 confidence and prediction per sample and exit, both ``(N, E)``."""
+    """Confidence and top-1 prediction per sample and exit, both ``(N, E)``.
+
+    The confidence is scored like the runtime executor scores it: with the trace's ``measure``
+    (``max-softmax`` or ``entropy``, see ``edgelesspart.runtime.confidence``) on its
+    probabilities, which the executor has already temperature-scaled with the manifest's
+    ``serving.temperatures``.
+    """
+    from edgelesspart.runtime.confidence import MAX_SOFTMAX, score
+
     mats = [np.asarray(trace.probs[name]) for name in trace.exits]
     counts = {m.shape[0] for m in mats}
     if len(counts) != 1 or any(m.ndim != 2 for m in mats):
@@ -179,7 +187,8 @@ def confidences(trace: Any, labels: np.ndarray | None = None) -> tuple[np.ndarra
             f"Got {len(labels)} labels for a trace of {mats[0].shape[0]} samples; trace the same "
             "split the labels come from."
         )
-    conf = np.stack([m.max(axis=1) for m in mats], axis=1)
+    measure = getattr(trace, "measure", MAX_SOFTMAX)
+    conf = np.stack([score(m, measure) for m in mats], axis=1)
     pred = np.stack([m.argmax(axis=1) for m in mats], axis=1)
     return conf, pred
 

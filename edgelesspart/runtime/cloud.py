@@ -22,12 +22,8 @@ import numpy as np
 from edgelesspart.errors import BundleError, EdgeLessPartError, InputError
 from edgelesspart.runtime import codecs
 from edgelesspart.runtime.bundle import Bundle
-from edgelesspart.runtime.executor import (
-    DEFAULT_THRESHOLD,
-    Answer,
-    ProgressiveExecutor,
-    check_threshold,
-)
+from edgelesspart.runtime.confidence import serving_threshold
+from edgelesspart.runtime.executor import Answer, ProgressiveExecutor, check_threshold
 from edgelesspart.runtime.manifest import load_manifest
 from edgelesspart.runtime.preprocess import validate_input
 
@@ -59,7 +55,8 @@ class CloudPart:
         verify: check file hashes against the manifest.
         pool_size: interpreters per segment (= concurrent requests per segment).
         stages: stages to run (default: every stage after the first).
-        threshold: default threshold when neither the call nor the tensor's meta sets one.
+        threshold: default threshold when neither the call nor the tensor's meta sets one;
+            ``None``: the manifest's ``serving.threshold`` (chosen by the build on validation).
         max_bytes: largest decoded tensor accepted.
 
     Raises:
@@ -74,7 +71,7 @@ class CloudPart:
         verify: bool = True,
         pool_size: int = 4,
         stages: Sequence[str] | None = None,
-        threshold: float = DEFAULT_THRESHOLD,
+        threshold: float | None = None,
         max_bytes: int = MAX_TENSOR_BYTES,
     ) -> None:
         start = time.perf_counter()
@@ -86,6 +83,8 @@ class CloudPart:
                 )
             stages = names[1:]
         self.bundle = Bundle.load(bundle_path, verify=verify, stages=stages, pool_size=pool_size)
+        if threshold is None:
+            threshold = serving_threshold(self.bundle.manifest.serving)
         self.threshold = check_threshold(threshold)
         self.max_bytes = int(max_bytes)
         self.executors = [

@@ -22,10 +22,15 @@ import numpy as np
 
 from edgelesspart.errors import BundleError, ConfigError
 from edgelesspart.runtime.bundle import Bundle
+from edgelesspart.runtime.confidence import (
+    DEFAULT_THRESHOLD,  # noqa: F401  (re-exported: the services import it from here)
+    MAX_SOFTMAX,
+    scorer_for,
+    serving_threshold,
+)
 from edgelesspart.runtime.manifest import FINAL_EXIT, SegmentSpec
 from edgelesspart.runtime.preprocess import validate_input
 
-DEFAULT_THRESHOLD = 0.8
 TOTAL = "total"
 
 
@@ -131,6 +136,7 @@ class Trace:
     segment_stage: dict[str, str]
     segment_ms: dict[str, float]
     boundary_bytes: dict[str, int]
+    measure: str = MAX_SOFTMAX  # how confidence is scored from ``probs`` (already calibrated)
 
 
 class _Rows:
@@ -155,13 +161,21 @@ class ProgressiveExecutor:
     Args:
         bundle: a bundle with ``stage`` loaded.
         stage: the stage name (``"edge"``, ``"cloud"``, ...).
-        threshold: default confidence threshold (see :func:`check_threshold`).
+        threshold: default confidence threshold (see :func:`check_threshold`); ``None``: the
+            manifest's ``serving.threshold`` (chosen by the build), else ``DEFAULT_THRESHOLD``.
+
+    Exit probabilities are temperature-scaled and scored with the manifest's ``serving`` entry
+    (:mod:`edgelesspart.runtime.confidence`), in :meth:`run` and :meth:`trace` alike.
     """
 
-    def __init__(self, bundle: Bundle, stage: str, threshold: float = DEFAULT_THRESHOLD) -> None:
+    def __init__(self, bundle: Bundle, stage: str, threshold: float | None = None) -> None:
         self.bundle = bundle
         self.stage = stage
-        self.threshold = check_threshold(threshold)
+        serving = bundle.manifest.serving
+        self.scorer = scorer_for(serving)
+        self.threshold = check_threshold(
+            serving_threshold(serving) if threshold is None else threshold
+        )
         self._segments = bundle.segments(stage)
         if not self._segments:
             raise BundleError(f"Stage {stage!r} has no segments in manifest.json.")
@@ -219,8 +233,9 @@ class ProgressiveExecutor:
                 f"Exit {seg.exit!r} returned probabilities of shape {got}; the manifest lists "
                 f"{len(classes)} classes."
             )
+        probs = self.scorer.calibrate(seg.exit, probs)
         labels = probs.argmax(axis=1)
-        conf = probs[np.arange(len(labels)), labels]
+        conf = self.scorer.confidence(probs)
         final = seg.exit == FINAL_EXIT
         answer_mask = np.ones(len(labels), bool) if final else (conf >= thr) & (thr <= 1.0)
         for i, row in enumerate(rows.active):
@@ -261,7 +276,8 @@ class ProgressiveExecutor:
                 for i in range(0, len(current), batch_size)
             ]
             if seg.exit is not None:
-                probs[seg.exit] = np.concatenate([o[0] for o in outs]).astype(np.float32)
+                raw = np.concatenate([o[0] for o in outs]).astype(np.float32)
+                probs[seg.exit] = self.scorer.calibrate(seg.exit, raw)
             if seg.boundary is not None:
                 current = np.concatenate([o[1] for o in outs])
                 boundary_bytes[seg.name] = int(current[0].nbytes)
@@ -277,6 +293,7 @@ class ProgressiveExecutor:
             segment_stage={s.name: s.stage for s in segments},
             segment_ms=segment_ms,
             boundary_bytes=boundary_bytes,
+            measure=self.scorer.measure,
         )
 
 

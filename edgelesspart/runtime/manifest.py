@@ -174,6 +174,11 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     schema_version: int = SCHEMA_VERSION
+    #: How the services answer by default, chosen by the build on validation:
+    #: ``{"threshold", "confidence", "temperatures": {exit: T}, ...}`` (see
+    #: ``edgelesspart.runtime.confidence``). ``{}`` in bundles built before it existed: the
+    #: services then use threshold 0.8 and uncalibrated max-softmax, as before.
+    serving: dict[str, Any] = field(default_factory=dict)
 
     def stage_segments(self, stage: str) -> tuple[SegmentSpec, ...]:
         """The segments of one stage, in execution order."""
@@ -200,6 +205,7 @@ class Manifest:
             "profile": dict(self.profile),
             "training": dict(self.training),
             "extra": dict(self.extra),
+            "serving": dict(self.serving),
             "files": dict(self.files),
         }
 
@@ -229,6 +235,7 @@ class Manifest:
                 training=dict(data.get("training", {})),
                 extra=dict(data.get("extra", {})),
                 created=str(data.get("created", "")),
+                serving=dict(data.get("serving") or {}),
             )
         except PlanError as exc:
             raise BundleError(f"manifest.json has a bad plan: {exc}") from exc

@@ -1,0 +1,219 @@
+"""Calibrated exit confidence: temperature scaling and the confidence measure (numpy only).
+
+Must not import TensorFlow: the edge service, the cloud function and the evaluator all score
+exits through :class:`ExitScorer`, so a served answer's ``confidence`` and an evaluated sweep use
+the same numbers.
+
+* **Temperature scaling** (Guo et al., ICML 2017). An exit outputs probabilities ``p``; its
+  logits are ``log p`` up to a per-row constant (softmax is shift-invariant), so the calibrated
+  probabilities are ``softmax(log(p) / T)``. ``T`` is fitted per exit on the validation split by
+  minimising the negative log-likelihood; the NLL is convex in ``1/T``, hence unimodal in
+  ``log T``, and a golden-section search over ``log T`` finds it. ``T > 1`` softens an
+  over-confident exit; ``T = 1`` changes nothing. The top-1 label never changes.
+* **Confidence measure**: ``max-softmax`` (top-1 calibrated probability, as in the
+  EdgeLessPart paper) or ``entropy`` (BranchyNet, Teerapittayanon et al. 2016): the normalised
+  entropy ``H(p) / log C`` lies in [0, 1] and the confidence is ``1 - H(p) / log C``, so that
+  "answer when confidence >= threshold" is BranchyNet's "answer when entropy <= 1 - threshold"
+  (in units of ``log C``). Both lie in [0, 1]; a threshold above 1 disables early exits.
+
+The manifest's ``serving`` entry (written by the build) holds ``{"confidence": measure,
+"temperatures": {exit: T}, "threshold": t, ...}``; :meth:`ExitScorer.from_serving` reads it, and
+an old bundle without it scores exactly as before (``T = 1``, ``max-softmax``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgelesspart.errors import BundleError, ConfigError, InputError
+
+MAX_SOFTMAX = "max-softmax"
+ENTROPY = "entropy"
+MEASURES = (MAX_SOFTMAX, ENTROPY)
+T_BOUNDS = (0.05, 20.0)
+_EPS = 1e-12
+_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
+
+
+def check_measure(measure: Any) -> str:
+    """Return ``measure`` if it is a known confidence measure.
+
+    Raises:
+        ConfigError: anything but ``max-softmax`` or ``entropy``.
+    """
+    if measure not in MEASURES:
+        raise ConfigError(
+            f"Unknown confidence measure {measure!r}; choose max-softmax (top-1 probability) "
+            "or entropy (1 - normalised entropy, BranchyNet)."
+        )
+    return str(measure)
+
+
+def check_temperature(value: Any) -> float:
+    """Return ``value`` as a float if it is a positive finite temperature.
+
+    Raises:
+        ConfigError: not a positive finite number.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"A temperature must be a positive number, got {value!r}.") from exc
+    if isinstance(value, bool) or not math.isfinite(number) or number <= 0:
+        raise ConfigError(f"A temperature must be a positive number, got {value!r}.")
+    return number
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Rescale probabilities as ``softmax(log(p) / T)``; returns float32 ``(N, C)``."""
+    temperature = check_temperature(temperature)
+    probs = np.asarray(probs)
+    if temperature == 1.0:
+        return probs.astype(np.float32, copy=False)
+    logits = np.log(np.clip(probs.astype(np.float64), _EPS, None)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    scaled = np.exp(logits)
+    return (scaled / scaled.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def score(probs: np.ndarray, measure: str = MAX_SOFTMAX) -> np.ndarray:
+    """Per-row confidence in [0, 1] of ``(N, C)`` probabilities under ``measure``."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if measure == MAX_SOFTMAX:
+        return probs.max(axis=1)
+    check_measure(measure)
+    classes = probs.shape[1]
+    if classes < 2:
+        return np.ones(probs.shape[0])
+    p = np.clip(probs, 0.0, 1.0)
+    entropy = -np.sum(np.where(p > 0, p * np.log(np.clip(p, _EPS, None)), 0.0), axis=1)
+    return np.clip(1.0 - entropy / math.log(classes), 0.0, 1.0)
+
+
+def check_probs_labels(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    if probs.ndim != 2 or probs.shape[0] != labels.shape[0] or probs.shape[0] == 0:
+        raise InputError(
+            f"Calibration needs (N, C) probabilities and N labels with N > 0; got probabilities "
+            f"of shape {probs.shape} and {labels.shape[0]} labels."
+        )
+    if labels.min() < 0 or labels.max() >= probs.shape[1]:
+        raise InputError(
+            f"Labels must lie in [0, {probs.shape[1] - 1}], got {labels.min()}..{labels.max()}."
+        )
+    return probs, labels
+
+
+def nll(probs: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of ``labels`` under temperature-scaled ``probs``."""
+    probs, labels = check_probs_labels(probs, labels)
+    logits = np.log(np.clip(probs, _EPS, None)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(logits).sum(axis=1))
+    return float(np.mean(log_norm - logits[np.arange(len(labels)), labels]))
+
+
+def fit_temperature(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    *,
+    bounds: tuple[float, float] = T_BOUNDS,
+    tol: float = 1e-4,
+) -> float:
+    """Fit the temperature minimising the NLL by golden-section search over ``log T``.
+
+    Args:
+        probs: ``(N, C)`` probabilities of one exit on the validation split.
+        labels: ``N`` integer labels.
+        bounds: the search interval for ``T``.
+        tol: stop when the interval in ``log T`` is narrower than this.
+
+    Returns:
+        The fitted temperature (``> 1`` softens an over-confident exit).
+    """
+    probs, labels = check_probs_labels(probs, labels)
+    lo, hi = math.log(bounds[0]), math.log(bounds[1])
+    c, d = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
+    fc, fd = nll(probs, labels, math.exp(c)), nll(probs, labels, math.exp(d))
+    while hi - lo > tol:
+        if fc <= fd:
+            hi, d, fd = d, c, fc
+            c = hi - _GOLDEN * (hi - lo)
+            fc = nll(probs, labels, math.exp(c))
+        else:
+            lo, c, fc = c, d, fd
+            d = lo + _GOLDEN * (hi - lo)
+            fd = nll(probs, labels, math.exp(d))
+    return float(math.exp((lo + hi) / 2.0))
+
+
+@dataclass(frozen=True)
+class ExitScorer:
+    """How a bundle's exits are scored: per-exit temperatures plus the confidence measure.
+
+    Attributes:
+        measure: ``max-softmax`` or ``entropy``.
+        temperatures: exit name -> temperature; an exit not listed uses ``T = 1``.
+    """
+
+    measure: str = MAX_SOFTMAX
+    temperatures: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_measure(self.measure)
+        for value in self.temperatures.values():
+            check_temperature(value)
+
+    @classmethod
+    def from_serving(cls, serving: Mapping[str, Any] | None) -> ExitScorer:
+        """Read a manifest ``serving`` entry (``{}`` or ``None``: uncalibrated max-softmax).
+
+        Raises:
+            ConfigError: an unknown measure or a bad temperature.
+        """
+        serving = serving or {}
+        temps = serving.get("temperatures") or {}
+        if not isinstance(temps, Mapping):
+            raise ConfigError(
+                f"serving.temperatures must map exit names to numbers, got {temps!r}."
+            )
+        return cls(
+            measure=str(serving.get("confidence", MAX_SOFTMAX)),
+            temperatures={str(k): check_temperature(v) for k, v in temps.items()},
+        )
+
+    def calibrate(self, exit_name: str, probs: np.ndarray) -> np.ndarray:
+        """The exit's temperature-scaled probabilities (float32, same shape)."""
+        return apply_temperature(probs, self.temperatures.get(exit_name, 1.0))
+
+    def confidence(self, probs: np.ndarray) -> np.ndarray:
+        """Per-row confidence of already calibrated probabilities."""
+        return score(probs, self.measure)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready ``{"confidence", "temperatures"}`` (the scoring part of ``serving``)."""
+        return {"confidence": self.measure, "temperatures": dict(self.temperatures)}
+
+
+#: The services' threshold for a bundle whose manifest records none (built before ``serving``).
+DEFAULT_THRESHOLD = 0.8
+
+
+def serving_threshold(serving: Mapping[str, Any] | None) -> float:
+    """The bundle's default threshold: ``serving["threshold"]``, else :data:`DEFAULT_THRESHOLD`."""
+    value = (serving or {}).get("threshold")
+    return DEFAULT_THRESHOLD if value is None else float(value)
+
+
+def scorer_for(serving: Mapping[str, Any] | None) -> ExitScorer:
+    """:meth:`ExitScorer.from_serving`, raising :class:`BundleError` for a bad manifest entry."""
+    try:
+        return ExitScorer.from_serving(serving)
+    except ConfigError as exc:
+        raise BundleError(f"manifest.json has a bad serving entry: {exc}") from exc
