@@ -155,3 +155,21 @@ def test_function_refuses_unsigned_offloads(gcf):
     )
     assert reply.status_code == 401
     assert reply.headers["Content-Type"].startswith("application/json")
+
+
+def test_package_and_evaluate_default_to_the_plans_cloud_provider(tiny_bundle, tmp_path):
+    # GIVEN the tiny bundle (cloud stage on "host": no provider) and a copy planned for Lambda
+    import shutil
+    from dataclasses import replace
+
+    from edgelesspart.devices import bundle_cloud_provider
+    from edgelesspart.runtime.manifest import load_manifest, write_manifest
+
+    copy = tmp_path / "lambda-bundle"
+    shutil.copytree(tiny_bundle, copy)
+    manifest = load_manifest(copy, verify=False)
+    stages = (*manifest.plan.stages[:-1], replace(manifest.plan.stages[-1], device="lambda-2gb"))
+    write_manifest(copy, replace(manifest, plan=replace(manifest.plan, stages=stages)))
+    # THEN package-cloud and evaluate both pick gcf for the first and lambda for the second
+    assert bundle_cloud_provider(tiny_bundle) == "gcf"
+    assert bundle_cloud_provider(copy) == "lambda"
