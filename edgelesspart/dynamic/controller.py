@@ -271,8 +271,7 @@ class WidthController:
             p = self.predict(combo, rate)
             if p.utilisation > utilisation or p.latency_ms > headroom * self.config.slo_ms:
                 continue
-            key = (round(p.accuracy, 6), sum(combo), -p.latency_ms)
-            if best is None or key > (round(best.accuracy, 6), sum(best.widths), -best.latency_ms):
+            if best is None or _rank(p) > _rank(best):
                 best = p
         return best
 
@@ -311,7 +310,7 @@ class WidthController:
             return self._hold(obs.time_s, current, f"pressure {state.pressure}/{cfg.patience_up}")
         state.pressure = 0
         wider = self._best(rate, cfg.low_utilisation, cfg.latency_headroom)
-        if wider is None or wider.accuracy <= current.accuracy + 1e-9:
+        if wider is None or _rank(wider) <= _rank(current):
             state.calm = 0
             return self._hold(obs.time_s, current, "within bands")
         state.calm += 1
@@ -378,6 +377,11 @@ class WidthController:
             current.utilisation,
             current.accuracy,
         )
+
+
+def _rank(p: _Prediction) -> tuple[float, float, float]:
+    """Preference order: more accurate, then wider (measured ties favour full width), faster."""
+    return (round(p.accuracy, 6), sum(p.widths), -p.latency_ms)
 
 
 def _fmt(widths: Sequence[float]) -> str:

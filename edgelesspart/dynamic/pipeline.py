@@ -1,0 +1,430 @@
+"""A chain of width-switching stage actors on Ray, with the controller in the dispatcher.
+
+:class:`WidthWorker` (a plain class; Ray makes it an actor) holds *every* width's LiteRT segment
+of its stage, received as bytes and checked against the width manifest's SHA-256. ``forward``
+(frames in and out, never pickled objects, as in :mod:`edgelesspart.pipeline.stage`) runs in
+the actor's default concurrency group, one call at a time as a device would; ``set_width``,
+``set_slowdown`` and ``state`` run in a separate ``control`` group, so a width change reaches a
+stage at once even while its queue is long, and takes effect from the next ``forward``: nothing
+is restarted, reloaded or dropped. Devices are emulated by sleeping: a stage at width ``w``
+takes ``scale x (build-host latency of that segment) x slowdown`` (the measured curve of the
+width manifest), and reports when the host itself was slower than that (``host_bound``).
+
+:class:`DynamicPipeline` streams inputs through the actors (at most ``window`` in flight), reads
+each stage's counters every ``tick_s`` (items done, busy time, width), derives service time,
+queue length (items past the previous stage and not past this one) and throughput, asks the
+:class:`~edgelesspart.dynamic.controller.WidthController` and applies its widths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgelesspart.dynamic.controller import (
+    Decision,
+    Observation,
+    StageMetrics,
+    WidthController,
+)
+from edgelesspart.dynamic.stage import WidthStage
+from edgelesspart.dynamic.widths import DynamicManifest, load_manifest, segment_path, width_key
+from edgelesspart.errors import BundleError, ConfigError, PipelineBusy, PipelineError
+from edgelesspart.pipeline import raykit
+from edgelesspart.pipeline.emulation import sleep_s
+from edgelesspart.runtime.codecs import decode_tensor, encode_tensor
+
+DEFAULT_TICK_S = 0.5
+DEFAULT_WINDOW = 256
+DECISIONS_KEPT = 200
+
+
+def stage_files(bundle: Path, manifest: DynamicManifest, index: int) -> dict[str, bytes]:
+    """Relative path -> bytes of every width's segment of stage ``index``."""
+    out = {}
+    for seg in manifest.stages[index].segments:
+        rel = seg.segment.files["tflite"]
+        out[rel] = segment_path(bundle, rel).read_bytes()
+    return out
+
+
+class WidthWorker:
+    """One stage at every width (see the module docstring); callable in-process too.
+
+    Args:
+        manifest: the width manifest as a dict.
+        index: the stage this worker runs.
+        files: relative path -> bytes of its segments (:func:`stage_files`).
+        scale: emulated device time = ``scale`` x build-host latency (1: no emulation).
+        width: the initial width.
+    """
+
+    def __init__(
+        self,
+        manifest: dict[str, Any],
+        index: int,
+        files: dict[str, bytes],
+        scale: float = 1.0,
+        width: float = 1.0,
+    ) -> None:
+        self.manifest = DynamicManifest.from_dict(manifest)
+        self.index = int(index)
+        self._dir = Path(tempfile.mkdtemp(prefix=f"elp-width-{index}-"))
+        for seg in self.manifest.stages[self.index].segments:
+            rel = seg.segment.files["tflite"]
+            data = files.get(rel)
+            if data is None or hashlib.sha256(data).hexdigest() != seg.sha256:
+                raise BundleError(
+                    f"Stage {index} segment {rel!r} is missing or does not match its SHA-256; "
+                    "the dispatcher's width bundle is corrupt."
+                )
+            segment_path(self._dir, rel).write_bytes(data)
+        self.stage = WidthStage(self._dir, [self.index], manifest=self.manifest, width=width)
+        if not scale >= 1.0:
+            raise ConfigError(f"scale must be >= 1 (emulated devices are slower), got {scale!r}.")
+        self.scale = float(scale)
+        self.slowdown = 1.0
+        self._lock = threading.Lock()
+        self._items = 0
+        self._busy_s = 0.0
+        self._host_bound = 0
+
+    def ready(self) -> dict[str, Any]:
+        """Who this worker is (the dispatcher waits on it after creating the actor)."""
+        return {"stage": self.index, "pid": os.getpid(), "widths": list(self.stage.widths)}
+
+    def device_ms(self, width: float) -> float:
+        """Emulated service time at ``width`` under the current slowdown."""
+        return self.scale * self.stage.latency_ms(width) * self.slowdown
+
+    def forward(self, payload: bytes) -> bytes:
+        """Decode, run at the current width, sleep to the emulated device time, encode."""
+        start = time.perf_counter()
+        x, header = decode_tensor(payload)
+        meta = dict(header.get("meta") or {})
+        y, width, _ = self.stage.timed(x)
+        out = encode_tensor(np.ascontiguousarray(y), "raw", meta={
+            **meta, "widths": [*meta.get("widths", []), width]
+        })  # fmt: skip
+        wall = time.perf_counter() - start
+        target = self.device_ms(width) / 1000.0
+        sleep_s(target - wall)
+        with self._lock:
+            self._items += 1
+            self._busy_s += max(target, time.perf_counter() - start)
+            self._host_bound += int(wall > target)
+        return out
+
+    def set_width(self, width: float) -> float:
+        """Switch width from the next ``forward``; return the previous width."""
+        return self.stage.set_width(width)
+
+    def set_slowdown(self, factor: float) -> None:
+        """Inject (or lift, with 1.0) a slowdown of the emulated device."""
+        if not factor >= 1.0:
+            raise ConfigError(f"A slowdown factor must be >= 1, got {factor!r}.")
+        self.slowdown = float(factor)
+
+    def state(self) -> dict[str, Any]:
+        """Cumulative counters: items done, busy seconds, host-bound items, width."""
+        with self._lock:
+            return {
+                "items": self._items,
+                "busy_s": self._busy_s,
+                "host_bound": self._host_bound,
+                "width": self.stage.width,
+                "slowdown": self.slowdown,
+                "switches": self.stage.switches,
+                "rows_by_width": dict(self.stage.rows_by_width),
+            }
+
+    def __del__(self) -> None:
+        shutil.rmtree(getattr(self, "_dir", ""), ignore_errors=True)
+
+
+def remote_worker_class() -> Any:
+    """``WidthWorker`` as a Ray actor class with a ``control`` concurrency group."""
+    ray = raykit.require_ray()
+
+    class _Worker(WidthWorker):
+        @ray.method(concurrency_group="control")
+        def set_width(self, width: float) -> float:
+            return WidthWorker.set_width(self, width)
+
+        @ray.method(concurrency_group="control")
+        def set_slowdown(self, factor: float) -> None:
+            WidthWorker.set_slowdown(self, factor)
+
+        @ray.method(concurrency_group="control")
+        def state(self) -> dict[str, Any]:
+            return WidthWorker.state(self)
+
+    _Worker.__name__ = _Worker.__qualname__ = "WidthWorker"
+    return ray.remote(concurrency_groups={"control": 1})(_Worker)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One answer: probabilities, the width each stage ran it at, and end-to-end latency."""
+
+    seq: int
+    probs: np.ndarray
+    widths: tuple[float, ...]
+    submitted_s: float
+    latency_ms: float
+
+
+@dataclass
+class _Ticket:
+    seq: int
+    ref: Any
+    submitted: float
+
+
+class DynamicPipeline:
+    """Width-switching stage actors plus (optionally) the controller loop.
+
+    Args:
+        bundle: the width bundle directory.
+        scale: emulated device time = ``scale`` x build-host latency (see :class:`WidthWorker`).
+        controller: the width controller, or ``None`` for static widths.
+        slo_ms: the latency SLO answers are counted against.
+        tick_s: controller period.
+        window: most inputs in flight (more raise :class:`PipelineBusy`).
+    """
+
+    def __init__(
+        self,
+        bundle: str | Path,
+        *,
+        scale: float = 1.0,
+        controller: WidthController | None = None,
+        slo_ms: float | None = None,
+        tick_s: float = DEFAULT_TICK_S,
+        window: int = DEFAULT_WINDOW,
+        timeout_s: float = 120.0,
+    ) -> None:
+        self.bundle = Path(bundle)
+        self.manifest = load_manifest(self.bundle)
+        self.scale = float(scale)
+        self.controller = controller
+        self.slo_ms = slo_ms if slo_ms is not None else getattr(
+            getattr(controller, "config", None), "slo_ms", None
+        )  # fmt: skip
+        self.tick_s = float(tick_s)
+        self.window = int(window)
+        self.timeout_s = float(timeout_s)
+        self.actors: list[Any] = []
+        self._seq = itertools.count()
+        self._lock = threading.Lock()
+        self._submitted = 0
+        self._completed = 0
+        self._rejected = 0
+        self._met_slo = 0
+        self._inflight = 0
+        self._decisions: deque[dict[str, Any]] = deque(maxlen=DECISIONS_KEPT)
+        self.timeline: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last: dict[str, Any] | None = None
+
+    @property
+    def stages(self) -> int:
+        """Number of stages."""
+        return len(self.manifest.stages)
+
+    def start(self, ready_timeout_s: float = 120.0) -> DynamicPipeline:
+        """Create one actor per stage, wait until each loaded its widths, start the loop."""
+        ray = raykit.require_ray()
+        cls = remote_worker_class()
+        manifest = self.manifest.to_dict()
+        for k in range(self.stages):
+            opts = raykit.actor_options(max_restarts=0, max_task_retries=0)
+            files = stage_files(self.bundle, self.manifest, k)
+            self.actors.append(cls.options(**opts).remote(manifest, k, files, self.scale))
+        try:
+            ray.get([a.ready.remote() for a in self.actors], timeout=ready_timeout_s)
+        except Exception as exc:
+            self.close()
+            raise PipelineError(f"Width stage actors did not start: {exc}") from exc
+        self._last = self._read(time.perf_counter())
+        self._thread = threading.Thread(target=self._loop, name="width-controller", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the controller loop and kill the actors."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        ray = raykit.require_ray()
+        for actor in self.actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self.actors = []
+
+    def __enter__(self) -> DynamicPipeline:
+        return self.start() if not self.actors else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ streaming
+
+    def submit(self, x: np.ndarray) -> _Ticket:
+        """Send one input into the chain; :class:`PipelineBusy` when the window is full."""
+        if not self.actors:
+            raise PipelineError("The pipeline is not started; call start() first.")
+        with self._lock:
+            if self._inflight >= self.window:
+                self._rejected += 1
+                raise PipelineBusy(f"{self.window} inputs are already in flight; retry shortly.")
+            self._inflight += 1
+            self._submitted += 1
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim == len(self.manifest.stages[0].input.shape):
+            x = x[None]
+        seq = next(self._seq)
+        ref: Any = encode_tensor(x, "raw", meta={"seq": seq})
+        for actor in self.actors:
+            ref = actor.forward.remote(ref)
+        return _Ticket(seq, ref, time.perf_counter())
+
+    def result(self, ticket: _Ticket) -> Answer:
+        """Wait for one answer.
+
+        Raises:
+            PipelineError: a stage failed or the answer took longer than ``timeout_s``.
+        """
+        ray = raykit.require_ray()
+        try:
+            frame = ray.get(ticket.ref, timeout=self.timeout_s)
+        except Exception as exc:
+            raise PipelineError(f"Input {ticket.seq} was not answered: {exc}") from exc
+        finally:
+            with self._lock:
+                self._inflight -= 1
+        latency = (time.perf_counter() - ticket.submitted) * 1000.0
+        probs, header = decode_tensor(frame)
+        meta = header.get("meta") or {}
+        if meta.get("seq") != ticket.seq:
+            raise PipelineError(f"Answer for input {meta.get('seq')} arrived as {ticket.seq}.")
+        with self._lock:
+            self._completed += 1
+            self._met_slo += int(self.slo_ms is not None and latency <= self.slo_ms)
+        widths = tuple(float(w) for w in meta.get("widths", []))
+        return Answer(ticket.seq, probs, widths, ticket.submitted, latency)
+
+    # ------------------------------------------------------------------ control
+
+    def set_widths(self, widths: tuple[float, ...]) -> None:
+        """Set every stage's width now (control group: does not wait behind queued inputs)."""
+        ray = raykit.require_ray()
+        ray.get([a.set_width.remote(float(w)) for a, w in zip(self.actors, widths)], timeout=30)
+
+    def set_slowdown(self, index: int, factor: float) -> None:
+        """Inject a slowdown into stage ``index``'s emulated device (1.0 lifts it)."""
+        ray = raykit.require_ray()
+        ray.get(self.actors[index].set_slowdown.remote(float(factor)), timeout=30)
+
+    def _read(self, now: float) -> dict[str, Any]:
+        ray = raykit.require_ray()
+        states = ray.get([a.state.remote() for a in self.actors], timeout=30)
+        with self._lock:
+            submitted = self._submitted
+        return {"t": now, "submitted": submitted, "states": states}
+
+    def observe(self) -> Observation:
+        """Per-stage metrics since the previous call (used by the loop; public for tests)."""
+        now = time.perf_counter()
+        cur = self._read(now)
+        last = self._last or cur
+        self._last = cur
+        dt = max(1e-6, now - last["t"])
+        stages = []
+        upstream = cur["submitted"]
+        for old, new in zip(last["states"], cur["states"]):
+            items = new["items"] - old["items"]
+            busy = new["busy_s"] - old["busy_s"]
+            service = busy / items * 1000.0 if items else None
+            stages.append(
+                StageMetrics(service, max(0, upstream - new["items"]), items / dt, new["width"])
+            )
+            upstream = new["items"]
+        rate = (cur["submitted"] - last["submitted"]) / dt
+        return Observation(now, rate, tuple(stages))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.tick_s):
+            try:
+                obs = self.observe()
+            except Exception:  # noqa: BLE001 - actors gone while closing
+                return
+            decision = self.controller.step(obs) if self.controller is not None else None
+            if decision is not None and decision.changed:
+                with self._lock:
+                    self._decisions.append(decision.to_dict())
+                self.set_widths(decision.widths)
+            self._record(obs, decision)
+
+    def _record(self, obs: Observation, decision: Decision | None) -> None:
+        with self._lock:
+            self.timeline.append(
+                {
+                    "t": obs.time_s,
+                    "arrival_rate": round(obs.arrival_rate, 3),
+                    "service_ms": [
+                        None if s.service_ms is None else round(s.service_ms, 2) for s in obs.stages
+                    ],
+                    "queue": [s.queue for s in obs.stages],
+                    "widths": [s.width for s in obs.stages]
+                    if decision is None
+                    else list(decision.widths),
+                    "reason": None if decision is None else decision.reason,
+                }
+            )
+
+    def metrics(self) -> dict[str, Any]:
+        """Counters, current width per stage, recent decisions with reasons, SLO attainment."""
+        with self._lock:
+            done = self._completed
+            out = {
+                "submitted": self._submitted,
+                "completed": done,
+                "rejected": self._rejected,
+                "in_flight": self._inflight,
+                "slo_ms": self.slo_ms,
+                "slo_attainment": (self._met_slo / done) if done else None,
+                "decisions": list(self._decisions),
+            }
+        try:
+            states = raykit.require_ray().get([a.state.remote() for a in self.actors], timeout=30)
+        except Exception:  # noqa: BLE001 - closing
+            states = []
+        out["stages"] = [
+            {
+                "stage": k,
+                "width": s["width"],
+                "items": s["items"],
+                "switches": s["switches"],
+                "slowdown": s["slowdown"],
+                "host_bound_items": s["host_bound"],
+                "rows_by_width": s["rows_by_width"],
+            }
+            for k, s in enumerate(states)
+        ]
+        out["widths"] = {f"stage{k}": width_key(s["width"]) for k, s in enumerate(states)}
+        return out
