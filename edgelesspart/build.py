@@ -47,6 +47,7 @@ class BuildConfig:
     max_final_drop: float = 1.0
     max_accuracy_drop: float = 1.0
     confidence: str = "max-softmax"
+    temperature_scaling: str = "yes"
     edge_device: str = "rpi4"
     cloud_device: str = "gcf-2gb"
     link: str = "wifi"
@@ -138,6 +139,10 @@ def _check_exit_options(config: BuildConfig) -> None:
         raise ConfigError(
             f"Unknown exit training {config.exit_training!r}; choose one of "
             f"{', '.join(EXIT_TRAININGS)}."
+        )
+    if config.temperature_scaling not in ("yes", "no"):
+        raise ConfigError(
+            f"temperature_scaling must be yes or no, got {config.temperature_scaling!r}."
         )
     if config.confidence not in MEASURES:
         raise ConfigError(
@@ -480,6 +485,7 @@ def _choose_serving(config: BuildConfig, manifest: Manifest, data: Any, log: Any
     serving = choose_serving(
         config.bundle_dir, data, max_accuracy_drop=config.max_accuracy_drop,
         measure=config.confidence, link=config.link,
+        calibrate=config.temperature_scaling == "yes",
     )  # fmt: skip
     manifest = replace(manifest, serving=serving)
     write_manifest(config.bundle_dir, manifest)

@@ -232,6 +232,12 @@ def build_config(
         seed=settings.seed,
         limit=settings.limit,
         max_cut_points=settings.max_cut_points,
+        # the paper's exits: a copy of the model's head, trained on labels with the backbone
+        # frozen, scored by raw softmax confidence (the product's defaults are sdn, distill and
+        # temperature scaling; see README "What the default changes against the paper")
+        exit_head="paper",
+        exit_training="frozen",
+        temperature_scaling="no",
         out=str(settings.out / f"{model}-{placement}"),
         overwrite=True,
     )

@@ -68,6 +68,7 @@ def test_unknown_search_is_refused_with_the_choices():
         ({"confidence": "margin"}, "Unknown confidence measure 'margin'"),
         ({"max_accuracy_drop": -1}, "max_accuracy_drop must be .* >= 0"),
         ({"max_final_drop": "a lot"}, "max_final_drop must be .* >= 0"),
+        ({"temperature_scaling": "maybe"}, "temperature_scaling must be yes or no"),
     ],
 )
 def test_exit_options_are_checked_with_the_choices(option, match):

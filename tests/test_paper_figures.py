@@ -177,6 +177,10 @@ def test_quick_run_writes_table_figure_and_findings(paper_figures, tmp_path, cap
     )
     assert manifest["model"]["name"] == "mobilenetv2"  # device factors are looked up by name
     assert manifest["extra"]["build_config"]["train_backbone"] == "no"
+    # the paper's exits: model-head copy, label-trained, raw softmax (no temperature scaling)
+    config = manifest["extra"]["build_config"]
+    assert (config["exit_head"], config["exit_training"]) == ("paper", "frozen")
+    assert set(manifest["serving"]["temperatures"].values()) == {1.0}
     assert run["backbones"]["mobilenetv2"]["batchnorm_layers_settled"] > 0
     assert any("32 samples per split" in note for note in run["reduced_against_paper"])
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from edgelesspart.commands import build_views
 from edgelesspart.errors import ConfigError
 
 # CLI flag -> BuildConfig field; every one of them may also come from --config YAML.
@@ -42,6 +43,11 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "type": float,
         "help": "serving threshold: the fastest whose validation accuracy is within this many "
         "points of the final classifier's (1); stored in the manifest as the services' default",
+    },
+    "--temperature-scaling": {
+        "choices": ["yes", "no"],
+        "help": "fit one temperature per exit on validation (yes, default); no keeps raw "
+        "softmax confidences (as in the paper)",
     },
     "--confidence": {
         "choices": ["max-softmax", "entropy"],
@@ -102,6 +108,7 @@ def register(sub: Any) -> None:
         "--pipeline", help="DEFER chain: one device per node, e.g. rpi4,rpi4,jetson-orin-nano"
     )
     parser.add_argument("--nodes", type=int, help="DEFER chain of N nodes of --edge-device")
+    build_views.add_flags(parser)  # SlimEdge: --views/--devices/--deployment
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -145,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
     from edgelesspart.build import run_build
     from edgelesspart.summary import format_plan
 
+    if build_views.wanted(args):
+        return build_views.run_views(args)
     config = config_from_args(args)
     if args.pipeline or args.nodes:
         from edgelesspart.commands.serve_pipeline import run_pipeline_build

@@ -42,6 +42,7 @@ def choose_serving(
     measure: str = "max-softmax",
     link: str = "wifi",
     provider: str = "gcf",
+    calibrate: bool = True,
 ) -> dict[str, Any]:
     """Fit temperatures and pick the serving threshold of a bundle; predict its test behaviour.
 
@@ -52,6 +53,7 @@ def choose_serving(
         measure: ``max-softmax`` or ``entropy``.
         link: link of the latency model (``edgelesspart.links``).
         provider: pricing table of the cost prediction.
+        calibrate: fit temperatures; ``False`` records ``T = 1`` for every exit (raw softmax).
 
     Returns:
         The manifest ``serving`` entry.
@@ -77,7 +79,10 @@ def choose_serving(
     )
     kwargs = {"latency_model": latency_model, "price_fn": price_fn, "memory": memory}
     val_raw = trace_split(bundle, data.x_val, batch_size=256, label="serving val", show=False)
-    temperatures = fit_temperatures(val_raw, data.y_val)
+    if calibrate:
+        temperatures = fit_temperatures(val_raw, data.y_val)
+    else:
+        temperatures = {name: 1.0 for name in val_raw.exits}
     val = _calibrated(val_raw, temperatures, measure)
     rows = sweep(val, data.y_val, SERVING_THRESHOLDS, **kwargs)
     val_final = exit_accuracy(val, data.y_val)[val.exits[-1]]
