@@ -37,7 +37,7 @@ test-lean: $(STAMP)
 	from bundle_factory import build_tiny_bundle; p = Path('build/lean-bundle'); \
 	p.exists() or build_tiny_bundle(p)"
 	EDGELESSPART_TEST_BUNDLE=build/lean-bundle $(LEAN_VENV)/bin/python -m pytest -q -m "not needs_tf" \
-		tests/runtime tests/edge_runtime tests/cloud_functions
+		tests/runtime tests/edge_runtime tests/cloud_functions tests/service_http
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

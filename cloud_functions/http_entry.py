@@ -25,7 +25,6 @@ adapter); ``edgelesspart serve-cloud`` serves it together with the Lambda Invoke
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,10 +33,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cloud_functions.handler import Container
-from edge_runtime.admission import Admission
-from edge_runtime.errors import BadRequest, Unauthorized, UnsupportedMedia, register_error_handlers
-from edge_runtime.metrics import Registry
+from edgelesspart.errors import ConfigError
 from edgelesspart.runtime import signing
+from edgelesspart.runtime.executor import check_threshold
+from service_http.admission import Admission
+from service_http.auth import check_bearer, guarded, parse_routes
+from service_http.errors import BadRequest, Unauthorized, UnsupportedMedia, register_error_handlers
+from service_http.metrics import CONTENT_TYPE, Registry
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -45,6 +47,9 @@ if TYPE_CHECKING:
 EXTENSION = "edgelesspart"
 TENSOR_TYPES = ("application/x-edgelesspart-tensor", "application/octet-stream")
 THRESHOLD_HEADER = "X-EdgeLessPart-Threshold"
+CONTINUE_ROUTE = "/v1/continue"
+#: The Lambda Invoke API's routes (served by :mod:`cloud_functions.local_server`).
+INVOKE_PREFIX = "/2015-03-31/"
 DEFAULT_MAX_CONTENT_LENGTH = 8 * 1024 * 1024
 #: How a request proved knowledge of the token (``check_auth``'s answers).
 BY_SIGNATURE, BY_BEARER = "signature", "bearer"
@@ -135,12 +140,7 @@ class CloudService:
 
     def check_token(self, header: str | None) -> None:
         """Refuse a request without the configured bearer token."""
-        if self.token and not hmac.compare_digest(
-            (header or "").encode(), f"Bearer {self.token}".encode()
-        ):
-            raise Unauthorized(
-                "Missing or wrong bearer token: send 'Authorization: Bearer <token>'."
-            )
+        check_bearer(self.token, header)
 
     def check_auth(self, headers: Any, body: bytes) -> str | None:
         """Refuse a request that has neither a valid body signature nor the bearer token.
@@ -173,6 +173,7 @@ def create_app(
     token: str | None = None,
     max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH,
     limits: CloudLimits | None = None,
+    public_routes: tuple[str, ...] | str | None = None,
 ) -> Flask:
     """Build the cloud HTTP app.
 
@@ -184,6 +185,8 @@ def create_app(
             signature or the bearer token.
         max_content_length: largest request body in bytes.
         limits: admission control (default :class:`CloudLimits`).
+        public_routes: routes open without the token when one is set (default ``/healthz``
+            only; ``/metrics`` and ``/v1/stats`` then need ``Authorization: Bearer <token>``).
     """
     from flask import Flask
 
@@ -195,8 +198,22 @@ def create_app(
     service = CloudService(container, token, limits)
     app.extensions[EXTENSION] = service
     register_error_handlers(app)
+    _guard_routes(app, service, parse_routes(public_routes))
     _register_routes(app, service)
     return app
+
+
+def _guard_routes(app: Flask, service: CloudService, public: tuple[str, ...]) -> None:
+    """Bearer token on every non-public route that has no auth of its own (metrics, stats)."""
+    from flask import request
+
+    own_auth = (CONTINUE_ROUTE, INVOKE_PREFIX)  # body signature / signed event, checked there
+
+    @app.before_request
+    def _check_token() -> None:
+        path = request.path
+        if guarded(path, service.token, public) and not path.startswith(own_auth):
+            check_bearer(service.token, request.headers.get("Authorization"))
 
 
 def _register_routes(app: Flask, service: CloudService) -> None:
@@ -233,8 +250,6 @@ def _register_routes(app: Flask, service: CloudService) -> None:
 
     @app.get("/metrics")
     def metrics():
-        from edge_runtime.metrics import CONTENT_TYPE
-
         return Response(service.registry.render(), content_type=CONTENT_TYPE)
 
     @app.get("/v1/stats")
@@ -262,9 +277,11 @@ def _threshold(request: Any, *, signed: bool) -> float | None:
         )
     raw = given[0]
     try:
-        return float(raw)
-    except ValueError as exc:
-        raise BadRequest(f"threshold must be a number, got {raw!r}.", code="bad_threshold") from exc
+        return check_threshold(float(raw))
+    except (ValueError, ConfigError) as exc:
+        raise BadRequest(
+            f"threshold must be a number >= 0, got {raw[:40]!r}.", code="bad_threshold"
+        ) from exc
 
 
 def _bundle_id(cloud: Any) -> str | None:

@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Any
 from cloud_functions.handler import invoke
 from cloud_functions.http_entry import EXTENSION, CloudLimits, CloudService
 from cloud_functions.http_entry import create_app as create_http_app
-from edge_runtime.errors import TooManyRequests
 from edgelesspart.runtime import signing
+from service_http.errors import TooManyRequests
 
 if TYPE_CHECKING:
     from flask import Flask, Response
@@ -128,6 +128,7 @@ def create_app(
     token: str | None = None,
     function_name: str | None = None,
     limits: CloudLimits | None = None,
+    public_routes: tuple[str, ...] | str | None = None,
 ) -> Flask:
     """Build the local cloud app: the HTTP entry plus the Lambda Invoke API.
 
@@ -138,6 +139,8 @@ def create_app(
             and the Invoke API a signed event (``None``: no auth; keep it on 127.0.0.1).
         function_name: the only function name the Invoke API answers (``None``: any name).
         limits: admission control (default :class:`~cloud_functions.http_entry.CloudLimits`).
+        public_routes: routes open without the token (default ``/healthz``; see
+            :mod:`service_http.auth`).
     """
     app = create_http_app(
         bundle_path,
@@ -145,6 +148,7 @@ def create_app(
         token=token,
         max_content_length=SYNC_PAYLOAD_LIMIT + 2**20,
         limits=limits,
+        public_routes=public_routes,
     )
     service: CloudService = app.extensions[EXTENSION]
     background = EventBacklog(service.limits.event_backlog)
@@ -341,8 +345,8 @@ def serve(
     Raises:
         ConfigError: ``host`` is not a loopback address and no ``token`` is set.
     """
-    from edge_runtime.wsgi import require_token_off_loopback
-    from edge_runtime.wsgi import serve as wsgi_serve
+    from service_http.wsgi import require_token_off_loopback
+    from service_http.wsgi import serve as wsgi_serve
 
     require_token_off_loopback(host, token, "serve-cloud")
     wsgi_serve(create_app(bundle_path, token=token), host=host, port=port, threads=threads)

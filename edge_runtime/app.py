@@ -1,9 +1,10 @@
 """Flask app factory of the edge service.
 
 Routes: ``POST /v1/infer``, ``GET /v1/bundle``, ``GET /healthz``, ``GET /metrics``,
-``GET /openapi.json``. Nothing happens at import; :func:`create_app` loads the bundle's edge
-stage and keeps the :class:`~edge_runtime.service.EdgeService` in
-``app.extensions["edgelesspart"]``.
+``GET /openapi.json``. With a token, every route but ``EdgeConfig.public_routes`` (default:
+``/healthz``) needs ``Authorization: Bearer <token>``. Nothing happens at import;
+:func:`create_app` loads the bundle's edge stage and keeps the
+:class:`~edge_runtime.service.EdgeService` in ``app.extensions["edgelesspart"]``.
 
 ``POST /v1/infer`` reads one of:
 
@@ -19,7 +20,6 @@ The threshold may be overridden per request (``?threshold=``, header
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 import uuid
@@ -28,20 +28,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_runtime.admission import Admission
 from edge_runtime.config import EdgeConfig
-from edge_runtime.errors import (
+from edge_runtime.openapi import TENSOR_MEDIA, openapi_document
+from edge_runtime.service import EdgeService
+from edgelesspart.errors import ConfigError
+from service_http.admission import Admission
+from service_http.auth import check_bearer, guarded
+from service_http.errors import (
     BadRequest,
     BundleMismatch,
     InvalidInput,
     PayloadTooLarge,
-    Unauthorized,
     UnsupportedMedia,
     register_error_handlers,
 )
-from edge_runtime.openapi import TENSOR_MEDIA, openapi_document
-from edge_runtime.service import EdgeService
-from edgelesspart.errors import ConfigError
 
 if TYPE_CHECKING:
     from flask import Flask, Request
@@ -109,12 +109,8 @@ def _register_hooks(app: Flask, service: EdgeService) -> None:
     def _start() -> None:
         g.edgelesspart_start = time.perf_counter()
         token = service.config.token
-        if token and request.path.startswith("/v1/"):
-            sent = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
-                raise Unauthorized(
-                    "Missing or wrong bearer token: send 'Authorization: Bearer <token>'."
-                )
+        if guarded(request.path, token, service.config.public_routes):
+            check_bearer(token, request.headers.get("Authorization"))
         if request.path in ADMITTED_ROUTES and request.method == "POST":
             admission.enter()
             g.edgelesspart_admitted = True
@@ -126,7 +122,7 @@ def _register_hooks(app: Flask, service: EdgeService) -> None:
 
     @app.after_request
     def _count(response):
-        route = request.url_rule.rule if request.url_rule else "unmatched"
+        route = request.url_rule.rule if request.url_rule else "unmatched"  # bounded: templates
         service.metrics.requests.inc(route=route, status=str(response.status_code))
         start = g.get("edgelesspart_start")
         if start is not None:
@@ -237,7 +233,8 @@ def read_request(request: Request, service: EdgeService) -> tuple[np.ndarray, fl
         x = _decode(body, service)
     elif mimetype == "application/json":
         payload = _json_body(body)
-        threshold_raw = payload.get("threshold", threshold_raw)
+        if "threshold" in payload:
+            threshold_raw = _json_threshold(payload["threshold"])
         claimed = payload.get("bundle_id", claimed)
         x = _json_input(payload, service)
     elif mimetype in IMAGE_TYPES:
@@ -333,6 +330,17 @@ def _check_batch(x: np.ndarray, service: EdgeService) -> None:
         )
     if rows == 0:
         raise BadRequest("The batch is empty (0 rows); send at least one row.", code="empty_batch")
+
+
+def _json_threshold(value: Any) -> float:
+    """A JSON ``threshold`` field: a number, never ``true``/``false``, a string or null."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRequest(
+            f"JSON field 'threshold' must be a number, got {type(value).__name__}; e.g. "
+            '{"threshold": 0.8}.',
+            code="bad_threshold",
+        )
+    return value
 
 
 def _threshold(raw: Any, service: EdgeService) -> float | None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from edgelesspart.errors import ConfigError
+from edgelesspart.runtime.batching import BatchSettings
+from service_http.auth import DEFAULT_PUBLIC_ROUTES, parse_routes
 
 MIB = 1024 * 1024
 BUNDLE_ENV = "EDGELESSPART_BUNDLE"
@@ -40,6 +42,10 @@ ENV_NAMES: dict[str, str] = {
     "retry_after_s": "EDGELESSPART_RETRY_AFTER",
     "breaker_failures": "EDGELESSPART_BREAKER_FAILURES",
     "breaker_reset_s": "EDGELESSPART_BREAKER_RESET",
+    "public_routes": "EDGELESSPART_PUBLIC_ROUTES",
+    "batch_max_rows": "EDGELESSPART_BATCH_MAX_ROWS",
+    "batch_delay_us": "EDGELESSPART_BATCH_DELAY_US",
+    "batch_workers": "EDGELESSPART_BATCH_WORKERS",
 }
 
 
@@ -56,8 +62,11 @@ class EdgeConfig:
             on validation (0.8 for a bundle that records none).
         threshold_min: lowest threshold a request may ask for.
         threshold_max: highest threshold a request may ask for.
-        token: bearer token the edge requires on ``/v1/*`` (``None``: no auth).
-        cloud_token: bearer token sent to an HTTP cloud entry.
+        token: bearer token the edge requires on every route except ``public_routes``
+            (``None``: no auth).
+        cloud_token: shared secret of a cloud started with ``--token``: every offload is signed
+            with it (HMAC-SHA256 of the body and a timestamp for ``http(s)://``, an ``auth``
+            field in the event for ``lambda://``); the secret itself is never sent.
         lambda_endpoint: boto3 ``endpoint_url`` for ``lambda://`` (a local server in tests).
         region: AWS region for ``lambda://``.
         max_content_length: largest request body in bytes (Flask ``MAX_CONTENT_LENGTH``).
@@ -80,6 +89,13 @@ class EdgeConfig:
         retry_after_s: the ``Retry-After`` seconds sent with a 429.
         breaker_failures: consecutive cloud failures that open the circuit breaker.
         breaker_reset_s: seconds the breaker stays open before one trial call (half-open).
+        public_routes: routes open without ``token`` (default ``/healthz`` only; ``/metrics``,
+            ``/openapi.json`` and ``/v1/*`` then need the token). A comma-separated list in
+            ``EDGELESSPART_PUBLIC_ROUTES``.
+        batch_max_rows: dynamic batching: most rows in one edge-stage run (0 = off).
+        batch_delay_us: dynamic batching: longest wait for more requests, in microseconds
+            (0 = never wait on purpose; requests that queued meanwhile are still coalesced).
+        batch_workers: dynamic batching: batches run at once.
     """
 
     cloud: str | None = None
@@ -106,8 +122,14 @@ class EdgeConfig:
     retry_after_s: int = 1
     breaker_failures: int = 5
     breaker_reset_s: float = 10.0
+    public_routes: tuple[str, ...] = DEFAULT_PUBLIC_ROUTES
+    batch_max_rows: int = 0
+    batch_delay_us: int = 0
+    batch_workers: int = 1
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "public_routes", parse_routes(self.public_routes))
+        self.batch_settings()  # validates the three batching fields
         if self.threshold is not None and (math.isnan(self.threshold) or self.threshold < 0):
             raise ConfigError(
                 f"threshold must be a number >= 0 (above 1 disables early exits), got "
@@ -190,12 +212,23 @@ class EdgeConfig:
         """A copy with the non-``None`` overrides applied."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
+    def batch_settings(self) -> BatchSettings:
+        """The dynamic batching settings (disabled when ``batch_max_rows`` is 0)."""
+        return BatchSettings(self.batch_max_rows, self.batch_delay_us, self.batch_workers)
+
     def check_threshold(self, value: Any) -> float:
         """Validate a per-request threshold against ``[threshold_min, threshold_max]``.
+
+        Accepts a JSON number (not ``true``/``false``) or, from a query string or header, the
+        text of one; a JSON string is refused by the caller before it gets here.
 
         Raises:
             ConfigError: not a number, NaN, or outside the configured bounds.
         """
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(
+                f"threshold must be a number, got {_short(value)} ({type(value).__name__})."
+            )
         try:
             threshold = float(value)
         except (TypeError, ValueError, OverflowError) as exc:

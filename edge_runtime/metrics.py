@@ -1,194 +1,17 @@
-"""Thread-safe counters and histograms rendered in the Prometheus text format (version 0.0.4).
-
-A :class:`Registry` belongs to one app (kept in ``app.extensions``), never to the module, so two
-apps in one process (tests) do not share numbers.
-"""
+"""The metrics the edge service exports; the primitives live in :mod:`service_http.metrics`."""
 
 from __future__ import annotations
 
-import math
-import threading
-from collections.abc import Iterable
-
-LabelKey = tuple[tuple[str, str], ...]
-
-LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def _key(labels: dict[str, str] | None) -> LabelKey:
-    return tuple(sorted((str(k), str(v)) for k, v in (labels or {}).items()))
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels_text(key: LabelKey, extra: tuple[tuple[str, str], ...] = ()) -> str:
-    pairs = key + extra
-    if not pairs:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in pairs) + "}"
-
-
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
-
-
-class Counter:
-    """A monotonically increasing count per label set."""
-
-    kind = "counter"
-
-    def __init__(self, name: str, help_text: str) -> None:
-        self.name, self.help = name, help_text
-        self._values: dict[LabelKey, float] = {}
-        self._lock = threading.Lock()
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        """Add ``amount`` (>= 0) to the series named by ``labels``."""
-        if amount < 0:
-            raise ValueError(f"Counter {self.name} cannot decrease (got {amount}).")
-        key = _key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def set_total(self, total: float, **labels: str) -> None:
-        """Set the series to ``total``, a cumulative count kept elsewhere (e.g. a breaker's).
-
-        Raises:
-            ValueError: ``total`` is below the series' current value (counters never decrease).
-        """
-        key = _key(labels)
-        with self._lock:
-            current = self._values.get(key, 0.0)
-            if total < current:
-                raise ValueError(
-                    f"Counter {self.name} cannot decrease (from {current:g} to {total:g})."
-                )
-            self._values[key] = float(total)
-
-    def value(self, **labels: str) -> float:
-        """Current value of one series (0 if never incremented)."""
-        with self._lock:
-            return self._values.get(_key(labels), 0.0)
-
-    def total(self) -> float:
-        """Sum over all label sets."""
-        with self._lock:
-            return sum(self._values.values())
-
-    def samples(self) -> Iterable[str]:
-        """Exposition lines of this metric."""
-        with self._lock:
-            items = sorted(self._values.items())
-        for key, value in items:
-            yield f"{self.name}{_labels_text(key)} {_number(value)}"
-
-
-class Gauge:
-    """A value per label set that can go up and down (set, not accumulated)."""
-
-    kind = "gauge"
-
-    def __init__(self, name: str, help_text: str) -> None:
-        self.name, self.help = name, help_text
-        self._values: dict[LabelKey, float] = {}
-        self._lock = threading.Lock()
-
-    def set(self, value: float, **labels: str) -> None:
-        """Set the series named by ``labels`` to ``value``."""
-        with self._lock:
-            self._values[_key(labels)] = float(value)
-
-    def value(self, **labels: str) -> float:
-        """Current value of one series (0 if never set)."""
-        with self._lock:
-            return self._values.get(_key(labels), 0.0)
-
-    def samples(self) -> Iterable[str]:
-        """Exposition lines of this metric."""
-        with self._lock:
-            items = sorted(self._values.items())
-        for key, value in items:
-            yield f"{self.name}{_labels_text(key)} {_number(value)}"
-
-
-class Histogram:
-    """Cumulative-bucket histogram per label set (seconds by default)."""
-
-    kind = "histogram"
-
-    def __init__(self, name: str, help_text: str, buckets: tuple[float, ...] = LATENCY_BUCKETS_S):
-        self.name, self.help = name, help_text
-        self.buckets = tuple(sorted(buckets)) + (math.inf,)
-        self._series: dict[LabelKey, list[float]] = {}
-        self._lock = threading.Lock()
-
-    def observe(self, value: float, **labels: str) -> None:
-        """Record one observation in the series named by ``labels``."""
-        key = _key(labels)
-        with self._lock:
-            series = self._series.setdefault(key, [0.0] * (len(self.buckets) + 2))
-            for i, bound in enumerate(self.buckets):
-                if value <= bound:
-                    series[i] += 1
-            series[-2] += value
-            series[-1] += 1
-
-    def count(self, **labels: str) -> int:
-        """Observations recorded in one series."""
-        with self._lock:
-            series = self._series.get(_key(labels))
-            return int(series[-1]) if series else 0
-
-    def samples(self) -> Iterable[str]:
-        """Exposition lines of this metric."""
-        with self._lock:
-            items = sorted((k, list(v)) for k, v in self._series.items())
-        for key, series in items:
-            for bound, cumulative in zip(self.buckets, series):
-                le = (("le", _number(bound)),)
-                yield f"{self.name}_bucket{_labels_text(key, le)} {_number(cumulative)}"
-            yield f"{self.name}_sum{_labels_text(key)} {_number(series[-2])}"
-            yield f"{self.name}_count{_labels_text(key)} {_number(series[-1])}"
-
-
-class Registry:
-    """The metrics of one service."""
-
-    def __init__(self) -> None:
-        self._metrics: dict[str, Counter | Gauge | Histogram] = {}
-        self._lock = threading.Lock()
-
-    def counter(self, name: str, help_text: str) -> Counter:
-        """Create (or return the existing) counter ``name``."""
-        return self._add(Counter(name, help_text))
-
-    def gauge(self, name: str, help_text: str) -> Gauge:
-        """Create (or return the existing) gauge ``name``."""
-        return self._add(Gauge(name, help_text))
-
-    def histogram(self, name: str, help_text: str, buckets: tuple[float, ...] | None = None):
-        """Create (or return the existing) histogram ``name``."""
-        return self._add(Histogram(name, help_text, buckets or LATENCY_BUCKETS_S))
-
-    def _add(self, metric):
-        with self._lock:
-            return self._metrics.setdefault(metric.name, metric)
-
-    def render(self) -> str:
-        """The whole registry in the Prometheus text exposition format."""
-        with self._lock:
-            metrics = list(self._metrics.values())
-        lines: list[str] = []
-        for metric in metrics:
-            lines.append(f"# HELP {metric.name} {metric.help}")
-            lines.append(f"# TYPE {metric.name} {metric.kind}")
-            lines.extend(metric.samples())
-        return "\n".join(lines) + "\n"
+from service_http.metrics import (  # noqa: F401
+    CONTENT_TYPE,
+    LATENCY_BUCKETS_S,
+    OTHER,
+    Counter,
+    Gauge,
+    Histogram,
+    Registry,
+    bounded_label,
+)
 
 
 class EdgeMetrics:
@@ -231,6 +54,11 @@ class EdgeMetrics:
         self.breaker_transitions = r.counter(
             "edgelesspart_breaker_transitions_total",
             "Circuit breaker state changes since start, by from and to state.",
+        )
+        self.offload_rejected = r.counter(
+            "edgelesspart_offload_rejected_total",
+            "Cloud calls refused with a 4xx (401 token, 404 URL, 409 bundle, 413 size...), by "
+            "status: a configuration error on the edge or the cloud.",
         )
         self.offload_latency = r.histogram(
             "edgelesspart_offload_latency_seconds", "Wall time of one cloud call."

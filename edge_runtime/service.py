@@ -8,6 +8,14 @@ cloud fails answers those rows from their best local exit, marked ``degraded`` w
 Cloud calls run in a small bounded pool: at most ``offload_workers`` calls are in flight, and a
 request that finds the pool full is answered degraded at once. So a slow cloud can hold at most
 that many request threads, and local early-exit answers keep flowing on the others.
+
+Every cloud answer is validated field by field before it is merged; anything malformed makes
+the rows degraded, never a 500. A cloud that refuses the call with a configuration error (401,
+403, 404, 409) is reported loudly: a warning in the log, ``edgelesspart_offload_rejected_total``
+by status, and the reason ``cloud rejected the call: <status>`` on every degraded answer.
+
+With ``batch_max_rows > 0`` concurrent requests share one run of the edge stage
+(:mod:`edgelesspart.runtime.batching`); each request still offloads its own pending rows.
 """
 
 from __future__ import annotations
@@ -24,8 +32,9 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.config import DEFAULT_CODEC, EdgeConfig
-from edge_runtime.metrics import EdgeMetrics
-from edgelesspart.errors import OffloadError
+from edge_runtime.metrics import EdgeMetrics, bounded_label
+from edgelesspart.errors import EdgeLessPartError, OffloadError, OffloadRejected
+from edgelesspart.runtime.manifest import FINAL_EXIT
 
 LOG = logging.getLogger("edgelesspart.edge")
 
@@ -86,6 +95,9 @@ class EdgeService:
         self.metrics = metrics or EdgeMetrics()
         self.stage = bundle.manifest.stage_names[0]
         self.executor = ProgressiveExecutor(bundle, self.stage, threshold=config.threshold)
+        self.batcher = _make_batcher(self.executor, config)
+        self._exits = frozenset(e.name for e in manifest.exits) | {FINAL_EXIT, "none"}
+        self._stages = frozenset(manifest.stage_names)
         self._pool = ThreadPoolExecutor(config.offload_workers, thread_name_prefix="offload")
         self._slots = threading.BoundedSemaphore(config.offload_workers)
         policy = getattr(offloader, "policy", None)
@@ -132,15 +144,16 @@ class EdgeService:
 
         Raises:
             InputError: ``x`` does not match the bundle's input (shape, dtype, NaN/Inf).
+            EdgeLessPartError: a row was left without an answer (a server fault, never silent).
         """
         start = time.perf_counter()
         thr = self.config.threshold if threshold is None else threshold
-        result = self.executor.run(x, threshold=thr)
+        result = self._run_edge(x, thr)
         edge_ms = (time.perf_counter() - start) * 1000.0
         answers: list[dict[str, Any] | None] = [a.to_dict() if a else None for a in result.answers]
         for answer in answers:
             if answer is not None:
-                self.metrics.answers.inc(exit=answer["exit"], stage=answer["stage"])
+                self._count_answer(answer)
         pending = [int(i) for i in np.asarray(result.pending).reshape(-1)]
         offload_ms, degraded = 0.0, 0
         if pending:
@@ -150,15 +163,35 @@ class EdgeService:
             for j, row in enumerate(pending):
                 if cloud is not None:
                     answers[row] = _merge(result.best[row], cloud[j], offload_ms)
-                    stage = str(cloud[j].get("stage", "cloud"))
-                    self.metrics.answers.inc(exit=str(cloud[j].get("exit")), stage=stage)
+                    self._count_answer(answers[row])
                 else:
                     answers[row] = self._degraded(result.best[row], reason)
                     degraded += 1
+        missing = [i for i, a in enumerate(answers) if a is None]
+        if missing:  # answers and rows must stay aligned: never drop a row silently
+            raise EdgeLessPartError(
+                f"Rows {missing[:10]} of {len(answers)} were left without an answer "
+                f"(pending rows {pending[:10]}); this is a bug in the edge service."
+            )
         total_ms = (time.perf_counter() - start) * 1000.0
         timings = {"edge_ms": edge_ms, "offload_ms": offload_ms, "total_ms": total_ms}
-        return InferenceResult(
-            [a for a in answers if a is not None], len(pending), degraded, timings
+        return InferenceResult(answers, len(pending), degraded, timings)  # type: ignore[arg-type]
+
+    def _run_edge(self, x: np.ndarray, threshold: float) -> Any:
+        """The edge stage's result for ``x``: alone, or in a coalesced batch."""
+        if self.batcher is None:
+            return self.executor.run(x, threshold=threshold)
+        from edgelesspart.runtime.executor import check_threshold
+        from edgelesspart.runtime.preprocess import validate_input
+
+        rows = validate_input(x, self.executor.input_spec)  # a bad request fails on its own
+        return self.batcher.submit(rows, check_threshold(threshold))
+
+    def _count_answer(self, answer: dict[str, Any]) -> None:
+        """Count an answer; exit and stage labels come from the manifest, never from a reply."""
+        self.metrics.answers.inc(
+            exit=bounded_label(answer.get("exit"), self._exits),
+            stage=bounded_label(answer.get("stage"), self._stages),
         )
 
     def _offload(self, boundary: np.ndarray, threshold: float) -> tuple[list[dict] | None, str]:
@@ -201,23 +234,37 @@ class EdgeService:
         self.metrics.bytes_sent.inc(float(delta))
 
     def _wait(self, future: Any, rows: int) -> tuple[str, list[dict] | None, str]:
+        """(outcome label, answers or None, reason); outcome labels are a fixed small set."""
+        from edgelesspart.runtime.offload import check_answers
+
         try:
             answers = future.result(timeout=self.deadline_s)
         except FutureTimeout:
             return "deadline", None, f"cloud did not answer within {self.deadline_s:.1f} s"
+        except OffloadRejected as exc:
+            return self._rejected(exc)
         except OffloadError as exc:
             return type(exc).__name__, None, f"{type(exc).__name__}: {exc}"
         except Exception as exc:  # no row is ever lost: any transport failure degrades
             LOG.exception("offload failed unexpectedly")
             return "error", None, f"offload failed: {type(exc).__name__}: {exc}"
-        if not isinstance(answers, list) or len(answers) != rows:
-            got = len(answers) if isinstance(answers, list) else type(answers).__name__
-            return "bad_answer", None, f"cloud returned {got} answers for {rows} rows"
-        return "ok", answers, ""
+        try:  # whatever the offloader is, a malformed answer must not reach the client
+            return "ok", check_answers({"answers": answers}, rows), ""
+        except OffloadRejected as exc:
+            return "bad_answer", None, f"OffloadRejected: {exc}"
+
+    def _rejected(self, exc: OffloadRejected) -> tuple[str, None, str]:
+        """A refusal: 4xx from the cloud is reported loudly (log, metric, explicit reason)."""
+        status = exc.status
+        if isinstance(status, int) and 400 <= status < 500:
+            self.metrics.offload_rejected.inc(status=str(status))
+            LOG.warning("cloud rejected the call: %s: %s", status, exc)
+            return "rejected", None, f"cloud rejected the call: {status}: {exc}"
+        return "OffloadRejected", None, f"OffloadRejected: {exc}"
 
     def _degraded(self, best: Any, reason: str) -> dict[str, Any]:
         kind = reason.split(":", 1)[0]
-        self.metrics.degraded.inc(reason=kind)
+        self.metrics.degraded.inc(reason=bounded_label(kind, DEGRADED_KINDS))
         if best is None:
             self.metrics.answers.inc(exit="none", stage=self.stage)
             return {
@@ -232,16 +279,47 @@ class EdgeService:
             }
         answer = best.to_dict()
         answer.update(degraded=True, reason=reason)
-        self.metrics.answers.inc(exit=str(answer["exit"]), stage=str(answer["stage"]))
+        self._count_answer(answer)
         return answer
 
     def close(self) -> None:
-        """Stop accepting offloads (in-flight calls finish on their own)."""
+        """Stop accepting offloads (in-flight calls finish on their own) and batches."""
         self.closed = True
+        if self.batcher is not None:
+            self.batcher.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         close = getattr(self.offloader, "close", None)
         if close is not None:
             close()
+
+
+#: The degraded-answer reasons counted by name; any other reason is counted as ``other``.
+DEGRADED_KINDS = frozenset(
+    {
+        "OffloadTimeout",
+        "OffloadUnavailable",
+        "OffloadRejected",
+        "OffloadError",
+        "cloud rejected the call",
+        "cloud busy",
+        "no cloud configured",
+        "service is shutting down",
+        "offload failed",
+    }
+)
+
+
+def _make_batcher(executor: Any, config: EdgeConfig) -> Any:
+    """A dynamic batcher around ``executor.run`` when the config enables batching."""
+    settings = config.batch_settings()
+    if not settings.enabled:
+        return None
+    from edgelesspart.runtime.batching import DynamicBatcher, split_stage_result
+
+    def run(x: np.ndarray, threshold: float) -> Any:
+        return executor.run(x, threshold=threshold, trusted=True)
+
+    return DynamicBatcher(run, split_stage_result, settings, name="edge-batch")
 
 
 def _merge(edge_best: Any, cloud_answer: dict[str, Any], offload_ms: float) -> dict[str, Any]:
@@ -253,7 +331,8 @@ def _merge(edge_best: Any, cloud_answer: dict[str, Any], offload_ms: float) -> d
         edge_timings = dict(edge_best.timings)
         edge_total = float(edge_timings.pop("total", 0.0))
         timings.update(edge_timings)
-    cloud_timings = dict(cloud_answer.get("timings") or {})
+    cloud_timings = cloud_answer.get("timings")
+    cloud_timings = dict(cloud_timings) if isinstance(cloud_timings, dict) else {}
     cloud_timings.pop("total", None)
     timings.update(cloud_timings)
     timings["offload"] = offload_ms

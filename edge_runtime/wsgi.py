@@ -1,53 +1,34 @@
-"""Run a WSGI app under waitress: one process, threads (never fork after loading a model).
+"""WSGI entry of the edge service; the server plumbing itself is :mod:`service_http.wsgi`.
 
-* :func:`app_from_env` is a WSGI factory, e.g. for
-  ``waitress-serve --call edge_runtime.wsgi:app_from_env`` (bundle from
-  ``EDGELESSPART_BUNDLE``, settings from the other ``EDGELESSPART_*`` variables).
-* :func:`serve` blocks serving an app (what ``edgelesspart serve-edge`` calls).
-* :class:`BackgroundServer` serves an app from a thread on a free loopback port (tests, demos).
-* :func:`require_token_off_loopback` refuses to expose a service beyond loopback without a token.
-
-Nothing happens at import.
+:func:`app_from_env` is a WSGI factory, e.g. for
+``waitress-serve --call edge_runtime.wsgi:app_from_env`` (bundle from ``EDGELESSPART_BUNDLE``,
+settings from the other ``EDGELESSPART_*`` variables). Nothing happens at import.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import logging
 import os
-import threading
 from typing import Any
 
 from edgelesspart.errors import ConfigError
+from service_http.wsgi import (
+    CONNECTION_LIMIT,
+    DEFAULT_HOST,
+    BackgroundServer,
+    is_loopback,
+    require_token_off_loopback,
+    serve,
+)
 
-LOG = logging.getLogger("edgelesspart.wsgi")
-DEFAULT_HOST = "127.0.0.1"
-#: Most client connections waitress keeps open; beyond it the kernel backlog holds the rest.
-CONNECTION_LIMIT = 100
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` only reaches this machine (127.0.0.0/8, ::1, ``localhost``)."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def require_token_off_loopback(host: str, token: str | None, command: str) -> None:
-    """Refuse to serve on a non-loopback ``host`` without a token.
-
-    Raises:
-        ConfigError: ``host`` is reachable from other machines and ``token`` is empty.
-    """
-    if token or is_loopback(host):
-        return
-    raise ConfigError(
-        f"{command} refuses to listen on {host!r} without a token: anyone on that network "
-        "could call it. Pass --token (or set EDGELESSPART_TOKEN), or bind to 127.0.0.1."
-    )
+__all__ = [
+    "CONNECTION_LIMIT",
+    "DEFAULT_HOST",
+    "BackgroundServer",
+    "app_from_env",
+    "is_loopback",
+    "require_token_off_loopback",
+    "serve",
+]
 
 
 def app_from_env() -> Any:
@@ -63,92 +44,3 @@ def app_from_env() -> Any:
     if not bundle:
         raise ConfigError(f"Set {BUNDLE_ENV} to the bundle directory the edge service serves.")
     return create_app(bundle, EdgeConfig.from_env())
-
-
-def serve(
-    app: Any,
-    host: str = DEFAULT_HOST,
-    port: int = 8080,
-    threads: int = 8,
-    connection_limit: int = CONNECTION_LIMIT,
-) -> None:
-    """Serve ``app`` with waitress until interrupted (blocking).
-
-    ``threads`` should exceed the app's admission limit plus its waiting room, so there is
-    always a thread free to answer 429 quickly; ``connection_limit`` bounds open connections.
-    """
-    from waitress import serve as waitress_serve
-
-    LOG.info("serving on http://%s:%s with %d threads", host, port, threads)
-    waitress_serve(
-        app,
-        host=host,
-        port=port,
-        threads=threads,
-        connection_limit=connection_limit,
-        ident="edgelesspart",
-    )
-
-
-class BackgroundServer:
-    """A waitress server running in a daemon thread; use as a context manager.
-
-    Example::
-
-        with BackgroundServer(app) as server:
-            requests.get(server.url + "/healthz", timeout=5)
-    """
-
-    def __init__(self, app: Any, host: str = DEFAULT_HOST, port: int = 0, threads: int = 8):
-        from waitress.server import create_server
-
-        # A private socket map: waitress otherwise shares one module-global map between all
-        # servers in the process, so stopping one would close the others' sockets.
-        self._server = create_server(
-            app,
-            map={},
-            host=host,
-            port=port,
-            threads=threads,
-            ident="edgelesspart",
-            channel_timeout=30,
-        )
-        self.host = host
-        self.port = int(self._server.effective_port)
-        self._thread = threading.Thread(target=self._server.run, name="waitress", daemon=True)
-
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:54321``."""
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> BackgroundServer:
-        """Start serving in the background thread (a no-op if already started)."""
-        if not self._thread.is_alive():
-            self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Close the listening socket and every connection, then join the thread."""
-        server = self._server
-        logging.getLogger("waitress").setLevel(logging.ERROR)
-
-        def close_all() -> None:  # runs inside the server's loop thread
-            for channel in list(server._map.values()):
-                channel.handle_close()
-
-        if self._thread.is_alive():
-            try:
-                server.trigger.pull_trigger(close_all)
-            except OSError:  # the wake-up pipe is gone: close from here instead
-                close_all()
-            self._thread.join(timeout)
-        else:
-            close_all()
-        server.task_dispatcher.shutdown(timeout=timeout)
-
-    def __enter__(self) -> BackgroundServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

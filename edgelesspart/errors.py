@@ -15,8 +15,10 @@ one-line message and a non-zero exit code, never a traceback::
     ├── ExitSpecError(ValueError)        bad exit spec or template (unknown layer, escape, ...)
     ├── TrainingError                    training could not run
     ├── BundleError(ValueError)          missing/corrupt manifest, hash mismatch, path escape
+    │   └── BundleMismatchError          a request/tensor made for another bundle (client's fault)
     ├── CodecError(ValueError)           unknown codec, corrupt or truncated payload
     ├── InputError(ValueError)           a request tensor of the wrong shape/dtype/values
+    ├── InferenceError                   a segment failed on validated input (a server fault)
     └── OffloadError                     the cloud part could not answer
         ├── OffloadTimeout               no answer within the timeout
         ├── OffloadUnavailable           circuit breaker open / connection refused
@@ -74,12 +76,20 @@ class BundleError(EdgeLessPartError, ValueError):
     """A bundle is missing, malformed, tampered with or escapes its directory."""
 
 
+class BundleMismatchError(BundleError):
+    """A request or tensor names a different bundle than the one served (the caller's fault)."""
+
+
 class CodecError(EdgeLessPartError, ValueError):
     """A tensor payload could not be encoded or decoded."""
 
 
 class InputError(EdgeLessPartError, ValueError):
     """An input tensor does not match what the bundle expects."""
+
+
+class InferenceError(EdgeLessPartError):
+    """A segment failed on input that passed validation: a fault of the server, not the caller."""
 
 
 class OffloadError(EdgeLessPartError):

@@ -140,17 +140,38 @@ class Trace:
 
 
 class _Rows:
-    """Per-row bookkeeping while a batch moves through a stage."""
+    """Per-row bookkeeping while a batch moves through a stage.
+
+    Every row still active has run the same segments, so the segment times are kept once
+    (``times``, a new small dict after every segment, never mutated) rather than per row:
+    ``timings[row]`` is that dict as it stands when the row is answered.
+    """
 
     def __init__(self, n: int) -> None:
         self.answers: list[Answer | None] = [None] * n
         self.best: list[Answer | None] = [None] * n
-        self.timings: list[dict[str, float]] = [{} for _ in range(n)]
+        self.times: dict[str, float] = {}
         self.active = np.arange(n)
 
+    @property
+    def timings(self) -> _SharedTimings:
+        """Row -> the segment times of the segments run so far (the same for every row)."""
+        return _SharedTimings(self.times)
+
     def add_time(self, segment: str, ms: float) -> None:
-        for row in self.active:
-            self.timings[row][segment] = ms
+        self.times = {**self.times, segment: ms}
+
+
+class _SharedTimings:
+    """``timings[row]`` for any row: one dict shared by all rows of one exit decision."""
+
+    __slots__ = ("_times",)
+
+    def __init__(self, times: dict[str, float]) -> None:
+        self._times = times
+
+    def __getitem__(self, row: Any) -> dict[str, float]:
+        return self._times
 
 
 class ProgressiveExecutor:
@@ -188,12 +209,16 @@ class ProgressiveExecutor:
         """This stage's segments in execution order."""
         return self._segments
 
-    def run(self, x: np.ndarray, threshold: float | None = None) -> StageResult:
+    def run(
+        self, x: np.ndarray, threshold: float | None = None, *, trusted: bool = False
+    ) -> StageResult:
         """Run the stage on a batch, answering each row at its first confident exit.
 
         Args:
             x: ``(N, *input.shape)`` (or one sample) for the stage's first segment.
             threshold: overrides the executor's default threshold for this call.
+            trusted: ``x`` is already a validated C-contiguous batch of the input spec (e.g.
+                rows a dynamic batcher validated per request), so the check is skipped.
 
         Returns:
             The per-row answers, the pending rows and their boundary tensor.
@@ -203,7 +228,7 @@ class ProgressiveExecutor:
             ConfigError: the threshold is invalid.
         """
         thr = self.threshold if threshold is None else check_threshold(threshold)
-        current = validate_input(x, self.input_spec)
+        current = x if trusted else validate_input(x, self.input_spec)
         rows = _Rows(current.shape[0])
         for seg, runner in zip(self._segments, self._runners):
             t0 = time.perf_counter()
@@ -217,8 +242,9 @@ class ProgressiveExecutor:
             if not len(rows.active):
                 break
             current = boundary
-        answers = [_with_total(a) for a in rows.answers]
-        best = [_with_total(a) for a in rows.best]
+        done: dict[int, Answer | None] = {}  # answer and best are often the same object
+        answers = [_with_total(a, done) for a in rows.answers]
+        best = [_with_total(a, done) for a in rows.best]
         pending = rows.active.astype(np.int64)
         return StageResult(answers, pending, current if len(pending) else None, best)
 
@@ -296,7 +322,6 @@ class ProgressiveExecutor:
             measure=self.scorer.measure,
         )
 
-
     def _chained_ms(self, segments: list[SegmentSpec], samples: np.ndarray) -> dict[str, float]:
         """Median batch-1 milliseconds per segment, each sample run through the whole chain.
 
@@ -319,9 +344,16 @@ class ProgressiveExecutor:
         return {name: float(np.median(ts[1:] or ts)) for name, ts in times.items()}
 
 
-def _with_total(answer: Answer | None) -> Answer | None:
-    """A copy with its own timings dict and ``total`` = the sum of its segments' ms."""
+def _with_total(answer: Answer | None, done: dict[int, Answer | None]) -> Answer | None:
+    """A copy with its own timings dict and ``total`` = the sum of its segments' ms.
+
+    ``done`` memoises by identity within one run, so an answer that is also its row's best
+    exit is copied once.
+    """
     if answer is None:
         return None
-    timings = {k: v for k, v in answer.timings.items() if k != TOTAL}
-    return replace(answer, timings={**timings, TOTAL: float(sum(timings.values()))})
+    key = id(answer)
+    if key not in done:
+        timings = {k: v for k, v in answer.timings.items() if k != TOTAL}
+        done[key] = replace(answer, timings={**timings, TOTAL: float(sum(timings.values()))})
+    return done[key]

@@ -20,11 +20,14 @@ format (:mod:`edgelesspart.runtime.codecs`), never pickle.
 from __future__ import annotations
 
 import json
+import math
 import random
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
 
@@ -61,6 +64,8 @@ TENSOR_CONTENT_TYPE = "application/x-edgelesspart-tensor"
 CONTINUE_PATH = "/v1/continue"
 #: AWS Lambda's synchronous invocation payload limit (bytes).
 LAMBDA_PAYLOAD_LIMIT = 6 * 1024 * 1024
+#: Largest body an HTTP offload sends by default: the cloud HTTP entry accepts 8 MiB.
+HTTP_REQUEST_LIMIT = 8 * 1024 * 1024
 _NON_RETRYABLE_STATUS = frozenset(range(400, 500)) - {408, 429}
 
 
@@ -78,36 +83,82 @@ def _retryable(exc: OffloadError) -> bool:
     return True
 
 
-def check_answers(data: Any, rows: int) -> list[dict]:
-    """Validate a cloud response body and return its ``answers`` list.
+#: Cloud refusals that mean the edge is set up wrong (token, URL/function name, bundle), not
+#: that this one request was bad: they count as breaker failures and are reported loudly.
+CONFIG_ERROR_STATUS = frozenset({401, 403, 404, 405, 409})
+
+
+def _malformed(message: str) -> OffloadRejected:
+    return OffloadRejected(f"The cloud part sent a malformed response: {message}", status=502)
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_answer(answer: Any, index: int = 0) -> dict[str, Any]:
+    """Validate one cloud answer dict and return a clean copy (``timings`` as floats).
 
     Raises:
-        OffloadRejected: the body is not ``{"answers": [...]}`` with one answer dict per row.
+        OffloadRejected: status 502, naming the first field that is missing or of the wrong type.
+    """
+    where = f"answer {index}"
+    if not isinstance(answer, dict):
+        raise _malformed(f"{where} is a {type(answer).__name__}, expected an object.")
+    label = answer.get("label")
+    if not isinstance(label, int) or isinstance(label, bool) or label < 0:
+        raise _malformed(f"{where} has label {label!r:.60}, expected an int >= 0.")
+    confidence = answer.get("confidence")
+    if not _real(confidence) or not -1e-6 <= confidence <= 1.0 + 1e-6:
+        raise _malformed(f"{where} has confidence {confidence!r:.60}, expected a number in [0, 1].")
+    for key in ("class_name", "exit", "stage"):
+        if not isinstance(answer.get(key), str) or not answer[key]:
+            raise _malformed(f"{where} has {key} {answer.get(key)!r:.60}, expected a string.")
+    timings = answer.get("timings", {})
+    if not isinstance(timings, dict) or not all(
+        isinstance(k, str) and _real(v) for k, v in timings.items()
+    ):
+        raise _malformed(f"{where} has timings {timings!r:.80}, expected {{name: ms}}.")
+    reason = answer.get("reason")
+    if not isinstance(answer.get("degraded", False), bool) or not (
+        reason is None or isinstance(reason, str)
+    ):
+        raise _malformed(f"{where} has a non-boolean 'degraded' or a non-string 'reason'.")
+    return {
+        **answer,
+        "timings": {k: float(v) for k, v in timings.items()},
+        "degraded": answer.get("degraded", False),
+        "reason": reason,
+    }
+
+
+def check_answers(data: Any, rows: int) -> list[dict]:
+    """Validate a cloud response body and return its ``answers`` list, every field checked.
+
+    Raises:
+        OffloadRejected: the body is not ``{"answers": [...]}`` with one well-formed answer per
+            row (label int, confidence in [0, 1], class_name/exit/stage strings, timings a
+            mapping of numbers, degraded a bool, reason a string or null).
     """
     answers = data.get("answers") if isinstance(data, dict) else None
     if not isinstance(answers, list) or len(answers) != rows:
         got = type(answers).__name__ if not isinstance(answers, list) else f"{len(answers)} answers"
-        raise OffloadRejected(
-            f"The cloud part sent a malformed response: expected 'answers' with {rows} entries, "
-            f"got {got}.",
-            status=502,
-        )
-    for answer in answers:
-        if not isinstance(answer, dict) or "label" not in answer or "confidence" not in answer:
-            raise OffloadRejected(
-                f"The cloud part sent a malformed answer {answer!r}; expected a dict with "
-                "'label' and 'confidence'.",
-                status=502,
-            )
-    return answers
+        raise _malformed(f"expected 'answers' with {rows} entries, got {got}.")
+    return [check_answer(answer, i) for i, answer in enumerate(answers)]
 
 
 class BaseOffloader(ABC):
     """Retry, backoff, jitter and circuit-breaker logic shared by every transport.
 
-    Subclasses implement :meth:`_send` (one attempt); ``rng`` and ``sleep`` are injectable so
-    tests can check the backoff without waiting.
+    Subclasses implement :meth:`_send` (one attempt) and may override :meth:`_prepare` (the
+    request body) and ``max_request_bytes`` (the largest body; bigger offloads are split);
+    ``rng`` and ``sleep`` are injectable so tests can check the backoff without waiting.
     """
+
+    #: Largest request body this transport may send (``None``: no limit).
+    max_request_bytes: int | None = None
+    #: Chunks of one split offload in flight at once.
+    max_parallel: int = 4
 
     def __init__(
         self,
@@ -124,6 +175,7 @@ class BaseOffloader(ABC):
         self._sleep = sleep
         self._lock = threading.Lock()
         self._stats = {"calls": 0, "attempts": 0, "failures": 0, "bytes_sent": 0}
+        self._chunk_pool: ThreadPoolExecutor | None = None
 
     def stats(self) -> dict[str, int]:
         """Counters: calls, attempts (incl. retries), failed calls, bytes sent."""
@@ -137,24 +189,73 @@ class BaseOffloader(ABC):
     def offload(self, boundary: np.ndarray, *, threshold: float, meta: dict) -> list[dict]:
         """Encode ``boundary`` and send it, retrying per the policy; one answer dict per row.
 
+        Rows whose request would exceed the transport's size limit (Lambda: the 6 MB event)
+        are split into chunks that fit, sent concurrently (at most ``max_parallel`` at once);
+        the call fails if any chunk fails. A local refusal (nothing to send, a single row over
+        the limit, an encoding error) never reaches the cloud and never touches the breaker.
+
         Raises:
             OffloadTimeout, OffloadUnavailable, OffloadRejected: the cloud could not answer.
         """
         array = np.asarray(boundary)
         if array.ndim < 1 or array.shape[0] == 0:
             raise OffloadRejected(f"Nothing to offload: boundary has shape {array.shape}.", 400)
-        try:
-            payload = codecs.encode_tensor(
-                array, self.policy.codec, meta={**dict(meta), "threshold": float(threshold)}
-            )
-        except EdgeLessPartError as exc:  # nothing was sent: a local problem, not the cloud's
-            raise OffloadRejected(f"Could not encode the boundary tensor: {exc}", 400) from exc
+        chunks = self._chunks(array, float(threshold), dict(meta))
         self._count("calls")
         try:
-            return self._with_retries(lambda: self._send(payload, float(threshold), len(array)))
+            if len(chunks) == 1:
+                return self._call(chunks[0])
+            return self._parallel(chunks)
         except OffloadError:
             self._count("failures")
             raise
+
+    def _encode(self, array: np.ndarray, threshold: float, meta: dict) -> bytes:
+        try:
+            return codecs.encode_tensor(
+                array,
+                self.policy.codec,
+                meta={**meta, "rows": int(len(array)), "threshold": threshold},
+            )
+        except EdgeLessPartError as exc:  # nothing was sent: a local problem, not the cloud's
+            raise OffloadRejected(f"Could not encode the boundary tensor: {exc}", 400) from exc
+
+    def _chunks(self, array: np.ndarray, threshold: float, meta: dict) -> list[_Chunk]:
+        """Prepared requests for ``array``, split so that each fits ``max_request_bytes``."""
+        request = self._prepare(self._encode(array, threshold, meta), threshold)
+        limit = self.max_request_bytes
+        if limit is None or len(request) <= limit:
+            return [_Chunk(len(array), request)]
+        if len(array) == 1:
+            raise OffloadRejected(
+                f"One row's request is {len(request)} bytes, over this transport's limit of "
+                f"{limit} bytes (Lambda's synchronous payload limit is {LAMBDA_PAYLOAD_LIMIT}); "
+                "use a compressing codec (e.g. fp16+lz4 or int8+zstd) or an HTTP cloud.",
+                status=413,
+            )
+        per_chunk = max(1, min(len(array) // 2, int(len(array) * limit * 0.9 / len(request))))
+        chunks: list[_Chunk] = []
+        for start in range(0, len(array), per_chunk):
+            chunks += self._chunks(array[start : start + per_chunk], threshold, meta)
+        return chunks
+
+    def _call(self, chunk: _Chunk) -> list[dict]:
+        return self._with_retries(lambda: self._send(chunk.request, chunk.rows))
+
+    def _parallel(self, chunks: list[_Chunk]) -> list[dict]:
+        with self._lock:
+            if self._chunk_pool is None:
+                self._chunk_pool = ThreadPoolExecutor(self.max_parallel, "offload-chunk")
+            pool = self._chunk_pool
+        futures = [pool.submit(self._call, chunk) for chunk in chunks]
+        answers: list[dict] = []
+        for future in futures:
+            answers += future.result()  # the first failure fails the call (all rows degrade)
+        return answers
+
+    def _prepare(self, payload: bytes, threshold: float) -> bytes:
+        """The request body for an encoded tensor (the tensor itself, unless overridden)."""
+        return payload
 
     def _with_retries(self, send: Callable[[], list[dict]]) -> list[dict]:
         attempt = 0
@@ -170,7 +271,7 @@ class BaseOffloader(ABC):
                 answers = send()
             except OffloadError as exc:
                 if not _retryable(exc):
-                    self.breaker.record_success()  # the cloud is up; it refused this request
+                    self._record_refusal(exc)
                     raise
                 self.breaker.record_failure()
                 if attempt >= self.policy.retries or not self.breaker.allow_retry():
@@ -186,13 +287,36 @@ class BaseOffloader(ABC):
             self.breaker.record_success()
             return answers
 
+    def _record_refusal(self, exc: OffloadError) -> None:
+        """A cloud 4xx is not an answer: it never closes the breaker.
+
+        A configuration error (401/403 wrong token, 404/405 wrong URL or function, 409 wrong
+        bundle) will fail every call, so it counts as a failure; any other 4xx was about this
+        request only and leaves the count alone (a half-open trial ends, the circuit re-opens).
+        """
+        if getattr(exc, "status", None) in CONFIG_ERROR_STATUS:
+            self.breaker.record_failure()
+        else:
+            self.breaker.record_neutral()
+
     @abstractmethod
-    def _send(self, payload: bytes, threshold: float, rows: int) -> list[dict]:
-        """Make one attempt; raise an :class:`OffloadError` subclass on failure."""
+    def _send(self, request: bytes, rows: int) -> list[dict]:
+        """Make one attempt with a prepared request; raise an :class:`OffloadError` subclass."""
 
     def close(self) -> None:
-        """Release network resources (sessions, clients); the base class holds none."""
-        return None
+        """Release the chunk threads (subclasses also close their network resources)."""
+        with self._lock:
+            pool, self._chunk_pool = self._chunk_pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """One prepared request: ``rows`` boundary rows in ``request`` (the body to send)."""
+
+    rows: int
+    request: bytes
 
 
 class HttpOffloader(BaseOffloader):
@@ -205,6 +329,8 @@ class HttpOffloader(BaseOffloader):
         token: optional shared secret: every request is signed with HMAC-SHA256 of its body
             and a timestamp (see :mod:`edgelesspart.runtime.signing`); the secret itself is
             never sent.
+        max_request_bytes: largest body per request; bigger offloads are split into chunks
+            (the cloud HTTP entry's default limit is 8 MiB).
     """
 
     def __init__(
@@ -212,9 +338,11 @@ class HttpOffloader(BaseOffloader):
         url: str,
         policy: OffloadPolicy = DEFAULT_POLICY,
         token: str | None = None,
+        max_request_bytes: int | None = HTTP_REQUEST_LIMIT,
         **kwargs: Any,
     ) -> None:
         super().__init__(policy, **kwargs)
+        self.max_request_bytes = max_request_bytes
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ConfigError(f"Cloud URL must start with http:// or https://, got {url!r}.")
         base = url.rstrip("/")
@@ -237,7 +365,7 @@ class HttpOffloader(BaseOffloader):
                 self._sessions.append(session)
         return session
 
-    def _send(self, payload: bytes, threshold: float, rows: int) -> list[dict]:
+    def _send(self, payload: bytes, rows: int) -> list[dict]:
         import requests
 
         headers = {"Content-Type": TENSOR_CONTENT_TYPE, "Accept": "application/json"}
@@ -269,6 +397,7 @@ class HttpOffloader(BaseOffloader):
 
     def close(self) -> None:
         """Close every keep-alive session this offloader opened."""
+        super().close()
         with self._lock:
             sessions, self._sessions = self._sessions, []
         for session in sessions:
@@ -299,12 +428,12 @@ class InProcessOffloader(BaseOffloader):
         super().__init__(policy, **kwargs)
         self.cloud = cloud
 
-    def _send(self, payload: bytes, threshold: float, rows: int) -> list[dict]:
+    def _send(self, payload: bytes, rows: int) -> list[dict]:
         from edgelesspart.runtime.cloud import status_for
 
         self._count("bytes_sent", len(payload))
         try:
-            response = self.cloud.continue_request(payload, threshold=threshold)
+            response = self.cloud.continue_request(payload)
         except EdgeLessPartError as exc:
             raise OffloadRejected(
                 f"The cloud part refused the request: {exc}", status=status_for(exc)
@@ -391,6 +520,7 @@ class LambdaOffloader(BaseOffloader):
             )
         self.function_name = function_name
         self.endpoint_url = endpoint_url
+        self.max_request_bytes = LAMBDA_PAYLOAD_LIMIT
         self.client = client or lambda_client(
             endpoint_url=endpoint_url,
             region=region,
@@ -398,19 +528,14 @@ class LambdaOffloader(BaseOffloader):
             timeout_s=policy.timeout_s,
         )
 
-    def _send(self, payload: bytes, threshold: float, rows: int) -> list[dict]:
+    def _prepare(self, payload: bytes, threshold: float) -> bytes:
+        """The JSON event (signed when a secret is set) that carries the encoded tensor."""
         event: dict[str, Any] = {"tensor_b64": codecs.to_base64(payload), "threshold": threshold}
         if self.secret:
             event = signing.sign_event(self.secret, event)
-        body = json.dumps(event)
-        data = body.encode("utf-8")
-        if len(data) > LAMBDA_PAYLOAD_LIMIT:
-            raise OffloadRejected(
-                f"Lambda event of {len(data)} bytes exceeds the {LAMBDA_PAYLOAD_LIMIT}-byte "
-                "synchronous payload limit; use a compressing codec (e.g. fp16+lz4) or an "
-                "HTTP cloud.",
-                status=413,
-            )
+        return json.dumps(event).encode("utf-8")
+
+    def _send(self, data: bytes, rows: int) -> list[dict]:
         response, raw = self._invoke(data)
         self._count("bytes_sent", len(data))
         try:

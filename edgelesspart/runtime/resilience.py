@@ -100,7 +100,9 @@ class CircuitBreaker:
     """Closed -> open after N consecutive failures -> half-open after ``reset_s`` -> closed.
 
     While open every call is refused at once. After ``reset_s`` one trial call is let
-    through (half-open); its success closes the circuit, its failure re-opens it. Thread-safe.
+    through (half-open); its success closes the circuit, its failure re-opens it, and a trial
+    that proves nothing either way (:meth:`record_neutral`) re-opens it too. Only a real answer
+    from the cloud may close the circuit. Thread-safe.
     :meth:`transitions` counts every state change (``("closed", "open")`` → n) so services can
     export them; the open → half-open change is counted when it is observed (next call or
     state read), since the breaker has no timer of its own.
@@ -183,6 +185,18 @@ class CircuitBreaker:
         with self._lock:
             self._move(self.CLOSED)
             self._count = 0
+            self._trial = False
+
+    def record_neutral(self) -> None:
+        """A call ended without telling whether the cloud works (e.g. it refused one request).
+
+        It neither closes the circuit nor counts as a failure; a half-open trial that ends
+        this way re-opens the circuit, so the next trial comes after another ``reset_s``.
+        """
+        with self._lock:
+            if self._state == self.HALF_OPEN:
+                self._move(self.OPEN)
+                self._opened_at = self._clock()
             self._trial = False
 
     def record_failure(self) -> None:

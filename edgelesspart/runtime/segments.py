@@ -3,23 +3,29 @@
 A LiteRT interpreter is not thread-safe: one interpreter must not run two calls at once. A
 :class:`SegmentRunner` therefore owns a small pool of interpreters for the same model (created
 on demand, at most ``pool_size``); each call borrows one, runs it and gives it back, so
-``pool_size`` requests run in parallel and the rest wait for a free interpreter.
+``pool_size`` requests run in parallel and the rest wait for a free interpreter. Borrowing is
+lock-free while an idle interpreter exists (an atomic ``deque.pop``); only a call that finds the
+pool empty takes the lock and waits.
 
 Every segment file has one signature, ``serving_default``, taking ``x`` (``(N, *input.shape)``
 float32, batch dimension dynamic) and returning ``probs`` (iff the segment ends in an exit) and
-``boundary`` (iff it hands a tensor on). The signature runner resizes the input to the batch it
-is given and re-allocates tensors on every call, so any batch size works with one interpreter.
+``boundary`` (iff it hands a tensor on). Each pooled interpreter remembers the batch size it was
+last allocated for and resizes and re-allocates its tensors only when the batch size changes
+(LiteRT's own signature runner does both on every call, which costs more than a small
+segment's invoke), so any batch size works with one interpreter and a steady batch size pays
+nothing extra.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgelesspart.errors import BundleError, InputError
+from edgelesspart.errors import BundleError, InferenceError
 from edgelesspart.runtime import backends
 from edgelesspart.runtime.manifest import SegmentSpec
 from edgelesspart.runtime.preprocess import validate_input
@@ -34,6 +40,36 @@ def _interpreter_class() -> Any:
     from ai_edge_litert.interpreter import Interpreter
 
     return Interpreter
+
+
+class _SignatureSlot:
+    """One interpreter's ``serving_default`` signature, resized only when the batch changes.
+
+    Called like LiteRT's signature runner (``slot(x=array) -> {output name: array}``) but
+    skips ``ResizeInputTensor`` + ``AllocateTensors`` while the batch size stays the same.
+    """
+
+    def __init__(self, interpreter: Any) -> None:
+        runner = interpreter.get_signature_runner(SIGNATURE)
+        self._wrapper = interpreter._interpreter
+        self._subgraph = runner._subgraph_index
+        self._input = runner._inputs[INPUT_NAME]
+        self._outputs = tuple(runner._outputs)
+        self._batch = -1
+
+    def __call__(self, **kwargs: np.ndarray) -> dict[str, np.ndarray]:
+        x = kwargs[INPUT_NAME]
+        wrapper, subgraph = self._wrapper, self._subgraph
+        if x.shape[0] != self._batch:
+            self._batch = -1  # stays invalid if the resize or allocation fails
+            wrapper.ResizeInputTensor(
+                self._input, np.array(x.shape, dtype=np.int32), False, subgraph
+            )
+            wrapper.AllocateTensors(subgraph)
+            self._batch = int(x.shape[0])
+        wrapper.SetTensor(self._input, x, subgraph)
+        wrapper.Invoke(subgraph)
+        return {name: wrapper.GetTensor(index, subgraph) for name, index in self._outputs}
 
 
 def expected_outputs(spec: SegmentSpec) -> set[str]:
@@ -80,7 +116,7 @@ class SegmentRunner:
         self.pool_size = int(pool_size)
         self.num_threads = int(num_threads)
         self.backend = backends.check_backend(backend)  # path is that backend's file
-        self._idle: list[Any] = []  # idle runners, most recently used last (warm caches)
+        self._idle: deque[Any] = deque()  # idle runners, most recently used last (warm caches)
         self._lock = threading.Lock()
         self._returned = threading.Condition(self._lock)
         self._created = 0
@@ -104,7 +140,7 @@ class SegmentRunner:
                 f"Segment file {self.path} is not a loadable LiteRT model: {exc}"
             ) from exc
         self._check_signature(signatures)
-        return interpreter.get_signature_runner(SIGNATURE)
+        return _SignatureSlot(interpreter)
 
     def _check_signature(self, signatures: dict[str, dict[str, list[str]]]) -> None:
         sig = signatures.get(SIGNATURE)
@@ -123,14 +159,18 @@ class SegmentRunner:
 
     def _acquire(self) -> Any:
         """An idle runner, a new one while the pool has room, or wait for one to come back."""
-        with self._lock:
-            while not self._idle:
+        while True:
+            try:
+                return self._idle.pop()  # atomic: the common case takes no lock
+            except IndexError:
+                pass
+            with self._lock:
+                if self._idle:  # given back meanwhile (maybe taken again: loop)
+                    continue
                 if self._created < self.pool_size:
                     self._created += 1  # reserve the slot, build outside the lock
                     break
-                self._returned.wait()
-            else:
-                return self._idle.pop()
+                self._returned.wait(0.1)  # _release notifies under this lock
         try:
             return self._new_runner()
         except BaseException:
@@ -140,9 +180,10 @@ class SegmentRunner:
             raise
 
     def _release(self, runner: Any) -> None:
-        with self._lock:
-            self._idle.append(runner)
-            self._returned.notify()
+        self._idle.append(runner)
+        if self._created >= self.pool_size:  # someone may be waiting for a runner
+            with self._lock:
+                self._returned.notify()
 
     @property
     def interpreters(self) -> int:
@@ -179,6 +220,7 @@ class SegmentRunner:
 
         Raises:
             InputError: ``x`` does not match the segment's input spec.
+            InferenceError: LiteRT failed on a batch that passed validation (a server fault).
         """
         if not trusted:
             x = validate_input(x, self.spec.input)
@@ -186,16 +228,13 @@ class SegmentRunner:
         try:
             outputs = runner(**{INPUT_NAME: x})
         except (ValueError, RuntimeError) as exc:
-            self._release(runner)
-            raise InputError(
-                f"Segment {self.spec.name!r} failed on a batch of shape {x.shape}: {exc}"
+            # x passed validation, so this is the model's or LiteRT's fault, not the caller's
+            raise InferenceError(
+                f"Segment {self.spec.name!r} failed on a validated batch of shape {x.shape}: {exc}"
             ) from exc
-        except BaseException:
+        finally:
             self._release(runner)
-            raise
         with self._lock:
-            self._idle.append(runner)
-            self._returned.notify()
             self._calls += 1
             self._rows += int(x.shape[0])
         return self._outputs(outputs, int(x.shape[0]))

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.timeout(120)
 TIMEOUT = 15
 SECRET = "cloud shared secret"
 TENSOR = "application/x-edgelesspart-tensor"
+BEARER = {"Authorization": f"Bearer {SECRET}"}
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def test_a_signed_event_is_answered(lambda_client, event):
 def test_boto3_surfaces_a_refused_invocation(lambda_client, server, event, make, pattern):
     from botocore.exceptions import ClientError
 
-    before = requests.get(f"{server.url}/v1/stats", timeout=TIMEOUT).json()["invoke"]
+    before = _stats(server)["invoke"]
     # WHEN boto3 invokes with an unsigned, wrongly signed, altered or stale event
     with pytest.raises(ClientError) as info:
         lambda_client.invoke(FunctionName="f", Payload=json.dumps(make(dict(event))))
@@ -76,7 +77,7 @@ def test_boto3_surfaces_a_refused_invocation(lambda_client, server, event, make,
     assert error["Error"]["Code"] == "AccessDeniedException"
     assert error["ResponseMetadata"]["HTTPStatusCode"] == 403
     assert pattern in error["Error"]["Message"] and "sign the event" in error["Error"]["Message"]
-    assert requests.get(f"{server.url}/v1/stats", timeout=TIMEOUT).json()["invoke"] == before
+    assert _stats(server)["invoke"] == before
 
 
 def test_a_dry_run_and_an_event_invocation_need_a_signature_too(lambda_client, event):
@@ -279,3 +280,23 @@ def test_local_server_serve_refuses_a_public_bind_without_a_token(tiny_bundle):
 
     with pytest.raises(ConfigError, match="serve-cloud refuses to listen"):
         serve(tiny_bundle, host="0.0.0.0", token=None)
+
+
+def test_stats_and_metrics_need_the_token_and_health_stays_open(server):
+    # /v1/stats and /metrics count traffic: behind the token by default (review defect 5)
+    for route in ("/v1/stats", "/metrics"):
+        assert requests.get(server.url + route, timeout=TIMEOUT).status_code == 401, route
+        assert requests.get(server.url + route, headers=BEARER, timeout=TIMEOUT).ok, route
+    assert requests.get(server.url + "/healthz", timeout=TIMEOUT).status_code == 200
+
+
+def test_public_routes_of_the_cloud_are_a_setting(tiny_bundle):
+    from cloud_functions.local_server import create_app
+
+    client = create_app(tiny_bundle, token=SECRET, public_routes="/healthz,/metrics").test_client()
+    assert client.get("/metrics").status_code == 200
+    assert client.get("/v1/stats").status_code == 401
+
+
+def _stats(server) -> dict:
+    return requests.get(f"{server.url}/v1/stats", headers=BEARER, timeout=TIMEOUT).json()

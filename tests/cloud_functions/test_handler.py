@@ -95,14 +95,16 @@ def _auth():
 
 def test_http_continue_answers_and_counts(http_app, encoded):
     client = http_app.test_client()
-    before = client.get("/v1/stats").json["continue"]
+    bearer = {"Authorization": "Bearer t0ken"}
+    before = client.get("/v1/stats", headers=bearer).json["continue"]
     # WHEN an encoded tensor is posted with the token
     response = client.post("/v1/continue?threshold=2", data=encoded, headers=_auth())
     # THEN each row is answered and the request is counted
     assert response.status_code == 200, response.json
     assert [a["exit"] for a in response.json["answers"]] == ["final"] * 3
-    assert client.get("/v1/stats").json["continue"] == before + 1
-    assert "edgelesspart_cloud_requests_total" in client.get("/metrics").get_data(as_text=True)
+    assert client.get("/v1/stats", headers=bearer).json["continue"] == before + 1
+    metrics = client.get("/metrics", headers=bearer).get_data(as_text=True)
+    assert "edgelesspart_cloud_requests_total" in metrics
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.timeout(120)
 
 TIMEOUT = 15
 SECRET = "edge-to-cloud shared secret"
+CLOUD_BEARER = {"Authorization": f"Bearer {SECRET}"}
 
 
 @pytest.fixture()
@@ -103,17 +104,36 @@ def test_infer_without_the_right_bearer_token_is_401_json(guarded, digits, heade
     assert error["code"] == "unauthorized" and "Authorization: Bearer" in error["message"]
 
 
-def test_the_right_token_is_served_and_probes_stay_open(guarded, digits):
+def test_the_right_token_is_served_and_only_health_is_open_by_default(guarded, digits):
+    bearer = {"Authorization": "Bearer s3cret"}
     ok = requests.post(f"{guarded.url}/v1/infer", json={"inputs": digits[:1].tolist()},
-                       headers={"Authorization": "Bearer s3cret"}, timeout=TIMEOUT)
+                       headers=bearer, timeout=TIMEOUT)
     assert ok.status_code == 200 and ok.json()["answers"][0]["exit"] == "exit_1"
     assert requests.get(f"{guarded.url}/v1/bundle", timeout=TIMEOUT).status_code == 401
-    for probe in ("/healthz", "/metrics", "/openapi.json"):
-        assert requests.get(guarded.url + probe, timeout=TIMEOUT).status_code == 200, probe
+    assert requests.get(f"{guarded.url}/healthz", timeout=TIMEOUT).status_code == 200
+    for route in ("/metrics", "/openapi.json"):  # counts and the API: behind the token
+        assert requests.get(guarded.url + route, timeout=TIMEOUT).status_code == 401, route
+        assert requests.get(guarded.url + route, headers=bearer, timeout=TIMEOUT).ok, route
+
+
+def test_public_routes_are_a_setting(tiny_bundle, monkeypatch):
+    # GIVEN an operator whose scraper cannot send a token
+    from edge_runtime import create_app
+    from edge_runtime.config import EdgeConfig
+
+    monkeypatch.setenv("EDGELESSPART_PUBLIC_ROUTES", "/healthz, /metrics")
+    config = EdgeConfig.from_env(token="s3cret")
+    assert config.public_routes == ("/healthz", "/metrics")
+    client = create_app(tiny_bundle, config).test_client()
+    # THEN /metrics is open, the rest still needs the token
+    assert client.get("/metrics").status_code == 200
+    assert client.get("/openapi.json").status_code == 401
+    with pytest.raises(ConfigError, match="must be paths starting with '/'"):
+        EdgeConfig(public_routes=("metrics",))
 
 
 def test_the_token_is_compared_in_constant_time(tiny_bundle, digits, monkeypatch):
-    import edge_runtime.app
+    import service_http.auth
     from edge_runtime import create_app
     from edge_runtime.config import EdgeConfig
 
@@ -124,7 +144,7 @@ def test_the_token_is_compared_in_constant_time(tiny_bundle, digits, monkeypatch
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(edge_runtime.app.hmac, "compare_digest", spy)
+    monkeypatch.setattr(service_http.auth.hmac, "compare_digest", spy)
     client = create_app(tiny_bundle, EdgeConfig(token="s3cret")).test_client()
     client.post("/v1/infer", json={"inputs": digits[:1].tolist()},
                 headers={"Authorization": "Bearer nope"})
@@ -158,13 +178,13 @@ def test_edge_signs_its_offloads_with_the_cloud_token(tiny_bundle, digits, signe
     # GIVEN an edge that knows the cloud's secret
     cloud = signed_cloud.url if transport == "http" else "lambda://edgelesspart-cloud"
     edge = _edge(tiny_bundle, cloud=cloud, lambda_endpoint=signed_cloud.url, cloud_token=SECRET)
-    before = requests.get(f"{signed_cloud.url}/v1/stats", timeout=TIMEOUT).json()["requests"]
+    before = _cloud_requests(signed_cloud)
     # WHEN rows are offloaded
     body = edge.post("/v1/infer", json={"inputs": digits[:2].tolist()}).json
     # THEN the cloud accepted the signed call and answered every row
     assert [a["stage"] for a in body["answers"]] == ["cloud", "cloud"], body
     assert body["degraded"] == 0
-    after = requests.get(f"{signed_cloud.url}/v1/stats", timeout=TIMEOUT).json()["requests"]
+    after = _cloud_requests(signed_cloud)
     assert after == before + 1
 
 
@@ -179,3 +199,8 @@ def test_an_unsigned_or_wrongly_signed_offload_is_refused(tiny_bundle, digits, s
     assert answer["degraded"] is True and answer["stage"] == "edge"
     expected = "401" if transport == "http" else "AccessDeniedException"
     assert expected in answer["reason"], answer["reason"]
+
+
+def _cloud_requests(cloud) -> int:
+    stats = requests.get(f"{cloud.url}/v1/stats", headers=CLOUD_BEARER, timeout=TIMEOUT)
+    return stats.json()["requests"]

@@ -49,6 +49,7 @@ class FakeCloud:
     status: int = 500
     delay_s: float = 0.0
     cloud: Any = None  # a CloudPart for mode "cloud"
+    reply: Any = None  # rows -> response body, for mode "reply" (malformed answers)
     seen: list[Seen] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -74,6 +75,8 @@ def _continue(state: FakeCloud, body: bytes) -> tuple[int, dict, dict]:
             return 400, {"error": {"type": type(exc).__name__, "message": str(exc)}}, {}
     array, _ = codecs.decode_tensor(body)
     rows = len(array)
+    if state.mode == "reply":
+        return 200, state.reply(rows), {}
     if state.mode == "wrong-count":
         rows += 1
     return 200, {"answers": _fake_answers(rows)}, {}

@@ -7,7 +7,14 @@ import threading
 import numpy as np
 import pytest
 
-from edgelesspart.errors import BundleError, CodecError, ConfigError, InputError
+from edgelesspart.errors import (
+    BundleError,
+    BundleMismatchError,
+    CodecError,
+    ConfigError,
+    InferenceError,
+    InputError,
+)
 from edgelesspart.runtime import codecs
 from edgelesspart.runtime.bundle import Bundle
 from edgelesspart.runtime.cloud import CloudPart, error_response, status_for
@@ -124,9 +131,20 @@ def test_event_errors_for_bundle_and_threshold(cloud, boundary):
     assert response["status"] == 400 and response["error"]["type"] == "ConfigError"
 
 
-def test_status_mapping():
-    assert status_for(BundleError("x")) == 409
+def test_status_mapping_blames_the_caller_only_for_what_it_caused(caplog):
+    # a tensor made for another bundle is the caller's mismatch; a broken bundle is ours
+    assert status_for(BundleMismatchError("x")) == 409
     assert status_for(InputError("x")) == 400
+    assert status_for(BundleError("x")) == 500
+    assert status_for(InferenceError("x")) == 500
+    with caplog.at_level("ERROR", logger="edgelesspart.cloud"):
+        body = error_response(InferenceError("segment blew up"))
+    assert body["status"] == 500 and "segment blew up" not in body["error"]["message"]
+    correlation = body["error"]["message"].split("correlation id ")[1].rstrip(").")
+    assert any(
+        correlation in r.getMessage() and "segment blew up" in r.getMessage()
+        for r in caplog.records
+    )
     assert error_response(CodecError("bad")) == {
         "error": {"type": "CodecError", "message": "bad"},
         "status": 400,
@@ -163,3 +181,56 @@ def test_concurrent_events(cloud, boundary):
     for t in threads:
         t.join()
     assert mismatches == []
+
+
+def test_the_header_is_checked_against_the_bundle_before_anything_is_decoded(tiny_bundle):
+    # GIVEN a cloud part that takes at most 8 rows per request
+    small = CloudPart(tiny_bundle, pool_size=1, max_rows=8)
+    # AND a few hundred compressed bytes announcing 300 boundary rows, with a corrupt body
+    zeros = np.zeros((300, 16, 16, 16), np.float32)
+    bomb = bytearray(_payload(small, zeros, "lz4"))
+    assert len(bomb) < 25_000 < zeros.nbytes // 100
+    bomb[-8:] = b"\xff" * 8  # a checksum error would only show up if the body were decoded
+    # WHEN it is continued, THEN the row count in the header refuses it (no decode, no CodecError)
+    with pytest.raises(InputError, match=r"300 rows; this cloud part accepts 1\.\.8"):
+        small.continue_request(bytes(bomb))
+    # AND a header with the wrong per-row shape is refused the same way, before decoding
+    wrong = bytearray(_payload(small, np.zeros((2, 8, 8, 24), np.float32), "lz4"))
+    wrong[-8:] = b"\xff" * 8
+    with pytest.raises(InputError, match=r"\(N, 16, 16, 16\) float32 .* got shape \(2, 8, 8, 24\)"):
+        small.continue_request(bytes(wrong))
+
+
+def test_cloud_batching_coalesces_concurrent_requests_and_keeps_rows_aligned(tiny_bundle, boundary):
+    # GIVEN a batching cloud part (a wide window so that concurrent requests meet)
+    import threading
+
+    from edgelesspart.runtime.batching import BatchSettings
+
+    batched = CloudPart(tiny_bundle, pool_size=1, batch=BatchSettings(64, 50_000))
+    alone = CloudPart(tiny_bundle, pool_size=1)
+    slices = [boundary[i : i + 3] for i in range(0, 12, 3)] * 2
+    expected = [alone.continue_request(_payload(alone, s, threshold=0.5)) for s in slices]
+    got: list = [None] * len(slices)
+
+    def call(k: int) -> None:
+        got[k] = batched.continue_request(_payload(batched, slices[k], threshold=0.5))
+
+    # WHEN 8 requests arrive at once
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(len(slices))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    # THEN every request gets exactly its own rows' answers, as if it had run alone
+    for mine, ref in zip(got, expected):
+        assert [(a["exit"], a["label"]) for a in mine["answers"]] == [
+            (a["exit"], a["label"]) for a in ref["answers"]
+        ]
+        assert mine["answers"][0]["confidence"] == pytest.approx(
+            ref["answers"][0]["confidence"], abs=1e-5
+        )
+    # AND they shared fewer runs than there were requests
+    stats = batched.batcher.stats()
+    assert stats["requests"] == 8 and stats["rows"] == 24 and stats["batches"] < 8
+    batched.close()

@@ -49,8 +49,11 @@ IMPORT_EVERYTHING = textwrap.dedent(
 
     imported, missing = [], []
     names = sorted(f"edgelesspart.runtime.{m.name}" for m in pkgutil.iter_modules(runtime.__path__))
-    for name in names + ["edge_runtime", "cloud_functions.handler"]:
-        if name.startswith(("edge_runtime", "cloud_functions")):
+    services = ["edge_runtime", "edge_runtime.app", "cloud_functions.handler",
+                "cloud_functions.http_entry", "cloud_functions.local_server"]
+    shared = sorted(f"service_http.{m}" for m in ("admission", "auth", "errors", "metrics", "wsgi"))
+    for name in names + shared + services:
+        if name.startswith(("edge_runtime", "cloud_functions", "service_http")):
             if importlib.util.find_spec(name.split(".")[0]) is None:
                 missing.append(name)
                 continue
@@ -95,7 +98,27 @@ def test_runtime_core_and_services_import_with_tensorflow_blocked():
     assert set(report["imported"]) | set(report["missing"]) >= {
         "edge_runtime",
         "cloud_functions.handler",
+        "service_http.admission",
+        "service_http.auth",
+        "service_http.errors",
+        "service_http.metrics",
+        "service_http.wsgi",
     }
+
+
+def test_cloud_function_does_not_import_the_edge_service():
+    # GIVEN a fresh interpreter, WHEN every cloud entry point is imported
+    code = textwrap.dedent(
+        """
+        import sys
+        import cloud_functions.handler, cloud_functions.http_entry, cloud_functions.local_server
+        print(sorted(m for m in sys.modules if m.split(".")[0] == "edge_runtime"))
+        """
+    )
+    proc = _run(code)
+    # THEN the edge service was not loaded: both services share only service_http and the core
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "[]"
 
 
 def test_runtime_modules_are_really_tensorflow_free_in_use(tmp_path):

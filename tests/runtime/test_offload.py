@@ -174,7 +174,7 @@ def test_http_offload_posts_the_tensor_and_returns_answers(fake_cloud):
     assert signing.check_body("s3cret", first.body, first.headers) is None
     array, header = codecs.decode_tensor(first.body)
     np.testing.assert_array_equal(array, BOUNDARY)
-    assert header["meta"] == {"bundle_id": "b-1", "threshold": 0.7}
+    assert header["meta"] == {"bundle_id": "b-1", "rows": 3, "threshold": 0.7}
     # AND the keep-alive session reused one connection
     assert fake_cloud.seen[0].client_port == fake_cloud.seen[1].client_port
     sent = len(first.body) + len(fake_cloud.seen[1].body)
@@ -206,15 +206,19 @@ def test_server_errors_are_retried_then_rejected(fake_cloud):
     assert off.stats()["failures"] == 1
 
 
-@pytest.mark.parametrize("status", [400, 409, 413])
-def test_client_errors_are_not_retried_and_keep_the_breaker_closed(fake_cloud, status):
+@pytest.mark.parametrize(("status", "state"), [(400, "closed"), (413, "closed"), (409, "open")])
+def test_client_errors_are_not_retried_and_config_errors_count_as_failures(
+    fake_cloud, status, state
+):
+    # a 4xx is never retried; one about this request leaves the breaker alone, a configuration
+    # error (wrong bundle here) fails every call, so it counts (breaker_failures=1: it opens)
     fake_cloud.mode, fake_cloud.status = "status", status
     off = HttpOffloader(fake_cloud.url, OffloadPolicy(retries=3, breaker_failures=1))
     with pytest.raises(OffloadRejected) as info:
         off.offload(BOUNDARY, threshold=0.5, meta=META)
     assert info.value.status == status
     assert fake_cloud.count == 1
-    assert off.breaker.state == "closed"
+    assert off.breaker.state == state
 
 
 def test_slow_cloud_times_out(fake_cloud):
@@ -362,7 +366,7 @@ def test_lambda_payload_too_large_is_rejected(fake_cloud, monkeypatch):
     assert info.value.status == 413 and fake_cloud.count == 1
     # AND an event over the limit is refused before any call
     monkeypatch.setattr(offload, "LAMBDA_PAYLOAD_LIMIT", 100)
-    with pytest.raises(OffloadRejected, match="exceeds the 100-byte synchronous payload limit"):
+    with pytest.raises(OffloadRejected, match="One row's request is .* over this transport"):
         _lambda(fake_cloud).offload(BOUNDARY, threshold=0.5, meta=META)
     assert fake_cloud.count == 1
 
@@ -432,7 +436,7 @@ def test_in_process_rejections_carry_the_status(cloud_part, boundary):
 class _Crashing(offload.BaseOffloader):
     """A transport with a bug: every attempt raises a non-offload exception."""
 
-    def _send(self, payload: bytes, threshold: float, rows: int) -> list[dict]:
+    def _send(self, request: bytes, rows: int) -> list[dict]:
         raise RuntimeError("bug in transport")
 
 
@@ -452,3 +456,111 @@ def test_unencodable_boundary_is_rejected_before_sending(fake_cloud):
     with pytest.raises(OffloadRejected, match="Could not encode the boundary tensor") as info:
         off.offload(np.array([["a", "b"]]), threshold=0.5, meta=META)
     assert info.value.status == 400 and fake_cloud.count == 0
+
+
+# ------------------------------------------------------------------ review defects 1, 2 and 3
+
+
+def _good(rows: int) -> list[dict]:
+    return [
+        {"label": 1, "class_name": "1", "confidence": 0.9, "exit": "final", "stage": "cloud",
+         "timings": {"cloud_0": 0.5}, "degraded": False, "reason": None}
+        for _ in range(rows)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("timings", [1, 2], "timings"),
+        ("timings", {"cloud_0": "fast"}, "timings"),
+        ("label", True, "label"),
+        ("label", "7", "label"),
+        ("confidence", float("nan"), "confidence"),
+        ("confidence", 3.0, "confidence"),
+        ("exit", None, "exit"),
+        ("stage", 7, "stage"),
+        ("degraded", "no", "degraded"),
+        ("reason", {"x": 1}, "reason"),
+    ],
+)
+def test_every_field_of_a_cloud_answer_is_validated(field, value, message):
+    answers = _good(2)
+    answers[1][field] = value
+    with pytest.raises(OffloadRejected, match=f"answer 1 .*{message}") as info:
+        offload.check_answers({"answers": answers}, 2)
+    assert info.value.status == 502
+    clean = offload.check_answers({"answers": _good(2)}, 2)
+    assert clean[0]["timings"] == {"cloud_0": 0.5} and clean[0]["degraded"] is False
+
+
+def test_a_malformed_answer_from_the_cloud_is_a_retried_failure_not_an_answer(fake_cloud):
+    # GIVEN a cloud that answers 200 with timings that are not a mapping
+    fake_cloud.mode = "reply"
+    fake_cloud.reply = lambda rows: {"answers": [{**a, "timings": 5} for a in _good(rows)]}
+    off = HttpOffloader(fake_cloud.url, FAST)
+    # WHEN offloading THEN it is refused as a bad gateway, retried once, and counted as failure
+    with pytest.raises(OffloadRejected, match="malformed response: answer 0 has timings 5"):
+        off.offload(BOUNDARY, threshold=0.5, meta=META)
+    assert fake_cloud.count == 2 and off.breaker.consecutive_failures == 2
+
+
+@pytest.mark.parametrize("status", [401, 404])
+def test_a_half_open_probe_answered_401_or_404_never_closes_the_breaker(fake_cloud, status):
+    # GIVEN an open breaker (one failure opens it) whose reset time has passed
+    now = [0.0]
+    off = HttpOffloader(fake_cloud.url, OffloadPolicy(retries=0, breaker_failures=1))
+    off.breaker = CircuitBreaker(1, 10.0, clock=lambda: now[0])
+    off.breaker.record_failure()
+    now[0] = 11.0
+    assert off.breaker.state == "half-open"
+    # WHEN the trial call is refused with a configuration error
+    fake_cloud.mode, fake_cloud.status = "status", status
+    with pytest.raises(OffloadRejected) as info:
+        off.offload(BOUNDARY, threshold=0.5, meta=META)
+    # THEN the breaker is open again, not closed, and no other call gets through
+    assert info.value.status == status
+    assert off.breaker.state == "open"
+    with pytest.raises(OffloadUnavailable, match="Circuit breaker is open"):
+        off.offload(BOUNDARY, threshold=0.5, meta=META)
+    assert fake_cloud.count == 1
+
+
+def test_a_local_refusal_never_reaches_the_cloud_nor_touches_the_breaker(fake_cloud, monkeypatch):
+    # GIVEN a half-open breaker and a Lambda limit no single row fits into
+    monkeypatch.setattr(offload, "LAMBDA_PAYLOAD_LIMIT", 100)
+    now = [0.0]
+    off = _lambda(fake_cloud, OffloadPolicy(retries=0, breaker_failures=1))
+    off.breaker = CircuitBreaker(1, 10.0, clock=lambda: now[0])
+    off.breaker.record_failure()
+    now[0] = 11.0
+    # WHEN the offload is refused locally (413) THEN the trial is still available
+    with pytest.raises(OffloadRejected, match="over this transport's limit") as info:
+        off.offload(BOUNDARY, threshold=0.5, meta=META)
+    assert info.value.status == 413 and fake_cloud.count == 0
+    assert off.breaker.state == "half-open" and off.breaker.allow()
+
+
+def test_a_batch_over_the_lambda_limit_is_split_into_chunks_sent_concurrently(
+    fake_cloud, monkeypatch
+):
+    # GIVEN 40 rows whose event would be ~4x the (patched) Lambda limit
+    rows = np.random.default_rng(0).random((40, 16, 16, 4), dtype=np.float32)
+    one_row = len(offload.LambdaOffloader("f", client=object())._prepare(
+        codecs.encode_tensor(rows[:1], "raw", meta={}), 0.5))  # fmt: skip
+    monkeypatch.setattr(offload, "LAMBDA_PAYLOAD_LIMIT", one_row * 12)
+    fake_cloud.mode = "reply"
+    fake_cloud.reply = lambda n: {
+        "answers": [{**a, "label": k} for k, a in enumerate(_good(n))]
+    }
+    off = _lambda(fake_cloud)
+    # WHEN the whole batch is offloaded
+    answers = off.offload(rows, threshold=0.5, meta=META)
+    # THEN it went out in several events, each under the limit, and every row got an answer
+    assert len(answers) == 40
+    assert fake_cloud.count >= 4
+    assert all(len(s.body) <= one_row * 12 for s in fake_cloud.seen)
+    sent_rows = [json.loads(s.body)["tensor_b64"] for s in fake_cloud.seen]
+    assert sum(len(codecs.decode_tensor(codecs.from_base64(b))[0]) for b in sent_rows) == 40
+    # AND the answers are in row order (chunk k's labels restart at 0)
+    assert answers[0]["label"] == 0 and off.stats()["calls"] == 1
