@@ -294,10 +294,13 @@ def check_for_devices(
     input_bytes: int,
     exit_rates: Mapping[str, float] | None = None,
     offload_overhead_ms: float = 0.0,
+    factors: Mapping[str, float] | None = None,
 ) -> PlanCheck:
     """:func:`check_plan` for named devices and link, as ``edgelesspart build`` knows them.
 
-    The host profile is scaled to both devices; the cloud is priced from its provider's table
+    The host profile is scaled to both devices: by ``factors`` (``{"edge": f, "cloud": f}``,
+    the factors the planner used, recorded in ``plan.parameters["latency_sources"]``) where
+    given, else by each device's own profile. The cloud is priced from its provider's table
     (Cloud Functions 1st gen at 2048 MB when the cloud device names no provider).
     """
     from edgelesspart import devices, links
@@ -309,10 +312,17 @@ def check_for_devices(
         cost_fn = make_price_fn(load_prices(cloud.provider), cloud.memory_mb)
     else:
         cost_fn = make_price_fn(load_prices("gcf"), 2048)
+    factors = factors or {}
+
+    def scaled(role: str, device: Any) -> ModelProfile:
+        if role in factors:
+            return host_profile.scaled(device.name, float(factors[role]))
+        return devices.profile_for_device(host_profile, device)
+
     return check_plan(
         plan,
-        devices.profile_for_device(host_profile, edge),
-        devices.profile_for_device(host_profile, cloud),
+        scaled("edge", edge),
+        scaled("cloud", cloud),
         link=links.load_link(link),
         cost_fn=cost_fn,
         input_bytes=input_bytes,
@@ -381,6 +391,12 @@ def check_bundle(bundle: str | Any, *, link: str | None = None, limit: int = 100
     trace = ProgressiveExecutor(loaded, manifest.stage_names[0]).trace(x_val, timing_samples=1)
     rates = measured_exit_rates(trace, threshold, {e.name: e.cut_point for e in manifest.exits})
     build = manifest.extra.get("build_config", {})
+    sources = manifest.plan.parameters.get("latency_sources") or {}
+    factors = {
+        role: float(entry["factor"])
+        for role, entry in sources.items()
+        if isinstance(entry, dict) and isinstance(entry.get("factor"), (int, float))
+    }
     return check_for_devices(
         manifest.plan,
         host,
@@ -389,6 +405,7 @@ def check_bundle(bundle: str | Any, *, link: str | None = None, limit: int = 100
         link=link or str(build.get("link", "wifi")),
         input_bytes=manifest.input.tensor.nbytes,
         exit_rates=rates,
+        factors=factors,
     )
 
 

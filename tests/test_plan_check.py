@@ -139,3 +139,45 @@ def test_chance_accuracy_names_train_backbone(accuracy, classes, warns):
     assert (message is not None) == warns
     if warns:
         assert "--train-backbone yes" in message and "chance" in message
+
+
+@pytest.mark.slow
+@pytest.mark.needs_tf
+def test_build_cli_prints_the_warnings(tmp_path, capsys):
+    # GIVEN the headline command on an untrained backbone (a quick build)
+    from edgelesspart.cli import main
+
+    argv = ["build", "--constraint", "latency", "--train-backbone", "no", "--epochs", "1",
+            "--limit", "120", "--max-cut-points", "8", "--out", str(tmp_path / "b"), "--quiet"]
+    # WHEN it builds
+    code = main(argv)
+    out = capsys.readouterr().out
+    # THEN the bundle is written and the build says its plan is dominated and the model is
+    # at chance, naming the better option and the fix
+    assert code == 0, out
+    assert "split after 'stem_relu'" in out
+    assert "warning: the plan is dominated by edge-only" in out
+    assert "warning: the final classifier scores" in out and "--train-backbone yes" in out
+
+
+def test_measured_exit_rates_are_conditional_on_reaching_the_exit():
+    # GIVEN a trace of 4 rows: exit_1 confident on rows 0, 1; exit_2 confident on rows 1, 2
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from edgelesspart.plan_check import measured_exit_rates
+
+    sure, unsure = [0.95, 0.05], [0.55, 0.45]
+    trace = SimpleNamespace(
+        exits=("exit_1", "exit_2", "final"),
+        probs={
+            "exit_1": np.array([sure, sure, unsure, unsure]),
+            "exit_2": np.array([unsure, sure, sure, unsure]),
+            "final": np.array([sure] * 4),
+        },
+    )
+    # WHEN rates are measured at threshold 0.9
+    rates = measured_exit_rates(trace, 0.9, {"exit_1": "cut_a", "exit_2": "cut_b"})
+    # THEN exit_1 answers 2 of 4; exit_2 answers 1 of the 2 rows left (row 1 already left)
+    assert rates == {"cut_a": 0.5, "cut_b": 0.5}
