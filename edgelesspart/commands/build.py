@@ -44,6 +44,11 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "help": "serving threshold: the fastest whose validation accuracy is within this many "
         "points of the final classifier's (1); stored in the manifest as the services' default",
     },
+    "--temperature-scaling": {
+        "choices": ["yes", "no"],
+        "help": "fit one temperature per exit on validation (yes, default); no keeps raw "
+        "softmax confidences (as in the paper)",
+    },
     "--confidence": {
         "choices": ["max-softmax", "entropy"],
         "help": "exit confidence: calibrated top-1 probability (default) or 1 - normalised "
