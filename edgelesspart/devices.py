@@ -155,15 +155,23 @@ class DeviceProfile:
             raise ProfileError(f"Malformed device file: missing or bad field {exc!r}.") from exc
 
 
-def device_from_measurement(measured: MeasuredProfile) -> DeviceProfile:
-    """The edge :class:`DeviceProfile` of a ``profile-device`` measurement (no factor)."""
+def device_from_measurement(
+    measured: MeasuredProfile, path: str | Path | None = None
+) -> DeviceProfile:
+    """The edge :class:`DeviceProfile` of a ``profile-device`` measurement (no factor).
+
+    Loaded from a file (``path``), the device is named by the file's absolute path, so a plan's
+    stage device can be loaded again by name (``evaluate`` and the build's serving-threshold
+    choice do); the measured name (``--name``) stays in the profile and the source line.
+    """
     ident = measured.identity
     return DeviceProfile(
-        name=measured.name,
+        name=str(Path(path).resolve()) if path is not None else measured.name,
         kind="edge",
         memory_bytes=max(1, measured.memory_budget_bytes),
         speed_factor=None,
-        source=f"measured with edgelesspart profile-device on {ident.get('cpu_model')} "
+        source=f"{measured.name!r} measured with edgelesspart profile-device on "
+        f"{ident.get('cpu_model')} "
         f"({ident.get('cores')} cores, LiteRT {ident.get('litert_version')}, "
         f"{measured.created}), kit {measured.kit_id}",
         notes="Per cut point latencies measured on the device itself; memory_bytes is "
@@ -205,7 +213,7 @@ def load_device(name_or_path: str | Path) -> DeviceProfile:
         except (OSError, json.JSONDecodeError) as exc:
             raise ProfileError(f"Cannot read device file {text}: {exc}.") from exc
         if is_measured_profile(data):
-            return device_from_measurement(MeasuredProfile.from_dict(data))
+            return device_from_measurement(MeasuredProfile.from_dict(data), path)
         return DeviceProfile.from_dict(data)
     known = list_devices()
     if text not in known:
@@ -298,6 +306,7 @@ def profile_from_measurement(host_profile: ModelProfile, measured: MeasuredProfi
         "latency_p95_ms": {cp.name: cp.latency_p95_ms for cp in measured.cut_points},
         "device_identity": dict(measured.identity),
         "kit_id": measured.kit_id,
+        "measured_name": measured.name,
         "measured_full_model_ms": measured.full_model_ms,
         "measured_peak_rss_bytes": measured.peak_rss_bytes,
         "scaled_from": None,
@@ -326,7 +335,7 @@ def profile_for_device(
     from.
     """
     if device.measured is not None:
-        return profile_from_measurement(host_profile, device.measured)
+        return replace(profile_from_measurement(host_profile, device.measured), device=device.name)
     notes: dict[str, Any] = {}
 
     def _recording(ref: str) -> tuple[float, str]:
@@ -380,8 +389,8 @@ def describe_latency_source(profile: ModelProfile) -> str:
     if reason == "measured-profile":
         ident = extra.get("device_identity", {})
         return (
-            f"{profile.device}: measured on the device with profile-device "
-            f"({ident.get('cpu_model')}, kit {extra.get('kit_id')}), no factor"
+            f"{extra.get('measured_name', profile.device)}: measured on the device with "
+            f"profile-device ({ident.get('cpu_model')}, kit {extra.get('kit_id')}), no factor"
         )
     factor = float(extra.get("latency_factor", 1.0))
     if reason == "host-reference":

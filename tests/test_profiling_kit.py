@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -61,15 +62,18 @@ def test_build_plans_with_the_measured_latencies_directly(device_file):
     plan, summary = make_plan(config, host_profile(), "toy")
     # THEN the edge stage is on the measured device, predicted with its own number at the split
     edge = plan.stages[0]
-    assert edge.device == "pi-lab-3"
+    assert edge.device == str(Path(device_file).resolve())  # loadable again by name
     assert edge.predicted_latency_ms == pytest.approx(DEVICE_MS[NAMES.index(plan.split)])
     # AND the plan says where its latencies came from: measured, no factor
     source = plan.parameters["latency_sources"]["edge"]
     assert source["source"] == "measured-profile" and source["factor"] == 1.0
     assert source["kit_id"] == "kit123"
-    assert "measured on the device" in source["summary"]
+    assert source["summary"].startswith("pi-lab-3: measured on the device")
     assert summary["latency_sources"] == plan.parameters["latency_sources"]
     json.dumps(plan.to_dict())  # the plan stays JSON-ready
+    reloaded = devices.load_device(edge.device)  # what evaluate does with the plan's devices
+    assert reloaded.measured is not None
+    assert devices.latency_factor_with_reason(reloaded, "toy") == (1.0, "measured-profile")
 
 
 def test_measured_profile_replaces_latency_only(device_file):
