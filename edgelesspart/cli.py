@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "package",
     "serve_pipeline",
     "replay",
+    "dynamic",
 )
 
 

@@ -1,0 +1,151 @@
+"""``edgelesspart train-widths | widths | serve-widths``: prune-robust width bundles.
+
+``train-widths`` trains the chain CNN with a prune-robust strategy and exports a width bundle;
+``widths`` prints the accuracy and latency of every stage at every width (the evaluation of a
+width bundle); ``serve-widths`` serves one with an SLO controller, on one node (``--edge``: the
+whole model narrows together, before requests are refused) or as a Ray chain of stage actors.
+Nothing heavy is imported at the top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    """Add the ``train-widths``, ``widths`` and ``serve-widths`` subcommands."""
+    p = sub.add_parser(
+        "train-widths",
+        help="train a chain CNN that works at several widths and export a width bundle",
+        description="Prune-robust training (posthoc | slimmable | sandwich) of the 4-stage chain "
+        "CNN on a dataset, then one LiteRT segment per stage and width with measured latency "
+        "and accuracy (dynamic.json).",
+    )
+    p.add_argument("--out", required=True, help="width bundle directory")
+    p.add_argument("--dataset", default="digits", help="digits | cifar10 | .npz | folder")
+    p.add_argument("--strategy", default="sandwich", help="posthoc | slimmable | sandwich")
+    p.add_argument("--epochs", type=int, default=5, help="training epochs")
+    p.add_argument("--widths", default="1,0.75,0.5,0.25", help="comma-separated widths")
+    p.add_argument("--seed", type=int, default=0, help="seed")
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser(
+        "widths",
+        help="accuracy and latency of every stage at every width of a width bundle",
+        description="Print (or --json) the measured curves a width bundle carries.",
+    )
+    p.add_argument("bundle", help="width bundle directory")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run_widths)
+
+    p = sub.add_parser(
+        "serve-widths",
+        help="serve a width bundle with an SLO width controller (edge or Ray chain)",
+        description="POST /v1/infer, GET /metrics (width per stage, SLO attainment), "
+        "GET /v1/metrics (decisions with reasons).",
+    )
+    p.add_argument("bundle", help="width bundle directory")
+    p.add_argument("--slo-ms", type=float, default=None, help="latency SLO (default: no control)")
+    p.add_argument("--edge", action="store_true", help="one node (default: one Ray actor/stage)")
+    p.add_argument("--scale", type=float, default=1.0, help="emulated device slowdown (sleep)")
+    p.add_argument("--max-queue", type=int, default=8, help="edge: waiting requests before 429")
+    p.add_argument("--ray-address", default="local", help="local | auto | HOST:PORT")
+    p.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8090, help="TCP port (default: 8090)")
+    p.add_argument("--token", default=None, help="bearer token (required off loopback)")
+    p.set_defaults(func=run_serve)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train with the chosen strategy and export the width bundle."""
+    from edgelesspart.datasets import load_dataset
+    from edgelesspart.dynamic.export import export_width_bundle
+    from edgelesspart.dynamic.model import build_chain_cnn
+    from edgelesspart.dynamic.training import WidthTrainingConfig, train_width_robust
+    from edgelesspart.dynamic.widths import check_widths
+
+    widths = check_widths(args.widths.split(","))
+    data = load_dataset(args.dataset, seed=args.seed)
+    config = WidthTrainingConfig(
+        strategy=args.strategy, epochs=args.epochs, widths=widths, seed=args.seed
+    )
+    model = build_chain_cnn(data.input_shape, data.num_classes, seed=args.seed)
+    record = train_width_robust(model, data, config)
+    manifest = export_width_bundle(
+        model, data, args.out, strategy=args.strategy, widths=widths, training=record
+    )
+    print(format_widths(manifest))
+    return 0
+
+
+def format_widths(manifest: Any) -> str:
+    """A text table: per stage and width, channels, latency and accuracy; uniform accuracy."""
+    lines = [f"strategy {manifest.strategy}; accuracy with all stages at one width:"]
+    lines.append("  " + "  ".join(f"w={k}: {v:.3f}" for k, v in manifest.uniform_accuracy.items()))
+    lines.append("stage  width  channels  latency_ms  accuracy (only this stage narrowed)")
+    for stage in manifest.stages:
+        for seg in stage.segments:
+            lines.append(
+                f"{stage.index:5d}  {seg.width:5g}  {seg.channels:8d}  {seg.latency_ms:10.4f}  "
+                f"{seg.accuracy:.3f}"
+            )
+    return "\n".join(lines)
+
+
+def run_widths(args: argparse.Namespace) -> int:
+    """Print a width bundle's curves."""
+    from edgelesspart.dynamic.widths import load_manifest
+
+    manifest = load_manifest(args.bundle)
+    print(json.dumps(manifest.to_dict(), indent=2) if args.json else format_widths(manifest))
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Serve a width bundle until interrupted."""
+    from edgelesspart.dynamic.app import create_app
+    from service_http.wsgi import require_token_off_loopback, serve
+
+    require_token_off_loopback(args.host, args.token, "serve-widths")
+    service, owned = _service(args)
+    try:
+        app = create_app(service, token=args.token)
+        mode = "edge" if args.edge else f"{service.stages}-stage Ray chain"
+        print(f"width service ({mode}, SLO {args.slo_ms} ms) on http://{args.host}:{args.port}")
+        serve(app, host=args.host, port=args.port, threads=args.max_queue + 4)
+    finally:
+        service.close()
+        if owned is not None:
+            from edgelesspart.pipeline import raykit
+
+            raykit.disconnect(owned)
+    return 0
+
+
+def _service(args: argparse.Namespace) -> tuple[Any, bool | None]:
+    from edgelesspart.dynamic.controller import (
+        ControllerConfig,
+        WidthController,
+        curves_from_manifest,
+    )
+    from edgelesspart.dynamic.widths import load_manifest
+
+    if args.edge:
+        from edgelesspart.dynamic.edge import WidthEdge
+
+        edge = WidthEdge(
+            args.bundle, slo_ms=args.slo_ms, scale=args.scale, max_queue=args.max_queue
+        )
+        return edge.start(), None
+    from edgelesspart.dynamic.pipeline import DynamicPipeline
+    from edgelesspart.pipeline import raykit
+
+    owned = raykit.connect(args.ray_address)
+    controller = None
+    if args.slo_ms is not None:
+        curves, full = curves_from_manifest(load_manifest(args.bundle), scale=args.scale)
+        controller = WidthController(curves, full, ControllerConfig(args.slo_ms))
+    pipe = DynamicPipeline(args.bundle, scale=args.scale, controller=controller)
+    return pipe.start(), owned
