@@ -220,8 +220,17 @@ def _profile_codecs(codec: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*PROFILE_CODECS, *sorted(LOSSLESS), *fixed)))
 
 
-def make_plan(config: BuildConfig, host_profile: Any, model_name: str) -> tuple[Plan, dict]:
-    """Scale the host profile to both devices and apply the configured planning rule."""
+def make_plan(
+    config: BuildConfig,
+    host_profile: Any,
+    model_name: str,
+    heads: tuple[dict[str, Any], int] | None = None,
+) -> tuple[Plan, dict]:
+    """Scale the host profile to both devices and apply the configured planning rule.
+
+    ``heads`` = (cut point -> :class:`~edgelesspart.exit_cost.HeadCost`, backbone MACs): the
+    objective modes then charge each exit head's estimated time on its device.
+    """
     from edgelesspart import devices, links, planner
 
     edge = devices.load_device(config.edge_device)
@@ -252,8 +261,12 @@ def make_plan(config: BuildConfig, host_profile: Any, model_name: str) -> tuple[
             objective=config.constraint,
             link=links.load_link(config.link),
             search=config.search,
+            exit_head_ms=_head_ms(heads, edge_profile, cloud_profile),
             **common,
         )
+    if heads is not None:
+        chosen = {cut: heads[0][cut].to_dict() for cut in plan.exits if cut in heads[0]}
+        plan = replace(plan, parameters={**plan.parameters, "exit_heads": chosen})
     summary = {
         "edge_device": edge.name,
         "cloud_device": cloud.name,
@@ -264,6 +277,33 @@ def make_plan(config: BuildConfig, host_profile: Any, model_name: str) -> tuple[
     sources = devices.latency_sources(edge_profile, cloud_profile)
     plan = replace(plan, parameters={**plan.parameters, "latency_sources": sources})
     return plan, {**summary, "latency_sources": sources}
+
+
+def _head_ms(heads: Any, edge_profile: Any, cloud_profile: Any) -> tuple[dict, dict] | None:
+    """Each candidate exit head's estimated ms on the edge and on the cloud device."""
+    from edgelesspart.exit_cost import device_head_ms
+
+    if heads is None:
+        return None
+    costs, macs = heads
+    return (
+        device_head_ms(costs, macs, edge_profile.total.latency_ms),
+        device_head_ms(costs, macs, cloud_profile.total.latency_ms),
+    )
+
+
+def _head_costs(
+    config: BuildConfig, model: Any, definition: Any, profile: Any, classes: int
+) -> tuple[dict[str, Any], int]:
+    """Parameters and MACs of the exit head at every profiled cut point, and the backbone's."""
+    from edgelesspart import exit_cost, exits
+
+    if definition.kind == "default":
+        pooling = exits.classifier_pooling(model)
+        definition = exits.load_exit_definition(pooling=pooling, head=config.exit_head)
+    cuts = [cp.name for cp in profile.cut_points]
+    costs = exit_cost.head_costs(model, definition, cuts, classes)
+    return costs, exit_cost.model_macs(model)
 
 
 def _exit_heads(
@@ -399,7 +439,8 @@ def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = pri
         )
         log(f"profiling kit: {config.profiling_kit} (run `edgelesspart profile-device` on it)")
     clock.lap("profile")
-    plan, profile_summary = make_plan(config, host_profile, model_info["name"])
+    heads = _head_costs(config, model, definition, host_profile, data.num_classes)
+    plan, profile_summary = make_plan(config, host_profile, model_info["name"], heads)
     definition, exit_cuts, exit_tensors = _exit_heads(
         model, plan, definition, data.num_classes, config.exit_head
     )

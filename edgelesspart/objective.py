@@ -4,8 +4,10 @@ Pure Python, no TensorFlow. A request walks the plan's exits in model order. ``e
 is the probability that a sample *still running* when it reaches exit ``c`` answers there; a
 sample that passes every edge exit is offloaded (its boundary tensor crosses the link once),
 and one that passes every cloud exit answers at the final classifier. Every exit evaluated costs
-``exit_overhead_ms`` on the device that runs it. Definitions and a worked example:
-``docs/planner.md``.
+``exit_overhead_ms`` on the device that runs it, plus the exit head's own time at that cut point
+(``edge_exit_ms`` / ``cloud_exit_ms``: the rendered head's cost on each device, see
+:mod:`edgelesspart.exit_cost`), so an exit is placed only where the samples it answers save
+more than every sample reaching it pays. Definitions and a worked example: ``docs/planner.md``.
 
 * expected latency = sum over outcomes of P(outcome) x (edge ms [+ link ms + offload overhead
   + cloud ms when offloaded]);
@@ -64,6 +66,9 @@ class Objective:
         wire_bytes: bytes one offload puts on the link per split (the planned codec's encoded
             bytes, see :mod:`edgelesspart.payload`); a split not listed sends its raw
             ``boundary_bytes``.
+        edge_exit_ms: the exit head's time per cut point on the edge device (added to
+            ``exit_overhead_ms`` for an exit in the edge part; 0 where not listed).
+        cloud_exit_ms: the same on the cloud device, for exits in the cloud part.
     """
 
     name: str
@@ -73,6 +78,8 @@ class Objective:
     exit_overhead_ms: float = 0.0
     offload_overhead_ms: float = 0.0
     wire_bytes: Mapping[str, int] = field(default_factory=dict)
+    edge_exit_ms: Mapping[str, float] = field(default_factory=dict)
+    cloud_exit_ms: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.name not in OBJECTIVES:
@@ -88,6 +95,16 @@ class Objective:
             value = getattr(self, what)
             if not (math.isfinite(value) and value >= 0):
                 raise PlanError(f"{what} must be a finite number >= 0, got {value}.")
+        for what in ("edge_exit_ms", "cloud_exit_ms"):
+            heads = getattr(self, what)
+            bad = {k: v for k, v in heads.items() if not (math.isfinite(v) and v >= 0)}
+            if bad:
+                raise PlanError(f"{what} must map cut points to ms >= 0, got {bad}.")
+
+    def exit_ms(self, name: str, *, cloud: bool) -> float:
+        """What evaluating the exit at ``name`` costs a sample, on the edge or in the cloud."""
+        heads = self.cloud_exit_ms if cloud else self.edge_exit_ms
+        return self.exit_overhead_ms + float(heads.get(name, 0.0))
 
     def rate(self, name: str) -> float:
         """The exit rate of cut point ``name``."""
@@ -144,22 +161,24 @@ def outcomes(
 ) -> list[tuple[float, float, float | None]]:
     """Every way a request can end: ``(probability, edge ms, cloud ms or None)``.
 
-    Edge ms counts the prefix up to the answering exit (or the split) plus one exit overhead per
-    exit evaluated; cloud ms likewise from the split. ``None`` means answered on the edge.
+    Edge ms counts the prefix up to the answering exit (or the split) plus the cost of every
+    exit evaluated (:meth:`Objective.exit_ms`); cloud ms likewise from the split. ``None`` means
+    answered on the edge.
     """
-    over = objective.exit_overhead_ms
-    survive, events = 1.0, []
-    for i, name in enumerate(exits[0], 1):
+    survive, events, heads = 1.0, [], 0.0
+    for name in exits[0]:
         rate = objective.rate(name)
-        events.append((survive * rate, edge.at(name).latency_ms + i * over, None))
+        heads += objective.exit_ms(name, cloud=False)
+        events.append((survive * rate, edge.at(name).latency_ms + heads, None))
         survive *= 1.0 - rate
-    edge_ms = edge.at(split).latency_ms + len(exits[0]) * over
-    base = cloud.at(split).latency_ms
-    for j, name in enumerate(exits[1], 1):
+    edge_ms = edge.at(split).latency_ms + heads
+    base, heads = cloud.at(split).latency_ms, 0.0
+    for name in exits[1]:
         rate = objective.rate(name)
-        events.append((survive * rate, edge_ms, cloud.at(name).latency_ms - base + j * over))
+        heads += objective.exit_ms(name, cloud=True)
+        events.append((survive * rate, edge_ms, cloud.at(name).latency_ms - base + heads))
         survive *= 1.0 - rate
-    events.append((survive, edge_ms, cloud.total.latency_ms - base + len(exits[1]) * over))
+    events.append((survive, edge_ms, cloud.total.latency_ms - base + heads))
     return events
 
 
@@ -304,6 +323,8 @@ def make_objective(
     cost_fn: CostFn | None = None,
     cloud_device: DeviceProfile | None = None,
     wire_bytes: Mapping[str, int] | None = None,
+    edge_exit_ms: Mapping[str, float] | None = None,
+    cloud_exit_ms: Mapping[str, float] | None = None,
 ) -> Objective:
     """Build the :class:`Objective` named ``objective`` with validated (or default) exit rates.
 
@@ -321,6 +342,8 @@ def make_objective(
         exit_overhead_ms=exit_overhead_ms,
         offload_overhead_ms=offload_overhead_ms,
         wire_bytes=dict(wire_bytes or {}),
+        edge_exit_ms=dict(edge_exit_ms or {}),
+        cloud_exit_ms=dict(cloud_exit_ms or {}),
     )
 
 
@@ -333,33 +356,38 @@ def _best_chain(
     candidates: Sequence[str],
     limit: int,
     objective: Objective,
-    exit_value: Callable[[str, int], float],
-    stop_value: Callable[[int], float],
+    exit_value: Callable[[str, float], float],
+    stop_value: Callable[[float], float],
+    head_ms: Callable[[str], float],
 ) -> tuple[float, tuple[str, ...]]:
     """Exact best exit subset (at most ``limit``) of one part by backward recursion.
 
-    ``value(pos, used)`` = min(stop now, min over later candidates c of rate(c) x
-    exit_value(c, used + 1) + (1 - rate(c)) x value(c, used + 1)). Stopping is tried first,
-    then candidates in model order, so ties keep fewer and shallower exits.
+    ``value(pos, used, spent)`` = min(stop now, min over later candidates c of rate(c) x
+    exit_value(c, spent') + (1 - rate(c)) x value(c, used + 1, spent')), where ``spent`` is the
+    exit-head time a sample has paid so far in this part and ``spent' = spent + head_ms(c)``
+    (carried, not summed afterwards, because a cost function of the cloud time need not be
+    linear). Stopping is tried first, then candidates in model order, so ties keep fewer and
+    shallower exits.
     """
-    memo: dict[tuple[int, int], tuple[float, tuple[str, ...]]] = {}
+    memo: dict[tuple[int, int, float], tuple[float, tuple[str, ...]]] = {}
 
-    def value(pos: int, used: int) -> tuple[float, tuple[str, ...]]:
-        key = (pos, used)
+    def value(pos: int, used: int, spent: float) -> tuple[float, tuple[str, ...]]:
+        key = (pos, used, round(spent, 9))
         if key not in memo:
-            best = (stop_value(used), ())
+            best = (stop_value(spent), ())
             if used < limit:
                 for nxt in range(pos + 1, len(candidates)):
                     name = candidates[nxt]
                     rate = objective.rate(name)
-                    rest, chain = value(nxt, used + 1)
-                    total = rate * exit_value(name, used + 1) + (1.0 - rate) * rest
+                    paid = spent + head_ms(name)
+                    rest, chain = value(nxt, used + 1, paid)
+                    total = rate * exit_value(name, paid) + (1.0 - rate) * rest
                     if is_better(total, best[0]):
                         best = (total, (name, *chain))
             memo[key] = best
         return memo[key]
 
-    return value(-1, 0)
+    return value(-1, 0, 0.0)
 
 
 def part_candidates(profile: ModelProfile, split: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -378,7 +406,6 @@ def best_split_exits(
 ) -> tuple[float, tuple[str, ...], tuple[str, ...]]:
     """The optimal exits (at most ``limits`` per part) for one split: ``(value, edge, cloud)``."""
     edge_cands, cloud_cands = part_candidates(edge, split)
-    over = objective.exit_overhead_ms
     base = cloud.at(split).latency_ms
     lat_c = {cp.name: cp.latency_ms - base for cp in cloud.cut_points}
     total_c = cloud.total.latency_ms - base
@@ -390,9 +417,11 @@ def best_split_exits(
         cloud_cands,
         limits[1],
         objective,
-        lambda name, j: per_sample(lat_c[name] + j * over),
-        lambda j: per_sample(total_c + j * over),
+        lambda name, spent: per_sample(lat_c[name] + spent),
+        lambda spent: per_sample(total_c + spent),
+        lambda name: objective.exit_ms(name, cloud=True),
     )
+    edge_head = lambda name: objective.exit_ms(name, cloud=False)  # noqa: E731
     if objective.name == "expected-latency":
         lat_e = {cp.name: cp.latency_ms for cp in edge.cut_points}
         offload = lat_e[split] + _offload_ms(edge, split, objective) + cloud_value
@@ -400,13 +429,15 @@ def best_split_exits(
             edge_cands,
             limits[0],
             objective,
-            lambda name, i: lat_e[name] + i * over,
-            lambda i: offload + i * over,
+            lambda name, spent: lat_e[name] + spent,
+            lambda spent: offload + spent,
+            edge_head,
         )
     else:
         value, edge_exits = _best_chain(
-            edge_cands, limits[0], objective, lambda name, i: 0.0, lambda i: cloud_value
-        )
+            edge_cands, limits[0], objective, lambda name, spent: 0.0, lambda spent: cloud_value,
+            edge_head,
+        )  # fmt: skip
     return value, edge_exits, cloud_exits
 
 

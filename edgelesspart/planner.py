@@ -470,6 +470,7 @@ def plan_objective(
     depth: str = "latency",
     max_boundary_bytes: int | None = None,
     codec: str = AUTO,
+    exit_head_ms: tuple[Mapping[str, float], Mapping[str, float]] | None = None,
 ) -> Plan:
     """The split (and exits) minimising expected latency or expected cloud cost per request.
 
@@ -495,6 +496,9 @@ def plan_objective(
         codec: the boundary codec (a name, or ``"auto"``): link time uses its encoded bytes at
             each split (raw bytes where none were measured); with a Lambda ``cloud_device``,
             splits that cannot fit the synchronous payload limit are skipped.
+        exit_head_ms: ``(edge, cloud)`` maps cut point -> the exit head's ms on each device
+            (:func:`edgelesspart.exit_cost.device_head_ms`), charged per exit evaluated on top
+            of ``exit_overhead_ms``; ``None``: heads cost only ``exit_overhead_ms``.
 
     Returns:
         A two-stage plan; ``parameters["objective_value"]`` holds the minimised value. Ties are
@@ -515,6 +519,8 @@ def plan_objective(
         cloud_device=cloud_device,
         max_boundary_bytes=max_boundary_bytes,
         codec=codec,
+        edge_exit_ms=(exit_head_ms or ({}, {}))[0],
+        cloud_exit_ms=(exit_head_ms or ({}, {}))[1],
     )
     best: tuple[float, str, tuple[tuple[str, ...], tuple[str, ...]]] | None = None
     for split in splits:
@@ -540,6 +546,7 @@ def plan_objective(
         "link": getattr(link, "name", None),
         "exit_rates": "given" if exit_rates is not None else "default_exit_rates",
         "exit_overhead_ms": exit_overhead_ms,
+        "exit_head_ms": "charged per cut point" if exit_head_ms else "not charged",
         "offload_overhead_ms": offload_overhead_ms,
         "feasible_splits": len(splits),
         **payload_parameters(payloads[split], codec, cloud_device),
@@ -572,6 +579,7 @@ def brute_force_optimum(
     cloud_device: DeviceProfile | None = None,
     max_boundary_bytes: int | None = None,
     codec: str = AUTO,
+    exit_head_ms: tuple[Mapping[str, float], Mapping[str, float]] | None = None,
 ) -> Optimum:
     """Exact optimum over every split x exit subset (at most ``exits_per_part`` per part).
 
@@ -592,6 +600,8 @@ def brute_force_optimum(
         cloud_device=cloud_device,
         max_boundary_bytes=max_boundary_bytes,
         codec=codec,
+        edge_exit_ms=(exit_head_ms or ({}, {}))[0],
+        cloud_exit_ms=(exit_head_ms or ({}, {}))[1],
     )
     return _obj.brute_force(
         edge_profile,
