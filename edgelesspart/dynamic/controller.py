@@ -5,7 +5,8 @@ Every tick the dispatcher (or the single-node edge) hands the controller an
 width, its queue length and throughput. The controller
 
 1. estimates each stage's *slowdown* (observed service time / the stage's measured latency at
-   that width, smoothed), so it knows what every other width would cost on that node now;
+   that width, smoothed), so it knows what every other width would cost on that node now, and
+   smooths the arrival rate the same way (exponential, weight ``smoothing``);
 2. predicts, for every combination of widths, the bottleneck utilisation ``rho = lambda x s``
    (``lambda`` includes draining the current backlog within ``drain_s``) and the end-to-end
    latency (service times plus M/D/1 waiting ``rho / (2 (1 - rho)) x s`` per stage);
@@ -117,7 +118,7 @@ class ControllerConfig:
     patience_down: int = 6
     min_dwell_s: float = 3.0
     smoothing: float = 0.5
-    drain_s: float = 2.0
+    drain_s: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.slo_ms > 0:
@@ -207,6 +208,7 @@ class _Prediction:
 class _State:
     slowdown: list[float]
     widths: tuple[float, ...]
+    rate: float | None = None
     pressure: int = 0
     calm: int = 0
     last_change_s: float = -math.inf
@@ -282,7 +284,7 @@ class WidthController:
         )
 
     def _observe(self, obs: Observation) -> float:
-        """Update slowdown estimates; return the effective arrival rate (with backlog)."""
+        """Update the smoothed slowdowns and arrival rate; return the rate plus backlog drain."""
         cfg = self.config
         for k, (m, curve) in enumerate(zip(obs.stages, self.curves)):
             if m.service_ms is None or m.width not in curve.latency_ms:
@@ -290,8 +292,12 @@ class WidthController:
             sample = max(MIN_SLOWDOWN, m.service_ms / curve.latency_ms[m.width])
             old = self._state.slowdown[k]
             self._state.slowdown[k] = old + cfg.smoothing * (sample - old)
+        sample = max(0.0, obs.arrival_rate)
+        old_rate = self._state.rate
+        rate = sample if old_rate is None else old_rate + cfg.smoothing * (sample - old_rate)
+        self._state.rate = rate
         backlog = sum(m.queue for m in obs.stages)
-        return max(0.0, obs.arrival_rate) + backlog / cfg.drain_s
+        return rate + backlog / cfg.drain_s
 
     def step(self, obs: Observation) -> Decision:
         """Read one observation; return the decision (``decision.changed``: apply it)."""

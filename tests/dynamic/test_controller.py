@@ -66,10 +66,12 @@ def test_reacts_to_injected_slowdown_and_recovers() -> None:
     # WHEN stage 2 becomes 2.5x slower (capacity 10 req/s < 15 req/s)
     chain.slow[2] = 2.5
     run(ctl, chain, range(20, 60), 15.0, log)
-    # THEN within a few ticks only stage 2 is narrowed, enough to carry the load
+    # THEN within a few ticks stage 2 is narrowed most, enough to carry the load (another
+    # stage may give up a little width for the latency headroom, at a smaller accuracy cost)
     narrowed = next(i for i, d in enumerate(log) if d.changed)
     assert 20 < narrowed <= 24
-    assert ctl.widths[2] < 1.0 and ctl.widths[:2] == (1.0, 1.0) and ctl.widths[3] == 1.0
+    assert ctl.widths[2] < 1.0 and ctl.widths[2] == min(ctl.widths)
+    assert ctl.widths[:2] == (1.0, 1.0)
     assert 15.0 * LATENCY[ctl.widths[2]] * 2.5 / 1000 < 0.9
     assert sum(chain.queue) < 2  # the backlog drained
     assert "stage 2 is the bottleneck" in log[narrowed].reason
