@@ -64,6 +64,10 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate the bundle, write the outputs, print the table; return the exit code."""
+    if (Path(args.bundle) / "dynamic.json").is_file():  # a width bundle: accuracy/latency per width
+        from edgelesspart.commands.dynamic import run_widths
+
+        return run_widths(argparse.Namespace(bundle=args.bundle, json=False))
     from edgelesspart.devices import bundle_cloud_provider
     from edgelesspart.evaluation.pipeline import EvaluationConfig, evaluate_bundle
     from edgelesspart.evaluation.report import format_table, write_outputs
