@@ -1,5 +1,8 @@
 """``edgelesspart train-widths | widths | serve-widths``: prune-robust width bundles.
 
+(``serve-edge`` and ``evaluate`` hand a width bundle to :func:`run_width_edge` and
+:func:`run_widths`.)
+
 ``train-widths`` trains the chain CNN with a prune-robust strategy and exports a width bundle;
 ``widths`` prints the accuracy and latency of every stage at every width (the evaluation of a
 width bundle); ``serve-widths`` serves one with an SLO controller, on one node (``--edge``: the
@@ -121,6 +124,28 @@ def run_serve(args: argparse.Namespace) -> int:
             from edgelesspart.pipeline import raykit
 
             raykit.disconnect(owned)
+    return 0
+
+
+def run_width_edge(args: argparse.Namespace) -> int:
+    """``serve-edge`` on a width bundle: one node, ``--slo-ms`` narrows before refusing."""
+    from edgelesspart.dynamic.app import create_app
+    from edgelesspart.dynamic.edge import WidthEdge
+    from service_http.wsgi import require_token_off_loopback, serve
+
+    require_token_off_loopback(args.host, args.token, "serve-edge")
+    queue = 8 if args.max_queue is None else int(args.max_queue)
+    edge = WidthEdge(args.bundle, slo_ms=args.slo_ms, max_queue=queue).start()
+    try:
+        print(f"width edge (SLO {args.slo_ms} ms) for {args.bundle} on {args.host}:{args.port}")
+        serve(
+            create_app(edge, token=args.token),
+            host=args.host,
+            port=args.port,
+            threads=args.threads or queue + 4,
+        )
+    finally:
+        edge.close()
     return 0
 
 

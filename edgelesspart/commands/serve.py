@@ -86,6 +86,12 @@ def _register_edge(sub: Any) -> None:
         help="segment engine: litert (default; .tflite on the CPU, XNNPACK) or keras (.keras "
         "segments with TensorFlow, on a GPU when TensorFlow sees one); env EDGELESSPART_BACKEND",
     )
+    parser.add_argument(
+        "--slo-ms",
+        type=float,
+        default=None,
+        help="width bundles (dynamic.json) only: latency SLO; the edge narrows before it refuses",
+    )
     parser.set_defaults(func=run_edge)
 
 
@@ -131,6 +137,12 @@ def _register_package(sub: Any) -> None:
 
 def run_edge(args: argparse.Namespace) -> int:
     """Load the edge stage and serve it until interrupted."""
+    from pathlib import Path
+
+    if (Path(args.bundle) / "dynamic.json").is_file():  # a width bundle: edgelesspart.dynamic
+        from edgelesspart.commands.dynamic import run_width_edge
+
+        return run_width_edge(args)
     from edge_runtime.app import create_app
     from edge_runtime.config import EdgeConfig
     from edge_runtime.wsgi import require_token_off_loopback, serve
