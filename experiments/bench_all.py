@@ -44,6 +44,7 @@ BENCHES = (
     ("P2", "bench_p2_executor.py", 30.0),
     ("P3", "bench_p3_throughput.py", 80.0),
     ("P6", "bench_p6_latency.py", 60.0),
+    ("P9", "bench_p9_dynamic.py", 420.0),
 )
 DEFAULT_BUDGET_S = 1200.0
 
