@@ -37,6 +37,9 @@ def _args(argv: list[str] | None) -> Any:
         parser.add_argument("--epochs", type=int, default=8, help="small_cnn training epochs")
         parser.add_argument("--finetune-epochs", type=int, default=2)
         parser.add_argument("--train-resnet", action="store_true")
+        parser.add_argument(
+            "--resnet-size", type=int, default=32, help="input side of the untrained ResNet50"
+        )
 
     args = benchlib.parse_args(__doc__.splitlines()[0], argv, extra)
     if args.out == benchlib.RESULTS_DIR:
@@ -51,8 +54,12 @@ def curve_for(name: str, args: Any, data: Any) -> Any:
     from edgelesspart.training import TrainingConfig, settle_batchnorm, train_backbone
     from edgelesspart.zoo import build_model
 
-    model = build_model(name, data.input_shape, data.num_classes, seed=args.seed)
     trained = name == "small_cnn" or args.train_resnet
+    shape = data.input_shape
+    if not trained and args.resnet_size != shape[0]:
+        shape = (args.resnet_size, args.resnet_size, shape[2])
+        name = f"{name}-{args.resnet_size}"
+    model = build_model(name.split("-")[0], shape, data.num_classes, seed=args.seed)
     evaluate = retrain = None
     if trained:
         epochs = 1 if args.quick else args.epochs
@@ -68,7 +75,7 @@ def curve_for(name: str, args: Any, data: Any) -> Any:
 
     repeats = 10 if args.quick else 60
     curve = measure_curve(name, model, RATIOS, evaluate=evaluate, retrain=retrain, repeats=repeats)
-    details = {**curve.details, "trained": trained, "dataset": "digits 32x32", "seed": args.seed}
+    details = {**curve.details, "trained": trained, "input_shape": list(shape), "seed": args.seed}
     return type(curve)(curve.model, curve.ratios, curve.metrics, details)
 
 

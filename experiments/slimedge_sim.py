@@ -243,7 +243,8 @@ def plot(rows: list[dict], path: Path) -> None:
         [r["failures"][str(k)]["replanned_accuracy"] / r["slimedge"]["accuracy"] for r in ok]
         for k in range(1, VIEWS // 2 + 1)
     ]
-    axes[2].boxplot(data, labels=shares)
+    axes[2].boxplot(data)
+    axes[2].set_xticks(range(1, len(shares) + 1), shares)
     axes[2].axhline(0.9, color="red", linestyle="--", label="P11 goal 0.9")
     axes[2].set_title("accuracy / all-devices accuracy vs devices failed")
     axes[2].legend()
