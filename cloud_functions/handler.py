@@ -48,9 +48,12 @@ def bundle_path() -> Path:
 class Container:
     """One execution environment: loads the cloud part once, flags the first call as cold."""
 
-    def __init__(self, path: str | Path | None = None, *, cloud: Any = None) -> None:
+    def __init__(
+        self, path: str | Path | None = None, *, cloud: Any = None, batch: Any = None
+    ) -> None:
         self._path = None if path is None else Path(path)
         self._cloud = cloud
+        self._batch = batch  # BatchSettings for the cloud part (None: no batching)
         self._cold = True
         self._load_ms = 0.0
         self._lock = threading.Lock()
@@ -71,7 +74,7 @@ class Container:
             from edgelesspart.runtime.cloud import CloudPart
 
             start = time.perf_counter()
-            self._cloud = CloudPart(self._path or bundle_path())
+            self._cloud = CloudPart(self._path or bundle_path(), batch=self._batch)
             self._load_ms = (time.perf_counter() - start) * 1000.0
         return self._cloud
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from cloud_functions.handler import Container
 from edgelesspart.errors import ConfigError
 from edgelesspart.runtime import signing
+from edgelesspart.runtime.batching import BatchSettings
 from edgelesspart.runtime.executor import check_threshold
 from service_http.admission import Admission
 from service_http.auth import check_bearer, guarded, parse_routes
@@ -174,6 +175,7 @@ def create_app(
     max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH,
     limits: CloudLimits | None = None,
     public_routes: tuple[str, ...] | str | None = None,
+    batch: BatchSettings | None = None,
 ) -> Flask:
     """Build the cloud HTTP app.
 
@@ -187,10 +189,12 @@ def create_app(
         limits: admission control (default :class:`CloudLimits`).
         public_routes: routes open without the token when one is set (default ``/healthz``
             only; ``/metrics`` and ``/v1/stats`` then need ``Authorization: Bearer <token>``).
+        batch: dynamic batching of concurrent requests into one run of the cloud stages
+            (default: off; ignored when ``cloud`` is given).
     """
     from flask import Flask
 
-    container = Container(bundle_path, cloud=cloud)
+    container = Container(bundle_path, cloud=cloud, batch=batch)
     container.load()
     app = Flask("cloud_functions")
     app.config["MAX_CONTENT_LENGTH"] = max_content_length

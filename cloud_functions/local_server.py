@@ -44,6 +44,7 @@ from cloud_functions.handler import invoke
 from cloud_functions.http_entry import EXTENSION, CloudLimits, CloudService
 from cloud_functions.http_entry import create_app as create_http_app
 from edgelesspart.runtime import signing
+from edgelesspart.runtime.batching import BatchSettings
 from service_http.errors import TooManyRequests
 
 if TYPE_CHECKING:
@@ -129,6 +130,7 @@ def create_app(
     function_name: str | None = None,
     limits: CloudLimits | None = None,
     public_routes: tuple[str, ...] | str | None = None,
+    batch: BatchSettings | None = None,
 ) -> Flask:
     """Build the local cloud app: the HTTP entry plus the Lambda Invoke API.
 
@@ -141,6 +143,7 @@ def create_app(
         limits: admission control (default :class:`~cloud_functions.http_entry.CloudLimits`).
         public_routes: routes open without the token (default ``/healthz``; see
             :mod:`service_http.auth`).
+        batch: dynamic batching of concurrent requests (default: off).
     """
     app = create_http_app(
         bundle_path,
@@ -149,6 +152,7 @@ def create_app(
         max_content_length=SYNC_PAYLOAD_LIMIT + 2**20,
         limits=limits,
         public_routes=public_routes,
+        batch=batch,
     )
     service: CloudService = app.extensions[EXTENSION]
     background = EventBacklog(service.limits.event_backlog)

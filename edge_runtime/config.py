@@ -46,6 +46,7 @@ ENV_NAMES: dict[str, str] = {
     "batch_max_rows": "EDGELESSPART_BATCH_MAX_ROWS",
     "batch_delay_us": "EDGELESSPART_BATCH_DELAY_US",
     "batch_workers": "EDGELESSPART_BATCH_WORKERS",
+    "offload_max_bytes": "EDGELESSPART_OFFLOAD_MAX_BYTES",
 }
 
 
@@ -96,6 +97,9 @@ class EdgeConfig:
         batch_delay_us: dynamic batching: longest wait for more requests, in microseconds
             (0 = never wait on purpose; requests that queued meanwhile are still coalesced).
         batch_workers: dynamic batching: batches run at once.
+        offload_max_bytes: largest body of one HTTP offload (default 8 MiB, the cloud HTTP
+            entry's limit); larger offloads are split into chunks sent concurrently. Lambda
+            offloads always stay under Lambda's 6 MB event limit.
     """
 
     cloud: str | None = None
@@ -126,6 +130,7 @@ class EdgeConfig:
     batch_max_rows: int = 0
     batch_delay_us: int = 0
     batch_workers: int = 1
+    offload_max_bytes: int = 8 * MIB
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "public_routes", parse_routes(self.public_routes))
@@ -148,6 +153,7 @@ class EdgeConfig:
             "max_inflight",
             "retry_after_s",
             "breaker_failures",
+            "offload_max_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}.")

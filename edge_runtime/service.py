@@ -72,7 +72,12 @@ def make_offloader(config: EdgeConfig) -> Any:
             policy=policy,
             secret=config.cloud_token,
         )
-    return HttpOffloader(config.cloud.rstrip("/"), policy, token=config.cloud_token)
+    return HttpOffloader(
+        config.cloud.rstrip("/"),
+        policy,
+        token=config.cloud_token,
+        max_request_bytes=config.offload_max_bytes,
+    )
 
 
 class EdgeService:

@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 import rawlite  # noqa: E402
 
-GOAL = 1.05
+GOAL = 1.15  # issue 15: <= 1.15x on the small CNN, <= 1.03x on the ResNet50 bundle
+GOAL_LARGE = 1.03
 
 
 def _args(argv: list[str] | None) -> Any:
@@ -107,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{details['raw_ms']['mean']:.3f} ms per sample ({per_segment:.3f} ms per segment run)"
     )
     other = _larger_bundle(args)
+    more: dict[str, Any] = {}
     if other is not None:  # the same fixed cost on larger segments (reported, not the headline)
         more = measure(other, args.threshold, min(samples, 60), repeats)
+        more.update(goal=GOAL_LARGE, met=more["ratio"] <= GOAL_LARGE)
         details["larger_bundle"] = {"path": str(other), **more}
         print(
             f"{other.name}: executor {more['executor_ms']['mean']:.3f} ms vs raw "
@@ -120,11 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         baseline="sum of raw LiteRT set_tensor/invoke/get_tensor times of the segments it ran",
         headline=benchlib.Headline(
             "P2",
-            "executor/raw",
+            "executor/raw"
+            + (f" (ResNet50 bundle {more['ratio']:.3f}x)" if other is not None else ""),
             ratio,
             "x",
-            f"<= {GOAL}x",
-            ratio <= GOAL,
+            f"<= {GOAL}x" + (f"; ResNet50 <= {GOAL_LARGE}x" if other is not None else ""),
+            ratio <= GOAL and (other is None or more["ratio"] <= GOAL_LARGE),
             ours=f"{details['executor_ms']['mean']:.3f} ms/sample",
             reference=f"{details['raw_ms']['mean']:.3f} ms/sample (raw invokes)",
         ),

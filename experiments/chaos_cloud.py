@@ -8,7 +8,12 @@ entry plus the Lambda Invoke API) behind a small WSGI middleware that misbehaves
 * ``slow``    sleep ``--slow`` seconds (past the edge's timeout), then pass through;
 * ``error``   answer 500 with a JSON error;
 * ``garbage`` answer 200 with junk: bytes that are not JSON, JSON without ``answers``, the wrong
-  number of answers, or truncated JSON (in turn).
+  number of answers, or truncated JSON (in turn);
+* ``malformed`` run the request for real, then corrupt one field of every answer (in turn:
+  ``timings`` not a mapping, ``label`` a string, ``confidence`` NaN, ``exit`` null): valid JSON,
+  the right number of answers, wrong types;
+* ``unauthorized`` answer 401 (an edge with the wrong token);
+* ``notfound`` answer 404 (an edge with the wrong URL).
 
 ``POST /_chaos`` with ``{"mode": ...}`` switches the mode; ``GET /_chaos`` returns the mode and
 how many ``/v1/continue`` calls arrived in each mode. Killing and restarting are done from the
@@ -30,7 +35,21 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-MODES = ("ok", "slow", "error", "garbage")
+MODES = ("ok", "slow", "error", "garbage", "malformed", "unauthorized", "notfound")
+#: How ``malformed`` corrupts an answer, in turn.
+CORRUPTIONS = (
+    ("timings", 7),
+    ("label", "3"),
+    ("confidence", float("nan")),
+    ("exit", None),
+)
+REFUSALS = {
+    "unauthorized": (
+        "401 Unauthorized",
+        b'{"error": {"code": "unauthorized", "message": "bad token"}}',
+    ),
+    "notfound": ("404 Not Found", b'{"error": {"code": "not_found", "message": "no such route"}}'),
+}
 GARBAGE = (
     b"\x00\xffthis is not json",
     b'{"bundle_id": "x", "timings": {}}',
@@ -50,6 +69,7 @@ class ChaosMiddleware:
         self.seen = {mode: 0 for mode in MODES}
         self._lock = threading.Lock()
         self._garbage = itertools.cycle(GARBAGE)
+        self._corruption = itertools.cycle(CORRUPTIONS)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
@@ -61,6 +81,11 @@ class ChaosMiddleware:
             mode = self.mode
             self.seen[mode] += 1
             junk = next(self._garbage)
+            corruption = next(self._corruption)
+        if mode in REFUSALS:
+            return _reply(start_response, *REFUSALS[mode])
+        if mode == "malformed":
+            return self._malformed(environ, start_response, corruption)
         if mode == "slow":
             time.sleep(self.slow_s)
         elif mode == "error":
@@ -69,6 +94,25 @@ class ChaosMiddleware:
         elif mode == "garbage":
             return _reply(start_response, "200 OK", junk)
         return self.app(environ, start_response)
+
+    def _malformed(
+        self, environ: dict[str, Any], start_response: Callable, corruption: tuple[str, Any]
+    ) -> list[bytes]:
+        """The real answer with ``corruption`` (field, value) applied to every answer."""
+        captured: dict[str, Any] = {}
+
+        def capture(status: str, headers: list, exc_info: Any = None) -> Callable:
+            captured["status"] = status
+            return lambda _data: None
+
+        body = b"".join(self.app(environ, capture))
+        if not captured.get("status", "").startswith("200"):
+            return _reply(start_response, captured.get("status", "500 Error"), body)
+        data = json.loads(body)
+        key, value = corruption
+        for answer in data.get("answers", []):
+            answer[key] = value
+        return _reply(start_response, "200 OK", json.dumps(data).encode())
 
     def _control(self, environ: dict[str, Any], start_response: Callable, method: str):
         if method == "POST":
@@ -100,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from cloud_functions.local_server import create_app
-    from edge_runtime.wsgi import serve
+    from service_http.wsgi import serve
 
     app = ChaosMiddleware(create_app(args.bundle), slow_s=args.slow)
     serve(app, host="127.0.0.1", port=args.port, threads=args.threads)

@@ -5,8 +5,12 @@ behind a chaos switch) and the edge service (``edgelesspart serve-edge``) as two
 
 1. **Faults.** Sends ``--requests`` one-row inferences (default 10,000) from ``--clients``
    concurrent clients, paced at ``--rate`` per second, while a schedule (:data:`SCHEDULE`,
-   ten phases of 10 % of the requests) kills the cloud (SIGKILL), restarts it, makes it slow
-   past the edge's timeout, answer 500 and answer garbage, with healthy phases in between.
+   seventeen phases of 1/17 of the requests) kills the cloud (SIGKILL), restarts it, makes it
+   slow past the edge's timeout, answer 500, answer garbage, answer well-formed JSON with
+   wrongly typed fields (``malformed``), refuse with 401 and with 404, with healthy phases in
+   between; in the ``overlimit`` phase the cloud is healthy but every request carries
+   ``faultlib.OVERLIMIT_ROWS`` rows whose offload is over the edge's per-request limit, so it
+   must be split into chunks (all rows must come back from the cloud).
    Phases do not overlap: a phase's fault is applied once every request of the previous phase
    has been answered, and before any request of its own goes out. Every reply is checked: a
    cloud answer, an edge early-exit answer, or an edge answer marked ``degraded`` with a
@@ -39,7 +43,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import benchlib  # noqa: E402
 from faultlib import (  # noqa: E402
+    OVERLIMIT_ROWS,
     ROOT,
     Client,
     EdgeSettings,
@@ -64,19 +69,16 @@ RESULTS_DIR = ROOT / "results" / "reliability"
 SCHEMA = "edgelesspart-fault-harness/1"
 #: (mode, share of the requests). ``kill`` SIGKILLs the cloud; ``restart`` starts it again and
 #: keeps sending while it boots; the other modes switch the running cloud's chaos mode.
-SCHEDULE = (
-    ("ok", 0.1),
-    ("kill", 0.1),
-    ("restart", 0.1),
-    ("ok", 0.1),
-    ("slow", 0.1),
-    ("ok", 0.1),
-    ("error", 0.1),
-    ("ok", 0.1),
-    ("garbage", 0.1),
-    ("ok", 0.1),
-)
-FAULTS = ("kill", "slow", "error", "garbage")
+SCHEDULE = tuple(
+    (mode, 1.0)
+    for mode in (
+        "ok", "kill", "restart", "ok", "slow", "ok", "error", "ok", "garbage", "ok",
+        "malformed", "ok", "unauthorized", "ok", "notfound", "ok", "overlimit",
+    )
+)  # fmt: skip
+#: Chaos modes of the running cloud (its /_chaos route counts the calls in each).
+CHAOS = ("slow", "error", "garbage", "malformed", "unauthorized", "notfound")
+FAULTS = ("kill", *CHAOS)
 #: The growth of the edge's RSS (end - start of the run) above which memory is called unbounded.
 RSS_GROWTH_LIMIT_MIB = 64.0
 
@@ -165,7 +167,7 @@ class FaultRun:
                 services.spawn_cloud()
                 services.wait_cloud()
                 mark["restarted"] = True
-            mark["cloud"] = services.set_mode(mode)
+            mark["cloud"] = services.set_mode("ok" if mode == "overlimit" else mode)
         self.marks[k] = mark
 
     def _worker(self) -> None:
@@ -174,8 +176,9 @@ class FaultRun:
             wait = due - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
+            rows = OVERLIMIT_ROWS if SCHEDULE[k][0] == "overlimit" else 1
             try:
-                self.client.ask(i, self.tallies[k])
+                self.client.ask(i, self.tallies[k], rows=rows)
             finally:
                 self._done()
 
@@ -202,9 +205,12 @@ class FaultRun:
         after = self.marks[k + 1] if k + 1 < len(SCHEDULE) else end
         tally = self.tallies[k]
         mode = SCHEDULE[k][0]
-        seen = None
-        if mode in ("slow", "error", "garbage") and after.get("cloud") and mark.get("cloud"):
-            seen = after["cloud"]["seen"][mode] - mark["cloud"]["seen"][mode]
+        seen = calls_ok = None
+        if after.get("cloud") and mark.get("cloud"):
+            counted = after["cloud"]["seen"], mark["cloud"]["seen"]
+            if mode in CHAOS:
+                seen = counted[0][mode] - counted[1][mode]
+            calls_ok = counted[0]["ok"] - counted[1]["ok"]
         duration = after["t"] - mark["t"]
         return {
             "mode": mode,
@@ -218,6 +224,7 @@ class FaultRun:
             "breaker": delta(after["edge"]["transitions"], mark["edge"]["transitions"]),
             "breaker_state_after": after["edge"]["state"],
             "cloud_calls_in_mode": seen,
+            "cloud_calls_ok": calls_ok,
             "cloud_calls_bound": self._call_bound(duration) if seen is not None else None,
             "p50_ms": pct(tally.latencies_ms, 50),
             "p99_ms": pct(tally.latencies_ms, 99),
@@ -345,9 +352,19 @@ def run_load(client: Client, config: HarnessConfig) -> dict[str, Any]:
     return {"capacity": capacity, "sustainable": sustainable, "levels": levels}
 
 
+def chunk_limit(bundle: Path) -> int:
+    """An offload limit that fits 2 boundary rows (raw codec) but not ``OVERLIMIT_ROWS``."""
+    from edgelesspart.runtime.manifest import load_manifest
+
+    manifest = load_manifest(bundle, verify=False)
+    cloud = [s for s in manifest.segments if s.stage != manifest.stage_names[0]]
+    return int(2.5 * cloud[0].input.nbytes) + 1024
+
+
 def run_harness(bundle: Path, config: HarnessConfig, out: Path) -> dict[str, Any]:
     """Run the fault schedule and the load levels against ``bundle``; return the report."""
     out.mkdir(parents=True, exist_ok=True)
+    config = replace(config, edge=replace(config.edge, offload_max_bytes=chunk_limit(bundle)))
     services = Services(bundle, config.edge, out / "logs")
     load_before = benchlib.load_average()
     t0 = time.monotonic()
@@ -459,6 +476,12 @@ def checks(report: dict[str, Any]) -> dict[str, bool]:
             for p in phases
             if p["cloud_calls_in_mode"] is not None
         ),
+        "overlimit_requests_split_and_answered": all(
+            p["outcomes"].get("cloud", 0) == p["requests"] > 0
+            and (p["cloud_calls_ok"] or 0) >= 2 * p["requests"]
+            for p in phases
+            if p["mode"] == "overlimit"
+        ),
         "every_429_has_retry_after": all(level["missing_retry_after"] == 0 for level in levels),
         "load_no_errors_besides_429": all(level["error_rate"] == 0 for level in levels),
         "rss_bounded": bool(rss.get("available")) and rss["growth_mib"] < RSS_GROWTH_LIMIT_MIB,
@@ -468,11 +491,11 @@ def checks(report: dict[str, Any]) -> dict[str, bool]:
 def headline(report: dict[str, Any]) -> list[str]:
     """Human-readable summary lines; the last one is the headline."""
     f, rss, load = report["faults"], report["rss"], report["load"]
-    lines = [f"{'phase':8} {'n':>6} {'cloud':>6} {'edge':>5} {'degr':>6} {'lost':>5}  breaker"]
+    lines = [f"{'phase':12} {'n':>6} {'cloud':>6} {'edge':>5} {'degr':>6} {'lost':>5}  breaker"]
     for p in report["phases"]:
         o = p["outcomes"]
         lines.append(
-            f"{p['mode']:8} {p['requests']:6d} {o.get('cloud', 0):6d} {o.get('edge', 0):5d} "
+            f"{p['mode']:12} {p['requests']:6d} {o.get('cloud', 0):6d} {o.get('edge', 0):5d} "
             f"{o.get('degraded', 0):6d} {o.get('lost', 0):5d}  {p['breaker'] or '-'}"
             + (f" calls {p['cloud_calls_in_mode']}<={p['cloud_calls_bound']}"
                if p["cloud_calls_in_mode"] is not None else "")

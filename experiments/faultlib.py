@@ -43,10 +43,16 @@ class EdgeSettings:
     max_inflight: int = 4
     max_queue: int = 8
     offload_workers: int = 4
+    #: Largest HTTP offload body: small, so that an ``overlimit`` request of
+    #: :data:`OVERLIMIT_ROWS` rows must be split into several chunks (raw codec: sizes are exact).
+    offload_max_bytes: int = 40_000
+    codec: str = "raw"
 
     def env(self) -> dict[str, str]:
         """The environment variables that configure ``serve-edge`` this way."""
         return {
+            "EDGELESSPART_OFFLOAD_MAX_BYTES": str(self.offload_max_bytes),
+            "EDGELESSPART_CODEC": self.codec,
             "EDGELESSPART_OFFLOAD_TIMEOUT": str(self.timeout_s),
             "EDGELESSPART_OFFLOAD_RETRIES": str(self.retries),
             "EDGELESSPART_BREAKER_FAILURES": str(self.breaker_failures),
@@ -290,11 +296,17 @@ class RssSampler(threading.Thread):
         }
 
 
+#: Rows of one request in the ``overlimit`` phase (its offload exceeds the edge's limit).
+OVERLIMIT_ROWS = 8
+
+
 class Client:
-    """Sends one-row inferences to the edge and classifies the answers (thread-safe).
+    """Sends inferences to the edge and classifies the answers (thread-safe).
 
     Every request asks for ``threshold`` (default 1.0, so nearly every row takes the whole
-    edge -> cloud path: the worst case for faults).
+    edge -> cloud path: the worst case for faults). Requests carry one row, or
+    :data:`OVERLIMIT_ROWS` rows with ``rows=OVERLIMIT_ROWS``; a request's outcome is its worst
+    row's (lost > degraded > cloud > edge).
     """
 
     def __init__(
@@ -307,12 +319,16 @@ class Client:
         spec = manifest.input.tensor
         rng = np.random.default_rng(seed)
         shape = (1, *[int(d) for d in spec.shape])
-        self.payloads = [
-            encode_tensor(
-                rng.random(shape).astype(spec.dtype), meta={"bundle_id": manifest.bundle_id}
-            )
-            for _ in range(count)
-        ]
+        self.payloads = {
+            rows: [
+                encode_tensor(
+                    rng.random((rows, *shape[1:])).astype(spec.dtype),
+                    meta={"bundle_id": manifest.bundle_id},
+                )
+                for _ in range(count)
+            ]
+            for rows in (1, OVERLIMIT_ROWS)
+        }
         self.edge_stage = manifest.stage_names[0]
         self.url = f"{edge_url}/v1/infer?threshold={threshold}"
         self._local = threading.local()
@@ -325,14 +341,15 @@ class Client:
             session = self._local.session = requests.Session()
         return session
 
-    def send(self, i: int) -> tuple[int, Any, dict[str, str]]:
+    def send(self, i: int, rows: int = 1) -> tuple[int, Any, dict[str, str]]:
         """POST payload ``i``; return (status, JSON body or None, headers); status 0: no reply."""
         import requests
 
+        payloads = self.payloads[rows]
         try:
             reply = self._session().post(
                 self.url,
-                data=self.payloads[i % len(self.payloads)],
+                data=payloads[i % len(payloads)],
                 headers={"Content-Type": TENSOR},
                 timeout=10.0,
             )
@@ -344,16 +361,25 @@ class Client:
             body = None
         return reply.status_code, body, dict(reply.headers)
 
-    def classify(self, status: int, body: Any) -> tuple[str, str | None]:
+    def classify(self, status: int, body: Any, rows: int = 1) -> tuple[str, str | None]:
         """``cloud``, ``edge`` (early exit), ``degraded``, ``busy`` (429) or ``lost``."""
         if status == 429:
             return "busy", None
         if status != 200 or not isinstance(body, dict):
             return "lost", f"status {status}"
         answers = body.get("answers")
-        if not isinstance(answers, list) or len(answers) != 1 or not isinstance(answers[0], dict):
+        if not isinstance(answers, list) or len(answers) != rows:
             return "lost", "malformed answers"
-        answer = answers[0]
+        kinds = [self._classify_answer(a) for a in answers]
+        for worst in ("lost", "degraded", "cloud", "edge"):
+            for kind, reason in kinds:
+                if kind == worst:
+                    return kind, reason
+        return "lost", "no answer"
+
+    def _classify_answer(self, answer: Any) -> tuple[str, str | None]:
+        if not isinstance(answer, dict):
+            return "lost", "malformed answers"
         if answer.get("degraded") is True:
             reason = answer.get("reason")
             if isinstance(reason, str) and reason and answer.get("stage") == self.edge_stage:
@@ -363,15 +389,15 @@ class Client:
             return "lost", "answer without label or exit"
         return ("edge" if answer.get("stage") == self.edge_stage else "cloud"), None
 
-    def ask(self, i: int, tally: Tally, polite_retries: int = 3) -> str:
+    def ask(self, i: int, tally: Tally, polite_retries: int = 3, rows: int = 1) -> str:
         """Send payload ``i``, retrying a 429 after its Retry-After; count it in ``tally``.
 
         A request still refused after ``polite_retries`` retries is counted ``lost``.
         """
         start = time.perf_counter()
         for _ in range(polite_retries + 1):
-            status, body, headers = self.send(i)
-            kind, reason = self.classify(status, body)
+            status, body, headers = self.send(i, rows)
+            kind, reason = self.classify(status, body, rows)
             if kind != "busy":
                 break
             if "Retry-After" not in headers:

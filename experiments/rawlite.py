@@ -1,9 +1,11 @@
 """Raw LiteRT baselines: a segment as a bare interpreter, sized once, called with ``invoke``.
 
-The runtime's :class:`~edgelesspart.runtime.segments.SegmentRunner` goes through a signature
-runner (resize + allocate per call), input validation and an interpreter pool. The benchmarks'
-baseline is the least a caller can do instead: ``set_tensor`` / ``invoke`` / ``get_tensor`` on an
-interpreter resized to batch 1 once. Used by P2 (executor overhead) and P3 (throughput).
+The runtime's :class:`~edgelesspart.runtime.segments.SegmentRunner` adds an interpreter pool,
+output checks and the executor's exit bookkeeping. The benchmarks' baseline is the least a
+caller can do instead: ``SetTensor`` / ``Invoke`` / ``GetTensor`` on the interpreter's native
+wrapper (what ``Interpreter.set_tensor``/``invoke``/``get_tensor`` call, without their Python
+checks), on an interpreter resized to the batch once. Used by P2 (executor overhead) and P3
+(throughput).
 """
 
 from __future__ import annotations
@@ -50,10 +52,10 @@ class RawSegment:
 
     def __call__(self, x: np.ndarray) -> np.ndarray | None:
         """Set the input, invoke, read every output; return the boundary (if any)."""
-        interp = self.interpreter
-        interp.set_tensor(self.input_index, x)
-        interp.invoke()
-        values = {i: interp.get_tensor(i) for i in self.output_indices}
+        native = self.interpreter._interpreter  # the C++ wrapper the Python API calls
+        native.SetTensor(self.input_index, x, 0)
+        native.Invoke(0)
+        values = {i: native.GetTensor(i, 0) for i in self.output_indices}
         return None if self.boundary_index is None else values[self.boundary_index]
 
 

@@ -49,6 +49,26 @@ def _add_server_args(parser: argparse.ArgumentParser, port: int) -> None:
         help="token clients must send (required with a non-loopback --host; "
         "env EDGELESSPART_TOKEN)",
     )
+    parser.add_argument(
+        "--public-routes",
+        default=None,
+        help="comma-separated routes open without the token (default: /healthz; e.g. "
+        "/healthz,/metrics for a scraper without a token); env EDGELESSPART_PUBLIC_ROUTES",
+    )
+    parser.add_argument(
+        "--batch-max-rows",
+        type=int,
+        default=None,
+        help="dynamic batching: most rows coalesced into one run (default 0: off); "
+        "env EDGELESSPART_BATCH_MAX_ROWS",
+    )
+    parser.add_argument(
+        "--batch-delay-us",
+        type=int,
+        default=None,
+        help="dynamic batching: longest wait for more requests in microseconds (default 0: "
+        "coalesce only what is already queued); env EDGELESSPART_BATCH_DELAY_US",
+    )
 
 
 def _register_edge(sub: Any) -> None:
@@ -159,6 +179,9 @@ def run_edge(args: argparse.Namespace) -> int:
         backend=args.backend,
         max_inflight=args.max_inflight,
         max_queue=args.max_queue,
+        public_routes=args.public_routes,
+        batch_max_rows=args.batch_max_rows,
+        batch_delay_us=args.batch_delay_us,
     )
     require_token_off_loopback(args.host, config.token, "serve-edge")
     app = create_app(args.bundle, config)
@@ -174,13 +197,26 @@ def run_cloud(args: argparse.Namespace) -> int:
 
     from cloud_functions.http_entry import CloudLimits
     from cloud_functions.local_server import create_app
-    from edge_runtime.wsgi import require_token_off_loopback, serve
+    from edgelesspart.runtime.batching import BatchSettings
+    from service_http.wsgi import require_token_off_loopback, serve
 
-    token = args.token or os.environ.get("EDGELESSPART_TOKEN") or None
+    env = os.environ
+    token = args.token or env.get("EDGELESSPART_TOKEN") or None
     require_token_off_loopback(args.host, token, "serve-cloud")
     sizes = {"max_inflight": args.max_inflight, "max_queue": args.max_queue}
     limits = CloudLimits(**{k: v for k, v in sizes.items() if v is not None})
-    app = create_app(args.bundle, token=token, function_name=args.function_name, limits=limits)
+    batch = BatchSettings(
+        _int_setting(args.batch_max_rows, env, "EDGELESSPART_BATCH_MAX_ROWS"),
+        _int_setting(args.batch_delay_us, env, "EDGELESSPART_BATCH_DELAY_US"),
+    )
+    app = create_app(
+        args.bundle,
+        token=token,
+        function_name=args.function_name,
+        limits=limits,
+        public_routes=args.public_routes or env.get("EDGELESSPART_PUBLIC_ROUTES") or None,
+        batch=batch,
+    )
     threads = args.threads or limits.max_inflight + limits.max_queue + 4
     print(
         f"cloud part for {args.bundle} on http://{args.host}:{args.port} "
@@ -188,6 +224,19 @@ def run_cloud(args: argparse.Namespace) -> int:
     )
     serve(app, host=args.host, port=args.port, threads=threads)
     return 0
+
+
+def _int_setting(value: int | None, env: Any, name: str) -> int:
+    """A flag's value, else the environment variable ``name``, else 0."""
+    from edgelesspart.errors import ConfigError
+
+    if value is not None:
+        return int(value)
+    raw = env.get(name) or "0"
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"Environment variable {name}={raw!r} is not an int.") from exc
 
 
 def run_package(args: argparse.Namespace) -> int:
