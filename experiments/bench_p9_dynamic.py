@@ -51,6 +51,7 @@ def _args(argv: list[str] | None) -> Any:
         parser.add_argument("--load", type=float, default=0.65, help="share of capacity")
         parser.add_argument("--slo-factor", type=float, default=2.5, help="SLO / e2e latency")
         parser.add_argument("--phase", choices=("all", "train"), default="all")
+        parser.add_argument("--bundles", type=Path, default=None, help="default <out>/bundles")
 
     return benchlib.parse_args(__doc__.splitlines()[0], argv, extra)
 
@@ -287,7 +288,8 @@ def measure(args: Any) -> dict[str, Any]:
     epochs = QUICK_EPOCHS if args.quick else EPOCHS
     manifests = {}
     for name in STRATEGIES:
-        out = args.out / "bundles" / f"p9-{name}{'-quick' if args.quick else ''}"
+        root = args.bundles or args.out / "bundles"
+        out = root / f"p9-{name}{'-quick' if args.quick else ''}"
         manifests[name] = (out, train_and_export(name, data, out, epochs[name], args.retrain))
     details: dict[str, Any] = {
         "accuracy_table": accuracy_table({k: m for k, (_, m) in manifests.items()}),

@@ -112,7 +112,7 @@ class ControllerConfig:
     slo_ms: float
     high_utilisation: float = 0.9
     target_utilisation: float = 0.8
-    low_utilisation: float = 0.7
+    low_utilisation: float = 0.75
     latency_headroom: float = 0.8
     patience_up: int = 2
     patience_down: int = 6

@@ -90,7 +90,7 @@ def test_reacts_to_injected_slowdown_and_recovers() -> None:
 
 def test_no_flapping_between_the_bands() -> None:
     # GIVEN a stage slowed 2x (narrowed), then only partly recovering: full width would run it
-    # at 78%, between the low (70%) and high (90%) bands
+    # at 78%, between the low (75%) and high (90%) bands
     ctl = WidthController(curves(), 0.99, ControllerConfig(slo_ms=400.0))
     chain, log = FluidChain(), []
     chain.slow[1] = 2.0
