@@ -1,4 +1,4 @@
-"""Run every benchmark (P1-P7) in sequence within a total time budget; print and save a table.
+"""Run every benchmark (P1-P8) in sequence within a total time budget; print and save a table.
 
 ``make bench`` runs this. Each benchmark runs as its own process (so one model's memory is
 freed before the next). Its time limit is what is left of the budget minus the reserve of every
@@ -45,6 +45,7 @@ BENCHES = (
     ("P3", "bench_p3_throughput.py", 80.0),
     ("P6", "bench_p6_latency.py", 60.0),
     ("P9", "bench_p9_dynamic.py", 420.0),
+    ("P8", "bench_p8_pipeline.py", 480.0),
 )
 DEFAULT_BUDGET_S = 1200.0
 

@@ -68,11 +68,12 @@ class StageCost:
     out_bytes: int
     bytes_measured: bool
     overlapped: bool = True
+    overhead_ms: float = 0.0
 
     @property
     def cpu_ms(self) -> float:
-        """Decode + compute + encode: what the node's processor does per input."""
-        return self.compute_ms + self.decode_ms + self.encode_ms
+        """Decode + compute + encode + per-call overhead: the node's processor per input."""
+        return self.compute_ms + self.decode_ms + self.encode_ms + self.overhead_ms
 
     @property
     def total_ms(self) -> float:
@@ -106,6 +107,8 @@ class ChainCosts:
         codec_ms: cut point -> codec -> (encode ms, decode ms) measured on the host.
         result_bytes: bytes the last node returns to the dispatcher per sample.
         input_decode_ms: host ms the first node spends decoding the dispatcher's input frame.
+        stage_overhead_ms: host ms every stage call costs beyond decode, compute and encode
+            (frame checksums, copies, input validation); measured by calibrating a stage.
         overlap_link: a node sends one input while it computes the next (the runtime does:
             each stage actor has a compute thread and a link thread), so its pace is
             ``max(cpu, transfer)``; ``False`` charges ``cpu + transfer``.
@@ -118,6 +121,7 @@ class ChainCosts:
     result_bytes: int = DEFAULT_RESULT_BYTES
     input_decode_ms: float = 0.0
     overlap_link: bool = True
+    stage_overhead_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.profiles:
@@ -150,10 +154,13 @@ class ChainCosts:
             return int(cp.encoded_bytes[codec]), True
         return int(cp.boundary_bytes), codec == "raw"
 
+    def _factor(self, node: int) -> float:
+        return float(self.profiles[node].extra.get("latency_factor", 1.0))
+
     def codec_time(self, pos: int, codec: str, node: int) -> tuple[float, float]:
         """(encode ms, decode ms) of boundary ``pos`` on ``node``'s device."""
         profile = self.profiles[node]
-        factor = float(profile.extra.get("latency_factor", 1.0))
+        factor = self._factor(node)
         measured = (self.codec_ms or {}).get(profile.cut_points[pos].name, {}).get(codec)
         if measured is not None:
             return measured[0] * factor, measured[1] * factor
@@ -170,8 +177,7 @@ class ChainCosts:
         lat = self.profiles[node].cut_points
         compute = lat[j].latency_ms - (lat[i].latency_ms if i >= 0 else 0.0)
         if i < 0:
-            factor = float(self.profiles[node].extra.get("latency_factor", 1.0))
-            decode = self.input_decode_ms * factor
+            decode = self.input_decode_ms * self._factor(node)
         else:
             decode = self.codec_time(i, c_in, node)[1] if c_in else 0.0
         if j == self.last:
@@ -193,6 +199,7 @@ class ChainCosts:
             out_bytes=int(out_bytes),
             bytes_measured=measured,
             overlapped=self.overlap_link,
+            overhead_ms=self.stage_overhead_ms * self._factor(node),
         )
 
 
@@ -200,7 +207,9 @@ def min_bottleneck(costs: ChainCosts) -> tuple[float, tuple[tuple[int, str], ...
     """The exact minimum over partitions of the slowest stage, and its ``(cut, codec)`` list.
 
     ``best[j, c]`` holds, for the nodes placed so far, the smallest bottleneck of a chain whose
-    last node ends at position ``j`` and sends with codec ``c``.
+    last node ends at position ``j`` and sends with codec ``c``. Among chains with the same
+    bottleneck the one with the least processor time in all (so the least energy, and no
+    compression where the link has slack) is kept, then the shallowest cuts.
     """
     n, last = len(costs.profiles), costs.last
     if not 1 <= n <= last + 1:
@@ -209,26 +218,25 @@ def min_bottleneck(costs: ChainCosts) -> tuple[float, tuple[tuple[int, str], ...
             f"{costs.profiles[0].model!r} has {last}. Profile more cut points "
             "(--max-cut-points) or use fewer nodes."
         )
-    State = tuple[float, tuple[tuple[int, str], ...]]
-    best: dict[tuple[int, str | None], State] = {(-1, None): (0.0, ())}
+    State = tuple[float, float, tuple[tuple[int, str], ...]]
+    best: dict[tuple[int, str | None], State] = {(-1, None): (0.0, 0.0, ())}
     for node in range(n):
         ends = [last] if node == n - 1 else range(node, last - (n - 1 - node) + 1)
         row: dict[tuple[int, str | None], State] = {}
         for j in ends:
             outs: Sequence[str | None] = [None] if j == last else costs.codecs
             for c_out in outs:
-                options = [
-                    (
-                        max(prev, costs.stage(node, i, c_in, j, c_out).pace_ms),
-                        cuts + (((j, c_out),) if c_out else ()),
-                    )
-                    for (i, c_in), (prev, cuts) in best.items()
-                    if i < j
-                ]
+                options = []
+                for (i, c_in), (prev, cpu, cuts) in best.items():
+                    if i < j:
+                        stage = costs.stage(node, i, c_in, j, c_out)
+                        link = ((j, c_out),) if c_out else ()
+                        options.append((max(prev, stage.pace_ms), cpu + stage.cpu_ms, cuts + link))
                 if options:
-                    row[(j, c_out)] = min(options, key=lambda o: (o[0], [p for p, _ in o[1]]))
+                    row[(j, c_out)] = min(options, key=lambda o: (o[0], o[1], [p for p, _ in o[2]]))
         best = row
-    return best[(last, None)]
+    bottleneck, _, cuts = best[(last, None)]
+    return bottleneck, cuts
 
 
 def equal_layer_cuts(

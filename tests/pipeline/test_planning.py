@@ -101,6 +101,32 @@ def test_codec_per_link_is_chosen_when_it_pays():
     assert plan.parameters["codec_times"] == "measured"
 
 
+def test_no_compression_where_the_link_has_slack():
+    # GIVEN a boundary that takes 8 ms raw on the wire while each node computes 50 ms
+    encoded = {1: {"raw": 100_000, "int8+zstd": 20_000}}
+    profile = toy_profile([25, 50, 75, 100], [1000, 100_000, 1000, 40], encoded=encoded)
+    codec_ms = {"c2": {"raw": (0.0, 0.0), "int8+zstd": (3.0, 2.0)}}
+    costs = ChainCosts((profile,) * 2, link=LAN, codecs=("int8+zstd", "raw"), codec_ms=codec_ms)
+    plan = plan_chain(costs)
+    # THEN raw is kept (50 ms): compressing would cost node 1 3 ms more (53 ms) for nothing
+    assert plan.stages[0].end == "c2"
+    assert plan.stages[0].options["codec_out"] == "raw"
+    assert plan.parameters["bottleneck_ms"] == pytest.approx(50.0)
+
+
+def test_equal_bottlenecks_prefer_less_processor_time():
+    # GIVEN node 2 computes 60 ms whatever node 1 sends, and a compressor with a free decode
+    encoded = {0: {"raw": 100_000, "int8+zstd": 20_000}}
+    profile = toy_profile([40, 100], [100_000, 40], encoded=encoded)
+    codec_ms = {"c1": {"raw": (0.0, 0.0), "int8+zstd": (3.0, 0.0)}}
+    costs = ChainCosts((profile,) * 2, link=LAN, codecs=("int8+zstd", "raw"), codec_ms=codec_ms)
+    plan = plan_chain(costs)
+    # THEN both codecs give a 60 ms bottleneck, and the one with less processor time in all
+    # (raw: 40 + 60 ms, against 43 + 60 ms) is chosen although int8+zstd is listed first
+    assert plan.parameters["bottleneck_ms"] == pytest.approx(60.0)
+    assert plan.parameters["link_codecs"] == ["raw"]
+
+
 def test_heterogeneous_nodes_get_unequal_layer_shares():
     # GIVEN a fast node (1x) then a slow node (3x) over a linear model
     host = [10.0 * (i + 1) for i in range(10)]
