@@ -247,7 +247,7 @@ def scenario(manifest: Any, args: Any) -> dict[str, Any]:
 
 
 def plot(static: dict, adaptive: dict, sc: dict, path: Path) -> Path | None:
-    """Timeline: p95 latency vs SLO, throughput, and the slowed stage's width."""
+    """Timeline: p95 latency vs SLO, throughput, narrowest width and accuracy per second."""
     try:
         import matplotlib
 
@@ -255,18 +255,20 @@ def plot(static: dict, adaptive: dict, sc: dict, path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True)
+    fig, axes = plt.subplots(4, 1, figsize=(8, 10), sharex=True)
     for run, label in ((static, "static full width"), (adaptive, "adaptive")):
         t = [b["t"] for b in run["bins"]]
         axes[0].plot(t, [b["latency_p95_ms"] for b in run["bins"]], label=label)
         axes[1].plot(t, [b["throughput_per_s"] for b in run["bins"]], label=label)
         axes[2].plot(t, [b["min_width"] for b in run["bins"]], label=label, drawstyle="steps-post")
+        axes[3].plot(t, [b["accuracy"] for b in run["bins"]], label=label)
     axes[0].axhline(sc["slo_ms"], color="k", ls="--", lw=1, label="SLO")
     axes[0].set_yscale("log")
     axes[0].set_ylabel("p95 latency (ms)")
     axes[1].set_ylabel("answers / s")
     axes[2].set_ylabel("narrowest width")
-    axes[2].set_xlabel("time (s)")
+    axes[3].set_ylabel("accuracy (1 s bins)")
+    axes[3].set_xlabel("time (s, by submission)")
     for ax in axes:
         ax.axvspan(sc["slow_start_s"], sc["slow_end_s"], color="orange", alpha=0.15)
         ax.legend(loc="upper right", fontsize=8)
