@@ -186,7 +186,7 @@ def _nodes(model: Any) -> list[tuple[Any, Any]]:
     return order
 
 
-def _check_channels_last(layer: Any) -> None:
+def _check_channels_last(layer: Any, rank: int) -> None:
     config = layer.get_config()
     if config.get("data_format") == "channels_first":
         raise PruningError(
@@ -196,7 +196,6 @@ def _check_channels_last(layer: Any) -> None:
     if type(layer).__name__ == "BatchNormalization":
         axis = config.get("axis")
         axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
-        rank = len(layer.input.shape)
         if axis not in (-1, rank - 1):
             raise PruningError(
                 f"Layer {layer.name!r} normalises axis {axis}, not the channel axis; it cannot "
@@ -232,7 +231,7 @@ class _Analyzer:
         if len(node.output_tensors) != 1:
             raise PruningError(f"Layer {layer.name!r} has several outputs; it cannot be pruned.")
         if kind in PRODUCERS or kind in FOLLOWERS or kind in PASS:
-            _check_channels_last(layer)
+            _check_channels_last(layer, len(node.input_tensors[0].shape))
         handler = self._handler(layer, kind)
         out = handler(layer, ins, out_tensor, list(node.input_tensors))
         self.desc[id(out_tensor)] = out
