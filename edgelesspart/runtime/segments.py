@@ -50,6 +50,8 @@ class _SignatureSlot:
     """
 
     def __init__(self, interpreter: Any) -> None:
+        self.calls = 0  # counted here, not under a shared lock: one caller at a time per slot
+        self.rows = 0
         runner = interpreter.get_signature_runner(SIGNATURE)
         self._wrapper = interpreter._interpreter
         self._subgraph = runner._subgraph_index
@@ -69,6 +71,8 @@ class _SignatureSlot:
             self._batch = int(x.shape[0])
         wrapper.SetTensor(self._input, x, subgraph)
         wrapper.Invoke(subgraph)
+        self.calls += 1
+        self.rows += self._batch
         return {name: wrapper.GetTensor(index, subgraph) for name, index in self._outputs}
 
 
@@ -120,8 +124,7 @@ class SegmentRunner:
         self._lock = threading.Lock()
         self._returned = threading.Condition(self._lock)
         self._created = 0
-        self._calls = 0
-        self._rows = 0
+        self._slots: list[Any] = []
         if not self.path.is_file():
             raise BundleError(f"Segment file {self.path} for segment {spec.name!r} is missing.")
         self._idle.append(self._new_runner())
@@ -140,7 +143,10 @@ class SegmentRunner:
                 f"Segment file {self.path} is not a loadable LiteRT model: {exc}"
             ) from exc
         self._check_signature(signatures)
-        return _SignatureSlot(interpreter)
+        slot = _SignatureSlot(interpreter)
+        with self._lock:
+            self._slots.append(slot)  # every slot ever built, for the call/row counters
+        return slot
 
     def _check_signature(self, signatures: dict[str, dict[str, list[str]]]) -> None:
         sig = signatures.get(SIGNATURE)
@@ -194,14 +200,12 @@ class SegmentRunner:
     @property
     def calls(self) -> int:
         """How many times the model was invoked (empty batches are not invoked)."""
-        with self._lock:
-            return self._calls
+        return sum(getattr(slot, "calls", 0) for slot in self._slots)
 
     @property
     def rows(self) -> int:
         """How many samples the model has processed in total."""
-        with self._lock:
-            return self._rows
+        return sum(getattr(slot, "rows", 0) for slot in self._slots)
 
     def __call__(
         self, x: np.ndarray, *, trusted: bool = False
@@ -234,9 +238,6 @@ class SegmentRunner:
             ) from exc
         finally:
             self._release(runner)
-        with self._lock:
-            self._calls += 1
-            self._rows += int(x.shape[0])
         return self._outputs(outputs, int(x.shape[0]))
 
     def _outputs(
