@@ -78,6 +78,8 @@ class WidthWorker:
         scale: float = 1.0,
         width: float = 1.0,
     ) -> None:
+        if not scale >= 1.0:
+            raise ConfigError(f"scale must be >= 1 (emulated devices are slower), got {scale!r}.")
         self.manifest = DynamicManifest.from_dict(manifest)
         self.index = int(index)
         self._dir = Path(tempfile.mkdtemp(prefix=f"elp-width-{index}-"))
@@ -91,8 +93,6 @@ class WidthWorker:
                 )
             segment_path(self._dir, rel).write_bytes(data)
         self.stage = WidthStage(self._dir, [self.index], manifest=self.manifest, width=width)
-        if not scale >= 1.0:
-            raise ConfigError(f"scale must be >= 1 (emulated devices are slower), got {scale!r}.")
         self.scale = float(scale)
         self.slowdown = 1.0
         self._lock = threading.Lock()
@@ -114,9 +114,8 @@ class WidthWorker:
         x, header = decode_tensor(payload)
         meta = dict(header.get("meta") or {})
         y, width, _ = self.stage.timed(x)
-        out = encode_tensor(np.ascontiguousarray(y), "raw", meta={
-            **meta, "widths": [*meta.get("widths", []), width]
-        })  # fmt: skip
+        meta["widths"] = [*meta.get("widths", []), width]
+        out = encode_tensor(np.ascontiguousarray(y), "raw", meta=meta)
         wall = time.perf_counter() - start
         target = self.device_ms(width) / 1000.0
         sleep_s(target - wall)
@@ -219,9 +218,9 @@ class DynamicPipeline:
         self.manifest = load_manifest(self.bundle)
         self.scale = float(scale)
         self.controller = controller
-        self.slo_ms = slo_ms if slo_ms is not None else getattr(
-            getattr(controller, "config", None), "slo_ms", None
-        )  # fmt: skip
+        if slo_ms is None and controller is not None:
+            slo_ms = controller.config.slo_ms
+        self.slo_ms = slo_ms
         self.tick_s = float(tick_s)
         self.window = int(window)
         self.timeout_s = float(timeout_s)
