@@ -136,8 +136,8 @@ def format_serving(serving: dict[str, Any]) -> str:
         f"serving: threshold {serving['threshold']:g} ({serving['confidence']}, per-exit "
         f"temperatures fitted on validation, within {serving['max_accuracy_drop_pp']:g} pt); "
         f"expected on test: edge share {100 * exp['edge_share']:.1f}%, accuracy "
-        f"{100 * exp['accuracy']:.1f}% (final classifier {100 * exp['final_accuracy']:.1f}%, "
-        f"{drop:+.1f} pt lost), {exp['latency_mean_ms']:.1f} ms mean, "
+        f"{100 * exp['accuracy']:.1f}% (final classifier {100 * exp['final_accuracy']:.1f}%: "
+        f"{drop:.1f} pt lost), {exp['latency_mean_ms']:.1f} ms mean, "
         f"${exp['cost_per_million']:.2f} per 1M requests ({exp['provider']}, {exp['link']})"
     )
 
