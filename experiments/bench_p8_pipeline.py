@@ -31,6 +31,7 @@ Usage::
 
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
@@ -69,7 +70,10 @@ def _args(argv: list[str] | None) -> Any:
         parser.add_argument(
             "--node-ms", type=float, default=RPI4_RESNET50_MS, help="emulated node model ms"
         )
-        parser.add_argument("--items", type=int, default=None, help="inputs per node (8)")
+        parser.add_argument("--items", type=int, default=None, help="inputs per node (6)")
+        parser.add_argument(
+            "--summarise", default=None, help="recompute the summary of an earlier p8.json"
+        )
 
     return benchlib.parse_args(__doc__.splitlines()[0], argv, extra)
 
@@ -366,20 +370,41 @@ def measure(args: Any) -> dict[str, Any]:
     }
 
 
+def _flag_host_bound(rec: dict[str, Any]) -> None:
+    bound = sum(s["host_bound_items"] for s in rec["stages"].values())
+    calls = sum(s["items"] for s in rec["stages"].values()) or 1
+    rec["host_bound_share"] = bound / calls
+    rec["host_bound"] = bound / calls > HOST_BOUND_SHARE
+
+
+def baseline(details: dict[str, Any]) -> dict[str, Any]:
+    """The 1-node figure: every codec series runs the same 1-node chain (one stage, no link
+    between nodes), so the best throughput of those runs not flagged host-bound is the
+    baseline (the conservative choice for the ratio), with its energy per inference."""
+    ones = [runs["1"] for runs in details["runs"].values() if "1" in runs]
+    valid = [r for r in ones if not r.get("host_bound")] or ones
+    if not valid:
+        return {}
+    best = max(valid, key=lambda r: r["throughput_per_s"])
+    return {
+        "throughput_per_s": best["throughput_per_s"],
+        "energy_j_per_item": statistics.mean(r["energy"]["mean_node_j_per_item"] for r in valid),
+        "runs": len(ones),
+        "all_per_s": [r["throughput_per_s"] for r in ones],
+    }
+
+
 def summarise(details: dict[str, Any]) -> None:
-    """Speedups and energy changes vs one node; host-bound flags."""
+    """Host-bound flags, speedups and energy changes vs the 1-node baseline; log lines."""
+    for runs in details["runs"].values():
+        for rec in runs.values():
+            _flag_host_bound(rec)
+    base = details["baseline"] = baseline(details)
     for codec, runs in details["runs"].items():
-        one = runs.get("1")
         for n, rec in runs.items():
-            items = rec["items"]
-            bound = sum(s["host_bound_items"] for s in rec["stages"].values())
-            calls = sum(s["items"] for s in rec["stages"].values()) or 1
-            util = rec["host"]["cpu_utilisation"]
-            rec["host_bound_share"] = bound / calls
-            rec["host_bound"] = bound / calls > HOST_BOUND_SHARE
-            if one:
-                rec["speedup_vs_1"] = rec["throughput_per_s"] / one["throughput_per_s"]
-                e1 = one["energy"]["mean_node_j_per_item"]
+            if base:
+                rec["speedup_vs_1"] = rec["throughput_per_s"] / base["throughput_per_s"]
+                e1 = base["energy_j_per_item"]
                 rec["energy_per_node_change_vs_1"] = rec["energy"]["mean_node_j_per_item"] / e1 - 1
                 rec["chain_energy_change_vs_1"] = rec["energy"]["chain_j_per_item"] / e1 - 1
             benchlib.log(
@@ -388,8 +413,8 @@ def summarise(details: dict[str, Any]) -> None:
                 f"{rec['plan']['predicted_per_s']:.2f}/s), payload/link "
                 f"{[round(s['bytes_out_per_item']) for s in rec['stages'].values()]}, energy/node "
                 f"{rec['energy']['mean_node_j_per_item']:.2f} J, host cpu "
-                f"{(util or 0) * 100:.0f}%, host-bound calls {rec['host_bound_share']:.0%}, "
-                f"{items} items"
+                f"{(rec['host']['cpu_utilisation'] or 0) * 100:.0f}%, host-bound calls "
+                f"{rec['host_bound_share']:.0%}, {rec['items']} items"
             )
 
 
@@ -397,7 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run P8 and print its headline last."""
     start = time.perf_counter()
     args = _args(argv)
-    details = measure(args)
+    if args.summarise:
+        details = json.loads(Path(args.summarise).read_text())["details"]
+    else:
+        details = measure(args)
     summarise(details)
     runs = details["runs"].get(HEADLINE_CODEC, {})
     top = str(max(int(n) for n in runs)) if runs else None
@@ -410,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         bench="P8",
         what=f"ResNet50 {args.size}x{args.size} (weights=None) throughput on {top} emulated RPi4 "
         f"nodes (Ray actors), planner's codec per link, emulated 100 Mbit/s link{note}",
-        baseline="the same model on 1 emulated RPi4 node (same codec and link); DEFER: 1.53x",
+        baseline="the whole model on 1 emulated RPi4 node (best of the 1-node runs, same link); "
+        "DEFER: 1.53x",
         headline=benchlib.Headline(
             "P8",
             f"{top}-node/1-node throughput",
@@ -419,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
             f">= {GOAL:g}x (DEFER {DEFER_SPEEDUP}x)",
             met,
             ours=f"{rec.get('throughput_per_s', 0):.2f} inputs/s",
-            reference=f"{runs.get('1', {}).get('throughput_per_s', 0):.2f} inputs/s (1 node)",
+            reference=f"{details['baseline'].get('throughput_per_s', 0):.2f} inputs/s (best "
+            "1-node run)",
         ),
         quick=args.quick,
         reduced=[f"nodes {args.nodes}, codecs {args.codecs}"] if args.quick else [],
