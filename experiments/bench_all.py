@@ -45,6 +45,8 @@ BENCHES = (
     ("P3", "bench_p3_throughput.py", 80.0),
     ("P6", "bench_p6_latency.py", 60.0),
     ("P9", "bench_p9_dynamic.py", 420.0),
+    ("P10", "bench_p10_slimedge.py", 600.0),
+    ("P11", "bench_p11_slimedge.py", 20.0),
     ("P8", "bench_p8_pipeline.py", 480.0),
 )
 DEFAULT_BUDGET_S = 1200.0
