@@ -309,9 +309,9 @@ class Pipeline:
         queued = dict.fromkeys((s.name for s in self.stages), 0)
         for ticket in tickets:
             _, not_ready = ray.wait(ticket.stats, num_returns=len(ticket.stats), timeout=0)
-            pending = {id(r) for r in not_ready}
+            pending = set(not_ready)
             for spec, ref in zip(self.stages, ticket.stats):
-                queued[spec.name] += int(id(ref) in pending)
+                queued[spec.name] += int(ref in pending)
         return queued
 
     def metrics(self) -> dict[str, Any]:
