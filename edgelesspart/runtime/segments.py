@@ -76,6 +76,21 @@ class _SignatureSlot:
         return {name: wrapper.GetTensor(index, subgraph) for name, index in self._outputs}
 
 
+class _Counted:
+    """Another backend's runner with the same call/row counters as :class:`_SignatureSlot`."""
+
+    def __init__(self, runner: Any) -> None:
+        self._runner = runner
+        self.calls = 0
+        self.rows = 0
+
+    def __call__(self, **kwargs: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = self._runner(**kwargs)
+        self.calls += 1
+        self.rows += int(kwargs[INPUT_NAME].shape[0])
+        return outputs
+
+
 def expected_outputs(spec: SegmentSpec) -> set[str]:
     """Output names a segment's signature must have, from its spec."""
     names = set()
@@ -132,7 +147,11 @@ class SegmentRunner:
 
     def _new_runner(self) -> Any:
         if self.backend != backends.LITERT:
-            return backends.open_segment(self.backend, self.path, expected_outputs(self.spec))
+            opened = backends.open_segment(self.backend, self.path, expected_outputs(self.spec))
+            slot: Any = _Counted(opened)
+            with self._lock:
+                self._slots.append(slot)
+            return slot
         try:
             interpreter = _interpreter_class()(
                 model_path=str(self.path), num_threads=self.num_threads

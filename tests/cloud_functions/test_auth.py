@@ -25,7 +25,7 @@ BEARER = {"Authorization": f"Bearer {SECRET}"}
 @pytest.fixture(scope="module")
 def server(tiny_bundle):
     from cloud_functions.local_server import create_app
-    from edge_runtime.wsgi import BackgroundServer
+    from service_http.wsgi import BackgroundServer
 
     background = BackgroundServer(create_app(tiny_bundle, token=SECRET))
     yield background.start()
@@ -245,10 +245,10 @@ def test_an_unsigned_event_does_not_load_the_cloud_part(
 
 @pytest.fixture()
 def captured_serve(monkeypatch):
-    import edge_runtime.wsgi
+    import service_http.wsgi
 
     calls: list[dict] = []
-    monkeypatch.setattr(edge_runtime.wsgi, "serve", lambda app, **kw: calls.append(kw))
+    monkeypatch.setattr(service_http.wsgi, "serve", lambda app, **kw: calls.append(kw))
     monkeypatch.delenv("EDGELESSPART_TOKEN", raising=False)
     return calls
 

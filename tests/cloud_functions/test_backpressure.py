@@ -68,8 +68,8 @@ def _saturate(real_cloud, encoded, token=None):
     (signed with ``token`` when one is set)."""
     from cloud_functions.http_entry import CloudLimits
     from cloud_functions.local_server import create_app
-    from edge_runtime.wsgi import BackgroundServer
     from edgelesspart.runtime import signing
+    from service_http.wsgi import BackgroundServer
 
     cloud = GatedCloud(real_cloud)
     limits = CloudLimits(max_inflight=1, max_queue=1, queue_timeout_s=20.0, retry_after_s=3)
@@ -208,7 +208,7 @@ def test_the_event_backlog_is_bounded_and_answers_lambdas_429(real_cloud, event)
 
     from cloud_functions.http_entry import CloudLimits
     from cloud_functions.local_server import create_app
-    from edge_runtime.wsgi import BackgroundServer
+    from service_http.wsgi import BackgroundServer
 
     # GIVEN a server taking at most 3 Event invocations at once (2 run, 1 queued) at the gate
     cloud = GatedCloud(real_cloud)
@@ -259,11 +259,11 @@ def test_the_event_backlog_defaults_to_twice_the_queue(tiny_bundle):
 
 
 def test_serve_cloud_takes_its_admission_sizes_from_flags(tiny_bundle, monkeypatch, capsys):
-    import edge_runtime.wsgi
+    import service_http.wsgi
     from edgelesspart.cli import main
 
     served: list = []
-    monkeypatch.setattr(edge_runtime.wsgi, "serve", lambda app, **kw: served.append((app, kw)))
+    monkeypatch.setattr(service_http.wsgi, "serve", lambda app, **kw: served.append((app, kw)))
     assert main(["serve-cloud", str(tiny_bundle), "--max-inflight", "2", "--max-queue", "3"]) == 0
     app, kwargs = served[0]
     admission = app.extensions["edgelesspart"].admission

@@ -371,7 +371,7 @@ def test_fuzz_over_a_real_socket(app, cloud, boundary_shape, events, encoded):
     import boto3
     from botocore.config import Config
 
-    from edge_runtime.wsgi import BackgroundServer
+    from service_http.wsgi import BackgroundServer
 
     cases = Cases("cloud real socket", COUNTS, CODES)
     with BackgroundServer(app, threads=4) as server:
@@ -418,7 +418,7 @@ def test_fuzz_auth_over_a_real_socket(signed_app, event, encoded):
     from botocore.config import Config
     from botocore.exceptions import ClientError
 
-    from edge_runtime.wsgi import BackgroundServer
+    from service_http.wsgi import BackgroundServer
 
     cases = Cases("cloud auth real socket", COUNTS, CODES)
     with BackgroundServer(signed_app, threads=4) as server:
