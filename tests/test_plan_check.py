@@ -141,23 +141,38 @@ def test_chance_accuracy_names_train_backbone(accuracy, classes, warns):
         assert "--train-backbone yes" in message and "chance" in message
 
 
-@pytest.mark.slow
-@pytest.mark.needs_tf
-def test_build_cli_prints_the_warnings(tmp_path, capsys):
-    # GIVEN the headline command on an untrained backbone (a quick build)
+def _build(tmp_path, capsys, *extra: str) -> str:
     from edgelesspart.cli import main
 
-    argv = ["build", "--constraint", "latency", "--train-backbone", "no", "--epochs", "1",
-            "--limit", "120", "--max-cut-points", "8", "--out", str(tmp_path / "b"), "--quiet"]
-    # WHEN it builds
+    argv = ["build", "--constraint", "latency", "--limit", "300", "--max-cut-points", "8",
+            "--out", str(tmp_path / "b"), "--quiet", *extra]
     code = main(argv)
     out = capsys.readouterr().out
-    # THEN the bundle is written and the build says its plan is dominated and the model is
-    # at chance, naming the better option and the fix
     assert code == 0, out
-    assert "split after 'stem_relu'" in out
-    assert "warning: the plan is dominated by edge-only" in out
-    assert "warning: the final classifier scores" in out and "--train-backbone yes" in out
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.needs_tf
+def test_build_cli_says_the_latency_split_is_dominated(tmp_path, capsys):
+    # GIVEN the headline command, `build --constraint latency`, on the default model
+    # (briefly trained), planned for a Raspberry Pi over Wi-Fi
+    # WHEN it builds
+    out = _build(tmp_path, capsys, "--epochs", "2")
+    # THEN it says its plan is dominated, by which option and why (where the latency rule
+    # splits depends on the edge factor measured on this host, see docs/demo.md)
+    assert "plan: constraint=latency" in out, out
+    assert "warning: the plan is dominated by " in out, out
+    assert "Why: " in out
+
+
+@pytest.mark.slow
+@pytest.mark.needs_tf
+def test_build_cli_warns_about_a_model_at_chance(tmp_path, capsys):
+    # GIVEN an untrained backbone kept as it is
+    out = _build(tmp_path, capsys, "--train-backbone", "no", "--epochs", "1", "--limit", "120")
+    # THEN the build names the fix
+    assert "warning: the final classifier scores" in out and "--train-backbone yes" in out, out
 
 
 def test_measured_exit_rates_are_conditional_on_reaching_the_exit():
