@@ -264,19 +264,16 @@ class ProgressiveExecutor:
         conf = self.scorer.confidence(probs)
         final = seg.exit == FINAL_EXIT
         answer_mask = np.ones(len(labels), bool) if final else (conf >= thr) & (thr <= 1.0)
-        for i, row in enumerate(rows.active):
-            answer = Answer(
-                label=int(labels[i]),
-                class_name=classes[int(labels[i])],
-                confidence=float(conf[i]),
-                exit=str(seg.exit),
-                stage=self.stage,
-                timings=rows.timings[row],
-            )
-            if rows.best[row] is None or answer.confidence > rows.best[row].confidence:
-                rows.best[row] = answer
-            if answer_mask[i]:
-                rows.answers[row] = answer
+        # plain Python values once per exit, not a numpy scalar conversion per row and field
+        exit_name, timings, best, answers = str(seg.exit), rows.timings, rows.best, rows.answers
+        for row, label, confidence, answered in zip(
+            rows.active.tolist(), labels.tolist(), conf.tolist(), answer_mask.tolist()
+        ):
+            answer = Answer(label, classes[label], confidence, exit_name, self.stage, timings[row])
+            if best[row] is None or confidence > best[row].confidence:
+                best[row] = answer
+            if answered:
+                answers[row] = answer
         return ~answer_mask
 
     def trace(self, x: np.ndarray, *, batch_size: int = 256, timing_samples: int = 5) -> Trace:
