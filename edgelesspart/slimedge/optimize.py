@@ -358,3 +358,24 @@ def replan(
     unpruned = unpruned_plan(model, slots, present=alive)
     floor = Bound(accuracy_floor=unpruned.accuracy - max_drop)
     return nsga2_plan(model, slots, floor, present=alive, seed=seed)
+
+
+def failure_planner(
+    model: CurveModel,
+    slots: Sequence[DeviceSlot],
+    precomputed: dict[int, SlimPlan],
+    *,
+    max_drop: float = 0.02,
+    seed: int = 0,
+) -> Any:
+    """``alive views -> ratio per view`` for the Ray service: the precomputed plan of a single
+    failure when there is one (a dictionary lookup), otherwise NSGA-II for the survivors."""
+    n = len(slots)
+
+    def plan(alive: list[int]) -> tuple[float, ...]:
+        lost = [v for v in range(n) if v not in set(alive)]
+        if len(lost) == 1 and lost[0] in precomputed:
+            return precomputed[lost[0]].ratios
+        return replan(model, slots, alive, max_drop=max_drop, seed=seed).ratios
+
+    return plan

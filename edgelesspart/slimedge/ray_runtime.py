@@ -124,7 +124,8 @@ class SlimEdgeService:
         library: pruned backbone segments per ``(view, ratio)``.
         fusion: LiteRT bytes of the fusion segment.
         ratios: the starting plan's ratio per view.
-        planner: ``alive views -> ratio per view`` (a precomputed plan lookup or NSGA-II).
+        planner: ``alive views -> ratio per view``, e.g. ``optimize.failure_planner``
+            (precomputed single-failure plans, NSGA-II otherwise).
         factors: per-device latency factor to emulate (default 1, no sleeping).
         deadline_s: how long a request waits for the views.
         max_missed: missed deadlines before a device is declared lost.

@@ -16,6 +16,7 @@ from edgelesspart.slimedge.optimize import (  # noqa: E402
     DeviceSlot,
     SlimPlan,
     exhaustive_plan,
+    failure_planner,
     failure_plans,
     nsga2_plan,
     pick,
@@ -116,3 +117,12 @@ def test_plan_and_curves_round_trip_through_json():
         ViewCurves.from_dict({**curves.to_dict(), "ratios": [0.1, 0.2, 0.3, 0.4, 0.5]})
     with pytest.raises(PlanError, match="one device per view"):
         nsga2_plan(CurveModel(curves), SLOTS[:2], Bound(accuracy_floor=0.9))
+
+
+def test_failure_planner_looks_up_single_failures_and_replans_several():
+    model = CurveModel(synthetic_curves())
+    plans = failure_plans(model, SLOTS)
+    planner = failure_planner(model, SLOTS, plans)
+    assert planner([0, 2]) == plans[1].ratios
+    both = planner([1])  # two devices lost: NSGA-II for the one survivor
+    assert both[0] == both[2] == 0.0 and 0.0 <= both[1] <= 0.9
