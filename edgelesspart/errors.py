@@ -19,10 +19,12 @@ one-line message and a non-zero exit code, never a traceback::
     ├── CodecError(ValueError)           unknown codec, corrupt or truncated payload
     ├── InputError(ValueError)           a request tensor of the wrong shape/dtype/values
     ├── InferenceError                   a segment failed on validated input (a server fault)
-    └── OffloadError                     the cloud part could not answer
-        ├── OffloadTimeout               no answer within the timeout
-        ├── OffloadUnavailable           circuit breaker open / connection refused
-        └── OffloadRejected              the cloud answered with an error status
+    ├── OffloadError                     the cloud part could not answer
+    │   ├── OffloadTimeout               no answer within the timeout
+    │   ├── OffloadUnavailable           circuit breaker open / connection refused
+    │   └── OffloadRejected              the cloud answered with an error status
+    └── PipelineError                    a multi-node chain could not answer (after Ray's retries)
+        └── PipelineBusy                 the in-flight window is full (HTTP 429)
 """
 
 from __future__ import annotations
