@@ -52,8 +52,12 @@ def test_seeded_factors_follow_the_reference_numbers():
     gcf, lam = load_device("gcf-2gb"), load_device("lambda-2gb")
     # WHEN factors are asked for ResNet50 (measured) and an unmeasured model
     # THEN ResNet50 uses the published ratios and other models the generic speed factor
-    assert latency_factor_with_reason(rpi, "resnet50") == pytest.approx((556 / 60, "stored-reference"))
-    assert latency_factor_with_reason(orin, "ResNet50") == pytest.approx((4.8 / 60, "stored-reference"))
+    assert latency_factor_with_reason(rpi, "resnet50") == pytest.approx(
+        (556 / 60, "stored-reference")
+    )
+    assert latency_factor_with_reason(orin, "ResNet50") == pytest.approx(
+        (4.8 / 60, "stored-reference")
+    )
     assert latency_factor_with_reason(rpi, "small_cnn") == (9.3, "speed_factor")
     assert latency_factor(load_device("host"), "anything") == 1.0
     assert (gcf.provider, gcf.memory_mb, gcf.ghz, gcf.speed_factor) == ("gcf", 2048, 2.4, 1.0)
