@@ -98,7 +98,8 @@ def plot(curves: list[Any], path: Path) -> None:
         ax.set_xlabel("pruning ratio")
         ax.set_title(metric if metric == "accuracy" else f"{metric} (x unpruned)")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
