@@ -432,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     rec = runs.get(top, {}) if top else {}
     ratio = rec.get("speedup_vs_1")
     bound = bool(rec.get("host_bound"))
-    met = None if ratio is None else (ratio >= GOAL and not bound)
+    # the goal is for 8 nodes: fewer (--quick, --nodes) is reported but not judged
+    met = None if ratio is None or top != "8" else (ratio >= GOAL and not bound)
     note = " (host-bound: not the pipeline's figure)" if bound else ""
     result = benchlib.BenchResult(
         bench="P8",
