@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from edgelesspart.errors import ExitSpecError
+
 #: Keras layer classes whose MACs are counted exactly; every other layer counts one MAC per
 #: output element (pooling, normalisation, activations, additions).
 _CONV = ("Conv1D", "Conv2D", "Conv3D")
@@ -87,7 +89,8 @@ def head_costs(
     Args:
         model: the functional backbone.
         definition: a rendered :class:`edgelesspart.exits.ExitDefinition`.
-        cuts: candidate cut points (``input``/``output`` are skipped).
+        cuts: candidate cut points (``input``/``output`` are skipped, and so is a cut point
+            the head cannot be built on, such as a Conv2D spec on a rank-2 tensor).
         classes: number of classes.
     """
     from edgelesspart import exits
@@ -100,9 +103,12 @@ def head_costs(
     for cut in cuts:
         if cut in ("input", "output"):
             continue
-        shape = tuple(cut_tensor(model, cut).shape[1:])
-        inputs = k.Input(shape)
-        head = k.Model(inputs, exits.attach_exit(builder, inputs, classes, "cost_probe"))
+        inputs = k.Input(tuple(cut_tensor(model, cut).shape[1:]))
+        try:
+            probs = exits.attach_exit(builder, inputs, classes, "cost_probe")
+        except ExitSpecError:
+            continue  # e.g. a Conv2D spec on a rank-2 cut: no cost known, none charged
+        head = k.Model(inputs, probs)
         costs[cut] = HeadCost(int(head.count_params()), model_macs(head))
     return costs
 

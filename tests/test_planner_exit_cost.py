@@ -107,3 +107,20 @@ def test_head_costs_count_the_rendered_heads_parameters_and_macs():
     assert list(sdn) == ["relu"]  # input/output are not exit positions
     # sdn on 8x8x4: max+avg pool to 4x4 (concat 8 ch), 1x1 conv to 64, BN, Dense 1024 -> 5
     assert sdn["relu"].params == 8 * 64 + 4 * 64 + 1024 * 5 + 5
+
+
+@pytest.mark.needs_tf
+def test_a_cut_point_the_head_cannot_be_built_on_gets_no_cost(tmp_path):
+    from edgelesspart._lazy import keras
+    from edgelesspart.exit_cost import head_costs
+    from edgelesspart.exits import load_exit_definition
+
+    k = keras()
+    inputs = k.Input((8, 8, 3))
+    x = k.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    flat = k.layers.Flatten(name="flat")(x)
+    model = k.Model(inputs, k.layers.Dense(5, activation="softmax", name="head")(flat))
+    spec = tmp_path / "conv.yaml"
+    spec.write_text("layers:\n  - {layer: Conv2D, filters: 4, kernel_size: 3}\n")
+    costs = head_costs(model, load_exit_definition(spec=spec), ["conv", "flat"], 5)
+    assert list(costs) == ["conv"]  # a Conv2D spec cannot read the rank-2 'flat' tensor
