@@ -32,13 +32,8 @@ from typing import Any
 import numpy as np
 
 from edgelesspart.errors import BundleError, ProfileError
-from edgelesspart.runtime.device_profiler import (
-    KIT_MANIFEST,
-    WHOLE,
-    KitCutPoint,
-    KitManifest,
-    device_identity,
-)
+from edgelesspart.runtime.device_profiler import device_identity
+from edgelesspart.runtime.kit import KIT_MANIFEST, WHOLE, KitCutPoint, KitManifest
 from edgelesspart.runtime.plan import MODEL_INPUT
 
 #: Input shape of each reference model the published device figures were measured at.

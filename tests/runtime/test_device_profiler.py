@@ -16,13 +16,12 @@ import pytest
 
 from edgelesspart.errors import BundleError, ProfileError
 from edgelesspart.runtime.device_profiler import (
-    KIT_MANIFEST,
     MeasuredProfile,
     device_identity,
-    load_kit,
     load_measured_profile,
     profile_kit,
 )
+from edgelesspart.runtime.kit import KIT_MANIFEST, load_kit
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK_AND_PROFILE = textwrap.dedent(
