@@ -37,6 +37,12 @@ def register(sub: Any) -> None:
     parser.add_argument("--window", type=int, default=8, help="inputs in flight (default 8)")
     parser.add_argument("--codec", default=None, help="override every link's codec")
     parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="early exits (bundles built with --exits-per-part) answer at this confidence",
+    )
+    parser.add_argument(
         "--slowdown", type=float, default=1.0, help="emulate devices k times slower (sleeps)"
     )
     parser.add_argument(
@@ -70,7 +76,9 @@ def _stages(args: argparse.Namespace) -> tuple[list[Any], Any]:
         link_mbps=link.uplink_mbps if link else None,
         link_rtt_ms=link.rtt_ms if link else 0.0,
     )
-    stages = stages_with(specs, placement=placement, emulation=emulation, codec=args.codec)
+    stages = stages_with(
+        specs, placement=placement, emulation=emulation, codec=args.codec, threshold=args.threshold
+    )
     return stages, emulation
 
 
@@ -114,7 +122,14 @@ def run_pipeline_build(args: argparse.Namespace, config: Any) -> int:
     if not config.out:
         stem = Path(config.model).stem if config.model.endswith(".keras") else config.model
         config = replace(config, out=str(Path("bundles") / f"{stem}-pipeline-{len(devices)}"))
-    result = build_pipeline_bundle(config, devices, show_progress=not args.quiet)
+    stage_exits = 0
+    if getattr(args, "exits_per_part", None) is not None:  # only when asked: DEFER has none
+        from edgelesspart.build import parse_exits_per_part
+
+        stage_exits = parse_exits_per_part(args.exits_per_part)[0]
+    result = build_pipeline_bundle(
+        config, devices, stage_exits=stage_exits, show_progress=not args.quiet
+    )
     print(format_plan(result.plan))
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
     print(f"bundle: {result.bundle} (id {result.manifest.bundle_id}); {timings}")

@@ -342,8 +342,10 @@ def stages_with(
     placement: Mapping[str, str] | None = None,
     emulation: DeviceEmulation | None = None,
     codec: str | None = None,
+    threshold: float | None = None,
 ) -> list[StageSpec]:
-    """The stages with placements, one emulation and/or one link codec applied to all."""
+    """The stages with placements, one emulation, one link codec and/or one exit threshold
+    applied to all."""
     out = []
     for k, spec in enumerate(stages):
         changes: dict[str, Any] = {}
@@ -353,5 +355,7 @@ def stages_with(
             changes["emulation"] = emulation
         if codec is not None and k < len(stages) - 1:
             changes["codec_out"] = codec
+        if threshold is not None:
+            changes["threshold"] = threshold
         out.append(spec.with_(**changes))
     return out

@@ -110,23 +110,30 @@ def export_chain(
     model_info: Mapping[str, Any],
     profile: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    heads: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Any:
-    """Export ``plan`` (any number of stages, no exits) as a bundle; return its manifest."""
+    """Export ``plan`` (any number of stages) as a bundle; return its manifest.
+
+    ``heads`` (from :func:`stage_exit_heads`) adds the exit heads the plan's stages list.
+    """
     from edgelesspart import export
+
+    heads = dict(heads or {})
 
     first_codec = next(
         (s.options.get("codec_out") for s in plan.stages if s.options.get("codec_out")), "raw"
     )
     request = export.ExportRequest(
         backbone=model,
-        exit_tensors={},
-        exit_cuts={},
+        exit_tensors=dict(heads.get("exit_tensors", {})),
+        exit_cuts=dict(heads.get("exit_cuts", {})),
         plan=plan,
         classes=tuple(classes),
         preprocessing=dict(preprocessing),
-        exit_code="# this pipeline bundle has no exit heads\n",
-        exit_source="none",
+        exit_code=heads.get("exit_code", "# this pipeline bundle has no exit heads\n"),
+        exit_source=heads.get("exit_source", "none"),
+        training=dict(heads.get("training", {})),
         model_info=dict(model_info),
         profile=dict(profile or {}),
         extra=dict(extra or {}),
@@ -189,10 +196,52 @@ def _chain_plan(config: Any, host_profile: Any, devices: Sequence[str], extra: d
     return plan_chain(costs, layer_positions=extra["layers"], input_bytes=input_bytes)
 
 
+def stage_exit_heads(
+    config: Any, model: Any, plan: Plan, host: Any, data: Any, train_config: Any, n: int, log: Any
+) -> tuple[Plan, dict[str, Any]]:
+    """``n`` early exits inside every stage (placed by ``config.placement`` over the stage's
+    latency), rendered from the build's exit definition and trained with the backbone frozen
+    (as ``config.exit_training`` says). Returns the plan with the exits and the ``heads`` for
+    :func:`export_chain`."""
+    from edgelesspart import exits, training
+    from edgelesspart.build import _exit_heads, _train_exits
+    from edgelesspart.placement import place_exits
+
+    stages = tuple(
+        replace(s, exits=place_exits(host, s.start, s.end, n, config.placement))
+        for s in plan.stages
+    )
+    plan = replace(plan, stages=stages)
+    head = getattr(config, "exit_head", "sdn")
+    definition = exits.load_exit_definition(config.exit_spec, config.exit_template, head=head)
+    definition, exit_cuts, exit_tensors = _exit_heads(
+        model, plan, definition, data.num_classes, head
+    )
+    joint, epochs, record = _train_exits(config, model, exit_tensors, data, train_config, log)
+    accuracy = {
+        "val": training.classifier_accuracy(joint, data.x_val, data.y_val),
+        "test": training.classifier_accuracy(joint, data.x_test, data.y_test),
+    }
+    heads = {
+        "exit_cuts": exit_cuts,
+        "exit_tensors": exit_tensors,
+        "exit_code": definition.code,
+        "exit_source": f"{definition.kind}:{definition.origin}",
+        "training": {"accuracy": accuracy, "exit_epochs": epochs, "exit_training": record},
+    }
+    return plan, heads
+
+
 def build_pipeline_bundle(
-    config: Any, devices: Sequence[str], *, show_progress: bool = True, log: Callable = print
+    config: Any,
+    devices: Sequence[str],
+    *,
+    stage_exits: int = 0,
+    show_progress: bool = True,
+    log: Callable = print,
 ) -> PipelineBuild:
-    """Profile ``config.model`` on this host, plan it over ``devices`` and export the bundle."""
+    """Profile ``config.model`` on this host, plan it over ``devices`` and export the bundle
+    (with ``stage_exits`` trained early exits inside every stage; DEFER has none)."""
     from edgelesspart import datasets, profiler, zoo
     from edgelesspart._lazy import keras
     from edgelesspart.build import _train
@@ -206,7 +255,7 @@ def build_pipeline_bundle(
     )
     model, info = zoo.resolve_model(config.model, data.input_shape, data.num_classes, config.seed)
     model = functional_model(model)
-    _train(config, model, data, info.get("source") == "zoo")
+    train_config, _, _ = _train(config, model, data, info.get("source") == "zoo")
     clock["load_train"] = round(time.perf_counter() - t0, 2)
     codecs = AUTO_CODECS if config.codec == "auto" else (config.codec,)
     host = profiler.profile_model(
@@ -226,6 +275,11 @@ def build_pipeline_bundle(
     extra = {"codec_ms": codec_ms, "layers": layer_positions(model, cuts)}
     plan = _chain_plan(config, host, devices, extra)
     log(f"pipeline: {len(devices)} nodes ({', '.join(devices)}) on link {config.link}")
+    heads: dict[str, Any] = {}
+    if stage_exits:
+        plan, heads = stage_exit_heads(
+            config, model, plan, host, data, train_config, stage_exits, log
+        )
     manifest = export_chain(
         model,
         plan,
@@ -236,6 +290,7 @@ def build_pipeline_bundle(
         model_info=info,
         profile={**host.to_dict(), "codec_ms": codec_ms},
         extra={"build_config": config.to_dict(), "pipeline_devices": list(devices)},
+        heads=heads,
         overwrite=config.overwrite,
     )
     clock["export"] = round(time.perf_counter() - t0 - sum(clock.values()), 2)

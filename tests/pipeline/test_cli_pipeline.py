@@ -11,12 +11,13 @@ pytestmark = [pytest.mark.needs_tf, pytest.mark.slow]
 
 
 def test_build_pipeline_writes_an_n_stage_bundle_and_inspect_shows_it(tmp_path, capsys):
-    # GIVEN a heterogeneous 3-node chain of the small CNN on digits (1 quick epoch)
+    # GIVEN a heterogeneous 3-node chain of the small CNN on digits (1 quick epoch), one exit
+    # per stage
     out = tmp_path / "chain"
     argv = [
         "build", "--pipeline", "rpi4,jetson-orin-nano,rpi4", "--link", "wifi",
         "--model", "small_cnn", "--epochs", "1", "--limit", "150", "--max-cut-points", "6",
-        "--codec", "auto", "--out", str(out), "--quiet",
+        "--codec", "auto", "--exits-per-part", "1", "--out", str(out), "--quiet",
     ]  # fmt: skip
     # WHEN it is built
     assert main(argv) == 0
@@ -32,6 +33,12 @@ def test_build_pipeline_writes_an_n_stage_bundle_and_inspect_shows_it(tmp_path, 
     assert codecs[-1] is None and all(c in ("raw", "zfp+lz4", "int8+zstd") for c in codecs[:2])
     assert manifest.codec["per_link"] == codecs[:2]
     assert manifest.plan.parameters["codec_times"] == "measured"
+    # AND each stage got at most one trained early exit (--exits-per-part 1), where it has an
+    # internal cut point to put it on
+    assert all(len(s.exits) <= 1 for s in stages) and sum(len(s.exits) for s in stages) >= 2
+    early = [e for e in manifest.exits if e.name != "final"]
+    assert [e.stage for e in early] == [s.name for s in stages if s.exits]
+    assert all("val_accuracy" in e.metrics for e in early)
     # AND inspect lists every stage with the codec of its link
     assert main(["inspect", str(out)]) == 0
     shown = capsys.readouterr().out
