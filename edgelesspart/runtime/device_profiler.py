@@ -111,6 +111,15 @@ def _rss_bytes() -> int:
 
 
 def _peak_rss_bytes() -> int:
+    """This process's peak resident memory.
+
+    Linux: ``VmHWM`` of ``/proc/self/status``, which starts afresh at ``exec``; ``ru_maxrss``
+    keeps the high-water mark of the parent it was forked from (a profile-device started from a
+    TensorFlow process would report the parent's gigabyte), so it is only the fallback.
+    """
+    hwm = _read_first("/proc/self/status", ("vmhwm",))
+    if hwm and hwm.split()[0].isdigit():
+        return int(hwm.split()[0]) * 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if platform.system() == "Darwin" else peak * 1024)
 

@@ -84,7 +84,8 @@ def test_profile_device_round_trip_with_tensorflow_blocked(kit, tmp_path):
     assert latencies == sorted(latencies) and latencies[0] > 0
     assert all(cp.latency_p95_ms >= cp.latency_ms for cp in measured.cut_points)
     assert latencies[-1] == pytest.approx(measured.full_model_ms, rel=1e-3)
-    assert measured.peak_rss_bytes > 10 * 2**20
+    # the child's own peak (LiteRT + slices), not the high-water mark of this TF-laden parent
+    assert 10 * 2**20 < measured.peak_rss_bytes < 400 * 2**20
     ident = measured.identity
     assert ident["cores"] >= 1 and ident["memory_bytes"] > 0 and ident["litert_version"]
     assert ident["cpu_model"] and ident["delegates"]
