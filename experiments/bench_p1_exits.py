@@ -2,7 +2,7 @@
 
 For each model (ResNet50, MobileNetV2, InceptionV3; zoo versions built here with random weights)
 the backbone is first trained on digits until it is good (:func:`train_backbone`: epoch by epoch
-until its validation accuracy reaches 98.5 % or 40 epochs (InceptionV3: 15), best validation
+until its validation accuracy reaches 98.5 % or 40 epochs (InceptionV3: 4), best validation
 epoch kept; the goal is >= 95 % test accuracy, reported in the row), then a bundle is built
 from it with the
 product's default exits (SDN-style heads, distillation from the final classifier, per-exit
@@ -62,7 +62,7 @@ EXIT_EPOCHS = 8
 MAX_CUT_POINTS = 12
 #: Backbone training stops at this validation accuracy (digits; the goal is >= 95 % on test).
 BACKBONE_VAL_TARGET = 0.985
-BACKBONE_MAX_EPOCHS = {"resnet50": 40, "mobilenetv2": 40, "inceptionv3": 15}
+BACKBONE_MAX_EPOCHS = {"resnet50": 40, "mobilenetv2": 40, "inceptionv3": 4}
 #: Models whose backbone then trains on at lr 1e-4 for this many epochs (best validation kept):
 #: MobileNetV2 plateaued at 95.5 % validation / 93.9 % test after 40 epochs at 1e-3.
 BACKBONE_FINETUNE = {"mobilenetv2": 10}
@@ -88,7 +88,7 @@ def train_backbone(model_name: str, folder: Path, quick: bool, seed: int = 0) ->
     One epoch at a time (Adam, batch 64); BatchNorm statistics are settled on training images
     before each validation pass; the weights of the best validation epoch are kept; training
     stops at :data:`BACKBONE_VAL_TARGET` or after :data:`BACKBONE_MAX_EPOCHS` (InceptionV3,
-    which upsizes digits to 75x75, costs ~4x ResNet50's epoch here, so it gets 15). The stopping
+    which upsizes digits to 75x75, costs ~4.5 min per epoch here, so it gets 4). The stopping
     rule reads validation only; test accuracy is measured once, at the end, and reported.
     """
     from edgelesspart import datasets, zoo
