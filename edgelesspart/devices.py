@@ -292,8 +292,9 @@ def profile_from_measurement(host_profile: ModelProfile, measured: MeasuredProfi
     if missing:
         raise ProfileError(
             f"The measured profile of {measured.name!r} has no latency at cut points {missing}; "
-            "its kit was written with other candidate cut points. Write the kit with the same "
-            "--max-cut-points as the build and measure again."
+            "its kit was written with other candidate cut points or layer names. Write the kit "
+            "with `build --profiling-kit`, or with `profile-kit` and the same --max-cut-points "
+            "(Keras numbers auto-named layers per process), and measure again."
         )
     cps = tuple(
         replace(cp, latency_ms=measured.at(cp.name).latency_ms) for cp in host_profile.cut_points
