@@ -196,3 +196,25 @@ def test_measured_exit_rates_are_conditional_on_reaching_the_exit():
     rates = measured_exit_rates(trace, 0.9, {"exit_1": "cut_a", "exit_2": "cut_b"})
     # THEN exit_1 answers 2 of 4; exit_2 answers 1 of the 2 rows left (row 1 already left)
     assert rates == {"cut_a": 0.5, "cut_b": 0.5}
+
+
+def test_a_bundle_the_check_cannot_model_does_not_fail_the_build(tmp_path, monkeypatch):
+    # GIVEN a bundle whose plan cannot be checked (here: its profile is missing)
+    import edgelesspart.plan_check as plan_check
+    from edgelesspart.errors import ProfileError
+
+    def broken(*_args, **_kwargs):
+        raise ProfileError("Cannot read profile b/profile.json: no such file.")
+
+    monkeypatch.setattr(plan_check, "check_bundle", broken)
+    monkeypatch.setattr(
+        "edgelesspart.runtime.manifest.load_manifest",
+        lambda *_a, **_k: type("M", (), {"training": {}, "classes": ("a", "b")})(),
+    )
+    # WHEN the build asks for its warnings
+    warnings = plan_check.bundle_warnings(tmp_path)
+    # THEN it gets one note saying why, not an exception
+    assert warnings == [
+        "the plan could not be checked against edge-only and cloud-only: Cannot read profile "
+        "b/profile.json: no such file."
+    ]
