@@ -141,7 +141,7 @@ def test_kept_channels_of_a_pruned_layer_match_the_unpruned_outputs():
 
     # WHEN both models' branch_a outputs are read
     def branch(m):
-        return np.asarray(keras.Model(m.inputs, m.get_layer("branch_a").output)(x))
+        return np.asarray(keras.Model(m.inputs[0], m.get_layer("branch_a").output)(x))
 
     # THEN the pruned layer's outputs are exactly the unpruned outputs at the kept channels
     np.testing.assert_allclose(

@@ -93,3 +93,28 @@ def test_nearest_ratio_never_prunes_more_than_planned(segments):
     assert nearest_ratio(library, 0, 0.49) == 0.0
     assert nearest_ratio(library, 0, 0.5) == 0.5
     assert nearest_ratio(library, 0, 0.8) == 0.5
+
+
+def test_a_device_that_misses_its_deadlines_is_dropped_and_answers_continue(ray_local, segments):
+    library, fusion = segments
+    rng = np.random.default_rng(1)
+    # GIVEN device 2 emulated 200,000x slower than this host: it never meets the 0.5 s deadline
+    service = SlimEdgeService(
+        library,
+        fusion,
+        [0.0] * VIEWS,
+        lambda alive: [0.5 if v in alive else 0.0 for v in range(VIEWS)],
+        factors=[1.0, 1.0, 200_000.0],
+        deadline_s=0.5,
+        max_missed=2,
+    )
+    answers = [
+        service.infer([rng.random((1, *SHAPE), dtype=np.float32) for _ in range(VIEWS)])
+        for _ in range(4)
+    ]
+    # THEN the first two requests are fused from views 0 and 1 while device 2 misses its
+    # heartbeats; after the second miss it is lost and the survivors are re-planned
+    assert all(a.shape == (1, CLASSES) for a in answers)
+    assert service.stats.lost_devices == [2] and service.stats.degraded_answers == 2
+    assert service.stats.replans[0]["alive"] == [0, 1]
+    assert [s["ratio"] for s in service.states()] == [0.5, 0.5]
