@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,7 @@ def _args(argv: list[str] | None) -> Any:
         parser.add_argument("--deployment", type=Path, default=None)
         parser.add_argument("--verify", type=int, default=20, help="scenarios checked for real")
         parser.add_argument("--epochs", type=int, default=10)
+        parser.add_argument("--workers", type=int, default=2, help="scenario processes")
 
     args = benchlib.parse_args(__doc__.splitlines()[0], argv, extra)
     if args.out == benchlib.RESULTS_DIR:
@@ -255,23 +258,42 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def simulate(args: Any) -> dict:
-    """Run everything; returns the JSON record (also written to ``sim.json``)."""
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(curves: dict) -> None:
+    """Per worker process: the curve model and the device catalogue, loaded once."""
     from edgelesspart.devices import load_device
     from edgelesspart.slimedge.curves import CurveModel, ViewCurves
+
+    _WORKER["model"] = CurveModel(ViewCurves.from_dict(curves))
+    _WORKER["catalogue"] = [load_device(d) for d in CATALOGUE]
+
+
+def _scenario_job(job: tuple[int, int]) -> dict:
+    """Scenario ``i``: its own random stream ``(seed, i)``, so results do not depend on workers."""
+    i, seed = job
+    rng = np.random.default_rng([seed, i])
+    model = _WORKER["model"]
+    scenario = draw_scenario(rng, _WORKER["catalogue"], float(model.curves.memory_bytes[0]))
+    return run_scenario(model, scenario, rng, seed=i)
+
+
+def simulate(args: Any) -> dict:
+    """Run everything; returns the JSON record (also written to ``sim.json``)."""
+    from edgelesspart.slimedge.curves import ViewCurves
 
     start, cpu0 = time.perf_counter(), cpu_times()
     deployment = ensure_deployment(args)
     curves = ViewCurves.load(deployment / "curves.json")
-    model = CurveModel(curves)
-    catalogue = [load_device(d) for d in CATALOGUE]
-    rng = np.random.default_rng(args.seed)
-    rows = []
-    for i in range(args.scenarios):
-        scenario = draw_scenario(rng, catalogue, float(curves.memory_bytes[0]))
-        rows.append(run_scenario(model, scenario, rng, seed=i))
-        if (i + 1) % 100 == 0:
-            benchlib.log(f"slimedge_sim: {i + 1}/{args.scenarios} scenarios")
+    jobs = [(i, args.seed) for i in range(args.scenarios)]
+    context = multiprocessing.get_context("spawn")  # no fork after TensorFlow was imported
+    with ProcessPoolExecutor(args.workers, context, _init_worker, (curves.to_dict(),)) as pool:
+        rows = []
+        for row in pool.map(_scenario_job, jobs, chunksize=10):
+            rows.append(row)
+            if len(rows) % 100 == 0:
+                benchlib.log(f"slimedge_sim: {len(rows)}/{args.scenarios} scenarios")
     summary = summarise(rows)
     checked = verify(deployment, [r for r in rows if r["slimedge"]["feasible"]], args.verify,
                      args.seed)  # fmt: skip
@@ -284,7 +306,7 @@ def simulate(args: Any) -> dict:
         "verification": checked,
         "curves": curves.to_dict(),
         "deployment": str(deployment),
-        "settings": {"max_drop": MAX_DROP, "memory_range": MEMORY_RANGE,
+        "settings": {"max_drop": MAX_DROP, "workers": args.workers, "memory_range": MEMORY_RANGE,
                      "failure_range": FAILURE_RANGE, "catalogue": CATALOGUE, "views": VIEWS},
         "host_cpu_utilisation_percent": util,
         "machine": benchlib.machine_info(),
