@@ -11,8 +11,10 @@
   re-plans with NSGA-II for several failures), swaps the survivors' segments to the plan's
   ratios, and keeps answering from the survivors: no request is dropped.
 
-Built on Ray Core directly: the pipeline package (issue 12) had not landed when this was written.
-Ray is the ``pipeline`` extra; it is imported lazily.
+Ray comes from the pipeline package's shared helpers (:mod:`edgelesspart.pipeline.raykit`:
+``require_ray`` with its install hint, ``actor_options`` for placement by custom resource).
+Device actors are *not* restarted (``max_restarts=0``): a lost device is re-planned around, not
+waited for; the aggregator restarts like a pipeline stage.
 """
 
 from __future__ import annotations
@@ -24,14 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from edgelesspart._lazy import optional
 from edgelesspart.errors import PlanError
-
-RAY_HINT = "pip install 'edgelesspart[pipeline]'"
 
 
 def _ray() -> Any:
-    return optional("ray", RAY_HINT)
+    from edgelesspart.pipeline.raykit import require_ray
+
+    return require_ray()
 
 
 class _Segment:
@@ -129,6 +130,7 @@ class SlimEdgeService:
         factors: per-device latency factor to emulate (default 1, no sleeping).
         deadline_s: how long a request waits for the views.
         max_missed: missed deadlines before a device is declared lost.
+        resources: per device, a Ray custom resource naming its node (``None``: anywhere).
     """
 
     def __init__(
@@ -141,19 +143,25 @@ class SlimEdgeService:
         factors: Sequence[float] | None = None,
         deadline_s: float = 2.0,
         max_missed: int = 2,
+        resources: Sequence[str | None] | None = None,
     ) -> None:
+        from edgelesspart.pipeline.raykit import actor_options
+
         ray = _ray()
         n = len(ratios)
         factors = list(factors) if factors is not None else [1.0] * n
-        worker = ray.remote(num_cpus=0, max_restarts=0)(ViewWorkerImpl)
-        aggregator = ray.remote(num_cpus=0)(AggregatorImpl)
+        resources = list(resources) if resources is not None else [None] * n
+        worker = ray.remote(ViewWorkerImpl)
+        aggregator = ray.remote(AggregatorImpl).options(**actor_options())
         self.library = library
         self.planner = planner
         self.deadline_s = deadline_s
         self.max_missed = max_missed
         self.ratios = [nearest_ratio(library, v, r) for v, r in enumerate(ratios)]
         self.workers = [
-            worker.remote(v, library[(v, self.ratios[v])], self.ratios[v], factors[v])
+            worker.options(
+                **actor_options(resource=resources[v], max_restarts=0, max_task_retries=0)
+            ).remote(v, library[(v, self.ratios[v])], self.ratios[v], factors[v])
             for v in range(n)
         ]
         self.aggregator = aggregator.remote(fusion, n)
