@@ -204,3 +204,19 @@ def test_user_keras_file_prunes_after_safe_load(tmp_path):
     residual_model().save(path)
     result = prune_model(load_user_model(path), 0.25)
     assert result.params_after < result.params_before
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2", "resnet50"])
+def test_zoo_model_pruning_is_exact_against_masking(name):
+    # GIVEN a Keras application (depthwise convs, residual Adds, BN) with random BN statistics
+    from edgelesspart.zoo import build_model
+
+    model = build_model(name, (32, 32, 3), 10, seed=2)
+    _randomise_bn(model, seed=3)
+    x = np.random.default_rng(4).random((2, 32, 32, 3), dtype=np.float32)
+    # WHEN it is pruned by half
+    result = prune_model(model, 0.5)
+    # THEN it computes exactly what the original computes with the removed channels masked
+    want = np.asarray(masked_copy(model, result)(x, training=False))
+    got = np.asarray(result.model(x, training=False))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
