@@ -142,36 +142,40 @@ class Trace:
 class _Rows:
     """Per-row bookkeeping while a batch moves through a stage.
 
-    Every row still active has run the same segments, so the segment times are kept once
-    (``times``, a new small dict after every segment, never mutated) rather than per row:
-    ``timings[row]`` is that dict as it stands when the row is answered.
+    Every row still active has run the same segments, so the segment times are kept once, in
+    order (``times``), rather than per row. An exit decision is kept as a plain tuple
+    ``(label, confidence, exit, segments_run)``; the :class:`Answer` objects (each with its
+    own timings dict and ``total``) are built once at the end, one per distinct decision.
+    ``active`` holds the input indices of the rows still going on.
     """
 
+    __slots__ = ("active", "answers", "best", "times")
+
     def __init__(self, n: int) -> None:
-        self.answers: list[Answer | None] = [None] * n
-        self.best: list[Answer | None] = [None] * n
-        self.times: dict[str, float] = {}
-        self.active = np.arange(n)
+        self.answers: list[tuple | None] = [None] * n
+        self.best: list[tuple | None] = [None] * n
+        self.times: list[tuple[str, float]] = []
+        self.active: list[int] = list(range(n))
 
-    @property
-    def timings(self) -> _SharedTimings:
-        """Row -> the segment times of the segments run so far (the same for every row)."""
-        return _SharedTimings(self.times)
+    def finish(self, classes: tuple[str, ...], stage: str) -> tuple[list, list]:
+        """The per-row answers and best exits as :class:`Answer` objects."""
+        times = self.times
+        built: dict[int, Answer] = {}  # by decision identity: answer and best often coincide
 
-    def add_time(self, segment: str, ms: float) -> None:
-        self.times = {**self.times, segment: ms}
+        def build(decision: tuple | None) -> Answer | None:
+            if decision is None:
+                return None
+            key = id(decision)
+            answer = built.get(key)
+            if answer is None:
+                label, confidence, exit_name, ran = decision
+                timings = dict(times[:ran])
+                timings[TOTAL] = float(sum(timings.values()))
+                answer = Answer(label, classes[label], confidence, exit_name, stage, timings)
+                built[key] = answer
+            return answer
 
-
-class _SharedTimings:
-    """``timings[row]`` for any row: one dict shared by all rows of one exit decision."""
-
-    __slots__ = ("_times",)
-
-    def __init__(self, times: dict[str, float]) -> None:
-        self._times = times
-
-    def __getitem__(self, row: Any) -> dict[str, float]:
-        return self._times
+        return [build(d) for d in self.answers], [build(d) for d in self.best]
 
 
 class ProgressiveExecutor:
@@ -201,6 +205,12 @@ class ProgressiveExecutor:
         if not self._segments:
             raise BundleError(f"Stage {stage!r} has no segments in manifest.json.")
         self._runners = [bundle.runner(seg.name) for seg in self._segments]
+        # the loop's per-segment constants, resolved once: name, exit (or None), runner
+        self._steps = tuple(
+            (seg.name, None if seg.exit is None else str(seg.exit), runner)
+            for seg, runner in zip(self._segments, self._runners)
+        )
+        self._classes = bundle.classes
         self.input_spec = self._segments[0].input
         self.is_final = self._segments[-1].exit == FINAL_EXIT
 
@@ -230,51 +240,52 @@ class ProgressiveExecutor:
         thr = self.threshold if threshold is None else check_threshold(threshold)
         current = x if trusted else validate_input(x, self.input_spec)
         rows = _Rows(current.shape[0])
-        for seg, runner in zip(self._segments, self._runners):
-            t0 = time.perf_counter()
+        clock, times = time.perf_counter, rows.times
+        for name, exit_name, runner in self._steps:
+            t0 = clock()
             probs, boundary = runner(current, trusted=True)
-            rows.add_time(seg.name, (time.perf_counter() - t0) * 1000.0)
-            if seg.exit is not None:
-                keep = self._exit(seg, probs, rows, thr)
-                if not keep.all():  # only copy when some rows were answered here
-                    rows.active = rows.active[keep]
-                    boundary = boundary[keep] if boundary is not None else None
-            if not len(rows.active):
-                break
+            times.append((name, (clock() - t0) * 1000.0))
+            if exit_name is not None:
+                answered = self._exit(exit_name, probs, rows, thr)
+                if any(answered):  # only copy when some rows were answered here
+                    keep = [not a for a in answered]
+                    rows.active = [row for row, k in zip(rows.active, keep) if k]
+                    if not rows.active:
+                        break
+                    boundary = boundary[np.asarray(keep)] if boundary is not None else None
             current = boundary
-        done: dict[int, Answer | None] = {}  # answer and best are often the same object
-        answers = [_with_total(a, done) for a in rows.answers]
-        best = [_with_total(a, done) for a in rows.best]
-        pending = rows.active.astype(np.int64)
+        answers, best = rows.finish(self._classes, self.stage)
+        pending = np.asarray(rows.active, dtype=np.int64)
         return StageResult(answers, pending, current if len(pending) else None, best)
 
     def _exit(
-        self, seg: SegmentSpec, probs: np.ndarray | None, rows: _Rows, thr: float
-    ) -> np.ndarray:
-        """Record answers at an exit; return the mask of rows that go on."""
-        classes = self.bundle.classes
+        self, exit_name: str, probs: np.ndarray | None, rows: _Rows, thr: float
+    ) -> list[bool]:
+        """Record answers at an exit; return per active row whether it was answered here."""
+        classes = self._classes
         if probs is None or probs.shape[1] != len(classes):
             got = None if probs is None else probs.shape
             raise BundleError(
-                f"Exit {seg.exit!r} returned probabilities of shape {got}; the manifest lists "
+                f"Exit {exit_name!r} returned probabilities of shape {got}; the manifest lists "
                 f"{len(classes)} classes."
             )
-        probs = self.scorer.calibrate(seg.exit, probs)
-        labels = probs.argmax(axis=1)
-        conf = self.scorer.confidence(probs)
-        final = seg.exit == FINAL_EXIT
-        answer_mask = np.ones(len(labels), bool) if final else (conf >= thr) & (thr <= 1.0)
-        # plain Python values once per exit, not a numpy scalar conversion per row and field
-        exit_name, timings, best, answers = str(seg.exit), rows.timings, rows.best, rows.answers
-        for row, label, confidence, answered in zip(
-            rows.active.tolist(), labels.tolist(), conf.tolist(), answer_mask.tolist()
-        ):
-            answer = Answer(label, classes[label], confidence, exit_name, self.stage, timings[row])
-            if best[row] is None or confidence > best[row].confidence:
-                best[row] = answer
-            if answered:
-                answers[row] = answer
-        return ~answer_mask
+        labels, conf = self.scorer.top1(exit_name, probs)
+        if exit_name == FINAL_EXIT:
+            answered = [True] * len(labels)
+        elif thr <= 1.0:
+            answered = [c >= thr for c in conf]
+        else:
+            answered = [False] * len(labels)
+        # plain Python values, no numpy scalar per row and field; Answers are built at the end
+        ran, best, answers = len(rows.times), rows.best, rows.answers
+        for row, label, confidence, done in zip(rows.active, labels, conf, answered):
+            decision = (label, confidence, exit_name, ran)
+            previous = best[row]
+            if previous is None or confidence > previous[1]:
+                best[row] = decision
+            if done:
+                answers[row] = decision
+        return answered
 
     def trace(self, x: np.ndarray, *, batch_size: int = 256, timing_samples: int = 5) -> Trace:
         """Run every segment of every loaded stage on every row; keep every exit's output.
@@ -339,22 +350,3 @@ class ProgressiveExecutor:
                     break
                 current = boundary
         return {name: float(np.median(ts[1:] or ts)) for name, ts in times.items()}
-
-
-def _with_total(answer: Answer | None, done: dict[int, Answer | None]) -> Answer | None:
-    """A copy with its own timings dict and ``total`` = the sum of its segments' ms.
-
-    ``done`` memoises by identity within one run, so an answer that is also its row's best
-    exit is copied once.
-    """
-    if answer is None:
-        return None
-    key = id(answer)
-    if key not in done:
-        timings = {k: v for k, v in answer.timings.items() if k != TOTAL}
-        timings[TOTAL] = float(sum(timings.values()))
-        a = answer  # positional construction: dataclasses.replace costs several microseconds
-        done[key] = Answer(
-            a.label, a.class_name, a.confidence, a.exit, a.stage, timings, a.degraded, a.reason
-        )
-    return done[key]

@@ -43,6 +43,16 @@ def validate_input(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
     Raises:
         InputError: wrong type, shape or dtype, an empty batch, or NaN/Inf values.
     """
+    if type(x) is np.ndarray and x.ndim == len(spec.shape) + 1 and x.shape[0]:
+        # fast path: a batch that already has the spec's shape and dtype, C-contiguous
+        if x.shape[1:] == tuple(spec.shape) and x.dtype == spec.dtype and x.flags.c_contiguous:
+            _check_finite(x, spec)
+            return x
+    return _validate_slow(x, spec)
+
+
+def _validate_slow(x: Any, spec: TensorSpec) -> np.ndarray:
+    """:func:`validate_input` for anything its fast path does not take (and all errors)."""
     expected = f"(N, {', '.join(str(d) for d in spec.shape)}) {spec.dtype}"
     if not isinstance(x, np.ndarray):
         raise InputError(
@@ -65,15 +75,22 @@ def validate_input(x: np.ndarray, spec: TensorSpec) -> np.ndarray:
         raise InputError(f"Expected at least one sample of shape {expected}, got an empty batch.")
     with np.errstate(over="ignore", invalid="ignore"):
         out = np.ascontiguousarray(x, dtype=np.dtype(spec.dtype))
-    if out.dtype.kind == "f":
-        finite = np.isfinite(out.reshape(out.shape[0], -1)).all(axis=1)
-        if not finite.all():
-            bad = np.flatnonzero(~finite)[:10].tolist()
-            raise InputError(
-                f"Input holds NaN or Inf values (or values too large for {spec.dtype}) in "
-                f"sample(s) {bad}; expected finite numbers. Clean the input before sending it."
-            )
+    _check_finite(out, spec)
     return out
+
+
+def _check_finite(out: np.ndarray, spec: TensorSpec) -> None:
+    """Refuse NaN/Inf in a float batch, naming (up to ten of) the bad samples."""
+    if out.dtype.kind != "f":
+        return
+    if np.isfinite(out).all():  # one pass over the batch; per sample only to name the bad ones
+        return
+    finite = np.isfinite(out.reshape(out.shape[0], -1)).all(axis=1)
+    bad = np.flatnonzero(~finite)[:10].tolist()
+    raise InputError(
+        f"Input holds NaN or Inf values (or values too large for {spec.dtype}) in "
+        f"sample(s) {bad}; expected finite numbers. Clean the input before sending it."
+    )
 
 
 def _pillow() -> Any:

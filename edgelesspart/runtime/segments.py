@@ -57,10 +57,27 @@ class _SignatureSlot:
         self._subgraph = runner._subgraph_index
         self._input = runner._inputs[INPUT_NAME]
         self._outputs = tuple(runner._outputs)
+        indices = dict(self._outputs)
+        self._probs = indices.get(PROBS)
+        self._boundary = indices.get(BOUNDARY)
         self._batch = -1
 
     def __call__(self, **kwargs: np.ndarray) -> dict[str, np.ndarray]:
-        x = kwargs[INPUT_NAME]
+        self._run(kwargs[INPUT_NAME])
+        wrapper, subgraph = self._wrapper, self._subgraph
+        return {name: wrapper.GetTensor(index, subgraph) for name, index in self._outputs}
+
+    def invoke(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Run on ``x``; return ``(probs, boundary)``, ``None`` for an output it lacks."""
+        self._run(x)
+        wrapper, subgraph = self._wrapper, self._subgraph
+        probs, boundary = self._probs, self._boundary
+        return (
+            None if probs is None else wrapper.GetTensor(probs, subgraph),
+            None if boundary is None else wrapper.GetTensor(boundary, subgraph),
+        )
+
+    def _run(self, x: np.ndarray) -> None:
         wrapper, subgraph = self._wrapper, self._subgraph
         if x.shape[0] != self._batch:
             self._batch = -1  # stays invalid if the resize or allocation fails
@@ -73,7 +90,6 @@ class _SignatureSlot:
         wrapper.Invoke(subgraph)
         self.calls += 1
         self.rows += self._batch
-        return {name: wrapper.GetTensor(index, subgraph) for name, index in self._outputs}
 
 
 class _Counted:
@@ -89,6 +105,11 @@ class _Counted:
         self.calls += 1
         self.rows += int(kwargs[INPUT_NAME].shape[0])
         return outputs
+
+    def invoke(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Run on ``x``; return ``(probs, boundary)``, ``None`` for an output it lacks."""
+        outputs = self(**{INPUT_NAME: x})
+        return outputs.get(PROBS), outputs.get(BOUNDARY)
 
 
 def expected_outputs(spec: SegmentSpec) -> set[str]:
@@ -139,7 +160,11 @@ class SegmentRunner:
         self._lock = threading.Lock()
         self._returned = threading.Condition(self._lock)
         self._created = 0
+        self._waiting = 0
         self._slots: list[Any] = []
+        self._boundary_shape = (
+            None if spec.boundary is None else tuple(int(d) for d in spec.boundary.shape)
+        )
         if not self.path.is_file():
             raise BundleError(f"Segment file {self.path} for segment {spec.name!r} is missing.")
         self._idle.append(self._new_runner())
@@ -190,12 +215,16 @@ class SegmentRunner:
             except IndexError:
                 pass
             with self._lock:
-                if self._idle:  # given back meanwhile (maybe taken again: loop)
-                    continue
-                if self._created < self.pool_size:
-                    self._created += 1  # reserve the slot, build outside the lock
-                    break
-                self._returned.wait(0.1)  # _release notifies under this lock
+                self._waiting += 1  # counted before looking, so _release cannot miss us
+                try:
+                    if self._idle:  # given back meanwhile (maybe taken again: loop)
+                        continue
+                    if self._created < self.pool_size:
+                        self._created += 1  # reserve the slot, build outside the lock
+                        break
+                    self._returned.wait(0.1)  # _release notifies under this lock
+                finally:
+                    self._waiting -= 1
         try:
             return self._new_runner()
         except BaseException:
@@ -206,7 +235,10 @@ class SegmentRunner:
 
     def _release(self, runner: Any) -> None:
         self._idle.append(runner)
-        if self._created >= self.pool_size:  # someone may be waiting for a runner
+        # A caller counts itself as waiting (under the lock) before it looks at ``_idle``,
+        # so either it sees the runner just appended or this sees it counted and notifies;
+        # with nobody waiting, giving a runner back takes no lock.
+        if self._waiting:
             with self._lock:
                 self._returned.notify()
 
@@ -247,9 +279,12 @@ class SegmentRunner:
         """
         if not trusted:
             x = validate_input(x, self.spec.input)
-        runner = self._acquire()
         try:
-            outputs = runner(**{INPUT_NAME: x})
+            runner = self._idle.pop()  # atomic: the common case takes no lock
+        except IndexError:
+            runner = self._acquire()
+        try:
+            probs, boundary = runner.invoke(x)
         except (ValueError, RuntimeError) as exc:
             # x passed validation, so this is the model's or LiteRT's fault, not the caller's
             raise InferenceError(
@@ -257,16 +292,14 @@ class SegmentRunner:
             ) from exc
         finally:
             self._release(runner)
-        return self._outputs(outputs, int(x.shape[0]))
+        return self._checked(probs, boundary, x.shape[0])
 
-    def _outputs(
-        self, outputs: dict[str, np.ndarray], n: int
+    def _checked(
+        self, probs: np.ndarray | None, boundary: np.ndarray | None, n: int
     ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        probs = outputs.get(PROBS)
-        boundary = outputs.get(BOUNDARY)
-        if boundary is not None and self.spec.boundary is not None:
-            want = (n, *self.spec.boundary.shape)
-            if tuple(boundary.shape) != want:
+        if boundary is not None and self._boundary_shape is not None:
+            if boundary.shape[1:] != self._boundary_shape or boundary.shape[0] != n:
+                want = (n, *self._boundary_shape)
                 raise BundleError(
                     f"Segment {self.spec.name!r} returned a boundary of shape "
                     f"{tuple(boundary.shape)}, the manifest says {want}. Re-export the bundle."
