@@ -11,6 +11,8 @@ import pytest
 from edgelesspart.errors import BundleError, ConfigError, InputError
 from edgelesspart.runtime.confidence import (
     DEFAULT_THRESHOLD,
+    ENTROPY,
+    MAX_SOFTMAX,
     ExitScorer,
     apply_temperature,
     fit_temperature,
@@ -130,3 +132,31 @@ def test_executor_refuses_a_bad_serving_entry(bundle_copy):
     _with_serving(bundle_copy, {"confidence": "vibes"})
     with pytest.raises(BundleError, match="bad serving entry.*vibes"):
         ProgressiveExecutor(Bundle.load(bundle_copy, pool_size=1), "edge")
+
+
+@pytest.mark.parametrize(
+    ("measure", "temperatures"),
+    [(MAX_SOFTMAX, {}), (MAX_SOFTMAX, {"e": 2.5}), (ENTROPY, {}), (ENTROPY, {"e": 0.7})],
+)
+def test_top1_matches_calibrate_then_confidence_row_by_row(measure, temperatures):
+    # GIVEN a scorer and exit probabilities of one sample and of a batch
+    scorer = ExitScorer(measure, temperatures)
+    rng = np.random.default_rng(3)
+    batch = softmax(rng.normal(size=(9, 7)) * 3).astype(np.float32)
+    batch[4] = batch[4, 0]  # a row of ties: the first index wins, as with argmax
+    for probs in (batch[:1], batch[4:5], batch):
+        # WHEN top-1 labels and confidences come from the fast path
+        labels, conf = scorer.top1("e", probs)
+        # THEN they equal argmax and confidence of the calibrated probabilities exactly
+        calibrated = scorer.calibrate("e", probs)
+        assert labels == calibrated.argmax(axis=1).tolist()
+        assert conf == scorer.confidence(calibrated).tolist()
+        assert all(type(c) is float for c in conf) and all(type(k) is int for k in labels)
+
+
+def test_top1_of_a_nan_row_falls_back_to_numpy():
+    # GIVEN one sample whose probabilities hold a NaN (a broken model)
+    probs = np.array([[0.2, np.nan, 0.5]], np.float32)
+    labels, conf = ExitScorer().top1("e", probs)
+    # THEN the answer is numpy's: argmax picks the NaN and the confidence is NaN (never >= t)
+    assert labels == [1] and math.isnan(conf[0])

@@ -138,3 +138,25 @@ def test_a_bundle_without_image_input_refuses_images():
     spec = InputSpec(TensorSpec((16, 16, 8)), {})
     with pytest.raises(InputError, match="not an image"):
         image_to_tensor(_image_bytes("RGB", (16, 16), "PNG"), spec)
+
+
+def test_a_ready_batch_comes_back_without_a_copy_and_non_finite_ones_are_still_refused():
+    # GIVEN a batch already in the spec's shape, dtype and C order
+    x = np.ones((3, 4, 4, 3), np.float32)
+    # WHEN validated
+    out = validate_input(x, SPEC)
+    # THEN it is the same array (the fast path copies nothing)
+    assert out is x
+    # AND the fast path still refuses NaN/Inf in any sample, with the same message
+    for bad in (np.nan, np.inf, -np.inf):
+        y = x.copy()
+        y[2, 3, 3, 2] = bad
+        with pytest.raises(InputError, match=r"NaN or Inf .* sample\(s\) \[2\]"):
+            validate_input(y, SPEC)
+    # AND a non-contiguous or byte-swapped view is copied into a fresh C-contiguous batch
+    view = np.ones((3, 4, 4, 6), np.float32)[..., ::2]
+    swapped = x.astype(">f4")
+    for other in (view, swapped):
+        out = validate_input(other, SPEC)
+        assert out is not other and out.flags["C_CONTIGUOUS"] and out.dtype == np.float32
+        np.testing.assert_array_equal(out, x)
