@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{model:>12}: backbone test accuracy {r['backbone_test_accuracy']:.3f}, "
             f"threshold {r['threshold']}, test accuracy {r['test_accuracy']:.3f} "
             f"(final exit {r['test_final_exit_accuracy']:.3f}, "
-            f"{r['test_accuracy_loss_pp']:+.1f} pt lost), "
+            f"{-r['test_accuracy_loss_pp']:+.1f} pt vs it), "
             f"exits {r['exits_ms']['mean']:.2f} ms"
             f" vs full {r['full_model_ms']['mean']:.2f} ms = {r['speedup']:.2f}x (edge stage "
             f"alone {r['edge_stage_ms']['mean']:.2f} ms = {r['edge_only_speedup']:.2f}x)"
