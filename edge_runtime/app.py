@@ -85,6 +85,7 @@ def create_app(
     register_error_handlers(app)
     _register_hooks(app, service)
     _register_routes(app, service)
+    _install_fast_infer(app, service)
     return app
 
 
@@ -136,17 +137,7 @@ def _register_routes(app: Flask, service: EdgeService) -> None:
     @app.post("/v1/infer")
     def infer():
         x, threshold = read_request(request, service)
-        result = service.infer(x, threshold)
-        return jsonify(
-            answers=result.answers,
-            bundle_id=service.bundle.bundle_id,
-            threshold=service.config.threshold if threshold is None else threshold,
-            rows=len(result.answers),
-            offloaded=result.offloaded,
-            degraded=result.degraded,
-            timings=result.timings,
-            request_id=uuid.uuid4().hex,
-        )
+        return jsonify(infer_body(service, x, threshold))
 
     @app.get("/v1/bundle")
     def bundle_info():
@@ -182,6 +173,54 @@ def _register_routes(app: Flask, service: EdgeService) -> None:
         from edgelesspart import __version__
 
         return jsonify(openapi_document("EdgeLessPart edge", __version__, service.bundle.bundle_id))
+
+
+def infer_body(service: EdgeService, x: np.ndarray, threshold: float | None) -> dict[str, Any]:
+    """Run ``POST /v1/infer`` on a parsed batch; the JSON-ready 200 body."""
+    result = service.infer(x, threshold)
+    return {
+        "answers": result.answers,
+        "bundle_id": service.bundle.bundle_id,
+        "threshold": service.config.threshold if threshold is None else threshold,
+        "rows": len(result.answers),
+        "offloaded": result.offloaded,
+        "degraded": result.degraded,
+        "timings": result.timings,
+        "request_id": uuid.uuid4().hex,
+    }
+
+
+def _install_fast_infer(app: Flask, service: EdgeService) -> None:
+    """Serve well-formed tensor requests to ``/v1/infer`` without Flask's request machinery.
+
+    Only a body in the tensor wire format, without a query string, is taken: JSON and image
+    bodies, and every request the checks below refuse, go to the Flask route, whose hooks and
+    handlers answer them as before (see :mod:`service_http.fastroute`).
+    """
+    from service_http.fastroute import FastRoute
+
+    config = service.config
+
+    def prepare(environ: dict[str, Any], body: bytes) -> tuple[np.ndarray, float | None] | None:
+        mimetype = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
+        if mimetype not in TENSOR_TYPES or environ.get("QUERY_STRING"):
+            return None
+        if guarded("/v1/infer", config.token, config.public_routes):
+            check_bearer(config.token, environ.get("HTTP_AUTHORIZATION"))
+        threshold = _threshold(environ.get("HTTP_X_EDGELESSPART_THRESHOLD"), service)
+        x = _decode(body, service)
+        _check_bundle(environ.get("HTTP_X_EDGELESSPART_BUNDLE"), service)
+        _check_batch(x, service)
+        return x, threshold
+
+    app.wsgi_app = FastRoute(  # type: ignore[method-assign]
+        app,
+        "/v1/infer",
+        prepare,
+        lambda prepared: infer_body(service, *prepared),
+        app.extensions[EXTENSION + ".admission"],
+        service.metrics,
+    )
 
 
 def _breaker_state(breaker: Any) -> str | None:

@@ -205,10 +205,9 @@ class ProgressiveExecutor:
         if not self._segments:
             raise BundleError(f"Stage {stage!r} has no segments in manifest.json.")
         self._runners = [bundle.runner(seg.name) for seg in self._segments]
-        # the loop's per-segment constants, resolved once: name, exit (or None), runner
+        # the loop's per-segment constants, resolved once: name and exit (or None)
         self._steps = tuple(
-            (seg.name, None if seg.exit is None else str(seg.exit), runner)
-            for seg, runner in zip(self._segments, self._runners)
+            (seg.name, None if seg.exit is None else str(seg.exit)) for seg in self._segments
         )
         self._classes = bundle.classes
         self.input_spec = self._segments[0].input
@@ -241,7 +240,7 @@ class ProgressiveExecutor:
         current = x if trusted else validate_input(x, self.input_spec)
         rows = _Rows(current.shape[0])
         clock, times = time.perf_counter, rows.times
-        for name, exit_name, runner in self._steps:
+        for (name, exit_name), runner in zip(self._steps, self._runners):
             t0 = clock()
             probs, boundary = runner(current, trusted=True)
             times.append((name, (clock() - t0) * 1000.0))

@@ -1,0 +1,78 @@
+"""The edge app's fast path for tensor requests (service_http.fastroute) answers as Flask would."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge_runtime.config import EdgeConfig
+
+TENSOR = "application/x-edgelesspart-tensor"
+
+
+def _app(bundle, **config):
+    from edge_runtime import create_app
+
+    return create_app(bundle, EdgeConfig(**config))
+
+
+def _frame(x):
+    from edgelesspart.runtime.codecs import encode_tensor
+
+    return encode_tensor(np.ascontiguousarray(x, np.float32), "raw")
+
+
+def _stable(body):
+    """A 200 body without what differs per request (the id and the measured times)."""
+    body = {k: v for k, v in body.items() if k not in ("request_id", "timings")}
+    body["answers"] = [{k: v for k, v in a.items() if k != "timings"} for a in body["answers"]]
+    return body
+
+
+def test_tensor_requests_take_the_fast_path_and_answer_what_the_flask_route_answers(
+    tiny_bundle, digits
+):
+    # GIVEN an edge app (edge only) and three rows of input
+    app = _app(tiny_bundle, threshold=0.8)
+    fast = app.wsgi_app
+    client = app.test_client()
+    # WHEN the rows are posted as a tensor frame (fast path) and as JSON (the Flask route)
+    quick = client.post("/v1/infer", data=_frame(digits[:3]), content_type=TENSOR)
+    served = fast.served
+    slow = client.post("/v1/infer", json={"inputs": digits[:3].tolist()})
+    # THEN only the tensor request was answered by the fast path, with the same answers
+    assert served == 1 and fast.served == 1
+    assert quick.status_code == slow.status_code == 200
+    assert quick.mimetype == "application/json"
+    assert _stable(quick.json) == _stable(slow.json)
+    assert quick.get_data(as_text=True).endswith("}\n")  # jsonify's bytes: compact, newline
+    # AND both were counted under the route, as the after_request hook counts them
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'edgelesspart_requests_total{route="/v1/infer",status="200"} 2' in metrics
+
+
+def test_fast_path_errors_are_the_app_handlers_errors(tiny_bundle, digits):
+    # GIVEN a token-guarded edge app
+    app = _app(tiny_bundle, token="s3cret")
+    client = app.test_client()
+    auth = {"Authorization": "Bearer s3cret"}
+    bad = digits[:2].astype(np.float32)
+    bad[1, 0, 0, 0] = np.nan
+    # WHEN a NaN row comes in a tensor frame (decoded fine, refused by the executor)
+    nan = client.post("/v1/infer", data=_frame(bad), content_type=TENSOR, headers=auth)
+    # THEN it is the 422 the Flask handlers render, answered by the fast path
+    assert nan.status_code == 422 and nan.json["error"]["code"] == "invalid_input"
+    assert "sample(s) [1]" in nan.json["error"]["message"]
+    assert app.wsgi_app.served == 1
+    # WHEN the token is missing, the threshold header is bad or the bundle id is another's
+    cases = [
+        ({}, 401, "unauthorized"),
+        ({**auth, "X-EdgeLessPart-Threshold": "2.5"}, 400, "bad_threshold"),
+        ({**auth, "X-EdgeLessPart-Bundle": "other"}, 409, "bundle_mismatch"),
+    ]
+    for headers, status, code in cases:
+        response = client.post(
+            "/v1/infer", data=_frame(digits[:1]), content_type=TENSOR, headers=headers
+        )
+        # THEN Flask answers them (the fast path hands them on untouched), as before
+        assert response.status_code == status and response.json["error"]["code"] == code
+    assert app.wsgi_app.served == 1
