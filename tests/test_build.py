@@ -8,6 +8,7 @@ from edgelesspart import devices, links, planner
 from edgelesspart.build import BuildConfig, make_plan
 from edgelesspart.errors import ConfigError
 from edgelesspart.profile import CutPointProfile, ModelProfile
+from edgelesspart.profiling_kit import host_reference_ms
 
 LATENCY = (0.2, 0.5, 0.9, 1.4, 2.2, 2.6, 3.0)
 BOUNDARY = (64000, 32000, 32000, 16000, 8000, 2000, 40)
@@ -29,8 +30,8 @@ def test_objective_build_plans_the_brute_force_optimum_by_default():
     edge_device = devices.load_device(config.edge_device)
     cloud_device = devices.load_device(config.cloud_device)
     optimum = planner.brute_force_optimum(
-        devices.profile_for_device(host_profile(), edge_device),
-        devices.profile_for_device(host_profile(), cloud_device),
+        devices.profile_for_device(host_profile(), edge_device, host_reference_ms),
+        devices.profile_for_device(host_profile(), cloud_device, host_reference_ms),
         objective="expected-latency",
         link=links.load_link(config.link),
         exits_per_part=(2, 2),
