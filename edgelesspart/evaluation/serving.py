@@ -34,6 +34,20 @@ def _calibrated(trace: Any, temperatures: dict[str, float], measure: str) -> Any
     return replace(calibrate_trace(trace, temperatures), measure=measure)
 
 
+def _sweep_setup(manifest: Any, link: str, provider: str) -> tuple[dict[str, Any], int]:
+    """The evaluation's latency model, price function and stage memory for ``manifest``."""
+    from edgelesspart.evaluation.pipeline import EvaluationConfig, _pricing, build_latency_model
+
+    config = EvaluationConfig(link=link, provider=provider)
+    latency_model, _, cloud_device = build_latency_model(manifest, config)
+    _, price_fn, memory_mb = _pricing(config, cloud_device)
+    stages = manifest.plan.stages
+    memory = StageMemory(
+        stages[0].predicted_memory_bytes, sum(s.predicted_memory_bytes for s in stages[1:])
+    )
+    return {"latency_model": latency_model, "price_fn": price_fn, "memory": memory}, memory_mb
+
+
 def choose_serving(
     bundle_path: str | Path,
     data: Any,
@@ -58,26 +72,13 @@ def choose_serving(
     Returns:
         The manifest ``serving`` entry.
     """
-    from edgelesspart.evaluation.pipeline import (
-        EvaluationConfig,
-        _pricing,
-        build_latency_model,
-        trace_split,
-    )
+    from edgelesspart.evaluation.pipeline import trace_split
     from edgelesspart.runtime.bundle import Bundle
     from edgelesspart.runtime.confidence import check_measure
 
     check_measure(measure)
     bundle = Bundle.load(bundle_path)
-    manifest = bundle.manifest
-    config = EvaluationConfig(link=link, provider=provider)
-    latency_model, _, cloud_device = build_latency_model(manifest, config)
-    _, price_fn, memory_mb = _pricing(config, cloud_device)
-    stages = manifest.plan.stages
-    memory = StageMemory(
-        stages[0].predicted_memory_bytes, sum(s.predicted_memory_bytes for s in stages[1:])
-    )
-    kwargs = {"latency_model": latency_model, "price_fn": price_fn, "memory": memory}
+    kwargs, memory_mb = _sweep_setup(bundle.manifest, link, provider)
     val_raw = trace_split(bundle, data.x_val, batch_size=256, label="serving val", show=False)
     if calibrate:
         temperatures = fit_temperatures(val_raw, data.y_val)
