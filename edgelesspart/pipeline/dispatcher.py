@@ -29,6 +29,7 @@ from edgelesspart.pipeline.emulation import DeviceEmulation, sleep_s
 from edgelesspart.pipeline.stage import CONCURRENCY_GROUPS, StageSpec, StageWorker, stage_files
 from edgelesspart.runtime.codecs import decode_tensor, encode_tensor
 from edgelesspart.runtime.manifest import Manifest, load_manifest
+from edgelesspart.runtime.preprocess import validate_input
 
 DEFAULT_WINDOW = 8
 DEFAULT_TIMEOUT_S = 120.0
@@ -178,12 +179,16 @@ class Pipeline:
         self._check_resources()
         remote_cls = ray.remote(concurrency_groups=CONCURRENCY_GROUPS)(StageWorker)
         manifest = self.manifest.to_dict()
-        for spec in self.stages:
-            options = raykit.actor_options(resource=spec.resource, **self._restart_opts)
-            files = stage_files(self.bundle_dir, self.manifest, spec)
-            self.actors.append(
-                remote_cls.options(**options).remote(manifest, spec.to_dict(), files)
-            )
+        try:  # a later stage's files may be missing: kill the actors already created
+            for spec in self.stages:
+                options = raykit.actor_options(resource=spec.resource, **self._restart_opts)
+                files = stage_files(self.bundle_dir, self.manifest, spec)
+                self.actors.append(
+                    remote_cls.options(**options).remote(manifest, spec.to_dict(), files)
+                )
+        except BaseException:
+            self.close()
+            raise
         try:
             self.workers = ray.get([a.ready.remote() for a in self.actors], timeout=ready_timeout_s)
         except Exception as exc:
@@ -216,10 +221,13 @@ class Pipeline:
         """Send one input (batch of one, or one sample) into the chain; return its ticket.
 
         Raises:
+            InputError: ``x`` does not match the bundle's input (shape, dtype, NaN/Inf); checked
+                here, before it takes a slot, so a bad request never reaches a stage.
             PipelineBusy: the window is full (and ``block`` is False, or ``timeout`` passed).
         """
         if not self.actors:
             raise PipelineError("The pipeline is not started; call start() first.")
+        x = validate_input(np.asarray(x), self.manifest.input.tensor)  # 4xx, not a stage failure
         if not self._slots.acquire(blocking=block, timeout=timeout if block else None):
             with self._lock:
                 self._counters["rejected"] += 1
@@ -227,14 +235,12 @@ class Pipeline:
                 f"{self.window} inputs are already in flight (the window); retry shortly."
             )
         try:
-            return self._send(np.asarray(x, dtype=np.float32))
+            return self._send(x)
         except BaseException:
             self._slots.release()
             raise
 
     def _send(self, x: np.ndarray) -> _Ticket:
-        if x.ndim == len(self.manifest.input.tensor.shape):
-            x = x[None]
         seq = next(self._seq)
         frame = encode_tensor(x, self.input_codec, meta={"seq": seq})
         with self._send_lock:  # the dispatcher's own (emulated) link is one at a time
@@ -271,8 +277,9 @@ class Pipeline:
             ) from exc
         finally:
             with self._lock:
-                self._inflight.pop(ticket.seq, None)
-            self._slots.release()
+                tracked = self._inflight.pop(ticket.seq, None) is not None
+            if tracked:  # a ticket collected (or abandoned) before holds no slot any more
+                self._slots.release()
         probs, header = decode_tensor(frame)
         meta = header.get("meta") or {}
         if meta.get("seq") != ticket.seq:
@@ -292,12 +299,26 @@ class Pipeline:
         """Stream inputs through the chain, ``window`` at a time; answers come back in order."""
         pending: list[_Ticket] = []
         results: list[PipelineResult] = []
-        for x in xs:
-            while len(pending) >= self.window:
+        try:
+            for x in xs:
+                while len(pending) >= self.window:
+                    results.append(self.result(pending.pop(0)))
+                pending.append(self.submit(x, block=True, timeout=self.timeout_s))
+            while pending:
                 results.append(self.result(pending.pop(0)))
-            pending.append(self.submit(x, block=True, timeout=self.timeout_s))
-        results.extend(self.result(t) for t in pending)
+        except BaseException:
+            for ticket in pending:  # nobody will wait for these: give their slots back
+                self._abandon(ticket)
+            raise
         return results
+
+    def _abandon(self, ticket: _Ticket) -> None:
+        """Stop tracking a ticket nobody will call :meth:`result` for and free its slot."""
+        with self._lock:
+            if self._inflight.pop(ticket.seq, None) is None:
+                return  # already collected
+            self._counters["failed"] += 1
+        self._slots.release()
 
     # ------------------------------------------------------------------ metrics
 

@@ -5,6 +5,7 @@ One Ray instance for the whole module (started by the ``ray_local`` fixture, alw
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import requests
 
-from edgelesspart.errors import PipelineBusy
+from edgelesspart.errors import BundleError, InputError, PipelineBusy, PipelineError
 from edgelesspart.pipeline.dispatcher import Pipeline, default_stages, stages_with
 from edgelesspart.pipeline.emulation import DeviceEmulation
 from edgelesspart.runtime.manifest import load_manifest
@@ -123,3 +124,60 @@ def test_submit_without_a_slot_raises_pipeline_busy(ray_local, chain_bundle):
         with pytest.raises(PipelineBusy, match="1 inputs are already in flight"):
             pipe.submit(chain_bundle.x[1])
         assert pipe.result(ticket).seq == 0
+
+
+def test_bad_inputs_are_refused_with_422_before_reaching_a_stage(ray_local, chain_bundle):
+    from edgelesspart.pipeline.app import create_app
+    from service_http.wsgi import BackgroundServer
+
+    stages = default_stages(load_manifest(chain_bundle.path))
+    with Pipeline(chain_bundle.path, stages, window=2) as pipe:
+        with BackgroundServer(create_app(pipe)) as server:
+            # WHEN a request has the wrong shape, and another carries a NaN
+            wrong = requests.post(
+                server.url + "/v1/infer", json={"inputs": [[1.0, 2.0, 3.0]]}, timeout=60
+            )
+            nan = chain_bundle.x[:1].copy()
+            nan[0, 0, 0, 0] = np.nan
+            with_nan = requests.post(
+                server.url + "/v1/infer",
+                data=json.dumps({"inputs": nan.tolist()}),  # json.dumps writes NaN
+                headers={"Content-Type": "application/json"},
+                timeout=60,
+            )
+            with pytest.raises(InputError, match="NaN"):
+                pipe.submit(nan)
+            metrics = pipe.metrics()
+    # THEN both are the caller's fault (422), not a 503 "stage failed", and no stage saw them
+    for response in (wrong, with_nan):
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "invalid_input"
+    assert metrics["submitted"] == 0 and metrics["failed"] == 0 and metrics["in_flight"] == 0
+    assert metrics["stages"]["stage0"]["items"] == 0
+
+
+def test_run_many_gives_the_window_back_when_an_answer_times_out(ray_local, chain_bundle):
+    # GIVEN a last stage that takes 1.5 s per item and answers awaited for 0.3 s at most
+    stages = default_stages(load_manifest(chain_bundle.path))
+    stages[2] = stages[2].with_(emulation=DeviceEmulation(link_mbps=100.0, link_rtt_ms=1500.0))
+    with Pipeline(chain_bundle.path, stages, window=2, timeout_s=0.3) as pipe:
+        # WHEN run_many fails on its first answer
+        with pytest.raises(PipelineError, match="was not answered"):
+            pipe.run_many(chain_bundle.x[:4])
+        metrics = pipe.metrics()
+        # THEN the inputs it left behind hold no slot: the whole window is free again
+        assert metrics["in_flight"] == 0 and metrics["failed"] == 2
+        tickets = [pipe.submit(chain_bundle.x[i]) for i in range(2)]
+    assert [t.seq for t in tickets] == [2, 3]
+
+
+def test_a_stage_that_cannot_start_leaves_no_actor_behind(ray_local, chain_bundle):
+    # GIVEN a chain whose second stage names a segment the bundle does not have
+    stages = default_stages(load_manifest(chain_bundle.path))
+    stages[1] = stages[1].with_(segments=("no-such-segment",))
+    pipe = Pipeline(chain_bundle.path, stages)
+    # WHEN it starts
+    with pytest.raises(BundleError, match="no-such-segment"):
+        pipe.start()
+    # THEN the first stage's actor, already created, was killed again
+    assert pipe.actors == []
