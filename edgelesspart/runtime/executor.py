@@ -32,6 +32,8 @@ from edgelesspart.runtime.manifest import FINAL_EXIT, SegmentSpec
 from edgelesspart.runtime.preprocess import validate_input
 
 TOTAL = "total"
+_NO_ROWS = np.empty(0, dtype=np.int64)
+_NO_ROWS.flags.writeable = False  # shared by every result with nothing pending
 
 
 def check_threshold(value: Any) -> float:
@@ -254,8 +256,10 @@ class ProgressiveExecutor:
                     boundary = boundary[np.asarray(keep)] if boundary is not None else None
             current = boundary
         answers, best = rows.finish(self._classes, self.stage)
+        if not rows.active:  # the common case at batch 1: every row answered in this stage
+            return StageResult(answers, _NO_ROWS, None, best)
         pending = np.asarray(rows.active, dtype=np.int64)
-        return StageResult(answers, pending, current if len(pending) else None, best)
+        return StageResult(answers, pending, current, best)
 
     def _exit(
         self, exit_name: str, probs: np.ndarray | None, rows: _Rows, thr: float
