@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import os
 import shutil
 import tempfile
@@ -44,7 +45,9 @@ from edgelesspart.errors import BundleError, ConfigError, PipelineBusy, Pipeline
 from edgelesspart.pipeline import raykit
 from edgelesspart.pipeline.emulation import sleep_s
 from edgelesspart.runtime.codecs import decode_tensor, encode_tensor
+from edgelesspart.runtime.preprocess import validate_input
 
+LOG = logging.getLogger(__name__)
 DEFAULT_TICK_S = 0.5
 DEFAULT_WINDOW = 256
 DECISIONS_KEPT = 200
@@ -248,10 +251,14 @@ class DynamicPipeline:
         ray = raykit.require_ray()
         cls = remote_worker_class()
         manifest = self.manifest.to_dict()
-        for k in range(self.stages):
-            opts = raykit.actor_options(max_restarts=0, max_task_retries=0)
-            files = stage_files(self.bundle, self.manifest, k)
-            self.actors.append(cls.options(**opts).remote(manifest, k, files, self.scale))
+        try:  # a later stage's files may be unreadable: kill the actors already created
+            for k in range(self.stages):
+                opts = raykit.actor_options(max_restarts=0, max_task_retries=0)
+                files = stage_files(self.bundle, self.manifest, k)
+                self.actors.append(cls.options(**opts).remote(manifest, k, files, self.scale))
+        except BaseException:
+            self.close()
+            raise
         try:
             ray.get([a.ready.remote() for a in self.actors], timeout=ready_timeout_s)
         except Exception as exc:
@@ -284,22 +291,30 @@ class DynamicPipeline:
     # ------------------------------------------------------------------ streaming
 
     def submit(self, x: np.ndarray) -> _Ticket:
-        """Send one input into the chain; :class:`PipelineBusy` when the window is full."""
+        """Send one input into the chain; :class:`PipelineBusy` when the window is full.
+
+        Raises:
+            InputError: ``x`` does not match the first stage's input (shape, dtype, NaN/Inf);
+                checked before it takes a slot, so a bad request never reaches a stage.
+        """
         if not self.actors:
             raise PipelineError("The pipeline is not started; call start() first.")
+        x = validate_input(np.asarray(x), self.manifest.stages[0].input)
         with self._lock:
             if self._inflight >= self.window:
                 self._rejected += 1
                 raise PipelineBusy(f"{self.window} inputs are already in flight; retry shortly.")
             self._inflight += 1
             self._submitted += 1
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim == len(self.manifest.stages[0].input.shape):
-            x = x[None]
-        seq = next(self._seq)
-        ref: Any = encode_tensor(x, "raw", meta={"seq": seq})
-        for actor in self.actors:
-            ref = actor.forward.remote(ref)
+        try:
+            seq = next(self._seq)
+            ref: Any = encode_tensor(x, "raw", meta={"seq": seq})
+            for actor in self.actors:
+                ref = actor.forward.remote(ref)
+        except BaseException:
+            with self._lock:
+                self._inflight -= 1
+            raise
         return _Ticket(seq, ref, time.perf_counter())
 
     def result(self, ticket: _Ticket) -> Answer:
@@ -369,15 +384,21 @@ class DynamicPipeline:
     def _loop(self) -> None:
         while not self._stop.wait(self.tick_s):
             try:
-                obs = self.observe()
-            except Exception:  # noqa: BLE001 - actors gone while closing
-                return
-            decision = self.controller.step(obs) if self.controller is not None else None
-            if decision is not None and decision.changed:
-                with self._lock:
-                    self._decisions.append(decision.to_dict())
-                self.set_widths(decision.widths)
-            self._record(obs, decision)
+                self._tick()
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive one bad tick
+                if self._stop.is_set():
+                    return  # actors gone while closing
+                LOG.warning("width controller tick failed (%s: %s)", type(exc).__name__, exc)
+
+    def _tick(self) -> None:
+        """One controller period: observe, decide, apply, record."""
+        obs = self.observe()
+        decision = self.controller.step(obs) if self.controller is not None else None
+        if decision is not None and decision.changed:
+            with self._lock:
+                self._decisions.append(decision.to_dict())
+            self.set_widths(decision.widths)
+        self._record(obs, decision)
 
     def _record(self, obs: Observation, decision: Decision | None) -> None:
         with self._lock:

@@ -110,3 +110,49 @@ def test_controller_narrows_a_slowed_stage_live(ray_local, width_bundle) -> None
         assert ctl.widths == (1.0, 1.0)
         assert wait_for(lambda: pipe.metrics()["widths"] == {"stage0": "1", "stage1": "1"})
         assert pipe.metrics()["decisions"][-1]["reason"].startswith("pressure gone")
+
+
+def test_bad_input_is_refused_before_it_takes_a_slot(ray_local, width_bundle) -> None:
+    from edgelesspart.dynamic.pipeline import DynamicPipeline
+    from edgelesspart.errors import InputError
+
+    with DynamicPipeline(width_bundle.path, window=1) as pipe:
+        nan = width_bundle.x[:1].copy()
+        nan[0, 0, 0, 0] = np.nan
+        # WHEN an input of the wrong shape and one with a NaN are submitted
+        for bad in (np.zeros((1, 3, 3, 1), np.float32), nan):
+            with pytest.raises(InputError):
+                pipe.submit(bad)
+        # THEN neither holds the single slot: a good input still goes through
+        answer = pipe.result(pipe.submit(width_bundle.x[0]))
+        metrics = pipe.metrics()
+    assert answer.seq == 0 and metrics["in_flight"] == 0 and metrics["submitted"] == 1
+
+
+def test_controller_loop_survives_a_failed_tick(ray_local, width_bundle) -> None:
+    from edgelesspart.dynamic.controller import (
+        ControllerConfig,
+        WidthController,
+        curves_from_manifest,
+    )
+    from edgelesspart.dynamic.pipeline import DynamicPipeline
+    from edgelesspart.dynamic.widths import load_manifest
+
+    class FailsOnce(WidthController):
+        """A real controller whose first step raises (a transient fault in a tick)."""
+
+        calls = 0
+
+        def step(self, observation):
+            FailsOnce.calls += 1
+            if FailsOnce.calls == 1:
+                raise RuntimeError("transient")
+            return super().step(observation)
+
+    curves, full = curves_from_manifest(load_manifest(width_bundle.path))
+    ctl = FailsOnce(curves, full, ControllerConfig(slo_ms=1000.0))
+    with DynamicPipeline(width_bundle.path, controller=ctl, tick_s=0.1) as pipe:
+        # WHEN the first tick fails, THEN the loop keeps ticking and recording
+        assert wait_for(lambda: len(pipe.timeline) >= 2)
+        assert pipe._thread.is_alive()
+    assert FailsOnce.calls >= 3
