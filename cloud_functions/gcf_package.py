@@ -26,15 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloud_functions.package import (
-    MIB,
-    _cloud_stages,
-    requirements_text,
-    restrict_manifest,
-    write_zip,
-)
+from cloud_functions.package import MIB, requirements_text, stage_sources, write_zip
 from edgelesspart.errors import BundleError
-from edgelesspart.runtime.manifest import load_manifest, safe_path, write_manifest
 
 REQUIREMENTS_INSTALLED_BYTES = 150 * MIB
 ENTRY_POINT = "edgelesspart"
@@ -135,20 +128,10 @@ def gcf_requirements(codec: str | None) -> str:
 
 def stage_gcf(bundle: str | Path, staging: Path, stages: Sequence[str] | None = None) -> tuple:
     """Write the function source tree into ``staging``; return the packaged manifest."""
-    manifest = load_manifest(bundle, verify=True)
-    chosen = _cloud_stages(manifest, stages)
-    packaged = restrict_manifest(manifest, chosen)
-    for name, source in _source_files().items():
-        target = staging / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+    manifest, packaged, chosen = stage_sources(
+        bundle, staging, _source_files(), BUNDLE_FOLDER, stages
+    )
     bundle_dir = staging / BUNDLE_FOLDER
-    for rel in packaged.extra["package"]["shipped"]:
-        target = safe_path(bundle_dir, rel)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(safe_path(bundle, rel), target)
-    bundle_dir.mkdir(parents=True, exist_ok=True)
-    write_manifest(bundle_dir, packaged)
     (staging / "main.py").write_text(MAIN_PY.format(entry=ENTRY_POINT), encoding="utf-8")
     (staging / "requirements.txt").write_text(
         gcf_requirements(manifest.codec.get("name")), encoding="utf-8"

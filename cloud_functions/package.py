@@ -179,24 +179,44 @@ def requirements_text(codec: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stage_package(
-    bundle: str | Path, staging: Path, stages: Sequence[str] | None = None
-) -> Manifest:
-    """Copy the runtime core, the handler and the cloud segments into ``staging``."""
+def stage_sources(
+    bundle: str | Path,
+    staging: Path,
+    sources: dict[str, Path],
+    bundle_folder: str,
+    stages: Sequence[str] | None = None,
+) -> tuple[Manifest, Manifest, list[str]]:
+    """Copy ``sources`` (archive name -> file) and the cloud stages' bundle files into
+    ``staging`` (the bundle under ``bundle_folder``, with its restricted manifest).
+
+    Returns:
+        ``(manifest, packaged manifest, chosen stages)``.
+    """
     manifest = load_manifest(bundle, verify=True)
     chosen = _cloud_stages(manifest, stages)
     packaged = restrict_manifest(manifest, chosen)
-    for name, source in _source_files().items():
+    for name, source in sources.items():
         target = staging / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
-    bundle_dir = staging / BUNDLE_DIR
+    bundle_dir = staging / bundle_folder
     for rel in packaged.extra["package"]["shipped"]:
         target = safe_path(bundle_dir, rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(safe_path(bundle, rel), target)
     bundle_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(bundle_dir, packaged)
+    return manifest, packaged, chosen
+
+
+def stage_package(
+    bundle: str | Path, staging: Path, stages: Sequence[str] | None = None
+) -> Manifest:
+    """Copy the runtime core, the handler and the cloud segments into ``staging``."""
+    manifest, packaged, chosen = stage_sources(
+        bundle, staging, _source_files(), BUNDLE_DIR, stages
+    )
+    bundle_dir = staging / BUNDLE_DIR
     (staging / "requirements.txt").write_text(
         requirements_text(manifest.codec.get("name")), encoding="utf-8"
     )

@@ -25,7 +25,6 @@ Everything is rendered from ``templates/deploy/*.j2`` in a Jinja2 ``SandboxedEnv
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from cloud_functions.package import render_template
 from edgelesspart.errors import BundleError, ConfigError
 from edgelesspart.runtime.backends import BACKENDS, KERAS, LITERT, file_format
 from edgelesspart.runtime.manifest import load_manifest, safe_path
@@ -181,26 +181,6 @@ def image_settings(options: EdgePackageOptions) -> dict[str, Any]:
     if options.pip_index:
         settings["pip_index"] = options.pip_index
     return settings
-
-
-def render_template(name: str, context: dict[str, Any]) -> str:
-    """Render ``templates/deploy/<name>`` in a Jinja sandbox with StrictUndefined."""
-    import jinja2
-    from jinja2.sandbox import SandboxedEnvironment
-
-    from edgelesspart.exits import templates_dir
-
-    env = SandboxedEnvironment(
-        loader=jinja2.FileSystemLoader(str(templates_dir() / "deploy")),
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,
-        keep_trailing_newline=True,
-    )
-    env.filters["json"] = json.dumps
-    try:
-        return env.get_template(name).render(**context)
-    except jinja2.TemplateError as exc:
-        raise ConfigError(f"Deploy template {name!r} failed to render: {exc}") from exc
 
 
 def render_edge_files(manifest: Any, options: EdgePackageOptions) -> dict[str, str]:
