@@ -274,13 +274,8 @@ class DynamicPipeline:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        ray = raykit.require_ray()
-        for actor in self.actors:
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-        self.actors = []
+        actors, self.actors = self.actors, []
+        raykit.kill_actors(actors)
 
     def __enter__(self) -> DynamicPipeline:
         return self.start() if not self.actors else self

@@ -201,13 +201,8 @@ class Pipeline:
 
     def close(self) -> None:
         """Kill the stage actors (without restart)."""
-        ray = raykit.require_ray()
-        for actor in self.actors:
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
-        self.actors = []
+        actors, self.actors = self.actors, []
+        raykit.kill_actors(actors)
 
     def __enter__(self) -> Pipeline:
         return self.start() if not self.actors else self

@@ -119,3 +119,13 @@ def parse_placement(text: str | None, stages: Sequence[str]) -> dict[str, str]:
 def cluster_resources() -> Mapping[str, float]:
     """The cluster's total resources (custom ones included)."""
     return dict(require_ray().cluster_resources())
+
+
+def kill_actors(actors: Sequence[Any]) -> None:
+    """Kill ``actors`` without restart; one already gone is skipped."""
+    ray = require_ray()
+    for actor in actors:
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
