@@ -168,9 +168,13 @@ def _service(args: argparse.Namespace) -> tuple[Any, bool | None]:
     from edgelesspart.pipeline import raykit
 
     owned = raykit.connect(args.ray_address)
-    controller = None
-    if args.slo_ms is not None:
-        curves, full = curves_from_manifest(load_manifest(args.bundle), scale=args.scale)
-        controller = WidthController(curves, full, ControllerConfig(args.slo_ms))
-    pipe = DynamicPipeline(args.bundle, scale=args.scale, controller=controller)
-    return pipe.start(), owned
+    try:
+        controller = None
+        if args.slo_ms is not None:
+            curves, full = curves_from_manifest(load_manifest(args.bundle), scale=args.scale)
+            controller = WidthController(curves, full, ControllerConfig(args.slo_ms))
+        pipe = DynamicPipeline(args.bundle, scale=args.scale, controller=controller)
+        return pipe.start(), owned
+    except BaseException:
+        raykit.disconnect(owned)  # the Ray instance this call started, not left running
+        raise

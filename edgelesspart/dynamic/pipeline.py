@@ -51,6 +51,8 @@ LOG = logging.getLogger(__name__)
 DEFAULT_TICK_S = 0.5
 DEFAULT_WINDOW = 256
 DECISIONS_KEPT = 200
+#: Controller ticks the timeline keeps (a day at the default 0.5 s tick).
+TIMELINE_KEPT = 172_800
 
 
 def stage_files(bundle: Path, manifest: DynamicManifest, index: int) -> dict[str, bytes]:
@@ -204,6 +206,8 @@ class DynamicPipeline:
         slo_ms: the latency SLO answers are counted against.
         tick_s: controller period.
         window: most inputs in flight (more raise :class:`PipelineBusy`).
+        timeline_kept: most recent controller ticks kept in :attr:`timeline` (a long-running
+            service would otherwise grow it without bound).
     """
 
     def __init__(
@@ -216,6 +220,7 @@ class DynamicPipeline:
         tick_s: float = DEFAULT_TICK_S,
         window: int = DEFAULT_WINDOW,
         timeout_s: float = 120.0,
+        timeline_kept: int = TIMELINE_KEPT,
     ) -> None:
         self.bundle = Path(bundle)
         self.manifest = load_manifest(self.bundle)
@@ -236,7 +241,7 @@ class DynamicPipeline:
         self._met_slo = 0
         self._inflight = 0
         self._decisions: deque[dict[str, Any]] = deque(maxlen=DECISIONS_KEPT)
-        self.timeline: list[dict[str, Any]] = []
+        self.timeline: deque[dict[str, Any]] = deque(maxlen=int(timeline_kept))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last: dict[str, Any] | None = None

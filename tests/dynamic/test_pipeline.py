@@ -156,3 +156,17 @@ def test_controller_loop_survives_a_failed_tick(ray_local, width_bundle) -> None
         assert wait_for(lambda: len(pipe.timeline) >= 2)
         assert pipe._thread.is_alive()
     assert FailsOnce.calls >= 3
+
+
+def test_the_timeline_keeps_only_the_latest_ticks(width_bundle) -> None:
+    from edgelesspart.dynamic.controller import Observation, StageMetrics
+    from edgelesspart.dynamic.pipeline import DynamicPipeline
+
+    # GIVEN a pipeline (not started: recording needs no actors) that keeps 3 ticks
+    pipe = DynamicPipeline(width_bundle.path, timeline_kept=3)
+    # WHEN 5 ticks are recorded
+    for t in range(5):
+        stage = StageMetrics(1.0, 0, 1.0, 1.0)
+        pipe._record(Observation(float(t), 1.0, (stage, stage)), None)
+    # THEN only the last 3 are kept, oldest first
+    assert [row["t"] for row in pipe.timeline] == [2.0, 3.0, 4.0]
