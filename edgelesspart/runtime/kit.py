@@ -115,7 +115,7 @@ class KitManifest:
                 files={str(k): str(v) for k, v in data["files"].items()},
                 created=str(data.get("created", "")),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:  # e.g. files as a list
             raise BundleError(f"Malformed {KIT_MANIFEST}: missing or bad field {exc}.") from exc
         if not kit.cut_points:
             raise BundleError(f"{KIT_MANIFEST} lists no cut points.")

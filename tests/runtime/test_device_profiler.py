@@ -135,6 +135,29 @@ def test_a_kit_path_cannot_leave_the_kit(tmp_path):
         load_kit(kit)
 
 
+@pytest.mark.parametrize(
+    "broken",
+    [{"files": ["slices/whole.tflite"]}, {"cut_points": [None]}, {"cut_points": 3}],
+    ids=["files-as-list", "cut-point-not-an-object", "cut-points-not-a-list"],
+)
+def test_a_malformed_kit_json_is_a_bundle_error(tmp_path, broken):
+    # GIVEN a kit.json with one field of the wrong JSON type
+    manifest = {
+        "version": 1,
+        "kit_id": "k",
+        "model": "m",
+        "input_shape": [2],
+        "cut_points": [],
+        "whole": "slices/whole.tflite",
+        "files": {},
+        **broken,
+    }
+    (tmp_path / KIT_MANIFEST).write_text(json.dumps(manifest))
+    # WHEN it is loaded, THEN the error names the kit file (not an AttributeError)
+    with pytest.raises(BundleError, match="Malformed kit.json"):
+        load_kit(tmp_path)
+
+
 def test_not_a_kit_and_bad_settings_have_actionable_errors(tmp_path):
     with pytest.raises(BundleError, match="not a profiling kit.*--profiling-kit"):
         load_kit(tmp_path)
