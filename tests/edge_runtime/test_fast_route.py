@@ -76,3 +76,22 @@ def test_fast_path_errors_are_the_app_handlers_errors(tiny_bundle, digits):
         # THEN Flask answers them (the fast path hands them on untouched), as before
         assert response.status_code == status and response.json["error"]["code"] == code
     assert app.wsgi_app.served == 1
+
+
+def test_fast_path_answers_429_with_retry_after_when_admission_is_full(tiny_bundle, digits):
+    # GIVEN an edge app with one admission slot, no waiting room, and the slot taken
+    app = _app(tiny_bundle, max_inflight=1, max_queue=0)
+    admission = app.extensions["edgelesspart.admission"]
+    admission.enter()
+    try:
+        # WHEN a well-formed tensor request comes in
+        response = app.test_client().post("/v1/infer", data=_frame(digits[:1]), content_type=TENSOR)
+    finally:
+        admission.leave()
+    # THEN the fast path refuses it as the Flask hook would: 429, Retry-After, JSON error
+    assert response.status_code == 429 and response.headers.get("Retry-After")
+    assert response.json["error"]["code"] == "too_many_requests"
+    assert app.wsgi_app.served == 1
+    # AND the slot it never took is not given back twice: the next request is answered
+    ok = app.test_client().post("/v1/infer", data=_frame(digits[:1]), content_type=TENSOR)
+    assert ok.status_code == 200 and admission.running == 0
