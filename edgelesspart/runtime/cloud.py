@@ -45,12 +45,13 @@ from edgelesspart.runtime.bundle import Bundle
 from edgelesspart.runtime.confidence import serving_threshold
 from edgelesspart.runtime.executor import Answer, ProgressiveExecutor, check_threshold
 from edgelesspart.runtime.manifest import load_manifest
+from edgelesspart.runtime.offload import MAX_REQUEST_ROWS
 from edgelesspart.runtime.preprocess import validate_input
 
 #: Largest decoded tensor the cloud part accepts (bytes), whatever the bundle.
 MAX_TENSOR_BYTES = 64 * 2**20
-#: Most boundary rows one request may carry (the edge's ``max_batch`` is 64 by default).
-MAX_ROWS = 256
+#: Most boundary rows one request may carry (the edge's offloaders split larger offloads).
+MAX_ROWS = MAX_REQUEST_ROWS
 #: dtypes an offloaded boundary tensor may have (cast to the segment's dtype after decoding).
 BOUNDARY_DTYPES = {"float32": 4, "float16": 2, "float64": 8}
 LOG = logging.getLogger("edgelesspart.cloud")

@@ -66,6 +66,8 @@ CONTINUE_PATH = "/v1/continue"
 LAMBDA_PAYLOAD_LIMIT = 6 * 1024 * 1024
 #: Largest body an HTTP offload sends by default: the cloud HTTP entry accepts 8 MiB.
 HTTP_REQUEST_LIMIT = 8 * 1024 * 1024
+#: Most boundary rows one request carries: what the cloud part accepts (``cloud.MAX_ROWS``).
+MAX_REQUEST_ROWS = 256
 _NON_RETRYABLE_STATUS = frozenset(range(400, 500)) - {408, 429}
 
 
@@ -157,6 +159,8 @@ class BaseOffloader(ABC):
 
     #: Largest request body this transport may send (``None``: no limit).
     max_request_bytes: int | None = None
+    #: Most rows in one request (the cloud part refuses more); bigger offloads are split.
+    max_request_rows: int | None = MAX_REQUEST_ROWS
     #: Chunks of one split offload in flight at once.
     max_parallel: int = 4
 
@@ -189,10 +193,11 @@ class BaseOffloader(ABC):
     def offload(self, boundary: np.ndarray, *, threshold: float, meta: dict) -> list[dict]:
         """Encode ``boundary`` and send it, retrying per the policy; one answer dict per row.
 
-        Rows whose request would exceed the transport's size limit (Lambda: the 6 MB event)
-        are split into chunks that fit, sent concurrently (at most ``max_parallel`` at once);
-        the call fails if any chunk fails. A local refusal (nothing to send, a single row over
-        the limit, an encoding error) never reaches the cloud and never touches the breaker.
+        Rows whose request would exceed the transport's size limit (Lambda: the 6 MB event) or
+        the cloud part's row limit (``max_request_rows``) are split into chunks that fit, sent
+        concurrently (at most ``max_parallel`` at once); the call fails if any chunk fails. A
+        local refusal (nothing to send, a single row over the limit, an encoding error) never
+        reaches the cloud and never touches the breaker.
 
         Raises:
             OffloadTimeout, OffloadUnavailable, OffloadRejected: the cloud could not answer.
@@ -221,7 +226,14 @@ class BaseOffloader(ABC):
             raise OffloadRejected(f"Could not encode the boundary tensor: {exc}", 400) from exc
 
     def _chunks(self, array: np.ndarray, threshold: float, meta: dict) -> list[_Chunk]:
-        """Prepared requests for ``array``, split so that each fits ``max_request_bytes``."""
+        """Prepared requests for ``array``, split so that each fits ``max_request_rows`` and
+        ``max_request_bytes``."""
+        most = self.max_request_rows
+        if most is not None and len(array) > most:
+            parts: list[_Chunk] = []
+            for start in range(0, len(array), most):
+                parts += self._chunks(array[start : start + most], threshold, meta)
+            return parts
         request = self._prepare(self._encode(array, threshold, meta), threshold)
         limit = self.max_request_bytes
         if limit is None or len(request) <= limit:

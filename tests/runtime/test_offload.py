@@ -425,6 +425,22 @@ def test_all_transports_give_the_cloud_parts_answers(fake_cloud, cloud_part, bou
         assert {a["stage"] for a in answers} == {"cloud"}
 
 
+def test_an_offload_over_the_cloud_row_limit_is_split_not_refused(cloud_part, boundary):
+    from edgelesspart.runtime.cloud import MAX_ROWS
+
+    # GIVEN more boundary rows than the cloud part accepts in one request
+    rows = np.concatenate([boundary] * (MAX_ROWS // len(boundary) + 2))
+    assert len(rows) > MAX_ROWS
+    expected = [a.label for a in cloud_part.run(boundary, threshold=0.9)]
+    off = InProcessOffloader(cloud_part)
+    # WHEN they are offloaded in one call
+    answers = off.offload(rows, threshold=0.9, meta={"bundle_id": cloud_part.bundle_id})
+    # THEN they went out in requests of at most MAX_ROWS rows and every row got its answer
+    assert [a["label"] for a in answers] == expected * (len(rows) // len(boundary))
+    assert off.stats()["calls"] == 1 and off.stats()["attempts"] == 2
+    off.close()
+
+
 def test_in_process_rejections_carry_the_status(cloud_part, boundary):
     off = InProcessOffloader(cloud_part, OffloadPolicy(retries=2))
     with pytest.raises(OffloadRejected, match="made for bundle 'other'") as info:
