@@ -1,8 +1,9 @@
 """The runtime core, the services and the package entry points import without TensorFlow.
 
 Each check runs in a fresh interpreter. The first one installs a ``sys.meta_path`` finder that
-makes ``import tensorflow`` / ``import keras`` fail, as on a Lambda or Raspberry Pi image
-without them, then imports every ``edgelesspart.runtime`` module and the service entry points.
+makes ``import tensorflow`` / ``import keras`` / ``import ray`` fail, as on a Lambda or Raspberry
+Pi image without them, then imports every ``edgelesspart.runtime`` module and the service entry
+points.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-BLOCKED = ("tensorflow", "keras", "tf_keras")
+BLOCKED = ("tensorflow", "keras", "tf_keras", "ray")
 
 BLOCKER = textwrap.dedent(
     """
@@ -50,7 +51,8 @@ IMPORT_EVERYTHING = textwrap.dedent(
     imported, missing = [], []
     names = sorted(f"edgelesspart.runtime.{m.name}" for m in pkgutil.iter_modules(runtime.__path__))
     services = ["edge_runtime", "edge_runtime.app", "cloud_functions.handler",
-                "cloud_functions.http_entry", "cloud_functions.local_server"]
+                "cloud_functions.http_entry", "cloud_functions.local_server",
+                "cloud_functions.gcf_entry"]
     shared = sorted(f"service_http.{m}" for m in ("admission", "auth", "errors", "metrics", "wsgi"))
     for name in names + shared + services:
         if name.startswith(("edge_runtime", "cloud_functions", "service_http")):
