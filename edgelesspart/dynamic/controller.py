@@ -26,12 +26,16 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from edgelesspart.dynamic.widths import DynamicManifest, check_widths, width_key
 from edgelesspart.errors import ConfigError
+
+#: Width changes the controller remembers (a long-running service must not grow without bound).
+DECISIONS_KEPT = 1000
 
 #: A stage measured faster than its curve is believed down to this factor.
 MIN_SLOWDOWN = 0.1
@@ -212,7 +216,7 @@ class _State:
     pressure: int = 0
     calm: int = 0
     last_change_s: float = -math.inf
-    decisions: list[Decision] = field(default_factory=list)
+    decisions: deque[Decision] = field(default_factory=lambda: deque(maxlen=DECISIONS_KEPT))
 
 
 class WidthController:
@@ -247,7 +251,7 @@ class WidthController:
 
     @property
     def decisions(self) -> list[Decision]:
-        """Every decision that changed the widths, oldest first."""
+        """The latest :data:`DECISIONS_KEPT` decisions that changed the widths, oldest first."""
         return list(self._state.decisions)
 
     def predict(self, widths: Sequence[float], arrival_rate: float) -> _Prediction:
