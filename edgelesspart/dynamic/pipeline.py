@@ -22,7 +22,6 @@ import hashlib
 import itertools
 import logging
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -87,17 +86,21 @@ class WidthWorker:
             raise ConfigError(f"scale must be >= 1 (emulated devices are slower), got {scale!r}.")
         self.manifest = DynamicManifest.from_dict(manifest)
         self.index = int(index)
-        self._dir = Path(tempfile.mkdtemp(prefix=f"elp-width-{index}-"))
-        for seg in self.manifest.stages[self.index].segments:
-            rel = seg.segment.files["tflite"]
-            data = files.get(rel)
-            if data is None or hashlib.sha256(data).hexdigest() != seg.sha256:
-                raise BundleError(
-                    f"Stage {index} segment {rel!r} is missing or does not match its SHA-256; "
-                    "the dispatcher's width bundle is corrupt."
-                )
-            segment_path(self._dir, rel).write_bytes(data)
-        self.stage = WidthStage(self._dir, [self.index], manifest=self.manifest, width=width)
+        # The files only live while the interpreters load them (an actor ends with ray.kill,
+        # without __del__); pool_size=1: no interpreter is built from a file again later.
+        with tempfile.TemporaryDirectory(prefix=f"elp-width-{index}-") as tmp:
+            for seg in self.manifest.stages[self.index].segments:
+                rel = seg.segment.files["tflite"]
+                data = files.get(rel)
+                if data is None or hashlib.sha256(data).hexdigest() != seg.sha256:
+                    raise BundleError(
+                        f"Stage {index} segment {rel!r} is missing or does not match its "
+                        "SHA-256; the dispatcher's width bundle is corrupt."
+                    )
+                segment_path(Path(tmp), rel).write_bytes(data)
+            self.stage = WidthStage(
+                tmp, [self.index], manifest=self.manifest, width=width, pool_size=1
+            )
         self.scale = float(scale)
         self.slowdown = 1.0
         self._lock = threading.Lock()
@@ -153,8 +156,6 @@ class WidthWorker:
                 "rows_by_width": dict(self.stage.rows_by_width),
             }
 
-    def __del__(self) -> None:
-        shutil.rmtree(getattr(self, "_dir", ""), ignore_errors=True)
 
 
 def remote_worker_class() -> Any:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -138,15 +137,18 @@ class StageWorker:
         self.manifest = Manifest.from_dict(manifest)
         self.spec = StageSpec.from_dict(spec)
         by_name: dict[str, SegmentSpec] = {s.name: s for s in self.manifest.segments}
-        self._dir = Path(tempfile.mkdtemp(prefix=f"elp-{self.spec.name}-"))
         self.runners = []
-        for name in self.spec.segments:
-            seg = by_name[name]
-            rel = seg.files["tflite"]
-            if rel not in files:
-                raise BundleError(f"Stage {self.spec.name!r} was not given file {rel!r}.")
-            path = _write_checked(self._dir, self.manifest, rel, files[rel])
-            self.runners.append(SegmentRunner(path, seg, pool_size=1, num_threads=1))
+        # The files only live while the interpreters load them: an actor ends with ray.kill
+        # (no __del__), so a directory kept for its lifetime was left behind on every node.
+        # pool_size=1: each runner's one interpreter is built here and never again from the file.
+        with tempfile.TemporaryDirectory(prefix=f"elp-{self.spec.name}-") as tmp:
+            for name in self.spec.segments:
+                seg = by_name[name]
+                rel = seg.files["tflite"]
+                if rel not in files:
+                    raise BundleError(f"Stage {self.spec.name!r} was not given file {rel!r}.")
+                path = _write_checked(Path(tmp), self.manifest, rel, files[rel])
+                self.runners.append(SegmentRunner(path, seg, pool_size=1, num_threads=1))
         self.started = time.time()
 
     def ready(self) -> dict[str, Any]:
@@ -226,5 +228,3 @@ class StageWorker:
         sleep_s(self.spec.emulation.link_s(len(frame)))
         return frame
 
-    def __del__(self) -> None:
-        shutil.rmtree(getattr(self, "_dir", ""), ignore_errors=True)

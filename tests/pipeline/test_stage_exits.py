@@ -55,3 +55,17 @@ def test_a_tampered_segment_file_is_refused(tiny_bundle):
     }
     with pytest.raises(BundleError, match="does not match manifest.json"):
         StageWorker(manifest.to_dict(), spec.to_dict(), files)
+
+
+def test_a_worker_leaves_no_segment_files_behind(tiny_bundle, digits, tmp_path, monkeypatch):
+    import tempfile
+
+    # GIVEN temporary files going to an empty folder
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    # WHEN a stage worker loads its segments (a Ray actor is later killed, without __del__)
+    edge = _worker(tiny_bundle, "edge")
+    # THEN its segment files are already gone, and it still computes, twice and batched
+    assert list(tmp_path.iterdir()) == []
+    for rows in (1, 3):
+        boundary, _ = edge.forward(encode_tensor(digits[:rows], "raw", meta={"seq": rows}))
+        assert decode_tensor(boundary)[0].shape[0] == rows
