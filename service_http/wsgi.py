@@ -20,6 +20,10 @@ LOG = logging.getLogger("edgelesspart.wsgi")
 DEFAULT_HOST = "127.0.0.1"
 #: Most client connections waitress keeps open; beyond it the kernel backlog holds the rest.
 CONNECTION_LIMIT = 100
+#: Bytes per ``socket.recv`` (waitress default 8192). A 96 x 96 x 3 float32 tensor (110 KB)
+#: took 14 trips through waitress's read, parse and buffer code per request; profiled under
+#: load that was a quarter of the service's CPU (issue 15, P3).
+RECV_BYTES = 256 * 1024
 
 
 def is_loopback(host: str) -> bool:
@@ -67,6 +71,7 @@ def serve(
         port=port,
         threads=threads,
         connection_limit=connection_limit,
+        recv_bytes=RECV_BYTES,
         ident="edgelesspart",
     )
 
@@ -91,6 +96,7 @@ class BackgroundServer:
             host=host,
             port=port,
             threads=threads,
+            recv_bytes=RECV_BYTES,
             ident="edgelesspart",
             channel_timeout=30,
         )
