@@ -16,14 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgelesspart.errors import PipelineBusy, PipelineError
-
 if TYPE_CHECKING:
     from flask import Flask
 
 EXTENSION = "edgelesspart_dynamic"
 DEFAULT_MAX_BODY = 32 * 2**20
-PUBLIC_ROUTES = ("/healthz",)
 
 
 def prometheus_text(metrics: dict[str, Any]) -> str:
@@ -60,31 +57,15 @@ def create_app(
     service: Any, *, token: str | None = None, max_body: int = DEFAULT_MAX_BODY
 ) -> Flask:
     """The Flask app of a started width service (kept in ``app.extensions``)."""
-    from flask import Flask, Response, jsonify, request
+    from flask import Response, jsonify, request
 
-    from edgelesspart.pipeline.app import _read_input
-    from service_http.auth import check_bearer
-    from service_http.errors import ServiceError, TooManyRequests, register_error_handlers
+    from edgelesspart.pipeline.app import _read_input, answer_or_refuse, base_app
 
-    app = Flask("edgelesspart_dynamic")
-    app.config["MAX_CONTENT_LENGTH"] = int(max_body)
-    app.extensions[EXTENSION] = service
-    register_error_handlers(app)
-
-    @app.before_request
-    def _auth() -> None:
-        if token and request.path not in PUBLIC_ROUTES:
-            check_bearer(token, request.headers.get("Authorization"))
+    app = base_app(EXTENSION, service, token=token, max_body=max_body)
 
     @app.post("/v1/infer")
     def infer():
-        x = _read_input(request)
-        try:
-            answer = _answer(service, x)
-        except PipelineBusy as exc:
-            raise TooManyRequests(str(exc)) from exc
-        except PipelineError as exc:
-            raise ServiceError(str(exc), status=503, code="pipeline_unavailable") from exc
+        answer = answer_or_refuse(lambda x: _answer(service, x), _read_input(request))
         probs = np.asarray(answer.probs)
         return jsonify(
             {

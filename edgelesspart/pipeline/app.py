@@ -75,18 +75,17 @@ def prometheus_text(metrics: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def create_app(
-    pipeline: Any, *, token: str | None = None, max_body: int = DEFAULT_MAX_BODY
-) -> Flask:
-    """The dispatcher's Flask app for a started pipeline (kept in ``app.extensions``)."""
-    from flask import Flask, Response, jsonify, request
+def base_app(name: str, service: Any, *, token: str | None, max_body: int) -> Flask:
+    """A Flask app with the shared JSON errors, a body limit and the bearer token on every route
+    but :data:`PUBLIC_ROUTES`; ``service`` is kept in ``app.extensions[name]``."""
+    from flask import Flask, request
 
     from service_http.auth import check_bearer
-    from service_http.errors import ServiceError, TooManyRequests, register_error_handlers
+    from service_http.errors import register_error_handlers
 
-    app = Flask("edgelesspart_pipeline")
+    app = Flask(name)
     app.config["MAX_CONTENT_LENGTH"] = int(max_body)
-    app.extensions[EXTENSION] = pipeline
+    app.extensions[name] = service
     register_error_handlers(app)
 
     @app.before_request
@@ -94,15 +93,32 @@ def create_app(
         if token and request.path not in PUBLIC_ROUTES:
             check_bearer(token, request.headers.get("Authorization"))
 
+    return app
+
+
+def answer_or_refuse(call: Any, x: np.ndarray) -> Any:
+    """``call(x)``, with a full window as 429 and a failed stage as 503 ``pipeline_unavailable``."""
+    from service_http.errors import ServiceError, TooManyRequests
+
+    try:
+        return call(x)
+    except PipelineBusy as exc:
+        raise TooManyRequests(str(exc)) from exc
+    except PipelineError as exc:
+        raise ServiceError(str(exc), status=503, code="pipeline_unavailable") from exc
+
+
+def create_app(
+    pipeline: Any, *, token: str | None = None, max_body: int = DEFAULT_MAX_BODY
+) -> Flask:
+    """The dispatcher's Flask app for a started pipeline (kept in ``app.extensions``)."""
+    from flask import Response, jsonify, request
+
+    app = base_app(EXTENSION, pipeline, token=token, max_body=max_body)
+
     @app.post("/v1/infer")
     def infer():
-        x = _read_input(request)
-        try:
-            result = pipeline.infer(x)
-        except PipelineBusy as exc:
-            raise TooManyRequests(str(exc)) from exc
-        except PipelineError as exc:
-            raise ServiceError(str(exc), status=503, code="pipeline_unavailable") from exc
+        result = answer_or_refuse(pipeline.infer, _read_input(request))
         probs = np.asarray(result.probs)
         return jsonify(
             {

@@ -108,3 +108,26 @@ def test_edge_answers_match_the_bundle(width_bundle) -> None:
         answer = edge.infer(width_bundle.x)
         assert answer.widths == (w,)
         np.testing.assert_array_equal(answer.probs, reference(width_bundle.x, width=w))
+
+
+def test_edge_app_needs_the_token_refuses_bad_input_and_answers(width_bundle) -> None:
+    from edgelesspart.dynamic.app import create_app
+    from edgelesspart.dynamic.edge import WidthEdge
+    from service_http.wsgi import BackgroundServer
+
+    # GIVEN the width edge behind its HTTP app with a token, on loopback
+    edge = WidthEdge(width_bundle.path)
+    auth = {"Authorization": "Bearer s3cret"}
+    body = {"inputs": width_bundle.x[:1].tolist()}
+    with BackgroundServer(create_app(edge, token="s3cret")) as server:
+        infer = f"{server.url}/v1/infer"
+        # WHEN a request comes without the token, with a wrong shape, and well-formed
+        no_token = requests.post(infer, json=body, timeout=30)
+        wrong = requests.post(infer, json={"inputs": [[1.0, 2.0]]}, headers=auth, timeout=30)
+        good = requests.post(infer, json=body, headers=auth, timeout=30)
+        health = requests.get(f"{server.url}/healthz", timeout=30)
+    # THEN 401, 422, and an answer equal to the in-process one; /healthz stays public
+    assert no_token.status_code == 401 and wrong.status_code == 422, wrong.text
+    assert good.status_code == 200 and good.json()["widths"] == [1.0]
+    np.testing.assert_allclose(good.json()["probs"], edge.infer(width_bundle.x[:1]).probs)
+    assert health.status_code == 200
