@@ -97,7 +97,11 @@ class StderrFilter:
             pass
         os.dup2(self._original, 2)  # closes the pipe's last write end we hold
         self._thread.join(timeout_s)
-        os.close(self._original)
+        if not self._thread.is_alive():
+            os.close(self._original)
+        # else a child process still holds the pipe (it inherited fd 2): the thread keeps
+        # copying its lines to the real stderr, so that descriptor stays open (closing it would
+        # let the next open() reuse the number and receive those lines).
 
 
 def quiet_python_loggers() -> None:

@@ -122,6 +122,29 @@ def test_stderr_filter_drops_native_noise_and_keeps_the_rest():
     assert b"dropped 3" in result.stdout
 
 
+def test_stderr_filter_closed_while_a_child_holds_the_pipe_writes_nowhere_else(tmp_path):
+    # GIVEN a child process that inherited the filtered fd 2 and writes after close() returned
+    target = tmp_path / "reused.txt"
+    code = textwrap.dedent(f"""
+        import os, subprocess, sys
+        from edgelesspart.stderr_filter import filter_stderr
+        active = filter_stderr()
+        child = subprocess.Popen([sys.executable, "-c",
+            "import sys, time; time.sleep(0.5); sys.stderr.write('child line\\n')"])
+        active.close(timeout_s=0.05)
+        # WHEN the parent opens a file right after (it would get a freed descriptor number)
+        fd = os.open({str(target)!r}, os.O_WRONLY | os.O_CREAT)
+        child.wait()
+        active._thread.join(5)
+        os.close(fd)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    # THEN the child's line reached the real stderr, not the file
+    assert result.returncode == 0, result.stderr
+    assert b"child line" in result.stderr
+    assert target.read_bytes() == b""
+
+
 def test_verbose_is_accepted_before_and_after_the_subcommand():
     from edgelesspart.cli import make_parser
 
