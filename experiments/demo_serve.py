@@ -66,10 +66,12 @@ class Services:
     def __init__(self, bundle: Path, logs: Path, edge_args: list[str]) -> None:
         self.bundle, self.logs, self.edge_args = bundle, logs, edge_args
         self.procs: dict[str, subprocess.Popen] = {}
+        self._log_files: list[Any] = []
         self.cloud_url = self.edge_url = ""
 
     def _start(self, name: str, args: list[str]) -> None:
         log = (self.logs / f"{name}.log").open("wb")
+        self._log_files.append(log)  # the child has its own copy; ours is closed in stop()
         exe = [sys.executable, "-m", "edgelesspart.cli"]
         self.procs[name] = subprocess.Popen(
             exe + args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -123,6 +125,9 @@ class Services:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=5)
             print(f"serve-{name} stopped (exit {proc.returncode})")
+        for log in self._log_files:
+            log.close()
+        self._log_files = []
 
 
 def verdict(report: dict[str, Any], final: float | None, min_share: float, max_drop: float) -> str:
