@@ -191,15 +191,18 @@ def host_reference_ms(
     path = cache or cache_path()
     key = _cache_key(model_name.lower())
     entry = _read_cache(path).get(key)
-    if isinstance(entry, dict) and float(entry.get("ms", 0)) > 0:
-        return float(entry["ms"]), f"measured on this host {entry.get('measured', '?')} (cached)"
+    cached = entry.get("ms") if isinstance(entry, dict) else None
+    if isinstance(cached, (int, float)) and not isinstance(cached, bool) and cached > 0:
+        return float(cached), f"measured on this host {entry.get('measured', '?')} (cached)"
     ms = float(measure(model_name.lower()))
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     data = _read_cache(path)
     data[key] = {"ms": ms, "measured": now}
-    try:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:  # written whole, then renamed: builds running at once never read a torn file
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
     except OSError:
-        pass  # a read-only home: measure again next time
+        tmp.unlink(missing_ok=True)  # a read-only home: measure again next time
     return ms, f"measured on this host at build time ({now})"

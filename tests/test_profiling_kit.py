@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgelesspart import devices
+from edgelesspart import devices, profiling_kit
 from edgelesspart.build import BuildConfig, make_plan
 from edgelesspart.errors import ProfileError
 from edgelesspart.profile import CutPointProfile, ModelProfile
@@ -120,6 +120,19 @@ def test_scaled_device_uses_this_hosts_reference_measured_at_build_time(tmp_path
     assert "cached" in second.extra["host_reference_how"]
     line = devices.describe_latency_source(first)
     assert "published resnet50" in line and "139.0 ms" in line
+
+
+@pytest.mark.parametrize("bad", ['"fast"', "null", "-3", "true", '{"ms": "x"}'])
+def test_a_bad_cache_entry_is_measured_again(tmp_path, bad):
+    # GIVEN a cache file whose entry (or whole content) is not a positive number of ms
+    cache = tmp_path / "ref.json"
+    key = profiling_kit._cache_key("resnet50")
+    cache.write_text(bad if bad.startswith("{") else f'{{"{key}": {{"ms": {bad}}}}}')
+    # WHEN the reference is asked for, THEN it is measured (not a crash), and cached whole
+    ms, how = host_reference_ms("resnet50", cache=cache, measure=lambda m: 42.0)
+    assert ms == 42.0 and "at build time" in how
+    assert json.loads(cache.read_text())[key]["ms"] == 42.0
+    assert [p.name for p in tmp_path.iterdir()] == ["ref.json"]
 
 
 def test_cloud_tier_without_figures_keeps_its_speed_factor():
