@@ -54,12 +54,19 @@ def check_url(url: str) -> str:
 class EdgeClient:
     """A small ``requests`` client of one edge service; every call has a timeout."""
 
-    def __init__(self, url: str, *, token: str | None = None, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, url: str, *, token: str | None = None, timeout_s: float = 30.0, connections: int = 10
+    ) -> None:
         import requests
+        from requests.adapters import HTTPAdapter
 
         self.url = check_url(url)
         self.timeout_s = float(timeout_s)
         self.session = requests.Session()
+        # one kept-alive connection per request in flight (the default pool keeps 10)
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max(10, int(connections)))
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
 
@@ -298,7 +305,7 @@ def replay(
         raise ConfigError(f"--concurrency must be >= 1, got {concurrency}.")
     pricing = pricing or Pricing()
     price = _price_fn(pricing)
-    client = EdgeClient(url, token=token, timeout_s=timeout_s)
+    client = EdgeClient(url, token=token, timeout_s=timeout_s, connections=concurrency)
     try:
         info = client.bundle()
         edge_stage = str(info.get("edge_stage", "edge"))
