@@ -98,17 +98,25 @@ class KerasSegment:
         return {name: np.asarray(value) for name, value in out.items()}
 
 
-_KERAS_CACHE: dict[Path, KerasSegment] = {}
+_KERAS_CACHE: dict[tuple[Path, int, int], KerasSegment] = {}
 _KERAS_LOCK = threading.Lock()
 
 
 def open_keras(path: Path) -> KerasSegment:
-    """The process-wide :class:`KerasSegment` of ``path`` (loaded on first use)."""
-    key = Path(path).resolve()
+    """The process-wide :class:`KerasSegment` of ``path`` (loaded on first use).
+
+    Keyed by the file's path, size and modification time: a bundle exported again to the same
+    directory is loaded afresh, not served from the old weights.
+    """
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    key = (resolved, stat.st_size, stat.st_mtime_ns)
     with _KERAS_LOCK:
         segment = _KERAS_CACHE.get(key)
         if segment is None:
-            segment = _KERAS_CACHE[key] = KerasSegment(key)
+            for old in [k for k in _KERAS_CACHE if k[0] == resolved]:
+                del _KERAS_CACHE[old]  # the file changed: drop the stale model
+            segment = _KERAS_CACHE[key] = KerasSegment(resolved)
         return segment
 
 

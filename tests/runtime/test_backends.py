@@ -127,3 +127,26 @@ def test_edge_service_serves_with_the_keras_backend(tiny_bundle, digits):
     # THEN the answers are the same
     assert [r["label"] for r in a.answers] == [r["label"] for r in b.answers]
     assert heavy.bundle.runner(heavy.bundle.manifest.segments[0].name).backend == "keras"
+
+
+def test_a_keras_segment_file_replaced_in_place_is_loaded_again(tiny_bundle, tmp_path):
+    import os
+    import shutil
+
+    from edgelesspart.runtime.backends import open_keras
+    from edgelesspart.runtime.manifest import load_manifest
+
+    manifest = load_manifest(tiny_bundle, verify=False)
+    edge = manifest.stage_segments("edge")[0].files["keras"]
+    cloud = manifest.stage_segments("cloud")[-1].files["keras"]  # the final classifier
+    # GIVEN a segment file served once
+    path = tmp_path / "segment.keras"
+    shutil.copyfile(tiny_bundle / edge, path)
+    first = open_keras(path)
+    assert open_keras(path) is first  # loaded once per process
+    # WHEN another model is written to the same path (a bundle exported again)
+    shutil.copyfile(tiny_bundle / cloud, path)
+    os.utime(path, ns=(1, 1))
+    # THEN the new file is loaded, not the cached old model
+    second = open_keras(path)
+    assert second is not first and second.outputs == ("probs",)
