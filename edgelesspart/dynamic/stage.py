@@ -104,11 +104,12 @@ class WidthStage:
         with self._lock:
             use = self._width if width is None else self._check(width)
             key = width_key(use)
-            self.rows_by_width[key] += int(np.shape(x)[0]) if np.ndim(x) else 0
         out = np.asarray(x, dtype=np.float32)
         for runner in self._chains[key]:
             probs, boundary = runner(out)
             out = boundary if boundary is not None else probs
+        with self._lock:  # counted once computed: a refused input served no rows
+            self.rows_by_width[key] += int(out.shape[0])
         return out
 
     def timed(self, x: np.ndarray) -> tuple[np.ndarray, float, float]:

@@ -131,3 +131,14 @@ def test_edge_app_needs_the_token_refuses_bad_input_and_answers(width_bundle) ->
     assert good.status_code == 200 and good.json()["widths"] == [1.0]
     np.testing.assert_allclose(good.json()["probs"], edge.infer(width_bundle.x[:1]).probs)
     assert health.status_code == 200
+
+
+def test_a_refused_input_counts_no_rows(width_bundle) -> None:
+    from edgelesspart.dynamic.stage import WidthStage
+    from edgelesspart.errors import InputError
+
+    stage = WidthStage(width_bundle.path, [0, 1])
+    with pytest.raises(InputError):
+        stage(np.zeros((5, 3, 3, 1), np.float32))
+    stage(width_bundle.x[:2])
+    assert stage.rows_by_width == {"1": 2, "0.5": 0}
