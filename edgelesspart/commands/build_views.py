@@ -79,7 +79,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 def run_views(args: argparse.Namespace) -> int:
     """Build, plan and export; print the front and the choice."""
     from edgelesspart.devices import load_device
-    from edgelesspart.slimedge import deploy, optimize
+    from edgelesspart.slimedge import deploy, optimize, verify
     from edgelesspart.slimedge.curves import CurveModel
 
     s = settings(args)
@@ -99,12 +99,16 @@ def run_views(args: argparse.Namespace) -> int:
         bound = optimize.Bound(latency_slo_ms=float(s["latency_slo"]))
     else:
         bound = optimize.Bound(accuracy_floor=base - drop)
-    chosen = optimize.nsga2_plan(model, slots, bound, seed=int(s["seed"]))
+    # the front is checked on the real model (validation split, pruned backbones as deployed)
+    verifier = verify.PlanVerifier.from_backbones(
+        build.model.fusion, build.pruned, build.data.val, build.data.y_val
+    )
+    chosen = verify.verified_nsga2_plan(model, slots, bound, verifier, seed=int(s["seed"]))
     baselines = {
         "uniform": optimize.uniform_plan(model, slots, bound),
         "unpruned": optimize.unpruned_plan(model, slots, bound),
     }
-    failures = optimize.failure_plans(model, slots, max_drop=drop)
+    failures = verify.verified_failure_plans(model, slots, verifier, max_drop=drop)
     out = s.get("out") or f"bundles/slimedge-{len(slots)}views"
     path = deploy.export_deployment(
         out, build, slots, chosen, baselines=baselines, failures=failures,
@@ -139,10 +143,19 @@ def format_report(
             f"{label:>17}: accuracy {plan.accuracy:.3f}, slowest device {plan.latency_ms:.3f} ms "
             f"({ratios}){verdict}"
         )
+        if plan.verified_accuracy is not None:
+            lines.append(f"{'':>17}  verified validation accuracy {plan.verified_accuracy:.3f}")
     for lost, plan in failures.items():
         ratios = ", ".join(f"{plan.devices[v]}={plan.ratios[v]:.2f}" for v in plan.present)
         lines.append(
-            f"  if {plan.devices[lost]} (view {lost}) fails: accuracy {plan.accuracy:.3f}, "
-            f"{plan.latency_ms:.3f} ms ({ratios})"
+            f"  if {plan.devices[lost]} (view {lost}) fails: accuracy {plan.accuracy:.3f}"
+            + _verified(plan)
+            + f", {plan.latency_ms:.3f} ms ({ratios})"
         )
     return "\n".join(lines)
+
+
+def _verified(plan: Any) -> str:
+    if plan.verified_accuracy is None:
+        return ""
+    return f" (verified {plan.verified_accuracy:.3f})"

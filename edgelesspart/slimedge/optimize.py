@@ -82,6 +82,8 @@ class SlimPlan:
         method: ``nsga2``, ``uniform``, ``unpruned`` or ``exhaustive``.
         seconds: time spent planning.
         front: Pareto front as ``(accuracy, latency_ms)`` pairs (NSGA-II only).
+        verified_accuracy: the plan's real fused accuracy on the validation split, when it was
+            checked on the model (:mod:`~edgelesspart.slimedge.verify`); ``None`` otherwise.
     """
 
     devices: tuple[str, ...]
@@ -93,6 +95,7 @@ class SlimPlan:
     method: str
     seconds: float = 0.0
     front: tuple[tuple[float, float], ...] = field(default=(), repr=False)
+    verified_accuracy: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -107,6 +110,7 @@ class SlimPlan:
             "method": self.method,
             "seconds": self.seconds,
             "front": [list(p) for p in self.front],
+            "verified_accuracy": self.verified_accuracy,
         }
 
     @classmethod
@@ -124,6 +128,7 @@ class SlimPlan:
             method=data["method"],
             seconds=float(data.get("seconds", 0.0)),
             front=tuple(tuple(p) for p in data.get("front", [])),
+            verified_accuracy=data.get("verified_accuracy"),
         )
 
 
@@ -235,7 +240,7 @@ def _initial_population(n: int, upper: float, size: int, rng: np.random.Generato
     return np.vstack([uniform, rest])
 
 
-def nsga2_plan(
+def nsga2_front(
     model: CurveModel,
     slots: Sequence[DeviceSlot],
     bound: Bound,
@@ -244,9 +249,13 @@ def nsga2_plan(
     pop_size: int = POP_SIZE,
     generations: int = GENERATIONS,
     seed: int = 0,
-) -> SlimPlan:
-    """Run NSGA-II over the present devices' ratios and pick a front point by ``bound``."""
-    start = time.perf_counter()
+) -> tuple[np.ndarray, tuple[tuple[float, float], ...]]:
+    """Run NSGA-II over the present devices' ratios.
+
+    Returns:
+        The front's ratio vectors ``(P, n_present)`` (fastest first; the least-violating point
+        alone when nothing is feasible) and the front as ``(accuracy, latency_ms)`` pairs.
+    """
     algorithms = optional("pymoo.algorithms.moo.nsga2", SLIMEDGE_HINT)
     minimize = optional("pymoo.optimize", SLIMEDGE_HINT).minimize
     present = list(range(len(slots))) if present is None else list(present)
@@ -259,12 +268,36 @@ def nsga2_plan(
     result = minimize(problem, algorithm, ("n_gen", generations), seed=seed, verbose=False)
     if result.X is None:  # no feasible point: the least-violating one is the best we have
         pop = result.pop
-        x = pop.get("X")[int(np.argmin(pop.get("CV").ravel()))]
-        return evaluator.plan(x, "nsga2", bound, time.perf_counter() - start)
+        return pop.get("X")[[int(np.argmin(pop.get("CV").ravel()))]], ()
     xs = np.atleast_2d(result.X)
     acc, lat = evaluator.accuracy(xs), evaluator.latency_ms(xs)
     order = np.argsort(lat)
-    front = [(float(acc[i]), float(lat[i])) for i in order]
+    return xs[order], tuple((float(acc[i]), float(lat[i])) for i in order)
+
+
+def nsga2_plan(
+    model: CurveModel,
+    slots: Sequence[DeviceSlot],
+    bound: Bound,
+    *,
+    present: Sequence[int] | None = None,
+    pop_size: int = POP_SIZE,
+    generations: int = GENERATIONS,
+    seed: int = 0,
+) -> SlimPlan:
+    """Run NSGA-II over the present devices' ratios and pick a front point by ``bound``
+    (predicted accuracy; :func:`edgelesspart.slimedge.verify.verified_nsga2_plan` checks the
+    front on the real model instead)."""
+    start = time.perf_counter()
+    present = list(range(len(slots))) if present is None else list(present)
+    evaluator = Evaluator(model, slots, present)
+    xs, front = nsga2_front(
+        model, slots, bound, present=present, pop_size=pop_size, generations=generations,
+        seed=seed,
+    )  # fmt: skip
+    if not front:
+        return evaluator.plan(xs[0], "nsga2", bound, time.perf_counter() - start)
+    acc, lat = evaluator.accuracy(xs), evaluator.latency_ms(xs)
     choice = xs[pick(acc, lat, bound)]
     return evaluator.plan(choice, "nsga2", bound, time.perf_counter() - start, front)
 

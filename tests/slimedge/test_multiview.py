@@ -91,8 +91,13 @@ def test_cli_builds_a_pruned_deployment_per_device(tmp_path, capsys):
     out = capsys.readouterr().out
     # THEN it prints the front and the choice, and exports a segment per device and ratio
     assert "Pareto front" in out and "chosen (NSGA-II)" in out and "if rpi4 (view 0) fails" in out
+    assert "verified validation accuracy" in out
     manifest = json.loads((tmp_path / "dep" / "deployment.json").read_text())
     assert manifest["plan"]["devices"] == ["rpi4", "jetson-orin-nano"]
+    # the choice was checked on the real model: measured ratios, a validation accuracy
+    assert manifest["plan"]["method"] == "nsga2+verified"
+    assert set(manifest["plan"]["ratios"]) <= {0.0, 0.5}
+    assert 0.0 <= manifest["plan"]["verified_accuracy"] <= 1.0
     assert set(manifest["failure_plans"]) == {"0", "1"}
     assert sorted(manifest["segments"]) == [
         "view0_r0.00",
