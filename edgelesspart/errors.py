@@ -19,6 +19,7 @@ one-line message and a non-zero exit code, never a traceback::
     ├── CodecError(ValueError)           unknown codec, corrupt or truncated payload
     ├── InputError(ValueError)           a request tensor of the wrong shape/dtype/values
     ├── InferenceError                   a segment failed on validated input (a server fault)
+    │   └── ServiceClosed                a request reached a service that is shutting down (503)
     ├── OffloadError                     the cloud part could not answer
     │   ├── OffloadTimeout               no answer within the timeout
     │   ├── OffloadUnavailable           circuit breaker open / connection refused
@@ -92,6 +93,10 @@ class InputError(EdgeLessPartError, ValueError):
 
 class InferenceError(EdgeLessPartError):
     """A segment failed on input that passed validation: a fault of the server, not the caller."""
+
+
+class ServiceClosed(InferenceError):
+    """The service (its batcher) is shutting down: not the caller's fault (HTTP 503); retry."""
 
 
 class OffloadError(EdgeLessPartError):

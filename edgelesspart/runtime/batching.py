@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from edgelesspart.errors import ConfigError, EdgeLessPartError
+from edgelesspart.errors import ConfigError, EdgeLessPartError, ServiceClosed
 
 R = TypeVar("R")
 
@@ -131,13 +131,13 @@ class DynamicBatcher(Generic[R]):
         """Queue ``x`` (validated rows) and block until its slice of a batch result is ready.
 
         Raises:
-            ConfigError: the batcher is closed.
+            ServiceClosed: the batcher is closed (the service is shutting down).
             Exception: whatever ``run`` raised for the batch this request was in.
         """
         request = _Request(x, float(threshold))
         with self._cond:
             if self._closed:
-                raise ConfigError("The batcher is closed; the service is shutting down.")
+                raise ServiceClosed("The batcher is closed; the service is shutting down.")
             self._queue.append(request)
             self._cond.notify()
         request.done.wait()

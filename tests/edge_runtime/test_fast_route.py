@@ -95,3 +95,24 @@ def test_fast_path_answers_429_with_retry_after_when_admission_is_full(tiny_bund
     # AND the slot it never took is not given back twice: the next request is answered
     ok = app.test_client().post("/v1/infer", data=_frame(digits[:1]), content_type=TENSOR)
     assert ok.status_code == 200 and admission.running == 0
+
+
+def test_a_request_after_close_is_a_503_on_both_paths_and_leaves_no_admission_slot(
+    tiny_bundle, digits
+):
+    # GIVEN a batching edge app whose service was closed (shutting down)
+    app = _app(tiny_bundle, batch_max_rows=8)
+    app.extensions["edgelesspart"].close()
+    client = app.test_client()
+    # WHEN a tensor frame (fast path) and a JSON body (Flask route) come in
+    quick = client.post("/v1/infer", data=_frame(digits[:1]), content_type=TENSOR)
+    slow = client.post("/v1/infer", json={"inputs": digits[:1].tolist()})
+    # THEN both are 503 "stopping" with Retry-After (was 400 bad_parameter: not the caller's
+    # fault, and a 4xx told an edge offloading to this cloud that its request was wrong)
+    for response in (quick, slow):
+        assert response.status_code == 503, response.json
+        assert response.json["error"]["code"] == "stopping"
+        assert response.headers["Retry-After"] == "1"
+    assert app.wsgi_app.served == 1
+    # AND neither kept its admission slot
+    assert app.extensions["edgelesspart.admission"].running == 0

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from edgelesspart.errors import ConfigError
+from edgelesspart.errors import ConfigError, ServiceClosed
 from edgelesspart.runtime.batching import (
     BatchSettings,
     DynamicBatcher,
@@ -106,7 +106,7 @@ def test_a_failing_run_fails_every_request_of_its_batch_and_the_batcher_keeps_wo
     state["fail"] = False
     assert batcher.submit(np.full((1, 1), 3.0), 1.0) == [3.0]
     batcher.close()
-    with pytest.raises(ConfigError, match="closed"):
+    with pytest.raises(ServiceClosed, match="closed"):  # not ConfigError: no client fault
         batcher.submit(np.ones((1, 1)), 1.0)
 
 
