@@ -36,6 +36,7 @@ from edgelesspart.evaluation.report import (
 )
 from edgelesspart.evaluation.sweep import (
     LatencyModel,
+    MeasuredSegment,
     StageMemory,
     ThresholdResult,
     concat_traces,
@@ -52,6 +53,7 @@ __all__ = [
     "BaselineResult",
     "Evaluation",
     "LatencyModel",
+    "MeasuredSegment",
     "PriceTable",
     "StageMemory",
     "ThresholdResult",

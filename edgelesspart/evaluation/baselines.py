@@ -8,7 +8,8 @@
 All three answer with the final classifier, so their accuracy is the full model's. Host timings
 come from the bundle's profile when it has one (backbone only); otherwise from the trace's
 segment timings, which also include the exit heads (a slight over-estimate, recorded in
-:attr:`Backbone.source`).
+:attr:`Backbone.source`). A device measured with ``profile-device`` uses its own latency at the
+split and at the output (``LatencyModel.backbone_ms``) instead of host ms x factor.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class Backbone:
         boundary_bytes: raw bytes of the split tensor for one sample.
         full_memory_bytes: memory of the whole model on one device.
         source: ``profile`` or ``trace`` (where the timings came from).
+        split: the split's cut point name (looked up in a measured device's latencies), or
+            ``None`` when unknown.
     """
 
     full_ms: float
@@ -43,6 +46,7 @@ class Backbone:
     boundary_bytes: int
     full_memory_bytes: int
     source: str = "trace"
+    split: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,13 +123,14 @@ def baselines(
             f"({backbone.full_ms} ms); check the profile in the bundle."
         )
     lm = latency_model
-    cloud_full = backbone.full_ms * lm.cloud_factor
-    cloud_rest = (backbone.full_ms - backbone.split_ms) * lm.cloud_factor
+    cut = backbone.split
+    cloud_full = lm.backbone_ms("output", backbone.full_ms, remote=True)
+    cloud_rest = max(0.0, cloud_full - lm.backbone_ms(cut, backbone.split_ms, remote=True))
     cold = lm.expected_cold_ms
-    edge_only = backbone.full_ms * lm.edge_factor
+    edge_only = lm.backbone_ms("output", backbone.full_ms, remote=False)
     cloud_only = lm.transfer_ms(backbone.input_bytes, encoded=False) + cloud_full + cold
     split = (
-        backbone.split_ms * lm.edge_factor
+        lm.backbone_ms(cut, backbone.split_ms, remote=False)
         + lm.transfer_ms(backbone.boundary_bytes)
         + cloud_rest
         + cold

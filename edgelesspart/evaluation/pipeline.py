@@ -12,13 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from edgelesspart.errors import BundleError, ConfigError, EdgeLessPartError
+from edgelesspart.errors import BundleError, ConfigError, EdgeLessPartError, ProfileError
 from edgelesspart.evaluation import calibration
 from edgelesspart.evaluation.baselines import Backbone, backbone_from_trace, baselines
 from edgelesspart.evaluation.pricing import load_prices, make_price_fn
 from edgelesspart.evaluation.report import Evaluation
 from edgelesspart.evaluation.sweep import (
     LatencyModel,
+    MeasuredSegment,
     StageMemory,
     concat_traces,
     exit_accuracy,
@@ -134,6 +135,7 @@ def load_backbone(bundle: Any, trace: Any, memory: StageMemory) -> Backbone:
                 boundary_bytes=cut.boundary_bytes if split != "output" else 0,
                 full_memory_bytes=profile.total.memory_bytes,
                 source="profile",
+                split=split,
             )
         except EdgeLessPartError:
             pass
@@ -161,16 +163,78 @@ def _settings(config: EvaluationConfig, manifest: Any, model: LatencyModel, **mo
     }
 
 
-def build_latency_model(manifest: Any, config: EvaluationConfig) -> tuple[LatencyModel, dict, Any]:
-    """Device factors, link, codec ratio and cold start for a bundle; plus what was chosen."""
+def _host_profile(bundle_path: str | Path | None, manifest: Any, device: Any) -> Any:
+    """The bundle's host ``profile.json``, which a measured device's latencies replace."""
+    from edgelesspart.profile import ModelProfile
+    from edgelesspart.runtime.manifest import safe_path
+
+    if bundle_path is None or "profile.json" not in manifest.files:
+        raise BundleError(
+            f"Device {device.measured.name!r} was measured with profile-device; using its "
+            "latencies needs the bundle's profile.json (its cut points), which this bundle "
+            "lacks. Rebuild it with `edgelesspart build`."
+        )
+    return ModelProfile.load(safe_path(bundle_path, "profile.json"))
+
+
+def measured_latencies(
+    manifest: Any, host: Any, device: Any, stages: set[str]
+) -> tuple[dict[str, MeasuredSegment], dict[str, float]]:
+    """A measured device's time for every segment of ``stages``, and its cumulative latencies.
+
+    As the planner does (:func:`edgelesspart.devices.profile_for_device`): the device's own
+    latency per cut point, no factor; a segment's backbone time is the difference between its
+    end and start cut points. ``host`` is the bundle's host profile.
+
+    Raises:
+        ProfileError: the measurement is of another model or lacks one of the cut points.
+    """
+    from edgelesspart import devices
+
+    on_device = devices.profile_for_device(host, device)
+    cumulative = {"input": 0.0, **{cp.name: cp.latency_ms for cp in on_device.cut_points}}
+    host_cum = {"input": 0.0, **{cp.name: cp.latency_ms for cp in host.cut_points}}
+    rest_factor = on_device.total.latency_ms / max(host.total.latency_ms, 1e-9)
+    segments = {}
+    for seg in manifest.segments:
+        if seg.stage not in stages:
+            continue
+        missing = [c for c in (seg.start, seg.end) if c not in cumulative]
+        if missing:
+            raise ProfileError(
+                f"Segment {seg.name!r} starts or ends at {missing}, which the bundle's "
+                "profile.json does not list; rebuild the bundle."
+            )
+        segments[seg.name] = MeasuredSegment(
+            device_ms=cumulative[seg.end] - cumulative[seg.start],
+            host_ms=host_cum[seg.end] - host_cum[seg.start],
+            rest_factor=rest_factor,
+        )
+    return segments, cumulative
+
+
+def build_latency_model(
+    manifest: Any, config: EvaluationConfig, bundle_path: str | Path | None = None
+) -> tuple[LatencyModel, dict, Any]:
+    """Device factors (or a measured device's latencies), link, codec ratio and cold start for
+    a bundle; plus what was chosen. ``bundle_path`` is needed for a measured device."""
     from edgelesspart.links import load_link
 
     model_name = str(manifest.model.get("name", ""))
     stages = manifest.plan.stages
     edge_name = config.edge_device or stages[0].device
     cloud_name = config.cloud_device or stages[-1].device
-    edge_factor, edge_reason, _ = device_factor(edge_name, model_name)
+    edge_factor, edge_reason, edge_device = device_factor(edge_name, model_name)
     cloud_factor, cloud_reason, cloud_device = device_factor(cloud_name, model_name)
+    measured: dict[str, MeasuredSegment] = {}
+    cumulative: dict[str, dict[str, float]] = {"edge": {}, "cloud": {}}
+    for role, device in (("edge", edge_device), ("cloud", cloud_device)):
+        if getattr(device, "measured", None) is None:
+            continue
+        names = {stages[0].name} if role == "edge" else {s.name for s in stages[1:]}
+        host = _host_profile(bundle_path, manifest, device)
+        segments, cumulative[role] = measured_latencies(manifest, host, device, names)
+        measured.update(segments)
     model = LatencyModel(
         edge_factor=edge_factor,
         cloud_factor=cloud_factor,
@@ -179,14 +243,25 @@ def build_latency_model(manifest: Any, config: EvaluationConfig) -> tuple[Latenc
         cold_start_ms=config.cold_start_ms,
         cold_start_prob=config.cold_start_prob,
         offload_overhead_ms=config.offload_overhead_ms,
+        measured_segments=measured,
+        edge_cumulative_ms=cumulative["edge"],
+        cloud_cumulative_ms=cumulative["cloud"],
     )
     info = {
         "edge_device": edge_name,
         "cloud_device": cloud_name,
         "edge_factor_reason": edge_reason,
         "cloud_factor_reason": cloud_reason,
+        "edge_latency_source": _source(edge_reason, cumulative["edge"]),
+        "cloud_latency_source": _source(cloud_reason, cumulative["cloud"]),
     }
     return model, info, cloud_device
+
+
+def _source(reason: str, cumulative: dict[str, float]) -> str:
+    if cumulative:
+        return f"measured-profile (full model {cumulative.get('output', 0.0):.4g} ms, no factor)"
+    return f"scaled ({reason})"
 
 
 def _pricing(config: EvaluationConfig, cloud_device: Any) -> tuple[Any, Any, int]:
@@ -245,7 +320,7 @@ def evaluate_bundle(
     config = config or EvaluationConfig()
     bundle = Bundle.load(path)
     manifest = bundle.manifest
-    latency_model, device_info, cloud_device = build_latency_model(manifest, config)
+    latency_model, device_info, cloud_device = build_latency_model(manifest, config, path)
     table, price_fn, memory_mb = _pricing(config, cloud_device)
     stages = manifest.plan.stages
     memory = StageMemory(

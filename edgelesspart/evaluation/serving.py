@@ -34,12 +34,15 @@ def _calibrated(trace: Any, temperatures: dict[str, float], measure: str) -> Any
     return replace(calibrate_trace(trace, temperatures), measure=measure)
 
 
-def _sweep_setup(manifest: Any, link: str, provider: str) -> tuple[dict[str, Any], int]:
-    """The evaluation's latency model, price function and stage memory for ``manifest``."""
+def _sweep_setup(
+    manifest: Any, link: str, provider: str, bundle_path: str | Path
+) -> tuple[dict[str, Any], int]:
+    """The evaluation's latency model (a measured device's own latencies, as the planner
+    uses them), price function and stage memory for ``manifest``."""
     from edgelesspart.evaluation.pipeline import EvaluationConfig, _pricing, build_latency_model
 
     config = EvaluationConfig(link=link, provider=provider)
-    latency_model, _, cloud_device = build_latency_model(manifest, config)
+    latency_model, _, cloud_device = build_latency_model(manifest, config, bundle_path)
     _, price_fn, memory_mb = _pricing(config, cloud_device)
     stages = manifest.plan.stages
     memory = StageMemory(
@@ -78,7 +81,7 @@ def choose_serving(
 
     check_measure(measure)
     bundle = Bundle.load(bundle_path)
-    kwargs, memory_mb = _sweep_setup(bundle.manifest, link, provider)
+    kwargs, memory_mb = _sweep_setup(bundle.manifest, link, provider, bundle_path)
     val_raw = trace_split(bundle, data.x_val, batch_size=256, label="serving val", show=False)
     if calibrate:
         temperatures = fit_temperatures(val_raw, data.y_val)

@@ -10,13 +10,14 @@ The first stage of the trace is the *edge*; a sample is *offloaded* when it answ
 stage. Latency per sample = host ms of every segment run up to the answering one, times the
 device factor of its stage, plus one link transfer of the (encoded) boundary bytes at every stage
 change, plus the expected cold start ``cold_start_prob x cold_start_ms`` once it is offloaded.
-See ``docs/evaluation.md`` for the definitions of every reported metric.
+A stage on a device measured with ``profile-device`` uses the device's own latencies instead of a
+factor (:class:`MeasuredSegment`). See ``docs/evaluation.md`` for every reported metric.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -35,6 +36,29 @@ class LinkLike(Protocol):
 
 
 @dataclass(frozen=True)
+class MeasuredSegment:
+    """A segment's time on a device measured with ``profile-device`` (no factor).
+
+    Attributes:
+        device_ms: the device's measured cumulative latency at the segment's end cut point minus
+            that at its start (the backbone stretch, as the planner charges it).
+        host_ms: the same stretch in the bundle's host profile.
+        rest_factor: device / host full-model latency; the part of a traced segment beyond its
+            host stretch (the exit head, the per-invoke cost) is charged at this ratio, the
+            planner's ms-per-MAC estimate of an exit head on the device.
+    """
+
+    device_ms: float
+    host_ms: float
+    rest_factor: float
+
+    def on_device(self, traced_host_ms: float) -> float:
+        """Device ms of the segment whose traced host time is ``traced_host_ms``."""
+        rest = max(0.0, float(traced_host_ms) - self.host_ms)
+        return max(0.0, self.device_ms) + rest * self.rest_factor
+
+
+@dataclass(frozen=True)
 class LatencyModel:
     """How host timings become edge/cloud latencies.
 
@@ -49,6 +73,12 @@ class LatencyModel:
             JSON, encode/decode, the cloud's front end), charged with every transfer; measure
             it on the deployment (``edgelesspart_offload_latency_seconds`` minus the cloud
             compute) or on loopback (benchmark P6). 0 by default: only compute and link.
+        measured_segments: segment name -> :class:`MeasuredSegment` for the segments of a
+            stage whose device was measured with ``profile-device``; those replace
+            ``host ms x factor``.
+        edge_cumulative_ms: a measured edge device's latency from the input to each cut point
+            (``input`` 0, ``output`` the whole backbone), for the baselines; empty when scaled.
+        cloud_cumulative_ms: the same for a measured cloud device.
     """
 
     edge_factor: float = 1.0
@@ -58,6 +88,9 @@ class LatencyModel:
     cold_start_ms: float = 0.0
     cold_start_prob: float = 0.0
     offload_overhead_ms: float = 0.0
+    measured_segments: Mapping[str, MeasuredSegment] = field(default_factory=dict)
+    edge_cumulative_ms: Mapping[str, float] = field(default_factory=dict)
+    cloud_cumulative_ms: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("edge_factor", "cloud_factor", "codec_ratio"):
@@ -81,6 +114,21 @@ class LatencyModel:
             return float(self.offload_overhead_ms)
         nbytes = raw_bytes * self.codec_ratio if encoded else raw_bytes
         return float(self.link.transfer_ms(int(round(nbytes)))) + self.offload_overhead_ms
+
+    def segment_ms(self, segment: str, host_ms: float, remote: bool) -> float:
+        """Device ms of a traced segment: measured when its device was, else host ms x factor."""
+        measured = self.measured_segments.get(segment)
+        if measured is not None:
+            return measured.on_device(host_ms)
+        return float(host_ms) * (self.cloud_factor if remote else self.edge_factor)
+
+    def backbone_ms(self, cut: str | None, host_ms: float, *, remote: bool) -> float:
+        """Device ms from the input to ``cut`` (``output``: the whole backbone) on the edge
+        (``remote=False``) or cloud device: measured when known, else ``host_ms`` x factor."""
+        cumulative = self.cloud_cumulative_ms if remote else self.edge_cumulative_ms
+        if cut is not None and cut in cumulative:
+            return float(cumulative[cut])
+        return float(host_ms) * (self.cloud_factor if remote else self.edge_factor)
 
     @property
     def expected_cold_ms(self) -> float:
@@ -153,7 +201,7 @@ def exit_costs(trace: Any, model: LatencyModel) -> ExitCosts:
                 elapsed += model.expected_cold_ms
             stage = seg_stage
         remote = seg_stage != edge_stage
-        ms = float(trace.segment_ms[seg]) * (model.cloud_factor if remote else model.edge_factor)
+        ms = model.segment_ms(seg, float(trace.segment_ms[seg]), remote)
         elapsed += ms
         cloud += ms if remote else 0.0
         at_segment[seg] = (elapsed, cloud, remote)
