@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "serve",
     "package",
     "serve_pipeline",
+    "serve_views",
     "replay",
     "dynamic",
 )

@@ -112,7 +112,7 @@ def run_views(args: argparse.Namespace) -> int:
     out = s.get("out") or f"bundles/slimedge-{len(slots)}views"
     path = deploy.export_deployment(
         out, build, slots, chosen, baselines=baselines, failures=failures,
-        overwrite=bool(getattr(args, "overwrite", False)),
+        overwrite=bool(getattr(args, "overwrite", False)), max_accuracy_drop=drop,
     )  # fmt: skip
     print(format_report(chosen, baselines, failures, base))
     print(f"deployment: {path}")

@@ -98,8 +98,12 @@ def export_deployment(
     baselines: dict[str, SlimPlan],
     failures: dict[int, SlimPlan],
     overwrite: bool = False,
+    max_accuracy_drop: float | None = None,
 ) -> Path:
-    """Write the deployment directory (see the module docstring); returns its path."""
+    """Write the deployment directory (see the module docstring); returns its path.
+
+    ``max_accuracy_drop`` (0..1) is recorded for re-planning after several failures.
+    """
     from edgelesspart.litert_export import to_tflite
     from edgelesspart.slimedge.model import fusion_input
 
@@ -135,6 +139,7 @@ def export_deployment(
             "plan": chosen.to_dict(),
             "baselines": {k: p.to_dict() for k, p in baselines.items()},
             "failure_plans": {str(k): p.to_dict() for k, p in failures.items()},
+            "max_accuracy_drop": max_accuracy_drop,
             "segments": files,
         }
         (tmp / "deployment.json").write_text(json.dumps(manifest, indent=2) + "\n", "utf-8")
