@@ -38,6 +38,7 @@ from edgelesspart.errors import (
     ConfigError,
     EdgeLessPartError,
     InputError,
+    ServiceClosed,
 )
 from edgelesspart.runtime import codecs
 from edgelesspart.runtime.batching import BatchSettings, DynamicBatcher, split_list
@@ -58,9 +59,12 @@ LOG = logging.getLogger("edgelesspart.cloud")
 
 
 def status_for(exc: EdgeLessPartError) -> int:
-    """The HTTP status of an error: 409 wrong bundle, 400 a bad request, 500 a cloud fault."""
+    """The HTTP status of an error: 409 wrong bundle, 400 a bad request, 503 shutting down,
+    500 a cloud fault."""
     if isinstance(exc, BundleMismatchError):
         return 409
+    if isinstance(exc, ServiceClosed):  # its batcher is closed: retry, nothing to log
+        return 503
     if isinstance(exc, (InputError, CodecError, ConfigError)):
         return 400
     return 500
@@ -74,7 +78,7 @@ def error_response(exc: EdgeLessPartError) -> dict[str, Any]:
     """
     status = status_for(exc)
     message = str(exc)
-    if status >= 500:
+    if status == 500:
         correlation = uuid.uuid4().hex[:16]
         LOG.error(
             "internal error [%s]: %s: %s",

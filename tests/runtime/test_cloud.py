@@ -14,6 +14,7 @@ from edgelesspart.errors import (
     ConfigError,
     InferenceError,
     InputError,
+    ServiceClosed,
 )
 from edgelesspart.runtime import codecs
 from edgelesspart.runtime.bundle import Bundle
@@ -137,6 +138,8 @@ def test_status_mapping_blames_the_caller_only_for_what_it_caused(caplog):
     assert status_for(InputError("x")) == 400
     assert status_for(BundleError("x")) == 500
     assert status_for(InferenceError("x")) == 500
+    assert status_for(ServiceClosed("x")) == 503  # shutting down: not the caller's fault
+    assert error_response(ServiceClosed("closed"))["error"]["message"] == "closed"  # not logged
     with caplog.at_level("ERROR", logger="edgelesspart.cloud"):
         body = error_response(InferenceError("segment blew up"))
     assert body["status"] == 500 and "segment blew up" not in body["error"]["message"]
