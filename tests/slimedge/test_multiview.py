@@ -128,3 +128,40 @@ def test_training_and_view_curves_on_a_tiny_model():
     assert curves.subsets["11"] == curves.base_accuracy == curves.accuracy[0][0]
     predicted = CurveModel(curves).accuracy(np.zeros((1, 2)))
     np.testing.assert_allclose(predicted, curves.base_accuracy, atol=1e-9)
+
+
+def test_concat_fusion_zeroes_missing_views_exports_and_trains(tmp_path):
+    from edgelesspart.litert_export import to_tflite
+    from edgelesspart.slimedge.ray_runtime import AggregatorImpl
+
+    keras.utils.set_random_seed(0)
+    fusion = build_fusion(3, 4, mode="concat", features=5)
+    rng = np.random.default_rng(2)
+    feats = [rng.random((2, 5), dtype=np.float32) for _ in range(3)]
+    junk = [feats[0], rng.random((2, 5), dtype=np.float32) * 100, feats[2]]
+    mask = np.array([[1, 0, 1], [1, 1, 1]], dtype=np.float32)
+    # the concatenation keeps each view's block in place and zeroes a lost view's block
+    concat = keras.Model(fusion.input, fusion.get_layer("masked_concat").output)
+    got = np.asarray(concat(fusion_input(junk, mask)))
+    assert got.shape == (2, 15)
+    np.testing.assert_allclose(got[0], np.concatenate([feats[0][0], np.zeros(5), feats[2][0]]))
+    np.testing.assert_allclose(got[1], np.concatenate([junk[0][1], junk[1][1], junk[2][1]]))
+    # a lost view's features do not change the answer; the head is a (15 -> 4) softmax
+    lost = np.array([[1, 0, 1]] * 2, dtype=np.float32)
+    a = np.asarray(fusion(fusion_input(feats, lost)))
+    np.testing.assert_allclose(a, np.asarray(fusion(fusion_input(junk, lost))), atol=1e-6)
+    assert fusion.get_layer("predictions").kernel.shape == (15, 4)
+    np.testing.assert_allclose(a.sum(axis=-1), 1.0, atol=1e-5)
+    # it loads in safe mode and its LiteRT segment fuses like Keras (the runtime's aggregator)
+    fusion.save(tmp_path / "concat.keras")
+    again = keras.saving.load_model(tmp_path / "concat.keras", safe_mode=True)
+    np.testing.assert_allclose(np.asarray(again(fusion_input(feats, lost))), a, atol=1e-6)
+    fused = AggregatorImpl(to_tflite(fusion), 3).fuse([0, 2], feats[0], feats[2])
+    np.testing.assert_allclose(fused, a, atol=1e-5)
+    # and a concat multi-view model trains with view dropout and answers with views missing
+    data = digits_views(2, limit=120, crop=12)
+    model = train_multiview(data, mode="concat", epochs=1, widths=(4, 8))
+    assert model.mode == "concat" and model.history["mode"] == "concat"
+    val = model.features(data.val)
+    for flags in ((1, 1), (1, 0), (0, 1)):
+        assert 0.0 <= model.accuracy_from_features(val, data.y_val, flags) <= 1.0
