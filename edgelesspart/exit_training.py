@@ -9,10 +9,10 @@ Three modes (``--exit-training``):
   where ``q`` is the final classifier's output on the same image (Hinton et al., 2015): the
   soft targets tell a shallow exit which wrong classes are plausible, which labels alone do not;
 * ``joint``: as ``distill``, but the backbone is trained too, with the final classifier's own
-  cross-entropy in the loss and a smaller learning rate. The final classifier's validation
-  accuracy before and after is measured; if it dropped by more than ``max_final_drop`` points
-  the backbone's weights are restored and the exits are trained again with it frozen
-  (``distill``), and the report says so.
+  cross-entropy in the loss and a tenth of the learning rate (backbone and exits alike). The
+  final classifier's validation accuracy before and after is measured; if it dropped by more
+  than ``max_final_drop`` points the backbone's weights are restored and the exits are
+  trained again with it frozen (``distill``), and the report says so.
 
 Teacher outputs are computed once, before any weight changes, so ``joint`` distils from the
 original final classifier. Exits output probabilities, so the loss works on ``log p``.
@@ -32,7 +32,8 @@ EXIT_TRAININGS = ("frozen", "distill", "joint")
 #: Softening temperature of the distillation targets and its share of the loss.
 DISTILL_TEMPERATURE = 3.0
 DISTILL_ALPHA = 0.5
-#: The backbone's learning rate in ``joint`` mode, relative to the exits'.
+#: The learning rate in ``joint`` mode relative to the exits' own (``distill``) rate; one
+#: optimiser, so it applies to the backbone and the exit heads alike.
 JOINT_LR_SCALE = 0.1
 _EPS = 1e-7
 
