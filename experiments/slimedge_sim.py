@@ -2,7 +2,8 @@
 
 The measured input is a SlimEdge deployment (``edgelesspart build --views 4 ...``: a 4-view
 model on the bundled digits, its per-view curves and pruned backbones), built here on first use
-under ``results/slimedge/deployment`` (or ``--deployment``). Each scenario draws:
+under ``results/slimedge/deployment-fine`` (or ``--deployment``; ratios 0, 0.1 .. 0.9). Each
+scenario draws:
 
 * one device per view from the edge catalogue (``edgelesspart/devices/*.json``: rpi4-tf,
   rpi4, rpi4-1gb, rpi5, jetson-nano, jetson-orin-nano), latency = host LiteRT curve x factor;
@@ -10,8 +11,11 @@ under ``results/slimedge/deployment`` (or ``--deployment``). Each scenario draws
   a third of the devices cannot hold the unpruned backbone);
 * a failure probability per device, uniform in [0, 0.5].
 
-Per scenario: SlimEdge (NSGA-II) at the accuracy floor ``unpruned - 2 points``, uniform pruning
-at the same floor, and no pruning; speedups are slowest-device latency ratios (+ fusion head).
+Per scenario: SlimEdge at the accuracy floor ``unpruned - 2 points`` -- the NSGA-II front checked
+on the real model on the validation split (:mod:`edgelesspart.slimedge.verify`: the measured
+ratios the runtime deploys, their memory, the real fused accuracy; the purely predicted pick is
+kept as ``slimedge_predicted``) -- uniform pruning at the same floor (predicted, continuous
+ratios), and no pruning; speedups are slowest-device latency ratios (+ fusion head).
 Failures: 1 .. V/2 devices fail (drawn by their failure probabilities); the survivors are
 re-planned (:func:`~edgelesspart.slimedge.optimize.replan`) and their predicted accuracy is
 compared with the all-devices plan. Predictions are verified on the real model for
@@ -47,6 +51,9 @@ MAX_DROP = 0.02
 MEMORY_RANGE = (0.2, 1.5)
 FAILURE_RANGE = (0.0, 0.5)
 VIEWS = 4
+#: the measured ratios (the segment library the runtime deploys from): the verified choice snaps
+#: to them, so a finer library than the optimiser's 5-point curves keeps more of its speedup
+LIBRARY_RATIOS = tuple(round(0.1 * i, 1) for i in range(10))
 
 
 def _args(argv: list[str] | None) -> Any:
@@ -78,28 +85,33 @@ def cpu_times() -> tuple[float, float] | None:
 
 def ensure_deployment(args: Any) -> Path:
     """The measured deployment: reuse ``--deployment``/the cache, or build it (minutes)."""
-    path = args.deployment or (args.out / ("deployment-quick" if args.quick else "deployment"))
+    path = args.deployment or (args.out / ("deployment-quick" if args.quick else "deployment-fine"))
     if (path / "deployment.json").is_file():
         benchlib.log(f"slimedge_sim: reusing the measured deployment {path}")
         return path
     from edgelesspart.devices import load_device
-    from edgelesspart.slimedge import deploy, optimize
+    from edgelesspart.slimedge import deploy, optimize, verify
     from edgelesspart.slimedge.curves import CurveModel
     from edgelesspart.slimedge.views import digits_views
 
     benchlib.log(f"slimedge_sim: training the {VIEWS}-view model and measuring its curves")
     data = digits_views(VIEWS, seed=args.seed, limit=400 if args.quick else None)
     build = deploy.build_multiview(data, epochs=args.epochs, seed=args.seed,
+                                   ratios=deploy.DEFAULT_RATIOS if args.quick else LIBRARY_RATIOS,
                                    finetune_epochs=1 if args.quick else 3)  # fmt: skip
     slots = deploy.slots_for([load_device(d) for d in ("rpi4", "rpi5", "jetson-nano", "rpi4-1gb")])
     model = CurveModel(build.curves)
     bound = optimize.Bound(accuracy_floor=build.curves.base_accuracy - MAX_DROP)
-    chosen = optimize.nsga2_plan(model, slots, bound)
+    verifier = verify.PlanVerifier.from_backbones(
+        build.model.fusion, build.pruned, build.data.val, build.data.y_val
+    )
+    chosen = verify.verified_nsga2_plan(model, slots, bound, verifier)
     baselines = {"uniform": optimize.uniform_plan(model, slots, bound),
                  "unpruned": optimize.unpruned_plan(model, slots, bound)}  # fmt: skip
-    failures = optimize.failure_plans(model, slots)
+    failures = verify.verified_failure_plans(model, slots, verifier, max_drop=MAX_DROP)
     return deploy.export_deployment(path, build, slots, chosen, baselines=baselines,
-                                    failures=failures, overwrite=True)  # fmt: skip
+                                    failures=failures, overwrite=True,
+                                    max_accuracy_drop=MAX_DROP)  # fmt: skip
 
 
 def draw_scenario(rng: np.random.Generator, catalogue: list[Any], unpruned_memory: float) -> dict:
@@ -113,19 +125,36 @@ def draw_scenario(rng: np.random.Generator, catalogue: list[Any], unpruned_memor
     return {"slots": slots, "failure_p": rng.uniform(*FAILURE_RANGE, VIEWS)}
 
 
-def run_scenario(model: Any, scenario: dict, rng: np.random.Generator, seed: int) -> dict:
-    """Plans, speedups and failure accuracies of one scenario."""
+def run_scenario(
+    model: Any, scenario: dict, rng: np.random.Generator, seed: int, verifier: Any = None
+) -> dict:
+    """Plans, speedups and failure accuracies of one scenario.
+
+    With a ``verifier`` (validation split), SlimEdge's choice is the verified one (measured
+    ratios as deployed, real accuracy); the purely predicted pick is kept as
+    ``slimedge_predicted``.
+    """
     from edgelesspart.slimedge import optimize
 
     slots = scenario["slots"]
     floor = optimize.Bound(accuracy_floor=model.curves.base_accuracy - MAX_DROP)
-    slim = optimize.nsga2_plan(model, slots, floor, seed=seed)
+    start = time.perf_counter()
+    xs, front = optimize.nsga2_front(model, slots, floor, seed=seed)
+    evaluator = optimize.Evaluator(model, slots, range(len(slots)))
+    pick = optimize.pick(evaluator.accuracy(xs), evaluator.latency_ms(xs), floor) if front else 0
+    predicted = evaluator.plan(xs[pick], "nsga2", floor, time.perf_counter() - start, front)
+    slim = predicted
+    if verifier is not None:
+        slim = verifier.choose(evaluator, floor, xs, seconds=time.perf_counter() - start,
+                               front=front)  # fmt: skip
     uniform = optimize.uniform_plan(model, slots, floor)
     unpruned = optimize.unpruned_plan(model, slots, floor)
     row = {
         "devices": [s.name for s in slots],
         "memory_ratio": [s.memory_bytes / float(model.curves.memory_bytes[0]) for s in slots],
         "slimedge": slim.to_dict() | {"front": len(slim.front)},
+        "slimedge_predicted": predicted.to_dict() | {"front": len(front)},
+        "speedup_vs_unpruned_predicted": unpruned.latency_ms / predicted.latency_ms,
         "uniform": uniform.to_dict(),
         "unpruned": unpruned.to_dict(),
         "speedup_vs_unpruned": unpruned.latency_ms / slim.latency_ms,
@@ -220,6 +249,13 @@ def summarise(rows: list[dict]) -> dict:
         "slimedge_feasible": len(ok),
         "speedup_vs_unpruned_all": dist([r["speedup_vs_unpruned"] for r in ok]),
         "speedup_vs_unpruned_where_unpruned_fits": dist([r["speedup_vs_unpruned"] for r in fits]),
+        "speedup_vs_unpruned_predicted_choice": dist(
+            [
+                r["speedup_vs_unpruned_predicted"]
+                for r in rows
+                if r["slimedge_predicted"]["feasible"]
+            ]
+        ),
         "speedup_vs_uniform_where_uniform_feasible": dist([r["speedup_vs_uniform"] for r in uni]),
         "uniform_infeasible": len(ok) - len(uni),
         "unpruned_does_not_fit": len(ok) - len(fits),
@@ -261,13 +297,33 @@ def plot(rows: list[dict], path: Path) -> None:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(curves: dict) -> None:
-    """Per worker process: the curve model and the device catalogue, loaded once."""
+def _init_worker(curves: dict, deployment: str, seed: int) -> None:
+    """Per worker process: the curve model, the device catalogue and the validation-split
+    verifier (every pruned backbone's features), loaded once."""
     from edgelesspart.devices import load_device
     from edgelesspart.slimedge.curves import CurveModel, ViewCurves
 
     _WORKER["model"] = CurveModel(ViewCurves.from_dict(curves))
     _WORKER["catalogue"] = [load_device(d) for d in CATALOGUE]
+    _WORKER["verifier"] = split_verifier(Path(deployment), seed, "val")
+
+
+def split_verifier(deployment: Path, seed: int, split: str) -> Any:
+    """A :class:`PlanVerifier` over the deployment's pruned backbones on one split."""
+    import keras
+
+    from edgelesspart.slimedge.model import fusion_layers
+    from edgelesspart.slimedge.verify import PlanVerifier
+    from edgelesspart.slimedge.views import digits_views
+
+    fusion_layers()
+    manifest = json.loads((deployment / "deployment.json").read_text())
+    data = digits_views(manifest["views"], seed=seed)
+    load = lambda rel: keras.saving.load_model(deployment / rel, safe_mode=True)  # noqa: E731
+    pruned = {(s["view"], s["ratio"]): load(s["tflite"].replace(".tflite", ".keras"))
+              for s in manifest["segments"].values()}  # fmt: skip
+    views, y = (data.val, data.y_val) if split == "val" else (data.test, data.y_test)
+    return PlanVerifier.from_backbones(load("segments/fusion.keras"), pruned, views, y)
 
 
 def _scenario_job(job: tuple[int, int]) -> dict:
@@ -276,7 +332,7 @@ def _scenario_job(job: tuple[int, int]) -> dict:
     rng = np.random.default_rng([seed, i])
     model = _WORKER["model"]
     scenario = draw_scenario(rng, _WORKER["catalogue"], float(model.curves.memory_bytes[0]))
-    return run_scenario(model, scenario, rng, seed=i)
+    return run_scenario(model, scenario, rng, seed=i, verifier=_WORKER["verifier"])
 
 
 def simulate(args: Any) -> dict:
@@ -288,7 +344,8 @@ def simulate(args: Any) -> dict:
     curves = ViewCurves.load(deployment / "curves.json")
     jobs = [(i, args.seed) for i in range(args.scenarios)]
     context = multiprocessing.get_context("spawn")  # no fork after TensorFlow was imported
-    with ProcessPoolExecutor(args.workers, context, _init_worker, (curves.to_dict(),)) as pool:
+    init = (curves.to_dict(), str(deployment), args.seed)
+    with ProcessPoolExecutor(args.workers, context, _init_worker, init) as pool:
         rows = []
         for row in pool.map(_scenario_job, jobs, chunksize=10):
             rows.append(row)
