@@ -130,59 +130,52 @@ def _fit(model: Any, x: Any, y: Any, val: tuple, config: Any, epochs: int, callb
     return len(history.history.get("loss", []))
 
 
-def _distill(backbone: Any, outputs: dict, targets: tuple, data: Any, config: Any) -> int:
-    """Train the exits on distillation targets with the backbone frozen; return epochs run."""
+def _train(
+    backbone: Any, outputs: dict, losses: dict, targets: tuple, data: Any, config: Any,
+    *, joint: bool, callbacks: tuple = (),
+) -> int:  # fmt: skip
+    """Fit ``outputs`` (with ``losses`` on the ``(train, val)`` target dicts); return epochs.
+
+    The backbone is trainable only when ``joint`` (then at ``JOINT_LR_SCALE`` of the rate).
+    """
     k = keras()
     for layer in backbone.layers:
-        layer.trainable = False
+        layer.trainable = joint
     epochs = config.exit_epochs if config.exit_epochs is not None else config.epochs
     if epochs == 0:
         return 0
-    k.utils.set_random_seed(config.seed + 1)
-    model = k.Model(backbone.inputs[0], outputs, name="exits")
-    model.compile(
-        optimizer=k.optimizers.Adam(config.exit_learning_rate),
-        loss={name: distillation_loss() for name in outputs},
-    )
+    k.utils.set_random_seed(config.seed + (2 if joint else 1))
+    model = k.Model(backbone.inputs[0], outputs, name="joint" if joint else "exits")
+    rate = config.exit_learning_rate * (JOINT_LR_SCALE if joint else 1.0)
+    model.compile(optimizer=k.optimizers.Adam(rate), loss=losses)
     train, val = targets
-    return _fit(
-        model,
-        data.x_train,
-        {name: train for name in outputs},
-        (data.x_val, {name: val for name in outputs}),
-        config,
-        epochs,
-        [],
-    )
+    return _fit(model, data.x_train, train, (data.x_val, val), config, epochs, list(callbacks))
+
+
+def _distill(backbone: Any, outputs: dict, targets: tuple, data: Any, config: Any) -> int:
+    """Train the exits on distillation targets with the backbone frozen; return epochs run."""
+    train, val = targets
+    losses = {name: distillation_loss() for name in outputs}
+    dicts = ({name: train for name in outputs}, {name: val for name in outputs})
+    return _train(backbone, outputs, losses, dicts, data, config, joint=False)
 
 
 def _joint(backbone: Any, outputs: dict, targets: tuple, data: Any, config: Any) -> int:
     """Train exits and backbone together (final classifier's CE in the loss); return epochs."""
     from edgelesspart.training import SETTLE_IMAGES, _settle_callback
 
-    k = keras()
-    for layer in backbone.layers:
-        layer.trainable = True
-    epochs = config.exit_epochs if config.exit_epochs is not None else config.epochs
-    if epochs == 0:
-        return 0
-    k.utils.set_random_seed(config.seed + 2)
-    model = k.Model(backbone.inputs[0], {**outputs, "final": backbone.outputs[0]}, name="joint")
+    train, val = targets
     losses: dict[str, Any] = {name: distillation_loss() for name in outputs}
     losses["final"] = "sparse_categorical_crossentropy"
-    model.compile(optimizer=k.optimizers.Adam(config.exit_learning_rate * JOINT_LR_SCALE),
-                  loss=losses)  # fmt: skip
-    train, val = targets
-    settle = np.asarray(data.x_train[:SETTLE_IMAGES], dtype=np.float32)
-    return _fit(
-        model,
-        data.x_train,
+    dicts = (
         {**{name: train for name in outputs}, "final": data.y_train},
-        (data.x_val, {**{name: val for name in outputs}, "final": data.y_val}),
-        config,
-        epochs,
-        [_settle_callback(settle)],
+        {**{name: val for name in outputs}, "final": data.y_val},
     )
+    settle = np.asarray(data.x_train[:SETTLE_IMAGES], dtype=np.float32)
+    return _train(
+        backbone, {**outputs, "final": backbone.outputs[0]}, losses, dicts, data, config,
+        joint=True, callbacks=(_settle_callback(settle),),
+    )  # fmt: skip
 
 
 def train_exits_distilled(
