@@ -50,9 +50,7 @@ def profiled_bundle(tiny_bundle, tmp_path) -> Path:
         CutPointProfile(name, i, 0.02 * (i + 1), 4096 * (i + 1), 0, (256,), 1024)
         for i, name in enumerate(CUTS)
     )
-    ModelProfile("tiny_cnn", "host", (32, 32, 3), cps, method="litert").save(
-        copy / "profile.json"
-    )
+    ModelProfile("tiny_cnn", "host", (32, 32, 3), cps, method="litert").save(copy / "profile.json")
     data = json.loads((copy / "manifest.json").read_text())
     data["files"]["profile.json"] = sha256_file(copy / "profile.json")
     (copy / "manifest.json").write_text(json.dumps(data))
