@@ -116,3 +116,34 @@ def test_a_request_after_close_is_a_503_on_both_paths_and_leaves_no_admission_sl
     assert app.wsgi_app.served == 1
     # AND neither kept its admission slot
     assert app.extensions["edgelesspart.admission"].running == 0
+
+
+def test_a_bad_request_among_batched_ones_fails_alone(tiny_bundle, digits):
+    import threading
+
+    # GIVEN a batching edge app with a wide window, and one NaN request among four good ones
+    app = _app(tiny_bundle, batch_max_rows=32, batch_delay_us=30_000, max_inflight=8)
+    plain = _app(tiny_bundle).test_client()
+    bad = digits[4:5].astype(np.float32)
+    bad[0, 0, 0, 0] = np.nan
+    bodies = [digits[k : k + 1] for k in range(4)] + [bad]
+    got: list = [None] * len(bodies)
+
+    def call(k):
+        got[k] = app.test_client().post("/v1/infer", data=_frame(bodies[k]), content_type=TENSOR)
+
+    # WHEN they arrive together
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    # THEN the NaN request alone is a 422, and each good one gets its own row's answer
+    assert got[4].status_code == 422 and got[4].json["error"]["code"] == "invalid_input"
+    for k in range(4):
+        ref = plain.post("/v1/infer", data=_frame(bodies[k]), content_type=TENSOR)
+        assert got[k].status_code == 200
+        assert _stable(got[k].json)["answers"] == _stable(ref.json)["answers"]
+    # AND only the four good requests reached the batcher, no admission slot is left taken
+    assert app.extensions["edgelesspart"].batcher.stats()["requests"] == 4
+    assert app.extensions["edgelesspart.admission"].running == 0
