@@ -231,9 +231,20 @@ DEFAULT_THRESHOLD = 0.8
 
 
 def serving_threshold(serving: Mapping[str, Any] | None) -> float:
-    """The bundle's default threshold: ``serving["threshold"]``, else :data:`DEFAULT_THRESHOLD`."""
+    """The bundle's default threshold: ``serving["threshold"]``, else :data:`DEFAULT_THRESHOLD`.
+
+    Raises:
+        BundleError: the manifest's threshold is not a number >= 0 (``true``, ``"0.8"``, NaN).
+    """
     value = (serving or {}).get("threshold")
-    return DEFAULT_THRESHOLD if value is None else float(value)
+    if value is None:
+        return DEFAULT_THRESHOLD
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise BundleError(
+            f"manifest.json serving.threshold must be a number >= 0, got {value!r}; rebuild the "
+            "bundle or fix the field."
+        )
+    return float(value)
 
 
 def scorer_for(serving: Mapping[str, Any] | None) -> ExitScorer:

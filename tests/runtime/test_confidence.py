@@ -66,6 +66,9 @@ def test_scorer_from_an_old_manifest_changes_nothing():
     np.testing.assert_allclose(scorer.confidence(probs), probs.max(axis=1))
     assert serving_threshold({}) == DEFAULT_THRESHOLD == 0.8
     assert serving_threshold({"threshold": 0.42}) == 0.42
+    for bad in ("0.8", True, -0.1, float("nan"), [0.8]):  # was float(): "0.8" read, [0.8] crashed
+        with pytest.raises(BundleError, match="serving.threshold"):
+            serving_threshold({"threshold": bad})
 
 
 @pytest.mark.parametrize(
