@@ -103,19 +103,22 @@ class FastRoute:
             return None  # Flask answers the empty body or the 413
         return environ["wsgi.input"].read(length)
 
+    def _dumps(self, obj: Any) -> bytes:
+        """``obj`` as ``jsonify`` writes it (the app's JSON provider, compact, a newline)."""
+        return (self._app.json.dumps(obj, separators=(",", ":")) + "\n").encode("utf-8")
+
     def _answer(self, prepared: Any, start: float, start_response: Callable) -> Iterable[bytes]:
         admitted = False
         try:
             self._admission.enter()
             admitted = True
-            status, obj, headers = 200, self._serve(prepared), {}
+            status, data, headers = 200, self._dumps(self._serve(prepared)), {}
         except Exception as exc:  # noqa: BLE001 - rendered as the app's handlers render it
-            err = service_error(exc)
-            status, obj, headers = err.status, err.to_dict(), err.headers
+            err = service_error(exc)  # also a 200 body that cannot be JSON: a 500, as in Flask
+            status, data, headers = err.status, self._dumps(err.to_dict()), err.headers
         finally:
             if admitted:
                 self._admission.leave()
-        data = (self._app.json.dumps(obj, separators=(",", ":")) + "\n").encode("utf-8")
         header_list = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
         header_list += list(headers.items())
         start_response(self._status.get(status, f"{status} UNKNOWN"), header_list)
