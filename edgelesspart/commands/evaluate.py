@@ -9,6 +9,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from edgelesspart.errors import ConfigError
+
 PROVIDER_CHOICES = ("gcf", "gcf-2nd-gen", "lambda")
 
 
@@ -52,9 +54,10 @@ def register(subparsers: Any) -> None:
                         "(default: %(default)s)")
     parser.add_argument("--calibrate", action="store_true",
                         help="temperature-scale each exit on the validation split first")
-    parser.add_argument("--max-accuracy-drop", type=float, metavar="DROP",
-                        help="pick the fastest threshold whose validation accuracy is within DROP "
-                        "of the full model (e.g. 0.01) and report it on test")
+    parser.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
+                        help="pick the fastest threshold whose validation accuracy is within "
+                        "POINTS percentage points of the full model (e.g. 1, as in build) and "
+                        "report it on test")
     parser.add_argument("--batch-size", type=int, default=256, help="rows per LiteRT call")
     parser.add_argument("--out", help="output directory (default: the bundle)")
     parser.add_argument("--no-plots", action="store_true", help="skip evaluation.png")
@@ -86,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         offload_overhead_ms=args.offload_overhead_ms,
         response_bytes=args.response_bytes,
         calibrate=args.calibrate,
-        max_accuracy_drop=args.max_accuracy_drop,
+        max_accuracy_drop=_points_to_fraction(args.max_accuracy_drop),
         batch_size=args.batch_size,
     )
     evaluation = evaluate_bundle(args.bundle, config, show_progress=not args.quiet)
@@ -99,3 +102,15 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(evaluation))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _points_to_fraction(points: float | None) -> float | None:
+    """``--max-accuracy-drop`` is in points, as in ``build``; the sweep takes a fraction."""
+    if points is None:
+        return None
+    if not 0 <= points <= 100:
+        raise ConfigError(
+            f"--max-accuracy-drop is in percentage points (0-100, e.g. 1 for one point, as in "
+            f"build), got {points:g}."
+        )
+    return points / 100.0

@@ -43,7 +43,7 @@ def test_evaluate_end_to_end(tiny_bundle, tmp_path, capsys):
     # WHEN it is evaluated with calibration and threshold selection
     rc = main([
         "evaluate", str(tiny_bundle), "--out", str(tmp_path), "--quiet",
-        "--thresholds", "0,0.3,0.5,0.7,0.9,1.01", "--calibrate", "--max-accuracy-drop", "0.02",
+        "--thresholds", "0,0.3,0.5,0.7,0.9,1.01", "--calibrate", "--max-accuracy-drop", "2",
         "--provider", "lambda", "--link", "lte", "--cold-start-ms", "500",
         "--cold-start-prob", "0.1",
     ])
@@ -162,3 +162,12 @@ def test_backbone_comes_from_the_bundle_profile_when_present(tmp_path):
     assert (backbone.full_ms, backbone.split_ms, backbone.boundary_bytes) == (7.0, 3.0, 800)
     assert (backbone.full_memory_bytes, backbone.input_bytes) == (50, 16)
     assert backbone.source == "profile"
+
+
+def test_max_accuracy_drop_is_in_points_as_in_build(tiny_bundle, tmp_path, capsys):
+    # GIVEN a drop given as a fraction-looking value beyond 100 points
+    # WHEN evaluate is asked for it THEN it is refused with a message naming the unit
+    rc = main(["evaluate", str(tiny_bundle), "--out", str(tmp_path), "--quiet",
+               "--max-accuracy-drop", "150"])
+    assert rc != 0
+    assert "percentage points" in capsys.readouterr().err
