@@ -150,11 +150,10 @@ class PlanVerifier:
                 tried[snapped] = (acc, lat)
                 if not slo and self._passes(snapped, present, bound.accuracy_floor, z):
                     return self._plan(evaluator, snapped, acc, True, method, seconds, start, front)
-        if not tried:
-            raise PlanError(
-                "No candidate plan fits the devices' memory (and the SLO), even pruned at most; "
-                "give the devices more memory or relax the bound."
-            )
+        if not tried:  # nothing fits (or meets the SLO): the most pruned plan, infeasible
+            most = tuple(self.levels[v][-1] if v in present else 0.0 for v in range(self.n_views))
+            acc = self.accuracy(most, present)
+            return self._plan(evaluator, most, acc, False, method, seconds, start, front)
         best = max(tried, key=lambda k: (tried[k][0], -tried[k][1]))
         ok = slo  # within the SLO, the most accurate verified plan; a missed floor is infeasible
         return self._plan(evaluator, best, tried[best][0], ok, method, seconds, start, front)

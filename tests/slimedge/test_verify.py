@@ -94,6 +94,10 @@ def test_verifier_snaps_down_and_respects_memory_and_slo(redundant):
     # a floor nothing reaches: the most accurate fitting plan, marked infeasible
     none = verified_nsga2_plan(model, tight, Bound(accuracy_floor=1.01), verifier)
     assert not none.feasible and none.ratios[0] == 0.5
+    # no plan fits memory even pruned at most: the most pruned plan, marked infeasible
+    tiny = [DeviceSlot("slow", 4.0, 1e3), DeviceSlot("slower", 4.5, 1e7)]
+    squeezed = verified_nsga2_plan(model, tiny, Bound(accuracy_floor=0.5), verifier)
+    assert not squeezed.feasible and squeezed.ratios == (0.5, 0.5)
 
 
 def test_failure_plans_are_verified_per_survivor_set(redundant):
