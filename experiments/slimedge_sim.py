@@ -63,6 +63,7 @@ def _args(argv: list[str] | None) -> Any:
         parser.add_argument("--verify", type=int, default=20, help="scenarios checked for real")
         parser.add_argument("--epochs", type=int, default=10)
         parser.add_argument("--workers", type=int, default=2, help="scenario processes")
+        parser.add_argument("--z", type=float, default=None, help="verification confidence")
 
     args = benchlib.parse_args(__doc__.splitlines()[0], argv, extra)
     if args.out == benchlib.RESULTS_DIR:
@@ -126,7 +127,12 @@ def draw_scenario(rng: np.random.Generator, catalogue: list[Any], unpruned_memor
 
 
 def run_scenario(
-    model: Any, scenario: dict, rng: np.random.Generator, seed: int, verifier: Any = None
+    model: Any,
+    scenario: dict,
+    rng: np.random.Generator,
+    seed: int,
+    verifier: Any = None,
+    z: float | None = None,
 ) -> dict:
     """Plans, speedups and failure accuracies of one scenario.
 
@@ -145,8 +151,9 @@ def run_scenario(
     predicted = evaluator.plan(xs[pick], "nsga2", floor, time.perf_counter() - start, front)
     slim = predicted
     if verifier is not None:
+        extra = {} if z is None else {"z": z}
         slim = verifier.choose(evaluator, floor, xs, seconds=time.perf_counter() - start,
-                               front=front)  # fmt: skip
+                               front=front, **extra)  # fmt: skip
     uniform = optimize.uniform_plan(model, slots, floor)
     unpruned = optimize.unpruned_plan(model, slots, floor)
     row = {
@@ -297,7 +304,7 @@ def plot(rows: list[dict], path: Path) -> None:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(curves: dict, deployment: str, seed: int) -> None:
+def _init_worker(curves: dict, deployment: str, seed: int, z: float | None = None) -> None:
     """Per worker process: the curve model, the device catalogue and the validation-split
     verifier (every pruned backbone's features), loaded once."""
     from edgelesspart.devices import load_device
@@ -306,6 +313,7 @@ def _init_worker(curves: dict, deployment: str, seed: int) -> None:
     _WORKER["model"] = CurveModel(ViewCurves.from_dict(curves))
     _WORKER["catalogue"] = [load_device(d) for d in CATALOGUE]
     _WORKER["verifier"] = split_verifier(Path(deployment), seed, "val")
+    _WORKER["z"] = z
 
 
 def split_verifier(deployment: Path, seed: int, split: str) -> Any:
@@ -332,7 +340,7 @@ def _scenario_job(job: tuple[int, int]) -> dict:
     rng = np.random.default_rng([seed, i])
     model = _WORKER["model"]
     scenario = draw_scenario(rng, _WORKER["catalogue"], float(model.curves.memory_bytes[0]))
-    return run_scenario(model, scenario, rng, seed=i, verifier=_WORKER["verifier"])
+    return run_scenario(model, scenario, rng, seed=i, verifier=_WORKER["verifier"], z=_WORKER["z"])
 
 
 def simulate(args: Any) -> dict:
@@ -344,7 +352,7 @@ def simulate(args: Any) -> dict:
     curves = ViewCurves.load(deployment / "curves.json")
     jobs = [(i, args.seed) for i in range(args.scenarios)]
     context = multiprocessing.get_context("spawn")  # no fork after TensorFlow was imported
-    init = (curves.to_dict(), str(deployment), args.seed)
+    init = (curves.to_dict(), str(deployment), args.seed, args.z)
     with ProcessPoolExecutor(args.workers, context, _init_worker, init) as pool:
         rows = []
         for row in pool.map(_scenario_job, jobs, chunksize=10):
@@ -363,7 +371,8 @@ def simulate(args: Any) -> dict:
         "verification": checked,
         "curves": curves.to_dict(),
         "deployment": str(deployment),
-        "settings": {"max_drop": MAX_DROP, "workers": args.workers, "memory_range": MEMORY_RANGE,
+        "settings": {"max_drop": MAX_DROP, "workers": args.workers, "z": args.z,
+                     "memory_range": MEMORY_RANGE,
                      "failure_range": FAILURE_RANGE, "catalogue": CATALOGUE, "views": VIEWS},
         "host_cpu_utilisation_percent": util,
         "machine": benchlib.machine_info(),
