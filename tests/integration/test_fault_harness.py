@@ -62,7 +62,9 @@ def test_no_request_is_lost_while_the_cloud_fails(report):
     assert "cloud rejected the call: 401" in reasons, modes["unauthorized"]["reason_examples"]
     reasons = " ".join(modes["notfound"]["reason_examples"].values())
     assert "cloud rejected the call: 404" in reasons
-    assert "malformed response" in " ".join(modes["malformed"]["reason_examples"].values())
+    # (a NaN confidence is not even valid JSON, so it may be the first example recorded)
+    malformed = " ".join(modes["malformed"]["reason_examples"].values())
+    assert "malformed response" in malformed or "sent non-JSON" in malformed, malformed
 
 
 def test_an_offload_over_the_limit_is_split_and_every_row_answered(report):
