@@ -11,6 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from edgelesspart.commands.ray_args import add_ray_server_args
+
 
 def register(sub: Any) -> None:
     """Add the ``serve-pipeline`` subcommand."""
@@ -22,15 +24,7 @@ def register(sub: Any) -> None:
         "order. GET /metrics has per-stage busy time, queue length and bytes.",
     )
     parser.add_argument("bundle", help="bundle directory (built with build --pipeline)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8090, help="TCP port (default: 8090)")
-    parser.add_argument(
-        "--ray-address",
-        default="local",
-        help="local (start a private Ray on this machine, default), auto (join the cluster of "
-        "`ray start --head` here) or HOST:PORT",
-    )
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray")
+    add_ray_server_args(parser, port=8090)
     parser.add_argument(
         "--place", default=None, help="stage=RESOURCE pairs, e.g. stage0=rpi-0,stage1=rpi-1"
     )

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from edgelesspart.commands.ray_args import add_ray_server_args
+
 
 def register(sub: Any) -> None:
     """Add the ``serve-views`` subcommand."""
@@ -23,15 +25,7 @@ def register(sub: Any) -> None:
         "state, failures and re-plans.",
     )
     parser.add_argument("deployment", help="deployment directory (built with build --views)")
-    parser.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8091, help="TCP port (default: 8091)")
-    parser.add_argument(
-        "--ray-address",
-        default="local",
-        help="local (start a private Ray on this machine, default), auto (join the cluster of "
-        "`ray start --head` here) or HOST:PORT",
-    )
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray")
+    add_ray_server_args(parser, port=8091)
     parser.add_argument(
         "--place", default=None, help="view=RESOURCE pairs, e.g. view0=rpi-0,view1=jetson-0"
     )
