@@ -129,6 +129,7 @@ def test_edge_service_serves_with_the_keras_backend(tiny_bundle, digits):
     assert heavy.bundle.runner(heavy.bundle.manifest.segments[0].name).backend == "keras"
 
 
+@pytest.mark.needs_tf
 def test_a_keras_segment_file_replaced_in_place_is_loaded_again(tiny_bundle, tmp_path):
     import os
     import shutil
