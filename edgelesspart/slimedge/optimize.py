@@ -315,14 +315,7 @@ def uniform_plan(
     present = list(range(len(slots))) if present is None else list(present)
     evaluator = Evaluator(model, slots, present)
     grid = np.repeat(np.linspace(0.0, model.curves.max_ratio, steps)[:, None], len(present), axis=1)
-    fits = (evaluator.memory_excess(grid) <= 1e-9).all(axis=1)
-    if not fits.any():
-        return evaluator.plan(grid[-1], "uniform", bound, time.perf_counter() - start)
-    candidates = grid[fits]
-    acc, lat = evaluator.accuracy(candidates), evaluator.latency_ms(candidates)
-    return evaluator.plan(
-        candidates[pick(acc, lat, bound)], "uniform", bound, time.perf_counter() - start
-    )
+    return _best_on_grid(evaluator, grid, "uniform", bound, start)
 
 
 def unpruned_plan(
@@ -352,13 +345,20 @@ def exhaustive_plan(
     evaluator = Evaluator(model, slots, present)
     levels = np.arange(0.0, model.curves.max_ratio + 1e-9, step)
     grid = np.array(list(itertools.product(levels, repeat=len(present))))
+    return _best_on_grid(evaluator, grid, "exhaustive", bound, start)
+
+
+def _best_on_grid(
+    evaluator: Evaluator, grid: np.ndarray, method: str, bound: Bound | None, start: float
+) -> SlimPlan:
+    """The plan ``pick`` chooses among the grid rows that fit memory (else the last row)."""
     fits = (evaluator.memory_excess(grid) <= 1e-9).all(axis=1)
     if not fits.any():
-        return evaluator.plan(grid[-1], "exhaustive", bound, time.perf_counter() - start)
+        return evaluator.plan(grid[-1], method, bound, time.perf_counter() - start)
     candidates = grid[fits]
     acc, lat = evaluator.accuracy(candidates), evaluator.latency_ms(candidates)
     return evaluator.plan(
-        candidates[pick(acc, lat, bound)], "exhaustive", bound, time.perf_counter() - start
+        candidates[pick(acc, lat, bound)], method, bound, time.perf_counter() - start
     )
 
 
