@@ -12,7 +12,7 @@ DEMO_LINK ?= experiments/demo/campus-lan.json
 DEMO_BUILD_FLAGS ?= --constraint memory --image-size 64 --edge-device rpi4 \
 	--cloud-device gcf-2gb --link $(DEMO_LINK)
 
-.PHONY: demo test test-lean lint check bench clean
+.PHONY: demo test test-lean lint check bench bench-smoke clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,13 +42,20 @@ test-lean: $(STAMP)
 	EDGELESSPART_TEST_BUNDLE=build/lean-bundle $(LEAN_VENV)/bin/python -m pytest -q -m "not needs_tf" \
 		tests/runtime tests/edge_runtime tests/cloud_functions tests/service_http
 
+# ruff, then the dependency rule (docs/architecture.md): import-linter's contracts in pyproject.toml.
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 check: lint test
 
 bench: $(STAMP)
 	$(BIN)/python experiments/bench_all.py
+
+# Every benchmark's --quick mode, run to completion (CI runs it so a broken script cannot land);
+# the figures of a smoke run are not meaningful.
+bench-smoke: $(STAMP)
+	$(BIN)/python experiments/bench_all.py --quick --strict --out results/bench-smoke
 
 clean:
 	rm -rf $(VENV) $(LEAN_VENV) build results bundles

@@ -337,7 +337,7 @@ def render_template(name: str, context: dict[str, Any]) -> str:
     import jinja2
     from jinja2.sandbox import SandboxedEnvironment
 
-    from edgelesspart.exits import templates_dir
+    from edgelesspart.exits.heads import templates_dir
 
     env = SandboxedEnvironment(
         loader=jinja2.FileSystemLoader(str(templates_dir() / "deploy")),

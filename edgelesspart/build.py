@@ -126,8 +126,8 @@ class BuildConfig:
 
 
 def _check_exit_options(config: BuildConfig) -> None:
-    from edgelesspart.exit_training import EXIT_TRAININGS
-    from edgelesspart.exits import EXIT_HEADS
+    from edgelesspart.exits.heads import EXIT_HEADS
+    from edgelesspart.exits.training import EXIT_TRAININGS
     from edgelesspart.runtime.confidence import MEASURES
 
     if config.exit_head not in EXIT_HEADS:
@@ -213,7 +213,7 @@ class _Clock:
 
 
 def _profile_codecs(codec: str) -> tuple[str, ...]:
-    from edgelesspart.profiler import PROFILE_CODECS
+    from edgelesspart.profiling.profiler import PROFILE_CODECS
     from edgelesspart.runtime.codecs import LOSSLESS
 
     fixed = () if codec == "auto" else (codec,)
@@ -228,14 +228,15 @@ def make_plan(
 ) -> tuple[Plan, dict]:
     """Scale the host profile to both devices and apply the configured planning rule.
 
-    ``heads`` = (cut point -> :class:`~edgelesspart.exit_cost.HeadCost`, backbone MACs): the
+    ``heads`` = (cut point -> :class:`~edgelesspart.exits.cost.HeadCost`, backbone MACs): the
     objective modes then charge each exit head's estimated time on its device.
     """
-    from edgelesspart import devices, links, planner
+    from edgelesspart.planning import planner
+    from edgelesspart.profiling import devices, links
 
     edge = devices.load_device(config.edge_device)
     cloud = devices.load_device(config.cloud_device)
-    from edgelesspart.profiling_kit import host_reference_ms
+    from edgelesspart.profiling.kit import host_reference_ms
 
     edge_profile = devices.profile_for_device(host_profile, edge, host_reference_ms)
     cloud_profile = devices.profile_for_device(host_profile, cloud, host_reference_ms)
@@ -281,7 +282,7 @@ def make_plan(
 
 def _head_ms(heads: Any, edge_profile: Any, cloud_profile: Any) -> tuple[dict, dict] | None:
     """Each candidate exit head's estimated ms on the edge and on the cloud device."""
-    from edgelesspart.exit_cost import device_head_ms
+    from edgelesspart.exits.cost import device_head_ms
 
     if heads is None:
         return None
@@ -296,7 +297,8 @@ def _head_costs(
     config: BuildConfig, model: Any, definition: Any, profile: Any, classes: int
 ) -> tuple[dict[str, Any], int]:
     """Parameters and MACs of the exit head at every profiled cut point, and the backbone's."""
-    from edgelesspart import exit_cost, exits
+    from edgelesspart.exits import cost as exit_cost
+    from edgelesspart.exits import heads as exits
 
     if definition.kind == "default":
         pooling = exits.classifier_pooling(model)
@@ -310,8 +312,8 @@ def _exit_heads(
     model: Any, plan: Plan, definition: Any, classes: int, head: str = "sdn"
 ) -> tuple[Any, dict, dict]:
     """Render the exit definition and attach one head per planned exit (exit_1, exit_2, ...)."""
-    from edgelesspart import exits
-    from edgelesspart.graph import cut_tensor
+    from edgelesspart.exits import heads as exits
+    from edgelesspart.model.graph import cut_tensor
 
     if definition.kind == "default":
         pooling = exits.classifier_pooling(model)
@@ -337,7 +339,8 @@ def choose_codec(
     import os
     import platform
 
-    from edgelesspart import codec_selection, devices, payload
+    from edgelesspart.planning import codec_selection, payload
+    from edgelesspart.profiling import devices
 
     cloud = devices.load_device(config.cloud_device)
     x_val, y_val = data.x_val[:CODEC_MAX_SAMPLES], data.y_val[:CODEC_MAX_SAMPLES]
@@ -378,7 +381,7 @@ def choose_codec(
 
 def _train(config: BuildConfig, model: Any, data: Any, untrained: bool) -> tuple[Any, bool, int]:
     """Train the backbone when asked (or, with ``auto``, when it came untrained from the zoo)."""
-    from edgelesspart import training
+    from edgelesspart.model import training
 
     train_config = training.TrainingConfig(
         epochs=config.epochs,
@@ -393,9 +396,12 @@ def _train(config: BuildConfig, model: Any, data: Any, untrained: bool) -> tuple
 
 def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = print) -> BuildResult:
     """Run the whole pipeline for ``config`` and return the exported bundle."""
-    from edgelesspart import datasets, exits, export, profiler, training, zoo
     from edgelesspart._lazy import keras
-    from edgelesspart.graph import functional_model
+    from edgelesspart.exits import heads as exits
+    from edgelesspart.export import bundle as export
+    from edgelesspart.model import datasets, training, zoo
+    from edgelesspart.model.graph import functional_model
+    from edgelesspart.profiling import profiler
 
     clock = _Clock()
     keras().utils.set_random_seed(config.seed)
@@ -428,7 +434,7 @@ def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = pri
         codecs=_profile_codecs(config.codec),
     )
     if config.profiling_kit:
-        from edgelesspart.profiling_kit import write_kit
+        from edgelesspart.profiling.kit import write_kit
 
         write_kit(
             model,
@@ -497,7 +503,8 @@ def _train_exits(
     config: BuildConfig, model: Any, exit_tensors: dict, data: Any, train_config: Any, log: Any
 ) -> tuple[Any, int, dict[str, Any]]:
     """Train the exits as ``config.exit_training`` asks; report the final classifier's change."""
-    from edgelesspart import exit_training, training
+    from edgelesspart.exits import training as exit_training
+    from edgelesspart.model import training
 
     if config.exit_training == "frozen":
         joint, epochs = training.train_exits(model, exit_tensors, data, train_config)

@@ -17,7 +17,7 @@ on the measured curves of a 4-view digits model.
 
 Usage::
 
-    .venv/bin/python experiments/bench_all.py [--quick] [--budget 6000] [--only P2,P5]
+    .venv/bin/python experiments/bench_all.py [--quick] [--strict] [--budget S] [--only P2,P5]
 """
 
 from __future__ import annotations
@@ -38,29 +38,45 @@ HERE = Path(__file__).resolve().parent
 #: ResNet50 bundle). The reserve is what a benchmark is expected to need at
 #: full size; while one runs, every later one's reserve is held back from its time limit.
 BENCHES = (
-    ("P7", "bench_p7_demo.py", 300.0),
+    ("P7", "bench_p7_demo.py", 300.0, 240.0),
     # P1 trains and caches its three backbones on the first run (about 50 min on 2 busy cores;
     # `bench_p1_exits.py --backbones-only` does it ahead); later runs reuse results/bench/backbones.
-    ("P1", "bench_p1_exits.py", 1800.0),
-    ("P5", "bench_p5_planner.py", 90.0),
-    ("P4", "bench_p4_payload.py", 60.0),
-    ("P2", "bench_p2_executor.py", 60.0),
-    ("P3", "bench_p3_throughput.py", 240.0),
-    ("P6", "bench_p6_latency.py", 240.0),
-    ("P9", "bench_p9_dynamic.py", 600.0),
-    ("P10", "bench_p10_slimedge.py", 1500.0),
-    ("P11", "bench_p11_slimedge.py", 20.0),
-    ("P8", "bench_p8_pipeline.py", 720.0),
+    ("P1", "bench_p1_exits.py", 1800.0, 240.0),
+    ("P5", "bench_p5_planner.py", 90.0, 60.0),
+    ("P4", "bench_p4_payload.py", 60.0, 120.0),
+    ("P2", "bench_p2_executor.py", 60.0, 120.0),
+    ("P3", "bench_p3_throughput.py", 240.0, 120.0),
+    ("P6", "bench_p6_latency.py", 240.0, 120.0),
+    ("P9", "bench_p9_dynamic.py", 600.0, 180.0),
+    ("P10", "bench_p10_slimedge.py", 1500.0, 180.0),
+    ("P11", "bench_p11_slimedge.py", 20.0, 60.0),
+    ("P8", "bench_p8_pipeline.py", 720.0, 180.0),
 )
-#: The reserves above add up to about 94 minutes: a first `make bench` trains and exports every
-#: model it measures (P1's backbones, P9's width bundles, P10's multi-view deployment, P8's
-#: ResNet50 export); a second one reuses them and takes about half of that.
+#: The full-size reserves (third column) add up to about 94 minutes: a first `make bench` trains
+#: and exports every model it measures (P1's backbones, P9's width bundles, P10's multi-view
+#: deployment, P8's ResNet50 export); a second one reuses them and takes about half of that.
+#: The fourth column is the reserve of ``--quick`` (``make bench-smoke``, run by CI so that a
+#: change that breaks a benchmark script does not land): generous for 2 busy cores, since a
+#: smoke run must finish every script rather than race it.
 DEFAULT_BUDGET_S = 6000.0
+#: ``--quick``'s default budget: the sum of the quick reserves.
+QUICK_BUDGET_S = sum(b[3] for b in BENCHES)
 
 
 def _args(argv: list[str] | None) -> Any:
     def extra(parser: Any) -> None:
-        parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S, help="seconds")
+        parser.add_argument(
+            "--budget",
+            type=float,
+            default=None,
+            help=f"seconds (default {DEFAULT_BUDGET_S:.0f}; with --quick {QUICK_BUDGET_S:.0f})",
+        )
+        parser.add_argument(
+            "--strict",
+            action="store_true",
+            help="exit 1 unless every benchmark ran to completion and wrote its JSON "
+            "(make bench-smoke)",
+        )
         parser.add_argument("--only", default=None, help="comma-separated ids, e.g. P2,P5")
 
     return benchlib.parse_args(__doc__.splitlines()[0], argv, extra)
@@ -153,14 +169,17 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks, print the table, write summary.json and summary.md."""
     args = _args(argv)
+    if args.budget is None:
+        args.budget = QUICK_BUDGET_S if args.quick else DEFAULT_BUDGET_S
+    column = 3 if args.quick else 2
     wanted = {b.strip().upper() for b in args.only.split(",")} if args.only else None
     benches = [b for b in BENCHES if wanted is None or b[0] in wanted]
     start = time.perf_counter()
     machine_before = benchlib.machine_info()
     records = []
-    for i, (bench, script, _) in enumerate(benches):
+    for i, (bench, script, *_) in enumerate(benches):
         remaining = args.budget - (time.perf_counter() - start)
-        limit = benchlib.timeout_for(remaining, [r for _, _, r in benches[i + 1 :]])
+        limit = benchlib.timeout_for(remaining, [b[column] for b in benches[i + 1 :]])
         if remaining <= 5:
             records.append(not_run(bench, script))
             (args.out / f"{bench.lower()}.json").unlink(missing_ok=True)
@@ -189,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         f"bench_all: {met} met, {missed} missed, {len(verdicts) - met - missed} other, "
         f"{summary['total_seconds']:.0f} s (budget {args.budget:.0f} s)"
     )
+    broken = [r["bench"] for r in records if "headline" not in r]
+    if args.strict and broken:
+        print(f"bench_all: did not complete: {', '.join(broken)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -91,9 +91,9 @@ def train_backbone(model_name: str, folder: Path, quick: bool, seed: int = 0) ->
     which upsizes digits to 75x75, costs ~4.5 min per epoch here, so it gets 4). The stopping
     rule reads validation only; test accuracy is measured once, at the end, and reported.
     """
-    from edgelesspart import datasets, zoo
     from edgelesspart._lazy import keras
-    from edgelesspart.training import SETTLE_IMAGES, settle_batchnorm
+    from edgelesspart.model import datasets, zoo
+    from edgelesspart.model.training import SETTLE_IMAGES, settle_batchnorm
 
     limit = 120 if quick else None
     tag = f"p1-{model_name}{'-quick' if quick else ''}"
@@ -142,9 +142,9 @@ def finetune_backbone(model_name: str, path: Path, info: dict, seed: int = 0) ->
     """Continue training a stored backbone at a tenth of the learning rate (models in
     :data:`BACKBONE_FINETUNE`), keeping the best validation epoch; stored next to it as
     ``<tag>-ft.keras`` so the base checkpoint (and bundles built from it) stay valid."""
-    from edgelesspart import datasets
     from edgelesspart._lazy import keras
-    from edgelesspart.training import SETTLE_IMAGES, settle_batchnorm
+    from edgelesspart.model import datasets
+    from edgelesspart.model.training import SETTLE_IMAGES, settle_batchnorm
 
     epochs = BACKBONE_FINETUNE.get(model_name, 0)
     ft_path = path.with_name(path.stem + "-ft.keras")
@@ -266,9 +266,9 @@ def full_model(bundle: Any, model_name: str, seed: int, folder: Path) -> rawlite
     The ``.tflite`` is cached in ``folder`` under the model name, input shape and class count
     (what fixes the architecture; the weights do not change float32 kernel time).
     """
-    from edgelesspart import zoo
-    from edgelesspart.graph import extract, functional_model
-    from edgelesspart.litert_export import to_tflite
+    from edgelesspart.model import zoo
+    from edgelesspart.model.graph import extract, functional_model
+    from edgelesspart.model.litert import to_tflite
 
     shape = tuple(bundle.manifest.input.tensor.shape)
     classes = len(bundle.classes)

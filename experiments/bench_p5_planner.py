@@ -63,7 +63,7 @@ def _args(argv: list[str] | None) -> Any:
 def host_profile(args: Any) -> tuple[Any, str]:
     """The host profile to plan on and where it came from (profiled once, then cached)."""
     from edgelesspart.build import BuildConfig
-    from edgelesspart.profile import ModelProfile
+    from edgelesspart.profiling.profile import ModelProfile
 
     if args.profile:
         return ModelProfile.load(args.profile), str(args.profile)
@@ -75,7 +75,8 @@ def host_profile(args: Any) -> tuple[Any, str]:
     cache = args.out / "bundles" / f"p5-{name}-{size}px-{cuts}cuts-{method}.profile.json"
     if cache.is_file():
         return ModelProfile.load(cache), f"profiled on this host earlier ({what}): {cache}"
-    from edgelesspart import profiler, zoo
+    from edgelesspart.model import zoo
+    from edgelesspart.profiling import profiler
 
     model = zoo.build_model(name, (size, size, 3), 10, seed=args.seed)
     benchlib.log(f"profiling {what}")
@@ -94,7 +95,8 @@ def _codec_kwargs(fn: Any) -> dict[str, Any]:
 
 def scenario(host: Any, edge_name: str, link_name: str, exits: tuple[int, int], repeats: int):
     """Chosen plans (each placement rule and the exhaustive search) vs the brute force."""
-    from edgelesspart import devices, links, planner
+    from edgelesspart.planning import planner
+    from edgelesspart.profiling import devices, links
 
     edge_dev = devices.load_device(edge_name)
     cloud_dev = devices.load_device(CLOUD_DEVICE)

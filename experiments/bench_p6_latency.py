@@ -3,7 +3,7 @@
 Steps, all on this host:
 
 1. **Kit**: the shared bench build's model (small CNN on digits, same candidate cut points) is
-   written as a profiling kit (``edgelesspart.profiling_kit.write_kit``, what ``build
+   written as a profiling kit (``edgelesspart.profiling.kit.write_kit``, what ``build
    --profiling-kit`` writes).
 2. **Device profile**: ``edgelesspart profile-device KIT --out DEVICE.json`` runs in a
    subprocess (the TF-free command a device runs): per cut point median latency.
@@ -139,7 +139,7 @@ class DelayedOffloader:
 
 
 def _link(name: str) -> Any:
-    from edgelesspart.links import Link, load_link
+    from edgelesspart.profiling.links import Link, load_link
 
     return Link(NO_LINK, 1e12, 1e12, 0.0) if name == NO_LINK else load_link(name)
 

@@ -4,7 +4,7 @@ Model: Keras ResNet50 at 224x224, ``weights=None`` (seeded random weights: throu
 energy do not depend on trained weights; compressed sizes do somewhat, so payloads are those of
 random-weight activations on two natural photos, scikit-learn's sample images). It is exported
 once as fine LiteRT segments (one per stretch between candidate cut points); each chain groups
-them as :func:`edgelesspart.pipeline.planning.plan_chain` decides (exact bottleneck DP on the
+them as :func:`edgelesspart.planning.chain.plan_chain` decides (exact bottleneck DP on the
 host-measured profile scaled to the RPi4, with the measured encode/decode times and encoded
 bytes), so every node count runs from the same export.
 
@@ -106,10 +106,10 @@ def export_segments(out: Path, size: int, cuts: int, probe: np.ndarray) -> Path:
     bundle = out / "bundles" / f"p8-resnet50-{size}-{cuts}"
     if (bundle / "manifest.json").is_file():
         return bundle
-    from edgelesspart import zoo
-    from edgelesspart.graph import find_cut_points, functional_model
+    from edgelesspart.model import zoo
+    from edgelesspart.model.graph import find_cut_points, functional_model
     from edgelesspart.pipeline.export import export_chain, segment_plan
-    from edgelesspart.profiler import candidate_cut_points
+    from edgelesspart.profiling.profiler import candidate_cut_points
 
     model = functional_model(zoo.build_model("resnet50", (size, size, 3), 1000, seed=0))
     names = [c.name for c in candidate_cut_points(find_cut_points(model), cuts)]
@@ -151,7 +151,7 @@ def _codec_costs(rows: np.ndarray, codecs: tuple[str, ...]) -> tuple[dict, dict]
 def host_profile(bundle: Path, images: np.ndarray, codecs: tuple[str, ...]) -> dict[str, Any]:
     """Per-segment host CPU ms (median thread time, LiteRT, 1 thread, batch 1) and, at every
     boundary, the mean encoded bytes and encode/decode ms of each codec over 4 photos."""
-    from edgelesspart.profile import CutPointProfile, ModelProfile
+    from edgelesspart.profiling.profile import CutPointProfile, ModelProfile
     from edgelesspart.runtime.bundle import Bundle
 
     loaded = Bundle.load(bundle, pool_size=1)
@@ -301,8 +301,8 @@ def run_codec(
     input_bytes: int,
 ) -> dict[str, Any]:
     """Plan and run the chain of every node count with one link codec (or ``auto``)."""
-    from edgelesspart.links import Link
-    from edgelesspart.pipeline.planning import ChainCosts, plan_chain
+    from edgelesspart.planning.chain import ChainCosts, plan_chain
+    from edgelesspart.profiling.links import Link
 
     link = Link("lan100", LINK_MBPS, LINK_MBPS, LINK_RTT_MS, source="emulated 100 Mbit/s")
     k = float(rpi.extra["latency_factor"])

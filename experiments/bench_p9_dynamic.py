@@ -298,8 +298,8 @@ def plot(static: dict, adaptive: dict, sc: dict, path: Path) -> Path | None:
 
 def measure(args: Any) -> dict[str, Any]:
     """Train/export every strategy, then run the static and adaptive pipelines."""
-    from edgelesspart.datasets import load_dataset
     from edgelesspart.dynamic.widths import DEFAULT_WIDTHS
+    from edgelesspart.model.datasets import load_dataset
 
     data = load_dataset("digits", image_size=32, seed=args.seed)
     epochs = QUICK_EPOCHS if args.quick else EPOCHS

@@ -1,7 +1,7 @@
 """Print a bundle's measured codec table as Markdown (for the README and docs/codecs.md).
 
 The table is what ``edgelesspart build`` measured at the split on validation data and wrote to
-the bundle's ``codecs.json`` (see ``edgelesspart.codec_selection``); nothing is re-measured
+the bundle's ``codecs.json`` (see ``edgelesspart.planning.codec_selection``); nothing is re-measured
 here. Columns: codec, wire bytes per sample (frame header included), how many times fewer
 bytes than the raw float32 tensor, accuracy delta in percentage points (negative = loss),
 median encode / decode ms at batch 1 on the build host, and a check mark on the codec the
@@ -38,7 +38,7 @@ def load_table(bundle: Path, *, verify: bool = True) -> tuple[dict[str, Any], st
             has no measured codec table.
     """
     from edgelesspart.errors import BundleError
-    from edgelesspart.export import CODECS_PATH
+    from edgelesspart.export.bundle import CODECS_PATH
     from edgelesspart.runtime.manifest import load_manifest
 
     manifest = load_manifest(bundle, verify=verify)
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("bundle", type=Path, help="bundle directory")
     parser.add_argument("--no-verify", action="store_true", help="skip the file-hash check")
     args = parser.parse_args(argv)
-    from edgelesspart.summary import format_codec_markdown
+    from edgelesspart.export.summary import format_codec_markdown
 
     try:
         table, chosen = load_table(args.bundle, verify=not args.no_verify)

@@ -45,7 +45,7 @@ def free_port() -> int:
 def export_test_pngs(bundle: Path, out: Path) -> tuple[int, float | None]:
     """Write the bundle's test split as ``out/<class>/<index>.png``; return (count, final acc)."""
     from edgelesspart.evaluation.pipeline import load_eval_data
-    from edgelesspart.replay import array_to_png
+    from edgelesspart.replay.client import array_to_png
     from edgelesspart.runtime.manifest import load_manifest
 
     manifest = load_manifest(bundle)

@@ -2,7 +2,8 @@
 
 For one trained backbone (a zoo model trained here, or a ``.keras`` file such as P1's ResNet50
 backbone) the script picks ``--depths`` cut points spread evenly over the model's cut points,
-attaches every built-in exit head (``edgelesspart.exits.EXIT_HEADS``: paper, sdn, conv) at every
+attaches every built-in exit head (``edgelesspart.exits.heads.EXIT_HEADS``: paper, sdn, conv) at
+every
 one of them, and trains all of those exits together in one run (backbone frozen, the product's
 distillation loss, so every head gets the same data, epochs and teacher). Then per head and
 depth it reports:
@@ -57,7 +58,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 def pick_cuts(model: Any, depths: int) -> list[str]:
     """``depths`` cut points spread evenly over the model's (excluding input and output)."""
-    from edgelesspart.graph import find_cut_points
+    from edgelesspart.model.graph import find_cut_points
 
     names = [c.name for c in find_cut_points(model) if c.name not in ("input", "output")]
     if len(names) <= depths:
@@ -70,7 +71,7 @@ def litert_ms(keras_model: Any, shape: tuple[int, ...], repeats: int) -> float:
     """Median batch-1 LiteRT latency of a single-input Keras model (ms)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgelesspart.litert_export import write_tflite
+    from edgelesspart.model.litert import write_tflite
 
     with tempfile.TemporaryDirectory() as tmp:
         path = write_tflite(keras_model, Path(tmp) / "m.tflite")
@@ -90,8 +91,8 @@ def litert_ms(keras_model: Any, shape: tuple[int, ...], repeats: int) -> float:
 
 def head_cost(definition: Any, shape: tuple[int, ...], classes: int, repeats: int) -> dict:
     """Parameters and LiteRT latency of one head on a cut tensor of ``shape``."""
-    from edgelesspart import exits
     from edgelesspart._lazy import keras
+    from edgelesspart.exits import heads as exits
 
     k = keras()
     inputs = k.Input(shape)
@@ -102,8 +103,8 @@ def head_cost(definition: Any, shape: tuple[int, ...], classes: int, repeats: in
 
 def backbone(args: argparse.Namespace, data: Any) -> tuple[Any, str]:
     """The trained backbone: a ``.keras`` file as it is, or a zoo model trained here."""
-    from edgelesspart import training, zoo
-    from edgelesspart.graph import functional_model
+    from edgelesspart.model import training, zoo
+    from edgelesspart.model.graph import functional_model
 
     model, info = zoo.resolve_model(args.model, data.input_shape, data.num_classes, seed=args.seed)
     model = functional_model(model)
@@ -115,9 +116,10 @@ def backbone(args: argparse.Namespace, data: Any) -> tuple[Any, str]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Attach, train and measure every head at every depth; return the record."""
-    from edgelesspart import datasets, exits, training
-    from edgelesspart.exit_training import train_exits_distilled
-    from edgelesspart.graph import cut_tensor, extract
+    from edgelesspart.exits import heads as exits
+    from edgelesspart.exits.training import train_exits_distilled
+    from edgelesspart.model import datasets, training
+    from edgelesspart.model.graph import cut_tensor, extract
 
     data = datasets.load_dataset("digits", seed=args.seed, limit=args.limit)
     model, name = backbone(args, data)

@@ -137,9 +137,9 @@ def train_backbone(settings: PaperSettings, model_name: str) -> tuple[Any, dict[
     """Build the zoo model (random weights), train it, settle BatchNorm; return (model, info)."""
     import numpy as np
 
-    from edgelesspart import datasets, zoo
     from edgelesspart._lazy import keras
-    from edgelesspart.training import TrainingConfig, settle_batchnorm
+    from edgelesspart.model import datasets, zoo
+    from edgelesspart.model.training import TrainingConfig, settle_batchnorm
 
     data = datasets.load_dataset(settings.dataset, seed=settings.seed, limit=settings.limit)
     model = zoo.build_model(model_name, data.input_shape, data.num_classes, seed=settings.seed)

@@ -50,9 +50,9 @@ def _args(argv: list[str] | None) -> Any:
 
 def curve_for(name: str, args: Any, data: Any) -> Any:
     """Measure one model's curve (trained when it is small_cnn or --train-resnet)."""
+    from edgelesspart.model.training import TrainingConfig, settle_batchnorm, train_backbone
+    from edgelesspart.model.zoo import build_model
     from edgelesspart.pruning.curves import accuracy, finetune, measure_curve
-    from edgelesspart.training import TrainingConfig, settle_batchnorm, train_backbone
-    from edgelesspart.zoo import build_model
 
     trained = name == "small_cnn" or args.train_resnet
     shape = data.input_shape
@@ -107,7 +107,7 @@ def plot(curves: list[Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Measure, print a table, write JSON and the plot."""
-    from edgelesspart.datasets import load_dataset
+    from edgelesspart.model.datasets import load_dataset
 
     args = _args(argv)
     start = time.perf_counter()

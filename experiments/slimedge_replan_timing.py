@@ -30,7 +30,7 @@ import slimedge_sim  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     """Time the re-plans and print their distribution."""
-    from edgelesspart.devices import load_device
+    from edgelesspart.profiling.devices import load_device
     from edgelesspart.slimedge.curves import CurveModel, ViewCurves
     from edgelesspart.slimedge.deploy import slots_for
     from edgelesspart.slimedge.optimize import DeviceSlot, replan

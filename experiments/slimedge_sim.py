@@ -5,7 +5,7 @@ model on the bundled digits, its per-view curves and pruned backbones), built he
 under ``results/slimedge/deployment-fine`` (or ``--deployment``; ratios 0, 0.1 .. 0.9). Each
 scenario draws:
 
-* one device per view from the edge catalogue (``edgelesspart/devices/*.json``: rpi4-tf,
+* one device per view from the edge catalogue (``edgelesspart/profiling/catalog/*.json``: rpi4-tf,
   rpi4, rpi4-1gb, rpi5, jetson-nano, jetson-orin-nano), latency = host LiteRT curve x factor;
 * a memory limit per device, uniform in [0.2, 1.5] x the unpruned backbone's memory (about
   a third of the devices cannot hold the unpruned backbone);
@@ -90,7 +90,7 @@ def ensure_deployment(args: Any) -> Path:
     if (path / "deployment.json").is_file():
         benchlib.log(f"slimedge_sim: reusing the measured deployment {path}")
         return path
-    from edgelesspart.devices import load_device
+    from edgelesspart.profiling.devices import load_device
     from edgelesspart.slimedge import deploy, optimize, verify
     from edgelesspart.slimedge.curves import CurveModel
     from edgelesspart.slimedge.views import digits_views
@@ -307,7 +307,7 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(curves: dict, deployment: str, seed: int, z: float | None = None) -> None:
     """Per worker process: the curve model, the device catalogue and the validation-split
     verifier (every pruned backbone's features), loaded once."""
-    from edgelesspart.devices import load_device
+    from edgelesspart.profiling.devices import load_device
     from edgelesspart.slimedge.curves import CurveModel, ViewCurves
 
     _WORKER["model"] = CurveModel(ViewCurves.from_dict(curves))

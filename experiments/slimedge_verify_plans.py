@@ -67,7 +67,7 @@ def verifiers(deployment: Path, seed: int) -> dict[str, Any]:
 
 def check(rows: list[tuple[int, dict]], model: Any, checks: dict[str, Any], z: float) -> list:
     """Per scenario: the verified choice and the unverified one, on test."""
-    from edgelesspart.devices import load_device
+    from edgelesspart.profiling.devices import load_device
     from edgelesspart.slimedge import optimize, verify
     from edgelesspart.slimedge.deploy import slots_for
 

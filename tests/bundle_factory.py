@@ -34,10 +34,12 @@ def tiny_model(keras, input_shape=(32, 32, 3), num_classes=10):
 
 def build_tiny_bundle(out: Path, *, epochs: int = 8, seed: int = 0) -> Path:
     """Train the tiny model briefly and export it as a bundle at ``out``."""
-    from edgelesspart import exits, export, training
     from edgelesspart._lazy import keras
-    from edgelesspart.datasets import load_dataset
-    from edgelesspart.graph import cut_tensor, find_cut_points
+    from edgelesspart.exits import heads as exits
+    from edgelesspart.export import bundle as export
+    from edgelesspart.model import training
+    from edgelesspart.model.datasets import load_dataset
+    from edgelesspart.model.graph import cut_tensor, find_cut_points
     from edgelesspart.runtime.plan import Plan, Stage
 
     k = keras()

@@ -1,7 +1,8 @@
 """Give a copy of the tiny test bundle a measured codec table, with the runtime only (no TF).
 
 ``edgelesspart build`` measures the codecs with the Keras tail of the trained model
-(:func:`edgelesspart.codec_selection.measure_at_split`). Here the tail is the bundle's own LiteRT
+(:func:`edgelesspart.planning.codec_selection.measure_at_split`). Here the tail is the bundle's own
+LiteRT
 cloud segments, so the table is real (every available codec encodes, decodes and is classified
 at batch 1 on validation digits) and takes a second instead of a build. The copy keeps its
 bundle id, gets ``codecs.json`` (hashed in the manifest like every file) and a manifest
@@ -42,8 +43,8 @@ def with_codec_table(
     source: Path, target: Path, *, samples: int = 60, codec: str = "auto", max_loss_pp: float = 0.5
 ) -> Path:
     """Copy the bundle at ``source`` to ``target`` and add its measured codec table."""
-    from edgelesspart.codec_selection import codec_entry, measure_codecs
-    from edgelesspart.datasets import load_dataset
+    from edgelesspart.model.datasets import load_dataset
+    from edgelesspart.planning.codec_selection import codec_entry, measure_codecs
     from edgelesspart.runtime.bundle import Bundle
     from edgelesspart.runtime.executor import ProgressiveExecutor
     from edgelesspart.runtime.manifest import hash_files, load_manifest, write_manifest

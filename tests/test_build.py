@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from edgelesspart import devices, links, planner
 from edgelesspart.build import BuildConfig, make_plan
 from edgelesspart.errors import ConfigError
-from edgelesspart.profile import CutPointProfile, ModelProfile
-from edgelesspart.profiling_kit import host_reference_ms
+from edgelesspart.planning import planner
+from edgelesspart.profiling import devices, links
+from edgelesspart.profiling.kit import host_reference_ms
+from edgelesspart.profiling.profile import CutPointProfile, ModelProfile
 
 LATENCY = (0.2, 0.5, 0.9, 1.4, 2.2, 2.6, 3.0)
 BOUNDARY = (64000, 32000, 32000, 16000, 8000, 2000, 40)

@@ -126,7 +126,7 @@ def test_quick_shrinks_defaults_but_explicit_flags_win(paper_figures):
 def test_cifar10_without_the_data_fails_with_a_clear_message(
     paper_figures, tmp_path, monkeypatch, capsys
 ):
-    from edgelesspart import datasets
+    from edgelesspart.model import datasets
 
     # GIVEN an empty Keras cache and no network (never download in a test)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))

@@ -7,12 +7,13 @@
    ``marshal``, ``shelve`` or ``joblib``; ``allow_pickle=True``; ``np.load`` without
    ``allow_pickle=False``; ``yaml.load`` / ``full_load`` / ``unsafe_load`` (only
    ``yaml.safe_load``); any ``load_model(...)`` call without ``safe_mode=True``; ``eval`` and
-   ``exec`` outside the one reviewed site (``edgelesspart/exits.py`` executes exit code that was
+   ``exec`` outside the one reviewed site (``edgelesspart/exits/heads.py`` executes exit code that
+   was
    rendered in the Jinja2 sandbox and passed an AST allow-list, with restricted builtins).
    The scanner itself is tested on small bad snippets, so a silent scanner cannot pass.
 2. **Jinja2 sandbox**: templates reaching ``__class__``, ``__globals__``, ``__subclasses__``,
    ``__import__`` or an import of a template outside the exit templates fail to render.
-   More escape attempts: ``tests/test_exits.py::test_sandbox_escape_attempts_are_blocked`` and
+   More escape attempts: ``tests/exits/test_heads.py::test_sandbox_escape_attempts_are_blocked`` and
    ``test_rendered_code_with_forbidden_constructs_is_rejected``.
 3. **Bundles at the services**: a tampered segment file or a manifest path that escapes the
    bundle stops the edge and cloud services from starting, with the file named. The loader's own
@@ -39,8 +40,8 @@ SCANNED = ("edgelesspart", "edge_runtime", "cloud_functions", "experiments", "te
 BANNED_MODULES = {"pickle", "cPickle", "_pickle", "cloudpickle", "dill", "marshal", "shelve",
                   "joblib"}
 #: The one place allowed to exec: exit code rendered in the sandbox and checked by an AST
-#: allow-list, run with restricted builtins (see edgelesspart.exits.compile_exit_builder).
-EXEC_ALLOWED = {"edgelesspart/exits.py"}
+#: allow-list, run with restricted builtins (see edgelesspart.exits.heads.compile_exit_builder).
+EXEC_ALLOWED = {"edgelesspart/exits/heads.py"}
 
 
 def _name(node: ast.AST) -> str:
@@ -125,7 +126,7 @@ def test_the_scan_covers_the_code_base():
     files = {f.relative_to(ROOT).as_posix() for f in scanned_files()}
     for expected in ("edgelesspart/runtime/codecs.py", "edge_runtime/app.py",
                      "cloud_functions/handler.py", "experiments/fault_harness.py",
-                     "edgelesspart/zoo.py", "templates/exits/default.py.j2"):
+                     "edgelesspart/model/zoo.py", "templates/exits/default.py.j2"):
         assert expected in files
     assert len(files) > 60
 
@@ -146,7 +147,7 @@ def test_no_pickle_unsafe_loading_or_stray_exec_in_the_source():
 
 
 def test_the_reviewed_exec_site_is_still_the_only_one_and_still_restricted():
-    source = (ROOT / "edgelesspart/exits.py").read_text()
+    source = (ROOT / "edgelesspart/exits/heads.py").read_text()
     execs = [p for p in scan_python(source, "exits.py") if p.endswith("exec(...)")]
     assert len(execs) == 1
     assert '"__builtins__": table' in source and "check_exit_code(definition.code" in source
@@ -200,11 +201,11 @@ def test_the_scanner_accepts_the_safe_forms():
         ("{{ namespace.__init__.__globals__.__builtins__ }}", "sandbox violation"),
         ("{{ __import__('os').system('true') }}", "undefined template variable"),
         ("{% import 'os' as os %}{{ os.system }}", "not found"),
-        ("{% from '../../edgelesspart/exits.py' import x %}", "not found"),
+        ("{% from '../../edgelesspart/exits/heads.py' import x %}", "not found"),
     ],
 )
 def test_templates_cannot_reach_python_internals(tmp_path, payload, pattern):
-    from edgelesspart.exits import load_exit_definition
+    from edgelesspart.exits.heads import load_exit_definition
 
     template = tmp_path / "evil.py.j2"
     template.write_text(payload)

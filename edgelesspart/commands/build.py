@@ -150,7 +150,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Build the bundle and print the plan."""
     from edgelesspart.build import run_build
-    from edgelesspart.summary import format_plan
+    from edgelesspart.export.summary import format_plan
 
     if build_views.wanted(args):
         return build_views.run_views(args)
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         print("test accuracy: " + ", ".join(f"{k}={v:.3f}" for k, v in accuracy.items()))
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
     print(f"bundle: {result.bundle} (id {result.manifest.bundle_id}); {timings}")
-    from edgelesspart.plan_check import bundle_warnings  # plan truth (docs/demo.md)
+    from edgelesspart.evaluation.plan_truth import bundle_warnings  # plan truth (docs/demo.md)
 
     for warning in bundle_warnings(result.bundle, link=config.link):
         print(f"warning: {warning}")

@@ -78,7 +78,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_views(args: argparse.Namespace) -> int:
     """Build, plan and export; print the front and the choice."""
-    from edgelesspart.devices import load_device
+    from edgelesspart.profiling.devices import load_device
     from edgelesspart.slimedge import deploy, optimize, verify
     from edgelesspart.slimedge.curves import CurveModel
 

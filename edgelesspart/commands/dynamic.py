@@ -63,11 +63,11 @@ def register(sub: Any) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train with the chosen strategy and export the width bundle."""
-    from edgelesspart.datasets import load_dataset
     from edgelesspart.dynamic.export import export_width_bundle
     from edgelesspart.dynamic.model import build_chain_cnn
     from edgelesspart.dynamic.training import WidthTrainingConfig, train_width_robust
     from edgelesspart.dynamic.widths import check_widths
+    from edgelesspart.model.datasets import load_dataset
 
     widths = check_widths(args.widths.split(","))
     data = load_dataset(args.dataset, seed=args.seed)

@@ -71,10 +71,10 @@ def run(args: argparse.Namespace) -> int:
         from edgelesspart.commands.dynamic import run_widths
 
         return run_widths(argparse.Namespace(bundle=args.bundle, json=False))
-    from edgelesspart.devices import bundle_cloud_provider
     from edgelesspart.evaluation.pipeline import EvaluationConfig, evaluate_bundle
     from edgelesspart.evaluation.report import format_table, write_outputs
     from edgelesspart.evaluation.sweep import parse_thresholds
+    from edgelesspart.profiling.devices import bundle_cloud_provider
 
     config = EvaluationConfig(
         thresholds=parse_thresholds(args.thresholds),

@@ -18,8 +18,8 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the manifest (verifying hashes) and print it."""
+    from edgelesspart.export.summary import format_bundle
     from edgelesspart.runtime.manifest import load_manifest
-    from edgelesspart.summary import format_bundle
 
     manifest = load_manifest(args.bundle, verify=not args.no_verify)
     if args.json:

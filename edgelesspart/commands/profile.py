@@ -27,8 +27,9 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Profile, scale, write and print a short table."""
-    from edgelesspart import datasets, devices, profiler, zoo
-    from edgelesspart.graph import functional_model
+    from edgelesspart.model import datasets, zoo
+    from edgelesspart.model.graph import functional_model
+    from edgelesspart.profiling import devices, profiler
 
     data = datasets.load_dataset(args.dataset, limit=16)
     model, info = zoo.resolve_model(args.model, data.input_shape, data.num_classes)

@@ -53,8 +53,8 @@ def register(sub: Any) -> None:
 
 def run_kit(args: argparse.Namespace) -> int:
     """Build the model (untrained) and write its kit."""
-    from edgelesspart import datasets, zoo
-    from edgelesspart.profiling_kit import write_kit
+    from edgelesspart.model import datasets, zoo
+    from edgelesspart.profiling.kit import write_kit
 
     data = datasets.load_dataset(args.dataset, limit=16, image_size=args.image_size)
     model, info = zoo.resolve_model(args.model, data.input_shape, data.num_classes)

@@ -1,6 +1,6 @@
 """``edgelesspart replay URL DATA``: post an image set to a running edge service and measure it.
 
-Nothing heavy at import; the library is :mod:`edgelesspart.replay` (TensorFlow-free).
+Nothing heavy at import; the library is :mod:`edgelesspart.replay.client` (TensorFlow-free).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Replay the data and print the report; exit 1 when any request failed."""
     from edgelesspart.errors import ConfigError
-    from edgelesspart.replay import (
+    from edgelesspart.replay.client import (
         EdgeClient,
         Pricing,
         format_report,

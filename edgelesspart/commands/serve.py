@@ -241,7 +241,7 @@ def _int_setting(value: int | None, env: Any, name: str) -> int:
 
 def run_package(args: argparse.Namespace) -> int:
     """Build the Lambda or GCF package, then print what was written."""
-    from edgelesspart.devices import bundle_cloud_provider
+    from edgelesspart.profiling.devices import bundle_cloud_provider
 
     provider = args.provider or bundle_cloud_provider(args.bundle)
     if provider == "gcf":

@@ -55,10 +55,10 @@ def register(sub: Any) -> None:
 
 def _stages(args: argparse.Namespace) -> tuple[list[Any], Any]:
     """The bundle's stages with --place, --codec and the emulation flags applied."""
-    from edgelesspart import links
     from edgelesspart.pipeline import raykit
     from edgelesspart.pipeline.dispatcher import default_stages, stages_with
     from edgelesspart.pipeline.emulation import DeviceEmulation
+    from edgelesspart.profiling import links
     from edgelesspart.runtime.manifest import load_manifest
 
     manifest = load_manifest(args.bundle, verify=False)
@@ -109,8 +109,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_pipeline_build(args: argparse.Namespace, config: Any) -> int:
     """``build --pipeline/--nodes``: plan the chain, export the N-stage bundle, print the plan."""
+    from edgelesspart.export.summary import format_plan
     from edgelesspart.pipeline.export import build_pipeline_bundle, parse_devices
-    from edgelesspart.summary import format_plan
 
     devices = parse_devices(args.pipeline, args.nodes, config.edge_device)
     if not config.out:

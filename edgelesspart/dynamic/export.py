@@ -32,10 +32,10 @@ from edgelesspart.dynamic.widths import (
     write_manifest,
 )
 from edgelesspart.errors import BundleError
-from edgelesspart.litert_export import write_tflite
+from edgelesspart.model.litert import write_tflite
+from edgelesspart.model.training import SETTLE_IMAGES, settle_batchnorm
 from edgelesspart.runtime.manifest import FINAL_EXIT, SegmentSpec, TensorSpec
 from edgelesspart.runtime.segments import SegmentRunner
-from edgelesspart.training import SETTLE_IMAGES, settle_batchnorm
 
 LATENCY_REPEATS = 60
 

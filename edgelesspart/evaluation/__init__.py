@@ -1,7 +1,8 @@
 """Evaluation of a bundle over confidence thresholds: accuracy, exit mix, latency, memory, cost.
 
 Pure numpy and TensorFlow-free: the sweep consumes one executor ``Trace`` and computes every
-threshold from it. Pricing is data (``pricing/*.json``); matplotlib is imported only to plot.
+threshold from it. Pricing is data (:mod:`edgelesspart.profiling.pricing`); matplotlib is imported
+only to plot.
 Metric definitions: ``docs/evaluation.md``.
 """
 
@@ -21,13 +22,6 @@ from edgelesspart.evaluation.calibration import (
     select_threshold,
 )
 from edgelesspart.evaluation.plots import plot_evaluation, plot_overlay
-from edgelesspart.evaluation.pricing import (
-    PROVIDERS,
-    PriceTable,
-    cost_per_invocation,
-    load_prices,
-    make_price_fn,
-)
 from edgelesspart.evaluation.report import (
     Evaluation,
     format_table,
@@ -48,13 +42,11 @@ from edgelesspart.evaluation.sweep import (
 
 __all__ = [
     "BASELINES",
-    "PROVIDERS",
     "Backbone",
     "BaselineResult",
     "Evaluation",
     "LatencyModel",
     "MeasuredSegment",
-    "PriceTable",
     "StageMemory",
     "ThresholdResult",
     "apply_temperature",
@@ -62,7 +54,6 @@ __all__ = [
     "baselines",
     "calibrate_trace",
     "concat_traces",
-    "cost_per_invocation",
     "exit_accuracy",
     "exit_costs",
     "expected_calibration_error",
@@ -70,8 +61,6 @@ __all__ = [
     "fit_temperatures",
     "format_table",
     "load_evaluation",
-    "load_prices",
-    "make_price_fn",
     "parse_thresholds",
     "plot_evaluation",
     "plot_overlay",

@@ -15,7 +15,6 @@ import numpy as np
 from edgelesspart.errors import BundleError, ConfigError, EdgeLessPartError, ProfileError
 from edgelesspart.evaluation import calibration
 from edgelesspart.evaluation.baselines import Backbone, backbone_from_trace, baselines
-from edgelesspart.evaluation.pricing import load_prices, make_price_fn
 from edgelesspart.evaluation.report import Evaluation
 from edgelesspart.evaluation.sweep import (
     LatencyModel,
@@ -26,6 +25,7 @@ from edgelesspart.evaluation.sweep import (
     parse_thresholds,
     sweep,
 )
+from edgelesspart.profiling.pricing import load_prices, make_price_fn
 
 DEFAULT_THRESHOLDS = parse_thresholds("0.3:0.9:0.05")
 DEFAULT_MEMORY_MB = 2048
@@ -57,7 +57,7 @@ class EvaluationConfig:
 
 def device_factor(name: str, model_name: str) -> tuple[float, str, Any]:
     """Latency factor of a device for a model: ``(factor, how it was derived, device)``."""
-    from edgelesspart import devices
+    from edgelesspart.profiling import devices
 
     device = devices.load_device(name)
     with_reason = getattr(devices, "latency_factor_with_reason", None)
@@ -86,7 +86,7 @@ def codec_size_ratio(codec: dict[str, Any]) -> float:
 
 def load_eval_data(manifest: Any) -> Any:
     """Reload the build's dataset (same spec, seed and fractions) from ``manifest.extra``."""
-    from edgelesspart.datasets import load_dataset
+    from edgelesspart.model.datasets import load_dataset
 
     spec = manifest.extra.get("dataset")
     if not isinstance(spec, dict) or "spec" not in spec:
@@ -118,7 +118,7 @@ def trace_split(bundle: Any, x: np.ndarray, *, batch_size: int, label: str, show
 
 def load_backbone(bundle: Any, trace: Any, memory: StageMemory) -> Backbone:
     """Backbone timings from the bundle's host profile, else from the trace."""
-    from edgelesspart.profile import ModelProfile
+    from edgelesspart.profiling.profile import ModelProfile
     from edgelesspart.runtime.manifest import safe_path
 
     manifest = bundle.manifest
@@ -165,7 +165,7 @@ def _settings(config: EvaluationConfig, manifest: Any, model: LatencyModel, **mo
 
 def _host_profile(bundle_path: str | Path | None, manifest: Any, device: Any) -> Any:
     """The bundle's host ``profile.json``, which a measured device's latencies replace."""
-    from edgelesspart.profile import ModelProfile
+    from edgelesspart.profiling.profile import ModelProfile
     from edgelesspart.runtime.manifest import safe_path
 
     if bundle_path is None or "profile.json" not in manifest.files:
@@ -182,14 +182,15 @@ def measured_latencies(
 ) -> tuple[dict[str, MeasuredSegment], dict[str, float]]:
     """A measured device's time for every segment of ``stages``, and its cumulative latencies.
 
-    As the planner does (:func:`edgelesspart.devices.profile_for_device`): the device's own
+    As the planner does (:func:`edgelesspart.profiling.devices.profile_for_device`): the device's
+    own
     latency per cut point, no factor; a segment's backbone time is the difference between its
     end and start cut points. ``host`` is the bundle's host profile.
 
     Raises:
         ProfileError: the measurement is of another model or lacks one of the cut points.
     """
-    from edgelesspart import devices
+    from edgelesspart.profiling import devices
 
     on_device = devices.profile_for_device(host, device)
     cumulative = {"input": 0.0, **{cp.name: cp.latency_ms for cp in on_device.cut_points}}
@@ -218,7 +219,7 @@ def build_latency_model(
 ) -> tuple[LatencyModel, dict, Any]:
     """Device factors (or a measured device's latencies), link, codec ratio and cold start for
     a bundle; plus what was chosen. ``bundle_path`` is needed for a measured device."""
-    from edgelesspart.links import load_link
+    from edgelesspart.profiling.links import load_link
 
     model_name = str(manifest.model.get("name", ""))
     stages = manifest.plan.stages

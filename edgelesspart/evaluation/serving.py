@@ -68,7 +68,7 @@ def choose_serving(
         data: the build's ``Dataset`` (its validation and test splits are used).
         max_accuracy_drop: most validation accuracy loss vs the final classifier, in points.
         measure: ``max-softmax`` or ``entropy``.
-        link: link of the latency model (``edgelesspart.links``).
+        link: link of the latency model (``edgelesspart.profiling.links``).
         provider: pricing table of the cost prediction.
         calibrate: fit temperatures; ``False`` records ``T = 1`` for every exit (raw softmax).
 

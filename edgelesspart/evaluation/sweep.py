@@ -28,7 +28,7 @@ PriceFn = Callable[[float], float]
 
 
 class LinkLike(Protocol):
-    """Anything with ``transfer_ms(nbytes)`` (``edgelesspart.links.Link`` fits)."""
+    """Anything with ``transfer_ms(nbytes)`` (``edgelesspart.profiling.links.Link`` fits)."""
 
     def transfer_ms(self, nbytes: int) -> float:
         """Milliseconds to send ``nbytes`` over the link, round trip included."""

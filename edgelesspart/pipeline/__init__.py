@@ -2,7 +2,7 @@
 
 This subpackage owns everything past the two-stage edge/cloud case for a *chain*: the
 bottleneck-minimising partition of a model over N heterogeneous nodes and a link
-(:mod:`~edgelesspart.pipeline.planning`, pure), the N-stage bundle export with a codec per link
+(:mod:`~edgelesspart.planning.chain`, pure), the N-stage bundle export with a codec per link
 (:mod:`~edgelesspart.pipeline.export`, needs the ``build`` extra), the Ray stage actors holding
 LiteRT segments (:mod:`~edgelesspart.pipeline.stage`), the dispatcher that streams inputs through
 them with a bounded window and returns answers in order (:mod:`~edgelesspart.pipeline.dispatcher`,

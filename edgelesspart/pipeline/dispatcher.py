@@ -139,6 +139,11 @@ class Pipeline:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = load_manifest(self.bundle_dir, verify=True)
         self.stages = list(stages) if stages is not None else default_stages(self.manifest)
+        # What the first stage takes: the model's input for a whole chain, a boundary tensor for
+        # a chain that starts mid-model (bench_p8_pipeline.py's overhead calibration does).
+        first = self.stages[0].segments[0] if self.stages and self.stages[0].segments else None
+        by_name = {seg.name: seg for seg in self.manifest.segments}
+        self.input_spec = by_name[first].input if first in by_name else self.manifest.input.tensor
         self.window = int(window)
         self.timeout_s = float(timeout_s)
         self.input_emulation = input_emulation or DeviceEmulation()
@@ -216,13 +221,13 @@ class Pipeline:
         """Send one input (batch of one, or one sample) into the chain; return its ticket.
 
         Raises:
-            InputError: ``x`` does not match the bundle's input (shape, dtype, NaN/Inf); checked
-                here, before it takes a slot, so a bad request never reaches a stage.
+            InputError: ``x`` does not match the first stage's input (shape, dtype, NaN/Inf);
+                checked here, before it takes a slot, so a bad request never reaches a stage.
             PipelineBusy: the window is full (and ``block`` is False, or ``timeout`` passed).
         """
         if not self.actors:
             raise PipelineError("The pipeline is not started; call start() first.")
-        x = validate_input(np.asarray(x), self.manifest.input.tensor)  # 4xx, not a stage failure
+        x = validate_input(np.asarray(x), self.input_spec)  # 4xx, not a stage failure
         if not self._slots.acquire(blocking=block, timeout=timeout if block else None):
             with self._lock:
                 self._counters["rejected"] += 1

@@ -4,7 +4,7 @@
 runs: the dataset and model come from the same :class:`~edgelesspart.build.BuildConfig` as a
 two-stage build, the host profile is scaled to each node's device, the encode/decode time of every
 candidate codec is measured at every profiled cut point on this host, and
-:func:`~edgelesspart.pipeline.planning.plan_chain` picks the cuts and a codec per link. The bundle
+:func:`~edgelesspart.planning.chain.plan_chain` picks the cuts and a codec per link. The bundle
 holds one stage per node (each stage's ``options["codec_out"]`` is its link's codec) and no exit
 heads; the stage actors support exits when a bundle has them.
 """
@@ -54,7 +54,7 @@ def measure_boundaries(
     """
     from edgelesspart._lazy import keras
     from edgelesspart.errors import CodecError
-    from edgelesspart.graph import cut_tensor
+    from edgelesspart.model.graph import cut_tensor
     from edgelesspart.runtime.codecs import decode_tensor, encode_tensor
 
     probe = keras().Model(model.inputs[0], [cut_tensor(model, c) for c in cuts])
@@ -117,7 +117,7 @@ def export_chain(
 
     ``heads`` (from :func:`stage_exit_heads`) adds the exit heads the plan's stages list.
     """
-    from edgelesspart import export
+    from edgelesspart.export import bundle as export
 
     heads = dict(heads or {})
 
@@ -178,9 +178,9 @@ class PipelineBuild:
 
 
 def _chain_plan(config: Any, host_profile: Any, devices: Sequence[str], extra: dict) -> Plan:
-    from edgelesspart import devices as devmod
-    from edgelesspart import links
-    from edgelesspart.pipeline.planning import ChainCosts, plan_chain
+    from edgelesspart.planning.chain import ChainCosts, plan_chain
+    from edgelesspart.profiling import devices as devmod
+    from edgelesspart.profiling import links
 
     profiles = tuple(
         devmod.profile_for_device(host_profile, devmod.load_device(d)) for d in devices
@@ -203,9 +203,10 @@ def stage_exit_heads(
     latency), rendered from the build's exit definition and trained with the backbone frozen
     (as ``config.exit_training`` says). Returns the plan with the exits and the ``heads`` for
     :func:`export_chain`."""
-    from edgelesspart import exits, training
     from edgelesspart.build import _exit_heads, _train_exits
-    from edgelesspart.placement import place_exits
+    from edgelesspart.exits import heads as exits
+    from edgelesspart.model import training
+    from edgelesspart.planning.placement import place_exits
 
     stages = tuple(
         replace(s, exits=place_exits(host, s.start, s.end, n, config.placement))
@@ -242,10 +243,11 @@ def build_pipeline_bundle(
 ) -> PipelineBuild:
     """Profile ``config.model`` on this host, plan it over ``devices`` and export the bundle
     (with ``stage_exits`` trained early exits inside every stage; DEFER has none)."""
-    from edgelesspart import datasets, profiler, zoo
     from edgelesspart._lazy import keras
     from edgelesspart.build import _train
-    from edgelesspart.graph import functional_model
+    from edgelesspart.model import datasets, zoo
+    from edgelesspart.model.graph import functional_model
+    from edgelesspart.profiling import profiler
 
     clock: dict[str, float] = {}
     t0 = time.perf_counter()

@@ -110,7 +110,7 @@ class LiteRunner:
     def __init__(self, model: Any, threads: int = 1) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        from edgelesspart.litert_export import to_tflite
+        from edgelesspart.model.litert import to_tflite
 
         self.tflite_bytes = to_tflite(model)
         self.interpreter = Interpreter(model_content=self.tflite_bytes, num_threads=threads)
@@ -151,7 +151,7 @@ def litert_latency_ms(model: Any, *, repeats: int = 50, warmup: int = 5, threads
 
 def memory_bytes(model: Any) -> int:
     """Weights + peak live activation bytes at batch 1 (the profiler's memory model)."""
-    from edgelesspart.profiler import memory_profile
+    from edgelesspart.profiling.profiler import memory_profile
     from edgelesspart.runtime.plan import MODEL_OUTPUT
 
     return int(memory_profile(model, [MODEL_OUTPUT])[MODEL_OUTPUT][0])
@@ -169,7 +169,7 @@ def finetune(
 ) -> Any:
     """Briefly retrain a pruned classifier (sparse labels), then settle BatchNormalization."""
     from edgelesspart._lazy import keras
-    from edgelesspart.training import settle_batchnorm
+    from edgelesspart.model.training import settle_batchnorm
 
     if epochs <= 0:
         return model

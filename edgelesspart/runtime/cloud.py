@@ -46,8 +46,8 @@ from edgelesspart.runtime.bundle import Bundle
 from edgelesspart.runtime.confidence import serving_threshold
 from edgelesspart.runtime.executor import Answer, ProgressiveExecutor, check_threshold
 from edgelesspart.runtime.manifest import load_manifest
-from edgelesspart.runtime.offload import MAX_REQUEST_ROWS
 from edgelesspart.runtime.preprocess import validate_input
+from edgelesspart.runtime.wire import MAX_REQUEST_ROWS
 
 #: Largest decoded tensor the cloud part accepts (bytes), whatever the bundle.
 MAX_TENSOR_BYTES = 64 * 2**20

@@ -1,6 +1,6 @@
 """Profile a model on the device itself: run a profiling kit with LiteRT, no TensorFlow.
 
-A **profiling kit** (written at build time by :mod:`edgelesspart.profiling_kit`; format and
+A **profiling kit** (written at build time by :mod:`edgelesspart.profiling.kit`; format and
 checks in :mod:`edgelesspart.runtime.kit`) is a directory:
 
     kit.json                 model, input shape, one entry per candidate cut point (name, slice

@@ -1,6 +1,6 @@
 """Profiling kits as data: ``kit.json``, its slices and their integrity checks (TF-free).
 
-A kit is written at build time (:func:`edgelesspart.profiling_kit.write_kit`) and measured on
+A kit is written at build time (:func:`edgelesspart.profiling.kit.write_kit`) and measured on
 the device (:func:`edgelesspart.runtime.device_profiler.profile_kit`); the layout is described in
 :mod:`edgelesspart.runtime.device_profiler`. Every slice is listed with its sha256 and checked
 before anything runs; no path may leave the kit directory.

@@ -43,6 +43,7 @@ from edgelesspart.errors import (
 )
 from edgelesspart.runtime import codecs, signing
 from edgelesspart.runtime.resilience import DEFAULT_POLICY, CircuitBreaker, OffloadPolicy
+from edgelesspart.runtime.wire import MAX_REQUEST_ROWS
 
 if TYPE_CHECKING:  # pragma: no cover
     from edgelesspart.runtime.cloud import CloudPart
@@ -66,8 +67,6 @@ CONTINUE_PATH = "/v1/continue"
 LAMBDA_PAYLOAD_LIMIT = 6 * 1024 * 1024
 #: Largest body an HTTP offload sends by default: the cloud HTTP entry accepts 8 MiB.
 HTTP_REQUEST_LIMIT = 8 * 1024 * 1024
-#: Most boundary rows one request carries: what the cloud part accepts (``cloud.MAX_ROWS``).
-MAX_REQUEST_ROWS = 256
 _NON_RETRYABLE_STATUS = frozenset(range(400, 500)) - {408, 429}
 
 

@@ -26,6 +26,10 @@ from typing import Any
 
 from edgelesspart.errors import CodecError
 
+#: Most boundary rows one offload request carries: the edge's offloaders split larger offloads
+#: and the cloud part refuses more (it lives here so neither side imports the other).
+MAX_REQUEST_ROWS = 256
+
 MAGIC = b"ELPT"
 VERSION = 1
 PREFIX = struct.Struct(">4sBI")

@@ -187,7 +187,7 @@ def distill(
 ) -> None:
     """Fine-tune a pruned backbone to reproduce the unpruned backbone's features (MSE)."""
     from edgelesspart._lazy import keras
-    from edgelesspart.training import settle_batchnorm
+    from edgelesspart.model.training import settle_batchnorm
 
     if epochs <= 0:
         return

@@ -68,8 +68,9 @@ def build_multiview(
 
 
 def slots_for(devices: list[Any], factor_model: str = "slimedge-backbone") -> list[DeviceSlot]:
-    """:class:`DeviceSlot` per :class:`~edgelesspart.devices.DeviceProfile` (generic factor)."""
-    from edgelesspart.devices import latency_factor
+    """:class:`DeviceSlot` per :class:`~edgelesspart.profiling.devices.DeviceProfile` (generic
+    factor)."""
+    from edgelesspart.profiling.devices import latency_factor
 
     return [
         DeviceSlot(d.name, latency_factor(d, factor_model), float(d.memory_bytes)) for d in devices
@@ -104,7 +105,7 @@ def export_deployment(
 
     ``max_accuracy_drop`` (0..1) is recorded for re-planning after several failures.
     """
-    from edgelesspart.litert_export import to_tflite
+    from edgelesspart.model.litert import to_tflite
     from edgelesspart.slimedge.model import fusion_input
 
     out = Path(out)

@@ -169,7 +169,7 @@ def train_multiview(
     seed: int = 0,
 ) -> MultiViewModel:
     """Build and train backbones + fusion head jointly with view dropout."""
-    from edgelesspart.training import settle_batchnorm
+    from edgelesspart.model.training import settle_batchnorm
 
     keras = _keras()
     keras.utils.set_random_seed(seed)

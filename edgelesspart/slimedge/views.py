@@ -87,7 +87,7 @@ def digits_views(
             curves are measured on it, so it is larger than the build's default).
         limit: at most this many samples per split (tests).
     """
-    from edgelesspart.datasets import load_dataset
+    from edgelesspart.model.datasets import load_dataset
 
     _check_views(n_views)
     noise = tuple(noise) if noise is not None else tuple(np.linspace(0.05, 0.35, n_views))

@@ -24,10 +24,10 @@ class TinyWidthBundle:
 
 @pytest.fixture(scope="session")
 def width_bundle(tmp_path_factory: pytest.TempPathFactory) -> TinyWidthBundle:
-    from edgelesspart.datasets import load_dataset
     from edgelesspart.dynamic.export import export_width_bundle
     from edgelesspart.dynamic.model import build_chain_cnn
     from edgelesspart.dynamic.training import WidthTrainingConfig, train_width_robust
+    from edgelesspart.model.datasets import load_dataset
 
     data = load_dataset("digits", image_size=16, limit=240)
     model = build_chain_cnn(data.input_shape, data.num_classes, (8, 16), seed=0)

@@ -123,7 +123,7 @@ def test_width_switch_is_exact(width_bundle) -> None:
 def test_single_node_chain_matches_recorded_uniform_accuracy(width_bundle) -> None:
     manifest = load_manifest(width_bundle.path)
     edge = WidthStage(width_bundle.path, [0, 1], manifest=manifest)
-    from edgelesspart.datasets import load_dataset
+    from edgelesspart.model.datasets import load_dataset
 
     data = load_dataset("digits", image_size=16, limit=240)
     for w in manifest.widths:

@@ -32,7 +32,7 @@ BOUNDARY = {"edge_0": 1000, "edge_1": 8000, "cloud_0": 500, "cloud_1": 0}
 
 @dataclass(frozen=True)
 class FakeLink:
-    """rtt + bytes over a fixed uplink, like edgelesspart.links.Link."""
+    """rtt + bytes over a fixed uplink, like edgelesspart.profiling.links.Link."""
 
     rtt_ms: float = 10.0
     uplink_mbps: float = 8.0

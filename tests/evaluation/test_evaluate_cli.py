@@ -15,7 +15,7 @@ from edgelesspart.cli import main
 from edgelesspart.errors import BundleError
 from edgelesspart.evaluation.pipeline import codec_size_ratio, load_backbone
 from edgelesspart.evaluation.sweep import StageMemory
-from edgelesspart.profile import CutPointProfile, ModelProfile
+from edgelesspart.profiling.profile import CutPointProfile, ModelProfile
 
 
 def test_evaluate_help_is_light():
@@ -81,8 +81,8 @@ def test_sweep_answers_like_the_served_executor(tiny_bundle, threshold):
     # GIVEN the bundle's real executors and 64 test images
     import numpy as np
 
-    from edgelesspart.datasets import load_dataset
     from edgelesspart.evaluation.sweep import answering_exit, confidences
+    from edgelesspart.model.datasets import load_dataset
     from edgelesspart.runtime.bundle import Bundle
     from edgelesspart.runtime.executor import ProgressiveExecutor
 

@@ -13,7 +13,7 @@ from edgelesspart.cli import main
 from edgelesspart.errors import ProfileError
 from edgelesspart.evaluation.pipeline import EvaluationConfig, build_latency_model, trace_split
 from edgelesspart.evaluation.sweep import exit_costs
-from edgelesspart.profile import CutPointProfile, ModelProfile
+from edgelesspart.profiling.profile import CutPointProfile, ModelProfile
 from edgelesspart.runtime.device_profiler import MeasuredCutPoint, MeasuredProfile
 from edgelesspart.runtime.manifest import load_manifest, sha256_file
 
@@ -72,7 +72,7 @@ def test_edge_segments_follow_the_measured_latencies_not_factor_one(profiled_bun
     )
     scaled, _, _ = build_latency_model(manifest, EvaluationConfig(edge_device="host"), bundle)
     # WHEN one trace is costed with both latency models
-    from edgelesspart.datasets import load_dataset
+    from edgelesspart.model.datasets import load_dataset
     from edgelesspart.runtime.bundle import Bundle
 
     x = load_dataset("digits", seed=0).x_test[:8]

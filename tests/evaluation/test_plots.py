@@ -10,7 +10,6 @@ import pytest
 from edgelesspart.errors import BundleError
 from edgelesspart.evaluation.baselines import backbone_from_trace, baselines
 from edgelesspart.evaluation.plots import plot_evaluation, plot_overlay
-from edgelesspart.evaluation.pricing import load_prices, make_price_fn
 from edgelesspart.evaluation.report import (
     Evaluation,
     format_table,
@@ -18,6 +17,7 @@ from edgelesspart.evaluation.report import (
     write_outputs,
 )
 from edgelesspart.evaluation.sweep import LatencyModel, StageMemory, exit_accuracy, sweep
+from edgelesspart.profiling.pricing import load_prices, make_price_fn
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -31,8 +31,8 @@ def test_sweep_scores_confidence_with_the_traces_measure(hand_trace):
 
 
 def test_choose_serving_records_temperatures_threshold_and_expectation(tiny_bundle):
-    from edgelesspart.datasets import load_dataset
     from edgelesspart.evaluation.serving import SERVING_THRESHOLDS, choose_serving, format_serving
+    from edgelesspart.model.datasets import load_dataset
 
     # GIVEN the tiny bundle (no serving entry) and its build's data
     data = load_dataset("digits", seed=0)

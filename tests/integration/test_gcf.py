@@ -162,7 +162,7 @@ def test_package_and_evaluate_default_to_the_plans_cloud_provider(tiny_bundle, t
     import shutil
     from dataclasses import replace
 
-    from edgelesspart.devices import bundle_cloud_provider
+    from edgelesspart.profiling.devices import bundle_cloud_provider
     from edgelesspart.runtime.manifest import load_manifest, write_manifest
 
     copy = tmp_path / "lambda-bundle"

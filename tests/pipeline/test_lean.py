@@ -13,7 +13,7 @@ MODULES = (
     "edgelesspart.pipeline.emulation",
     "edgelesspart.pipeline.energy",
     "edgelesspart.pipeline.raykit",
-    "edgelesspart.pipeline.planning",
+    "edgelesspart.planning.chain",
     "edgelesspart.commands.serve_pipeline",
 )
 

@@ -62,8 +62,8 @@ def test_curve_is_measured_stored_and_fitted(tmp_path):
 def test_pruned_model_exports_through_the_bundle_path(tmp_path):
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgelesspart.export import ExportRequest, export_bundle
-    from edgelesspart.graph import find_cut_points
+    from edgelesspart.export.bundle import ExportRequest, export_bundle
+    from edgelesspart.model.graph import find_cut_points
     from edgelesspart.runtime.plan import Plan, Stage
 
     # GIVEN the bundle fixture's model, pruned by half

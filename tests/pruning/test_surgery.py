@@ -187,7 +187,7 @@ def test_shared_layer_and_bad_ratio_are_refused():
 
 @pytest.mark.parametrize("name", ["small_cnn", "mobilenetv2", "resnet50"])
 def test_zoo_models_prune_to_fewer_parameters(name):
-    from edgelesspart.zoo import build_model
+    from edgelesspart.model.zoo import build_model
 
     model = build_model(name, (32, 32, 3), 10)
     result = prune_model(model, 0.5)
@@ -198,7 +198,7 @@ def test_zoo_models_prune_to_fewer_parameters(name):
 
 
 def test_user_keras_file_prunes_after_safe_load(tmp_path):
-    from edgelesspart.zoo import load_user_model
+    from edgelesspart.model.zoo import load_user_model
 
     path = tmp_path / "user.keras"
     residual_model().save(path)
@@ -209,7 +209,7 @@ def test_user_keras_file_prunes_after_safe_load(tmp_path):
 @pytest.mark.parametrize("name", ["mobilenetv2", "resnet50"])
 def test_zoo_model_pruning_is_exact_against_masking(name):
     # GIVEN a Keras application (depthwise convs, residual Adds, BN) with random BN statistics
-    from edgelesspart.zoo import build_model
+    from edgelesspart.model.zoo import build_model
 
     model = build_model(name, (32, 32, 3), 10, seed=2)
     _randomise_bn(model, seed=3)

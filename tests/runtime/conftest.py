@@ -171,7 +171,7 @@ def closed_port() -> int:
 def digits_x() -> np.ndarray:
     """64 real digit images (32x32x3 float32 in [0, 1]); seeded noise if scikit-learn is absent."""
     try:
-        from edgelesspart.datasets import load_dataset
+        from edgelesspart.model.datasets import load_dataset
 
         return np.ascontiguousarray(load_dataset("digits", seed=0).x_test[:64], np.float32)
     except ImportError:

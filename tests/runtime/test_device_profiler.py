@@ -52,7 +52,7 @@ def kit(tmp_path_factory) -> Path:
     from bundle_factory import tiny_model
 
     from edgelesspart._lazy import keras
-    from edgelesspart.profiling_kit import write_kit
+    from edgelesspart.profiling.kit import write_kit
 
     out = tmp_path_factory.mktemp("kits") / "tiny"
     write_kit(tiny_model(keras()), out, model_name="tiny_cnn", max_cut_points=4)

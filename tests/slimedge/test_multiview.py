@@ -131,7 +131,7 @@ def test_training_and_view_curves_on_a_tiny_model():
 
 
 def test_concat_fusion_zeroes_missing_views_exports_and_trains(tmp_path):
-    from edgelesspart.litert_export import to_tflite
+    from edgelesspart.model.litert import to_tflite
     from edgelesspart.slimedge.ray_runtime import AggregatorImpl
 
     keras.utils.set_random_seed(0)

@@ -9,7 +9,7 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("keras")
 pytestmark = [pytest.mark.needs_tf, pytest.mark.integration]
 
-from edgelesspart.litert_export import to_tflite  # noqa: E402
+from edgelesspart.model.litert import to_tflite  # noqa: E402
 from edgelesspart.pruning import prune_model  # noqa: E402
 from edgelesspart.slimedge.model import build_backbone, build_fusion  # noqa: E402
 from edgelesspart.slimedge.ray_runtime import (  # noqa: E402

@@ -1,0 +1,375 @@
+"""Partition a model over a chain of N nodes so that the slowest stage is as fast as possible.
+
+A pipeline's throughput is set by its slowest stage. Node ``k`` covering the cut points after
+position ``i`` up to ``j`` spends (milliseconds, on *its own* device profile)::
+
+    cpu_ms      = decode(boundary i, codec of link k-1)   # the input frame for the first node
+                + compute_k(j) - compute_k(i)             # cumulative profile latencies
+                + encode(boundary j, codec of link k)     # 0 for the last node
+    transfer_ms = link.transfer_ms(encoded bytes of boundary j)   # the result for the last node
+    pace_ms     = max(cpu_ms, transfer_ms)   # it sends one input while computing the next
+                                             # (cpu_ms + transfer_ms with overlap_link=False)
+
+Encode/decode times are host measurements (or the documented estimates in
+:data:`ESTIMATED_CODEC_MBPS`) multiplied by the node's latency factor. :func:`plan_chain` finds the
+exact optimum by dynamic programming over (cut point, codec) pairs -- ``O(N·M²·C²)`` for N nodes,
+M cut points and C candidate codecs -- and reports, with the same cost model, DEFER's split into
+stages of equal layer counts. Pure functions, no TensorFlow; ties go to shallower cuts and to the
+codec listed first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from edgelesspart.errors import PlanError
+from edgelesspart.profiling.profile import ModelProfile
+from edgelesspart.runtime.plan import MODEL_INPUT, MODEL_OUTPUT, Plan, Stage
+
+#: Host encode/decode throughput in MB of raw float32 per second when no measurement is given:
+#: REFERENCE.md §3.3 (a 602 KB 28x28x192 tensor on this 2-vCPU host; int8 and the fp16/int8 +lz4
+#: rows are estimates by analogy). ``raw`` costs nothing beyond the copy.
+ESTIMATED_CODEC_MBPS: dict[str, tuple[float, float]] = {
+    "raw": (math.inf, math.inf),
+    "fp16": (1000.0, 1000.0),
+    "int8": (300.0, 600.0),
+    "lz4": (500.0, 2600.0),
+    "zstd": (220.0, 900.0),
+    "zfp": (200.0, 290.0),
+    "zfp+lz4": (190.0, 270.0),
+    "fp16+lz4": (450.0, 800.0),
+    "int8+lz4": (280.0, 550.0),
+    "fp16+zstd": (240.0, 1600.0),
+    "int8+zstd": (250.0, 500.0),
+}
+#: Bytes the last node sends back per sample when the profile does not say (probabilities of
+#: 1,000 classes as float32 plus a frame header).
+DEFAULT_RESULT_BYTES = 4_200
+CodecTimes = Mapping[str, Mapping[str, tuple[float, float]]]
+
+
+@dataclass(frozen=True)
+class StageCost:
+    """The predicted time of one node's stage, split into its parts (milliseconds)."""
+
+    node: int
+    device: str
+    start: str
+    end: str
+    codec_in: str | None
+    codec_out: str | None
+    compute_ms: float
+    decode_ms: float
+    encode_ms: float
+    transfer_ms: float
+    out_bytes: int
+    bytes_measured: bool
+    overlapped: bool = True
+    overhead_ms: float = 0.0
+
+    @property
+    def cpu_ms(self) -> float:
+        """Decode + compute + encode + per-call overhead: the node's processor per input."""
+        return self.compute_ms + self.decode_ms + self.encode_ms + self.overhead_ms
+
+    @property
+    def total_ms(self) -> float:
+        """Decode + compute + encode + transfer: one input's time through this node."""
+        return self.cpu_ms + self.transfer_ms
+
+    @property
+    def pace_ms(self) -> float:
+        """Time between inputs this node sustains: ``max(cpu, transfer)`` when the node sends
+        one input while computing the next (``overlapped``), else ``cpu + transfer``."""
+        return max(self.cpu_ms, self.transfer_ms) if self.overlapped else self.total_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (with ``cpu_ms``, ``total_ms`` and ``pace_ms``)."""
+        return {
+            **asdict(self),
+            "cpu_ms": self.cpu_ms,
+            "total_ms": self.total_ms,
+            "pace_ms": self.pace_ms,
+        }
+
+
+@dataclass(frozen=True)
+class ChainCosts:
+    """Everything the cost of a stage depends on, for N nodes over one link.
+
+    Attributes:
+        profiles: one profile per node, already scaled to the node's device, same cut points.
+        link: the link between consecutive nodes (``None``: transfers are free).
+        codecs: candidate codecs for every link between nodes.
+        codec_ms: cut point -> codec -> (encode ms, decode ms) measured on the host.
+        result_bytes: bytes the last node returns to the dispatcher per sample.
+        input_decode_ms: host ms the first node spends decoding the dispatcher's input frame.
+        stage_overhead_ms: host ms every stage call costs beyond decode, compute and encode
+            (frame checksums, copies, input validation); measured by calibrating a stage.
+        overlap_link: a node sends one input while it computes the next (the runtime does:
+            each stage actor has a compute thread and a link thread), so its pace is
+            ``max(cpu, transfer)``; ``False`` charges ``cpu + transfer``.
+    """
+
+    profiles: tuple[ModelProfile, ...]
+    link: Any = None
+    codecs: tuple[str, ...] = ("raw",)
+    codec_ms: CodecTimes | None = None
+    result_bytes: int = DEFAULT_RESULT_BYTES
+    input_decode_ms: float = 0.0
+    overlap_link: bool = True
+    stage_overhead_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.profiles:
+            raise PlanError("A pipeline needs at least one node profile.")
+        names = [cp.name for cp in self.profiles[0].cut_points]
+        for p in self.profiles[1:]:
+            if [cp.name for cp in p.cut_points] != names:
+                raise PlanError(
+                    f"Node profiles list different cut points ({p.device!r} vs "
+                    f"{self.profiles[0].device!r}); scale one host profile to every device."
+                )
+        if not self.codecs:
+            raise PlanError("Give at least one candidate codec for the links (e.g. raw).")
+
+    @property
+    def last(self) -> int:
+        """Position of the model output in the cut-point list."""
+        return len(self.profiles[0].cut_points) - 1
+
+    def name(self, pos: int) -> str:
+        """Cut point name at ``pos`` (``input`` for -1, ``output`` for the last)."""
+        if pos < 0:
+            return MODEL_INPUT
+        return MODEL_OUTPUT if pos == self.last else self.profiles[0].cut_points[pos].name
+
+    def encoded(self, pos: int, codec: str) -> tuple[int, bool]:
+        """(bytes per sample, measured?) of boundary ``pos`` encoded with ``codec``."""
+        cp = self.profiles[0].cut_points[pos]
+        if codec in cp.encoded_bytes:
+            return int(cp.encoded_bytes[codec]), True
+        return int(cp.boundary_bytes), codec == "raw"
+
+    def _factor(self, node: int) -> float:
+        return float(self.profiles[node].extra.get("latency_factor", 1.0))
+
+    def codec_time(self, pos: int, codec: str, node: int) -> tuple[float, float]:
+        """(encode ms, decode ms) of boundary ``pos`` on ``node``'s device."""
+        profile = self.profiles[node]
+        factor = self._factor(node)
+        measured = (self.codec_ms or {}).get(profile.cut_points[pos].name, {}).get(codec)
+        if measured is not None:
+            return measured[0] * factor, measured[1] * factor
+        enc_mbps, dec_mbps = ESTIMATED_CODEC_MBPS.get(codec, (200.0, 300.0))
+        mb = profile.cut_points[pos].boundary_bytes / 1e6
+        return mb / enc_mbps * 1000 * factor, mb / dec_mbps * 1000 * factor
+
+    def transfer(self, nbytes: int) -> float:
+        """Link time for ``nbytes`` (0 without a link)."""
+        return 0.0 if self.link is None else float(self.link.transfer_ms(nbytes))
+
+    def stage(self, node: int, i: int, c_in: str | None, j: int, c_out: str | None) -> StageCost:
+        """Cost of ``node`` running the layers after position ``i`` up to ``j``."""
+        lat = self.profiles[node].cut_points
+        compute = lat[j].latency_ms - (lat[i].latency_ms if i >= 0 else 0.0)
+        if i < 0:
+            decode = self.input_decode_ms * self._factor(node)
+        else:
+            decode = self.codec_time(i, c_in, node)[1] if c_in else 0.0
+        if j == self.last:
+            encode, out_bytes, measured = 0.0, self.result_bytes, True
+        else:
+            encode = self.codec_time(j, c_out, node)[0]
+            out_bytes, measured = self.encoded(j, c_out)
+        return StageCost(
+            node=node,
+            device=self.profiles[node].device,
+            start=self.name(i),
+            end=self.name(j),
+            codec_in=c_in if i >= 0 else None,
+            codec_out=c_out if j != self.last else None,
+            compute_ms=float(compute),
+            decode_ms=float(decode),
+            encode_ms=float(encode),
+            transfer_ms=self.transfer(out_bytes),
+            out_bytes=int(out_bytes),
+            bytes_measured=measured,
+            overlapped=self.overlap_link,
+            overhead_ms=self.stage_overhead_ms * self._factor(node),
+        )
+
+
+def min_bottleneck(costs: ChainCosts) -> tuple[float, tuple[tuple[int, str], ...]]:
+    """The exact minimum over partitions of the slowest stage, and its ``(cut, codec)`` list.
+
+    ``best[j, c]`` holds, for the nodes placed so far, the smallest bottleneck of a chain whose
+    last node ends at position ``j`` and sends with codec ``c``. Among chains with the same
+    bottleneck the one with the least processor time in all (so the least energy, and no
+    compression where the link has slack) is kept, then the shallowest cuts.
+    """
+    n, last = len(costs.profiles), costs.last
+    if not 1 <= n <= last + 1:
+        raise PlanError(
+            f"{n} nodes need at least {n - 1} internal cut points; the profile of "
+            f"{costs.profiles[0].model!r} has {last}. Profile more cut points "
+            "(--max-cut-points) or use fewer nodes."
+        )
+    State = tuple[float, float, tuple[tuple[int, str], ...]]
+    best: dict[tuple[int, str | None], State] = {(-1, None): (0.0, 0.0, ())}
+    for node in range(n):
+        ends = [last] if node == n - 1 else range(node, last - (n - 1 - node) + 1)
+        row: dict[tuple[int, str | None], State] = {}
+        for j in ends:
+            outs: Sequence[str | None] = [None] if j == last else costs.codecs
+            for c_out in outs:
+                options = []
+                for (i, c_in), (prev, cpu, cuts) in best.items():
+                    if i < j:
+                        stage = costs.stage(node, i, c_in, j, c_out)
+                        link = ((j, c_out),) if c_out else ()
+                        options.append((max(prev, stage.pace_ms), cpu + stage.cpu_ms, cuts + link))
+                if options:
+                    row[(j, c_out)] = min(options, key=lambda o: (o[0], o[1], [p for p, _ in o[2]]))
+        best = row
+    bottleneck, _, cuts = best[(last, None)]
+    return bottleneck, cuts
+
+
+def equal_layer_cuts(
+    profile: ModelProfile, n_stages: int, layer_positions: Mapping[str, int] | None = None
+) -> tuple[int, ...]:
+    """DEFER's partition: cut points nearest to ``k/N`` of the layers, strictly increasing.
+
+    Args:
+        profile: any node's profile (only the cut point names are used).
+        n_stages: number of nodes.
+        layer_positions: cut point -> index of its layer in the model (``output`` -> the number
+            of layers); default: the cut point's position among the profiled cut points.
+    """
+    cps = profile.cut_points
+    last = len(cps) - 1
+    pos = {cp.name: (layer_positions or {}).get(cp.name, i) for i, cp in enumerate(cps)}
+    total = (layer_positions or {}).get(MODEL_OUTPUT, pos[cps[-1].name])
+    cuts: list[int] = []
+    for k in range(1, n_stages):
+        low = cuts[-1] + 1 if cuts else 0
+        high = last - (n_stages - k)
+        if low > high:
+            raise PlanError(f"Too few cut points for an equal-layer split into {n_stages} stages.")
+        target = total * k / n_stages
+        cuts.append(min(range(low, high + 1), key=lambda i: (abs(pos[cps[i].name] - target), i)))
+    return tuple(cuts)
+
+
+def chain_stage_costs(costs: ChainCosts, cuts: Sequence[tuple[int, str]]) -> tuple[StageCost, ...]:
+    """The stage costs of a given partition (``(cut position, codec)`` per link)."""
+    bounds = [(-1, None), *cuts, (costs.last, None)]
+    return tuple(
+        costs.stage(k, bounds[k][0], bounds[k][1], bounds[k + 1][0], bounds[k + 1][1])
+        for k in range(len(bounds) - 1)
+    )
+
+
+def _equal_layer_partition(
+    costs: ChainCosts, cuts: Sequence[int]
+) -> tuple[tuple[tuple[int, str], ...], tuple[StageCost, ...]]:
+    """DEFER's split with one codec on every link: the candidate codec that does best."""
+    options = []
+    for codec in costs.codecs:
+        chosen = tuple((pos, codec) for pos in cuts)
+        stages = chain_stage_costs(costs, chosen)
+        options.append((max(s.pace_ms for s in stages), chosen, stages))
+    best = min(options, key=lambda o: o[0])
+    return best[1], best[2]
+
+
+def stage_memory(profile: ModelProfile, start: str, end: str) -> int:
+    """Predicted memory of a stage: the prefix memory from the input, else an upper bound
+    (memory up to ``end`` minus the weights before ``start``)."""
+    by_name = {cp.name: cp for cp in profile.cut_points}
+    end_cp = profile.total if end == MODEL_OUTPUT else by_name[end]
+    if start == MODEL_INPUT:
+        return end_cp.memory_bytes
+    return max(0, end_cp.memory_bytes - by_name[start].weight_bytes)
+
+
+def plan_chain(
+    costs: ChainCosts,
+    *,
+    layer_positions: Mapping[str, int] | None = None,
+    stage_prefix: str = "stage",
+    input_bytes: int = 0,
+) -> Plan:
+    """The bottleneck-minimising N-stage plan, compared with DEFER's equal-layer split.
+
+    Args:
+        costs: node profiles, link, candidate codecs and codec timings.
+        layer_positions: layer index per cut point for the equal-layer comparison.
+        stage_prefix: stage names are ``f"{stage_prefix}{k}"``.
+        input_bytes: bytes the dispatcher sends the first node per sample (its own pipeline
+            step; it bounds throughput too and is reported, not optimised).
+
+    Returns:
+        A :class:`Plan` with ``constraint="pipeline"``; each stage's ``options`` holds its cost
+        breakdown and ``codec_out`` (the codec of the link it sends on).
+    """
+    n = len(costs.profiles)
+    bottleneck, cuts = min_bottleneck(costs)
+    stages_cost = chain_stage_costs(costs, cuts)
+    equal, equal_cost = _equal_layer_partition(
+        costs, equal_layer_cuts(costs.profiles[0], n, layer_positions)
+    )
+    equal_bottleneck = max(s.pace_ms for s in equal_cost)
+    dispatch_ms = costs.transfer(input_bytes) if input_bytes else 0.0
+    single_ms = costs.profiles[0].total.latency_ms + costs.transfer(costs.result_bytes)
+    stages = tuple(
+        Stage(
+            name=f"{stage_prefix}{k}",
+            device=s.device,
+            start=s.start,
+            end=s.end,
+            predicted_latency_ms=s.total_ms,
+            predicted_memory_bytes=stage_memory(costs.profiles[k], s.start, s.end),
+            options={"node": k, "codec_out": s.codec_out, "cost": s.to_dict()},
+        )
+        for k, s in enumerate(stages_cost)
+    )
+    pace = max(bottleneck, dispatch_ms)
+    parameters = {
+        "n_stages": n,
+        "devices": [p.device for p in costs.profiles],
+        "link": None if costs.link is None else costs.link.to_dict(),
+        "codecs": list(costs.codecs),
+        "overlap_link": costs.overlap_link,
+        "link_codecs": [c for _, c in cuts],
+        "bottleneck_ms": bottleneck,
+        "dispatcher_send_ms": dispatch_ms,
+        "throughput_per_s": 1000.0 / pace if pace > 0 else math.inf,
+        "single_node_ms": single_ms,
+        "predicted_speedup_vs_one_node": single_ms / pace if pace > 0 else math.inf,
+        "equal_layer": {
+            "cuts": [costs.name(p) for p, _ in equal],
+            "link_codecs": [c for _, c in equal],
+            "bottleneck_ms": equal_bottleneck,
+            "stage_pace_ms": [s.pace_ms for s in equal_cost],
+        },
+        "codec_times": "measured" if costs.codec_ms else "estimated (ESTIMATED_CODEC_MBPS)",
+    }
+    gain = equal_bottleneck / bottleneck if bottleneck > 0 else 1.0
+    return Plan(
+        constraint="pipeline",
+        placement="none",
+        stages=stages,
+        cut_points=tuple(cp.name for cp in costs.profiles[0].cut_points[:-1]),
+        boundary_bytes=tuple(costs.profiles[0].cut_points[p].boundary_bytes for p, _ in cuts),
+        parameters=parameters,
+        rationale=(
+            f"{n} stages split at {', '.join(costs.name(p) for p, _ in cuts) or 'no cut point'}: "
+            f"the slowest stage takes {bottleneck:.4g} ms (DEFER's equal-layer split: "
+            f"{equal_bottleneck:.4g} ms, {gain:.2f}x slower)."
+        ),
+    )
