@@ -1,24 +1,29 @@
-"""Package the cloud part as a deployable AWS Lambda zip, plus a SAM template and Dockerfiles.
+"""Package the cloud part for AWS Lambda: a self-contained zip, or a container image.
 
-The zip holds exactly what the handler needs and nothing that needs TensorFlow::
+``package-cloud --provider lambda --arch x86_64|arm64`` writes (default ``dist/lambda``)::
 
-    edgelesspart/__init__.py, edgelesspart/errors.py, edgelesspart/runtime/*.py
-    cloud_functions/__init__.py, cloud_functions/handler.py
-    cloud_functions/bundle/manifest.json           (restricted: LiteRT files only, see below)
-    cloud_functions/bundle/segments/<cloud>.tflite (the cloud stages' segments only)
-    requirements.txt                               (numpy, ai-edge-litert, pinned)
+    function.zip        the deployment package, ready to upload as it is:
+        edgelesspart/__init__.py, errors.py, runtime/*.py    the TF-free runtime core
+        cloud_functions/__init__.py, handler.py              the handler
+        cloud_functions/bundle/manifest.json + segments/     the cloud stages' LiteRT segments
+        numpy/, ai_edge_litert/, lz4/, zstandard/, ...        vendored for the Lambda platform
+    template.yaml       AWS SAM: CodeUri function.zip (zip) or PackageType Image (fallback)
+    image/              the container-image route: Dockerfile (FROM the Lambda python3.12 base),
+                        requirements.txt (pinned for the runtime), function/ (code + segments)
 
-The packaged manifest keeps every segment (the runtime checks the chain from the model input)
-but lists only ``.tflite`` files; the edge segments' files are omitted from the zip, which the
-runtime accepts because a cloud part loads only its own stages. The staged bundle is loaded
-with hash verification before the zip is written.
+The dependencies are vendored with pip's resolver for the Lambda runtime's interpreter and
+platform, not this machine's: ``pip install --target --only-binary=:all: --implementation cp
+--python-version 3.12 --platform manylinux_2_34_<arch> ...`` with the pins of the
+``lambda-python3.12-<arch>`` table in :mod:`edgelesspart.packaging.targets`. That needs the
+package registry (or ``find_links``, a directory of wheels). Lambda ignores a requirements.txt
+in a zip, so none is shipped in it.
 
-Size limits (AWS Lambda, zip deployment): 50 MB zipped for a direct upload and 250 MB
-unzipped including layers. The dependencies are not in the zip (``sam build`` installs
-``requirements.txt``, or ship them as a layer), so the unzipped estimate adds their installed
-size: numpy 2.x ≈ 73 MB and ai-edge-litert 2.3 ≈ 59 MB on CPython 3.11 manylinux x86_64
-(measured, REFERENCE.md §2.4), rounded up to :data:`REQUIREMENTS_INSTALLED_BYTES` = 140 MiB.
-Every limit is a field of :class:`LambdaLimits`, so tests can inject small ones.
+Size limits (AWS Lambda): 50 MB zipped for a direct upload and 250 MB unzipped. Both are
+measured on the real zip. When the zip breaks one, no zip is written: the template switches to
+``PackageType: Image`` over ``image/`` (10 GB limit) and the report says why. Every limit is a
+field of :class:`LambdaLimits`, so tests can inject small ones. The staged bundle is loaded with
+hash verification before anything is written, and the output directory is refused when it holds
+files unless ``overwrite`` (see :mod:`edgelesspart.packaging.output`).
 """
 
 from __future__ import annotations
@@ -26,20 +31,27 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from edgelesspart.errors import BundleError, ConfigError
+from edgelesspart.packaging.targets import (
+    CORE,
+    LAMBDA_TARGETS,
+    Target,
+    get_target,
+    pip_platform_args,
+)
 from edgelesspart.runtime.manifest import Manifest, load_manifest, safe_path, write_manifest
 
 MIB = 1024 * 1024
-REQUIREMENTS_INSTALLED_BYTES = 140 * MIB
-REQUIREMENTS = ("numpy", "ai-edge-litert", "lz4", "zstandard")
+REQUIREMENTS = CORE
 HANDLER = "cloud_functions.handler.handler"
 BUNDLE_DIR = "cloud_functions/bundle"
 ZIP_NAME = "function.zip"
@@ -53,7 +65,6 @@ class LambdaLimits:
 
     zipped_bytes: int = 50 * MIB
     unzipped_bytes: int = 250 * MIB
-    requirements_bytes: int = REQUIREMENTS_INSTALLED_BYTES
 
 
 @dataclass(frozen=True)
@@ -63,7 +74,7 @@ class DeployOptions:
     function_name: str = "edgelesspart-cloud"
     memory_mb: int = 2048
     timeout_s: int = 30
-    runtime: str = "python3.11"
+    runtime: str = "python3.12"
     architecture: str = "x86_64"
 
     def __post_init__(self) -> None:
@@ -76,31 +87,64 @@ class DeployOptions:
             raise ConfigError(f"memory_mb must be in 128..10240 MB, got {self.memory_mb}.")
         if not 1 <= self.timeout_s <= 900:
             raise ConfigError(f"timeout_s must be in 1..900 s, got {self.timeout_s}.")
-        if self.architecture not in ("x86_64", "arm64"):
+        if self.architecture not in LAMBDA_TARGETS:
             raise ConfigError(f"architecture must be x86_64 or arm64, got {self.architecture!r}.")
+        if self.runtime != "python3.12":
+            raise ConfigError(
+                f"runtime {self.runtime!r} has no pinned target table; the Lambda package is "
+                "built for python3.12 (edgelesspart/packaging/targets.py)."
+            )
+
+    @property
+    def target(self) -> Target:
+        """The pin table and platform of this function's runtime and architecture."""
+        return get_target(LAMBDA_TARGETS[self.architecture])
 
 
 @dataclass(frozen=True)
 class PackageReport:
-    """What :func:`build_package` wrote and how big it is."""
+    """What :func:`build_package` wrote and how big it is.
 
-    zip_path: Path
+    ``zip_path`` is ``None`` when the zip broke a Lambda limit; ``container_reason`` then says
+    which, and the template deploys ``image/`` instead.
+    """
+
+    out: Path
+    zip_path: Path | None
     zipped_bytes: int
     unzipped_bytes: int
-    estimated_installed_bytes: int
     stages: tuple[str, ...]
     files: tuple[str, ...]
+    target: str
+    vendored: tuple[str, ...] = ()
+    container_reason: str | None = None
     written: tuple[Path, ...] = field(default_factory=tuple)
 
     def summary(self) -> str:
-        """Human lines for the CLI."""
-        lines = [
-            f"package: {self.zip_path} ({self.zipped_bytes / MIB:.2f} MiB zipped, "
-            f"{self.unzipped_bytes / MIB:.2f} MiB unzipped, "
-            f"~{self.estimated_installed_bytes / MIB:.0f} MiB with requirements installed)",
-            f"stages: {', '.join(self.stages)}; {len(self.files)} files",
-        ]
+        """Human lines for the CLI: sizes, the route taken and how to deploy it."""
+        size = (
+            f"{self.zipped_bytes / MIB:.2f} MiB zipped, {self.unzipped_bytes / MIB:.2f} MiB "
+            f"unzipped, for {self.target}"
+        )
+        if self.zip_path is not None:
+            lines = [f"package: {self.zip_path} ({size}; limits 50 MB zipped / 250 MB unzipped)"]
+        else:
+            lines = [
+                f"package: container image (the zip would be {size}): {self.container_reason}",
+                f"image: docker build -t edgelesspart-cloud {self.out / 'image'} (or sam build)",
+            ]
+        lines.append(f"stages: {', '.join(self.stages)}; {len(self.files)} files")
+        if self.vendored:
+            lines.append(f"vendored: {', '.join(self.vendored)}")
         lines += [f"wrote: {path}" for path in self.written]
+        lines.append(
+            f"deploy: cd {self.out} && sam deploy --guided"
+            + (" (sam build first: it builds the image)" if self.zip_path is None else "")
+        )
+        lines.append(
+            "edge: edgelesspart package-edge BUNDLE --target rpi|jetson|x86 --cloud "
+            "lambda://FUNCTION_NAME (the one edge-image generator)"
+        )
         return "\n".join(lines)
 
 
@@ -161,22 +205,63 @@ def _source_files() -> dict[str, Path]:
     return files
 
 
-def requirements_text(codec: str | None = None) -> str:
-    """``requirements.txt`` pinned to the versions installed here (what the tests ran with).
+def requirements_text(codec: str | None = None, target: Target | str | None = None) -> str:
+    """``requirements.txt`` pinned for ``target`` (default: Lambda python3.12 x86_64).
 
     Always the runtime core's own dependencies (numpy, LiteRT, lz4, zstandard), plus what the
-    bundle's boundary ``codec`` needs beyond them (``zfpy`` for the zfp codecs).
+    bundle's boundary ``codec`` needs beyond them (``zfpy`` for the zfp codecs). The versions
+    come from the target's table, never from this machine.
     """
     from edgelesspart.runtime.codecs import codec_packages
 
+    table = _as_target(target)
     needed = (*REQUIREMENTS, *(codec_packages(codec) if codec else ()))
-    lines = []
-    for name in dict.fromkeys(needed):
-        try:
-            lines.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            lines.append(name)
-    return "\n".join(lines) + "\n"
+    return "\n".join(table.requirements(needed)) + "\n"
+
+
+def _as_target(target: Target | str | None) -> Target:
+    if isinstance(target, Target):
+        return target
+    return get_target(target or LAMBDA_TARGETS["x86_64"])
+
+
+def vendor_requirements(
+    into: Path, requirements: Sequence[str], target: Target, *, find_links: str | None = None
+) -> tuple[str, ...]:
+    """Install ``requirements`` and their dependencies into ``into`` for ``target``'s platform.
+
+    pip resolves binary wheels for the target's interpreter and manylinux platform (not this
+    machine's) and installs them without byte-compiling. Returns the ``name==version`` of every
+    distribution installed.
+
+    Raises:
+        BundleError: pip failed (no registry, or no wheel for the target); the message has
+            pip's last lines and how to package offline.
+    """
+    command = [
+        sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+        "--no-compile", "--no-warn-script-location", "--target", str(into),
+        *pip_platform_args(target),
+    ]  # fmt: skip
+    if find_links:
+        command += ["--no-index", "--find-links", find_links]
+    report = into.parent / f"{into.name}-pip-report.json"
+    command += ["--report", str(report), *requirements]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired as exc:
+        raise BundleError(f"pip took over 900 s to vendor {list(requirements)}.") from exc
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-6:])
+        raise BundleError(
+            f"Could not vendor {list(requirements)} for {target.name} ({target.description}) "
+            f"with pip:\n{tail}\npip needs the package registry; offline, pass a directory of "
+            "wheels for that platform (--find-links)."
+        )
+    installed = json.loads(report.read_text(encoding="utf-8")).get("install", [])
+    report.unlink()
+    shutil.rmtree(into / "bin", ignore_errors=True)  # console scripts: no use in a function
+    return tuple(f"{item['metadata']['name']}=={item['metadata']['version']}" for item in installed)
 
 
 def stage_sources(
@@ -213,16 +298,10 @@ def stage_package(
     bundle: str | Path, staging: Path, stages: Sequence[str] | None = None
 ) -> Manifest:
     """Copy the runtime core, the handler and the cloud segments into ``staging``."""
-    manifest, packaged, chosen = stage_sources(
-        bundle, staging, _source_files(), BUNDLE_DIR, stages
-    )
-    bundle_dir = staging / BUNDLE_DIR
-    (staging / "requirements.txt").write_text(
-        requirements_text(manifest.codec.get("name")), encoding="utf-8"
-    )
+    _, packaged, chosen = stage_sources(bundle, staging, _source_files(), BUNDLE_DIR, stages)
     from edgelesspart.runtime.bundle import Bundle
 
-    Bundle.load(bundle_dir, verify=True, stages=chosen, pool_size=1)
+    Bundle.load(staging / BUNDLE_DIR, verify=True, stages=chosen, pool_size=1)
     return packaged
 
 
@@ -242,27 +321,19 @@ def write_zip(staging: Path, zip_path: Path) -> tuple[int, int, tuple[str, ...]]
     return zip_path.stat().st_size, unzipped, tuple(names)
 
 
-def check_limits(zipped: int, unzipped: int, limits: LambdaLimits) -> int:
-    """Return the estimated installed size; raise if the package breaks a Lambda limit.
-
-    Raises:
-        BundleError: over the zipped or the (estimated) unzipped limit.
-    """
-    installed = unzipped + limits.requirements_bytes
+def limit_problem(zipped: int, unzipped: int, limits: LambdaLimits) -> str | None:
+    """Why a zip of these sizes cannot be deployed as a zip, or ``None`` if it can."""
     if zipped > limits.zipped_bytes:
-        raise BundleError(
-            f"The Lambda zip is {zipped / MIB:.1f} MiB, over the {limits.zipped_bytes / MIB:.1f} "
-            "MiB limit for a direct upload. Split the model later (fewer cloud layers), upload "
-            "through S3, or deploy the container image from Dockerfile.cloud."
+        return (
+            f"the zip is {zipped / MIB:.1f} MiB, over Lambda's {limits.zipped_bytes / MIB:.1f} "
+            "MiB limit for a direct upload"
         )
-    if installed > limits.unzipped_bytes:
-        raise BundleError(
-            f"The Lambda package would be ~{installed / MIB:.1f} MiB unzipped ({unzipped / MIB:.1f}"
-            f" MiB of code and segments + {limits.requirements_bytes / MIB:.0f} MiB for numpy and "
-            f"ai-edge-litert), over the {limits.unzipped_bytes / MIB:.0f} MiB limit. Deploy the "
-            "container image from Dockerfile.cloud (10 GB limit) or shrink the cloud part."
+    if unzipped > limits.unzipped_bytes:
+        return (
+            f"the package is {unzipped / MIB:.1f} MiB unzipped, over Lambda's "
+            f"{limits.unzipped_bytes / MIB:.0f} MiB unzipped limit"
         )
-    return installed
+    return None
 
 
 def build_package(
@@ -272,64 +343,112 @@ def build_package(
     options: DeployOptions | None = None,
     limits: LambdaLimits | None = None,
     stages: Sequence[str] | None = None,
+    overwrite: bool = False,
+    vendor: bool = True,
+    target: Target | None = None,
+    find_links: str | None = None,
 ) -> PackageReport:
-    """Build ``function.zip``, ``requirements.txt``, ``template.yaml`` and the Dockerfiles.
+    """Build the Lambda package of ``bundle`` in ``out`` (see the module docstring).
+
+    Args:
+        bundle: the bundle directory.
+        out: the output directory (refused when it holds files, unless ``overwrite``).
+        options: function name, memory, timeout, runtime and architecture.
+        limits: Lambda's size limits.
+        stages: the stages to package (default: every stage after the edge's).
+        overwrite: replace an earlier package in ``out``.
+        vendor: vendor the dependencies into the zip (``False`` only for code-only tests).
+        target: the platform to vendor for (default: ``options``' runtime and architecture;
+            a test passes this machine's, to run the zip here).
+        find_links: a directory of wheels to vendor from instead of the registry.
 
     Raises:
-        BundleError: the bundle is invalid, has no cloud stage, or the package is too big
-            (nothing is left behind in ``out`` in that case).
+        BundleError: the bundle is invalid or has no cloud stage, or vendoring failed
+            (nothing is written to ``out`` in these cases).
+        ConfigError: ``out`` holds files and ``overwrite`` is false.
     """
+    from edgelesspart.packaging.output import check_out, prepare_out, write_marker
+
     options = options or DeployOptions()
     limits = limits or LambdaLimits()
+    table = target or options.target
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_out(out_dir, overwrite)
     with tempfile.TemporaryDirectory(prefix="edgelesspart-pkg-") as tmp:
         staging = Path(tmp) / "function"
         packaged = stage_package(bundle, staging, stages)
+        requirements = requirements_text(packaged.codec.get("name"), options.target)
+        zip_root = Path(tmp) / "zip"
+        shutil.copytree(staging, zip_root)
+        vendored: tuple[str, ...] = ()
+        if vendor:
+            vendored = vendor_requirements(
+                zip_root, requirements.split(), table, find_links=find_links
+            )
         tmp_zip = Path(tmp) / ZIP_NAME
-        zipped, unzipped, names = write_zip(staging, tmp_zip)
-        installed = check_limits(zipped, unzipped, limits)
-        zip_path = out_dir / ZIP_NAME
-        shutil.copyfile(tmp_zip, zip_path)
-        function_dir = out_dir / "function"
-        shutil.rmtree(function_dir, ignore_errors=True)
-        shutil.copytree(staging, function_dir)
+        zipped, unzipped, names = write_zip(zip_root, tmp_zip)
+        problem = limit_problem(zipped, unzipped, limits)
+        prepare_out(out_dir, overwrite)
+        written = _write_image_context(out_dir / "image", staging, requirements, options)
+        zip_path = None
+        if problem is None:
+            zip_path = out_dir / ZIP_NAME
+            shutil.copyfile(tmp_zip, zip_path)
+            written.insert(0, zip_path)
     stages_done = tuple(packaged.extra["package"]["stages"])
-    written = [zip_path, function_dir]
-    (out_dir / "requirements.txt").write_text(
-        requirements_text(packaged.codec.get("name")), encoding="utf-8"
+    template = out_dir / "template.yaml"
+    template.write_text(render_sam(packaged, options, image=zip_path is None), encoding="utf-8")
+    written.append(template)
+    write_marker(out_dir, "lambda", packaged.bundle_id, architecture=options.architecture)
+    return PackageReport(
+        out_dir, zip_path, zipped, unzipped, stages_done, names, table.name, vendored, problem,
+        tuple(written),
+    )  # fmt: skip
+
+
+def _write_image_context(
+    image: Path, staging: Path, requirements: str, options: DeployOptions
+) -> list[Path]:
+    """``image/``: Dockerfile, requirements.txt and function/ (code + segments, no deps)."""
+    shutil.copytree(staging, image / "function")
+    (image / "requirements.txt").write_text(requirements, encoding="utf-8")
+    platform = "linux/arm64" if options.architecture == "arm64" else "linux/amd64"
+    context = {
+        "handler": HANDLER,
+        "python_version": options.runtime.removeprefix("python"),
+        "platform": platform,
+        "function_name": options.function_name,
+        "bundle_env": "EDGELESSPART_BUNDLE",
+    }
+    (image / "Dockerfile").write_text(
+        render_template("Dockerfile.cloud.j2", context), encoding="utf-8"
     )
-    written.append(out_dir / "requirements.txt")
-    for name, text in render_deploy_files(packaged, options).items():
-        path = out_dir / name
-        path.write_text(text, encoding="utf-8")
-        written.append(path)
-    return PackageReport(zip_path, zipped, unzipped, installed, stages_done, names, tuple(written))
+    return [image / "Dockerfile", image / "requirements.txt", image / "function"]
 
 
-def render_deploy_files(manifest: Manifest, options: DeployOptions) -> dict[str, str]:
-    """Render ``template.yaml`` (validated with ``yaml.safe_load``) and the two Dockerfiles."""
+def render_sam(manifest: Manifest, options: DeployOptions, *, image: bool = False) -> str:
+    """``template.yaml`` (AWS SAM) for the zip, or for ``image/`` when ``image``.
+
+    Validated with ``yaml.safe_load`` (long-form intrinsics only); ``cfn-lint`` checks it in
+    the tests.
+    """
     context = {
         "function_name": options.function_name,
         "handler": HANDLER,
         "runtime": options.runtime,
-        "python_version": options.runtime.removeprefix("python"),
         "architecture": options.architecture,
         "memory_mb": int(options.memory_mb),
         "timeout_s": int(options.timeout_s),
-        "code_uri": "function/",
+        "code_uri": ZIP_NAME,
+        "image": image,
+        "image_tag": f"{options.runtime}-{manifest.bundle_id}",
         "bundle_id": manifest.bundle_id,
         "bundle_env": "EDGELESSPART_BUNDLE",
         "bundle_path": f"/var/task/{BUNDLE_DIR}",
-        "requirements": requirements_text(manifest.codec.get("name")).split(),
     }
-    rendered = {
-        "template.yaml": render_template("template.yaml.j2", context),
-        "Dockerfile.cloud": render_template("Dockerfile.cloud.j2", context),
-        "Dockerfile.edge": render_template("Dockerfile.edge.j2", context),
-    }
-    validate_sam(rendered["template.yaml"])
-    return rendered
+    text = render_template("template.yaml.j2", context)
+    validate_sam(text)
+    return text
 
 
 def render_template(name: str, context: dict[str, Any]) -> str:

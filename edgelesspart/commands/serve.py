@@ -132,16 +132,24 @@ def _register_cloud(sub: Any) -> None:
 def _register_package(sub: Any) -> None:
     parser = sub.add_parser(
         "package-cloud",
-        help="package the cloud part: a Lambda zip + SAM template, or a Google Cloud "
-        "Functions source directory",
-        description="lambda: writes function.zip, requirements.txt, template.yaml, "
-        "Dockerfile.edge and Dockerfile.cloud; refuses a zip over Lambda's 50 MB zipped / 250 MB "
-        "unzipped limits. gcf: writes a functions-framework source directory (main.py, "
-        "requirements.txt, runtime core, cloud segments) and function.zip within Cloud "
-        "Functions' 100 MB compressed / 500 MB uncompressed limits.",
+        help="package the cloud part: a self-contained Lambda zip + SAM template, or a Google "
+        "Cloud Functions source directory",
+        description="lambda: writes function.zip with numpy, ai-edge-litert and the rest "
+        "vendored for the Lambda python3.12 platform of --arch (pip, needs the package "
+        "registry or --find-links), template.yaml and image/ (the container-image route); "
+        "when the zip breaks Lambda's 50 MB zipped / 250 MB unzipped limits, the template "
+        "deploys the image instead and the output says so. gcf: writes a functions-framework "
+        "source directory (main.py, requirements.txt, runtime core, cloud segments) and "
+        "function.zip within Cloud Functions' 100 MB compressed / 500 MB uncompressed limits. "
+        "An output directory that holds files is refused without --overwrite.",
     )
     parser.add_argument("bundle", help="bundle directory")
-    parser.add_argument("--out", default="dist/cloud", help="output directory")
+    parser.add_argument(
+        "--out", default=None, help="output directory (default: dist/lambda or dist/gcf)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier package in --out"
+    )
     parser.add_argument(
         "--provider",
         choices=("lambda", "gcf"),
@@ -149,9 +157,45 @@ def _register_package(sub: Any) -> None:
         help="target (default: the provider of the plan's cloud device, gcf for gcf-2gb; "
         "evaluate prices the same provider by default)",
     )
-    parser.add_argument("--function-name", default="edgelesspart-cloud", help="Lambda name")
-    parser.add_argument("--memory", type=int, default=2048, help="Lambda memory (MB)")
-    parser.add_argument("--timeout", type=int, default=30, help="Lambda timeout (s)")
+    parser.add_argument(
+        "--function-name",
+        default="edgelesspart-cloud",
+        help="Lambda function name (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--memory", type=int, default=2048, help="Lambda memory in MB (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--timeout", type=int, default=30, help="Lambda timeout in s (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--arch",
+        choices=("x86_64", "arm64"),
+        default="x86_64",
+        help="Lambda architecture the dependencies are vendored for (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--find-links",
+        default=None,
+        metavar="DIR",
+        help="vendor the Lambda dependencies from this directory of wheels instead of the "
+        "package registry (default: the registry)",
+    )
+    parser.add_argument(
+        "--gcf-generation",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="Cloud Functions generation: the deploy command's --gen2/--no-gen2 and the "
+        "price table evaluate uses (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--auth",
+        choices=("public", "iam"),
+        default="public",
+        help="gcf: public URL + the edge's HMAC signature, or IAM + a Google ID token from the "
+        "edge (default: %(default)s; docs/deploy.md)",
+    )
     parser.set_defaults(func=run_package)
 
 
@@ -242,22 +286,35 @@ def _int_setting(value: int | None, env: Any, name: str) -> int:
 def run_package(args: argparse.Namespace) -> int:
     """Build the Lambda or GCF package, then print what was written."""
     from edgelesspart.profiling.devices import bundle_cloud_provider
+    from edgelesspart.packaging.output import default_out
 
     provider = args.provider or bundle_cloud_provider(args.bundle)
+    out = args.out or default_out(provider)
     if provider == "gcf":
         from cloud_functions.gcf_package import build_gcf_package
 
         print(f"provider: gcf{'' if args.provider else ' (from the plan)'}")
-        print(build_gcf_package(args.bundle, args.out).summary())
+        report = build_gcf_package(
+            args.bundle,
+            out,
+            generation=args.gcf_generation,
+            auth=args.auth,
+            overwrite=args.overwrite,
+        )
+        print(report.summary())
         return 0
     from cloud_functions.package import DeployOptions, build_package
 
+    options = DeployOptions(
+        function_name=args.function_name,
+        memory_mb=args.memory,
+        timeout_s=args.timeout,
+        architecture=args.arch,
+    )
+    print(f"provider: lambda{'' if args.provider else ' (from the plan)'}; vendoring for "
+          f"{options.target.description} (pip)")  # fmt: skip
     report = build_package(
-        args.bundle,
-        args.out,
-        options=DeployOptions(
-            function_name=args.function_name, memory_mb=args.memory, timeout_s=args.timeout
-        ),
+        args.bundle, out, options=options, overwrite=args.overwrite, find_links=args.find_links
     )
     print(report.summary())
     return 0
