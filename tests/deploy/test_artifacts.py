@@ -134,7 +134,8 @@ def test_unit_hint_and_dockerfile_name_the_same_image(edge_packages, tiny_bundle
     image = f"edgelesspart-edge:{load_manifest(tiny_bundle).bundle_id}"
     path = edge_packages["rpi", "litert"]
     exec_start = next(
-        line for line in (path / "edgelesspart-edge.service").read_text().splitlines()
+        line
+        for line in (path / "edgelesspart-edge.service").read_text().splitlines()
         if line.startswith("ExecStart=")
     )
     assert shlex.split(exec_start)[-1] == image
@@ -169,7 +170,7 @@ def test_cfn_lint_catches_a_bad_template(tmp_path):
     bad.write_text(
         'AWSTemplateFormatVersion: "2010-09-09"\nTransform: AWS::Serverless-2016-10-31\n'
         "Resources:\n  F:\n    Type: AWS::Serverless::Function\n    Properties:\n"
-        '      CodeUri: function.zip\n      Handler: h.h\n      Runtime: python3.12\n'
+        "      CodeUri: function.zip\n      Handler: h.h\n      Runtime: python3.12\n"
         "      MemorySize: 99999\n"
     )
     assert cfn_lint(bad).returncode != 0
@@ -181,9 +182,10 @@ def test_lambda_image_requirements_are_the_lambda_table(lambda_packages):
         lines = (report.out / "image" / "requirements.txt").read_text().split()
         table = TARGETS[f"lambda-python3.12-{arch}"]
         assert lines == table.requirements(["numpy", "ai-edge-litert", "lz4", "zstandard"])
-        assert "--platform=linux/" + ("arm64" if arch == "arm64" else "amd64") in (
-            report.out / "image" / "Dockerfile"
-        ).read_text()
+        assert (
+            "--platform=linux/" + ("arm64" if arch == "arm64" else "amd64")
+            in (report.out / "image" / "Dockerfile").read_text()
+        )
 
 
 def test_package_outputs_refuse_to_overwrite(tiny_bundle, tmp_path, capsys):
