@@ -230,8 +230,9 @@ def run_edge(args: argparse.Namespace) -> int:
     require_token_off_loopback(args.host, config.token, "serve-edge")
     app = create_app(args.bundle, config)
     threads = args.threads or config.max_inflight + config.max_queue + 4
-    print(f"edge service for {args.bundle} on http://{args.host}:{args.port} (cloud: {args.cloud})")
-    serve(app, host=args.host, port=args.port, threads=threads)
+    cloud = f"cloud: {config.cloud}" if config.cloud else "edge only: no cloud part"
+    announce = f"edge service for {args.bundle} on http://{args.host}:{args.port} ({cloud})"
+    serve(app, host=args.host, port=args.port, threads=threads, announce=announce)
     return 0
 
 
@@ -262,11 +263,11 @@ def run_cloud(args: argparse.Namespace) -> int:
         batch=batch,
     )
     threads = args.threads or limits.max_inflight + limits.max_queue + 4
-    print(
+    announce = (
         f"cloud part for {args.bundle} on http://{args.host}:{args.port} "
         "(Lambda Invoke API + /v1/continue)"
     )
-    serve(app, host=args.host, port=args.port, threads=threads)
+    serve(app, host=args.host, port=args.port, threads=threads, announce=announce)
     return 0
 
 
