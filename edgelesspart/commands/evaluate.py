@@ -74,14 +74,14 @@ def run(args: argparse.Namespace) -> int:
         from edgelesspart.commands.dynamic import run_widths
 
         return run_widths(argparse.Namespace(bundle=args.bundle, json=False))
+    from edgelesspart.evaluation.pipeline import EvaluationConfig, evaluate_bundle
+    from edgelesspart.evaluation.report import format_table, write_outputs
+    from edgelesspart.evaluation.sweep import parse_thresholds
     from edgelesspart.profiling.devices import (
         DEFAULT_GCF_GENERATION,
         bundle_cloud_provider,
         pricing_provider,
     )
-    from edgelesspart.evaluation.pipeline import EvaluationConfig, evaluate_bundle
-    from edgelesspart.evaluation.report import format_table, write_outputs
-    from edgelesspart.evaluation.sweep import parse_thresholds
 
     config = EvaluationConfig(
         thresholds=parse_thresholds(args.thresholds),

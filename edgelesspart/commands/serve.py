@@ -286,13 +286,13 @@ def _int_setting(value: int | None, env: Any, name: str) -> int:
 
 def run_package(args: argparse.Namespace) -> int:
     """Build the Lambda or GCF package, then print what was written."""
-    from edgelesspart.profiling.devices import bundle_cloud_provider
     from edgelesspart.packaging.output import default_out
+    from edgelesspart.profiling.devices import bundle_cloud_provider
 
     provider = args.provider or bundle_cloud_provider(args.bundle)
     out = args.out or default_out(provider)
     if provider == "gcf":
-        from cloud_functions.gcf_package import build_gcf_package
+        from edgelesspart.packaging.cloud_gcf import build_gcf_package
 
         print(f"provider: gcf{'' if args.provider else ' (from the plan)'}")
         report = build_gcf_package(
@@ -304,7 +304,7 @@ def run_package(args: argparse.Namespace) -> int:
         )
         print(report.summary())
         return 0
-    from cloud_functions.package import DeployOptions, build_package
+    from edgelesspart.packaging.cloud_lambda import DeployOptions, build_package
 
     options = DeployOptions(
         function_name=args.function_name,

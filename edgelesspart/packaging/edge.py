@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloud_functions.package import render_template
 from edgelesspart.errors import BundleError, ConfigError
+from edgelesspart.packaging.cloud_lambda import render_template
 from edgelesspart.packaging.targets import CORE, EDGE, edge_target
 from edgelesspart.runtime.backends import BACKENDS, KERAS, LITERT, file_format
 from edgelesspart.runtime.manifest import load_manifest, safe_path

@@ -2,7 +2,7 @@
 
 The RIE binary comes from the ``aws-sam-cli`` wheel (see tests/lambda_rie.py; skipped with the
 reason if it cannot be downloaded). RIE serves only the function name ``function`` and one
-invocation at a time, so calls are sequential. tests/deploy/test_lambda_zip.py runs the packaged
+invocation at a time, so calls are sequential. tests/packaging/test_lambda_zip.py runs the packaged
 zip the same way, from an empty directory.
 """
 

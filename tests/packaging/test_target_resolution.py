@@ -30,8 +30,8 @@ def _edge_requirements(tiny_bundle, tmp, target, backend):
 
 
 def _cloud_requirements(tiny_bundle, tmp, name):
-    from cloud_functions.gcf_package import gcf_requirements
-    from cloud_functions.package import DeployOptions, build_package, requirements_text
+    from edgelesspart.packaging.cloud_gcf import gcf_requirements
+    from edgelesspart.packaging.cloud_lambda import DeployOptions, build_package, requirements_text
 
     if name == "gcf-python312":
         # what build_gcf_package writes, with the zfp codec's extra (zfpy) to cover it too

@@ -1,7 +1,7 @@
 """``package-cloud``: the Lambda zip, its size limits, the SAM template, Dockerfiles and the CLI.
 
 These build code-only zips (``vendor=False``, offline); the zip with its dependencies vendored
-for the Lambda platform, run alone under RIE, is tests/deploy/test_lambda_zip.py.
+for the Lambda platform, run alone under RIE, is tests/packaging/test_lambda_zip.py.
 """
 
 from __future__ import annotations
@@ -19,8 +19,25 @@ from edgelesspart.errors import BundleError, ConfigError
 
 
 @pytest.fixture(scope="module")
+def encoded(tiny_bundle) -> bytes:
+    """Three real boundary rows (the edge stage run without an early exit), wire-encoded."""
+    import numpy as np
+
+    from edgelesspart.runtime.bundle import Bundle
+    from edgelesspart.runtime.codecs import encode_tensor
+    from edgelesspart.runtime.executor import ProgressiveExecutor
+    from edgelesspart.runtime.manifest import load_manifest
+
+    bundle = Bundle.load(tiny_bundle, stages=["edge"], pool_size=1)
+    x = np.random.default_rng(0).random((3, 32, 32, 3), dtype=np.float32)
+    boundary = ProgressiveExecutor(bundle, "edge").run(x, threshold=2.0).boundary
+    meta = {"bundle_id": load_manifest(tiny_bundle).bundle_id}
+    return encode_tensor(boundary, "raw", meta=meta)
+
+
+@pytest.fixture(scope="module")
 def package(tiny_bundle, tmp_path_factory):
-    from cloud_functions.package import build_package
+    from edgelesspart.packaging.cloud_lambda import build_package
 
     out = tmp_path_factory.mktemp("pkg") / "dist"
     return build_package(tiny_bundle, out, vendor=False), out
@@ -120,7 +137,7 @@ def test_package_over_a_lambda_limit_becomes_a_container_image(
 ):
     import re
 
-    from cloud_functions.package import LambdaLimits, build_package
+    from edgelesspart.packaging.cloud_lambda import LambdaLimits, build_package
 
     # WHEN the zip would break a limit
     report = build_package(
@@ -136,21 +153,21 @@ def test_package_over_a_lambda_limit_becomes_a_container_image(
 
 
 def test_validate_sam_rejects_short_form_tags():
-    from cloud_functions.package import validate_sam
+    from edgelesspart.packaging.cloud_lambda import validate_sam
 
     with pytest.raises(ConfigError, match="long form"):
         validate_sam("Resources:\n  F:\n    Type: AWS::Serverless::Function\n    X: !Ref Y\n")
 
 
 def test_deploy_options_reject_a_bad_function_name():
-    from cloud_functions.package import DeployOptions
+    from edgelesspart.packaging.cloud_lambda import DeployOptions
 
     with pytest.raises(ConfigError, match="function name"):
         DeployOptions(function_name="bad name!")
 
 
 def test_unknown_stage_is_refused(tiny_bundle, tmp_path):
-    from cloud_functions.package import build_package
+    from edgelesspart.packaging.cloud_lambda import build_package
 
     with pytest.raises(BundleError, match="Unknown stage"):
         build_package(tiny_bundle, tmp_path, stages=["nowhere"], vendor=False)
@@ -189,7 +206,7 @@ def test_cli_help_is_fast_and_tensorflow_free(command):
 
 
 def test_requirements_add_what_the_bundle_codec_needs():
-    from cloud_functions.package import requirements_text
+    from edgelesspart.packaging.cloud_lambda import requirements_text
 
     assert "zfpy" not in requirements_text("int8+zstd")
     zfp = requirements_text("zfp+lz4").splitlines()

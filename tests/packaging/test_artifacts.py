@@ -46,7 +46,7 @@ def edge_packages(tiny_bundle, tmp_path_factory):
 def lambda_packages(tiny_bundle, tmp_path_factory):
     """Lambda packages (code only, no vendoring: offline) for both architectures, plus one
     forced onto the container-image route by a tiny zip limit."""
-    from cloud_functions.package import DeployOptions, LambdaLimits, build_package
+    from edgelesspart.packaging.cloud_lambda import DeployOptions, LambdaLimits, build_package
 
     out = {}
     for arch in ("x86_64", "arm64"):

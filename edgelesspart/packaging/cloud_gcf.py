@@ -39,8 +39,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloud_functions.package import MIB, requirements_text, stage_sources, write_zip
 from edgelesspart.errors import BundleError, ConfigError
+from edgelesspart.packaging.cloud_lambda import MIB, requirements_text, stage_sources, write_zip
 from edgelesspart.packaging.targets import GCF_TARGET, get_target
 
 REQUIREMENTS_INSTALLED_BYTES = 150 * MIB

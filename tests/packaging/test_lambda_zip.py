@@ -71,7 +71,7 @@ def _runtime_dir(into: Path) -> Path:
 @pytest.fixture(scope="module")
 def lambda_zip(tiny_bundle, tmp_path_factory):
     require_registry()
-    from cloud_functions.package import build_package
+    from edgelesspart.packaging.cloud_lambda import build_package
 
     target = host_target()
     out = tmp_path_factory.mktemp("lambda") / "dist"
