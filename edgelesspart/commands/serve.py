@@ -34,14 +34,14 @@ def _add_server_args(parser: argparse.ArgumentParser, port: int) -> None:
         "--max-inflight",
         type=int,
         default=None,
-        help="inference requests at work at once (admission control; edge 4, cloud 4)",
+        help="inference requests at work at once (admission control; default: edge 4, cloud 4)",
     )
     parser.add_argument(
         "--max-queue",
         type=int,
         default=None,
-        help="requests that may wait for a slot; beyond that 429 with Retry-After (edge 8, "
-        "cloud 16)",
+        help="requests that may wait for a slot; beyond that 429 with Retry-After (default: "
+        "edge 8, cloud 16)",
     )
     parser.add_argument(
         "--token",
@@ -84,18 +84,31 @@ def _register_edge(sub: Any) -> None:
         default=None,
         help="cloud part: http(s)://HOST:PORT or lambda://FUNCTION_NAME (default: edge only)",
     )
-    parser.add_argument("--threshold", type=float, default=None, help="confidence threshold")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="confidence threshold (default: the bundle's serving threshold, chosen by the "
+        "build; env EDGELESSPART_THRESHOLD)",
+    )
     parser.add_argument(
         "--lambda-endpoint", default=None, help="boto3 endpoint_url for lambda:// (local tests)"
     )
-    parser.add_argument("--region", default=None, help="AWS region for lambda://")
+    parser.add_argument(
+        "--region", default=None, help="AWS region for lambda:// (default: us-east-1)"
+    )
     parser.add_argument(
         "--cloud-token",
         default=None,
         help="shared secret of a serve-cloud started with --token: every offload is signed "
         "(HMAC-SHA256 of body and timestamp, HTTP and lambda://); env EDGELESSPART_CLOUD_TOKEN",
     )
-    parser.add_argument("--timeout", type=float, default=None, help="cloud read timeout (s)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="cloud read timeout in s (default: 2.0; env EDGELESSPART_OFFLOAD_TIMEOUT)",
+    )
     parser.add_argument(
         "--codec", default=None, help="tensor codec on the link (default: the bundle's codec)"
     )
