@@ -104,6 +104,12 @@ def _register_edge(sub: Any) -> None:
         "(HMAC-SHA256 of body and timestamp, HTTP and lambda://); env EDGELESSPART_CLOUD_TOKEN",
     )
     parser.add_argument(
+        "--cloud-id-token-file",
+        default=None,
+        help="a file holding a Google ID token for a Cloud Function behind IAM (package-cloud "
+        "--auth iam); re-read when it changes; env EDGELESSPART_CLOUD_ID_TOKEN_FILE",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=None,
@@ -229,6 +235,7 @@ def run_edge(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         token=args.token,
         cloud_token=args.cloud_token,
+        cloud_id_token_file=args.cloud_id_token_file,
         lambda_endpoint=args.lambda_endpoint,
         region=args.region,
         offload_timeout_s=args.timeout,
