@@ -229,3 +229,38 @@ def test_default_outputs_are_per_provider():
     assert str(default_out("lambda")) == "dist/lambda"
     assert str(default_out("gcf")) == "dist/gcf"
     assert str(default_out("edge-rpi")) == "dist/edge-rpi"
+
+
+@pytest.mark.parametrize("generation", [1, 2])
+def test_evaluate_prices_the_gcf_generation_package_cloud_packages(
+    tiny_bundle, tmp_path, capsys, generation
+):
+    from edgelesspart.cli import main
+
+    flag = [] if generation == 2 else ["--gcf-generation", "1"]  # 2 is both commands' default
+    pkg = tmp_path / "gcf"
+    argv = ["package-cloud", str(tiny_bundle), "--provider", "gcf", "--out", str(pkg), *flag]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    deploy = next(line for line in out.splitlines() if line.startswith("deploy: gcloud"))
+    assert ("--gen2" if generation == 2 else "--no-gen2") in deploy
+    assert "--runtime python312" in deploy and "--allow-unauthenticated" in deploy
+    assert any(line.startswith("auth: public URL, HMAC") for line in out.splitlines())
+    ev = tmp_path / "ev"
+    argv = ["evaluate", str(tiny_bundle), "--out", str(ev), "--quiet", "--no-plots",
+            "--provider", "gcf", "--thresholds", "0.5", *flag]  # fmt: skip
+    assert main(argv) == 0
+    pricing = json.loads((ev / "evaluation.json").read_text())["pricing"]
+    assert pricing["name"] == ("gcf-2nd-gen" if generation == 2 else "gcf-1st-gen")
+    marker = json.loads((pkg / ".edgelesspart-package.json").read_text())
+    assert marker["generation"] == generation
+
+
+def test_gcf_iam_deploy_hint_names_the_id_token(tiny_bundle, tmp_path, capsys):
+    from edgelesspart.cli import main
+
+    argv = ["package-cloud", str(tiny_bundle), "--provider", "gcf", "--out", str(tmp_path / "g"),
+            "--auth", "iam"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "--no-allow-unauthenticated" in out and "EDGELESSPART_CLOUD_ID_TOKEN_FILE" in out
