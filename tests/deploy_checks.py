@@ -118,10 +118,10 @@ def systemd_verify(unit_text: str, name: str, tmp: Path) -> subprocess.Completed
     )
 
 
-def cfn_lint(template: Path) -> subprocess.CompletedProcess:
-    """``cfn-lint`` of a CloudFormation/SAM template (region us-east-1)."""
+def cfn_lint(*templates: Path) -> subprocess.CompletedProcess:
+    """``cfn-lint`` of CloudFormation/SAM templates (region us-east-1), in one run."""
     return subprocess.run(
-        [tool("cfn-lint"), "--regions", "us-east-1", "--", str(template)],
+        [tool("cfn-lint"), "--regions", "us-east-1", "--", *map(str, templates)],
         capture_output=True,
         text=True,
         timeout=180,

@@ -22,7 +22,9 @@ def require_registry() -> None:
         )
         response.raise_for_status()
     except requests.RequestException as exc:
-        pytest.skip(f"package registry unreachable ({INDEX}: {exc}); pip resolution not checked")
+        pytest.skip(
+            f"package registry unreachable ({INDEX}: {exc}); this registry check is skipped"
+        )
 
 
 def resolve(requirements: list[str], pip_args: list[str], tmp: Path) -> dict[str, dict]:
