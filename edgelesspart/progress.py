@@ -20,6 +20,14 @@ REDRAW_PIPE_S = 5.0
 
 
 def _is_tty(stream: TextIO) -> bool:
+    """Whether ``stream`` ends on a terminal (seen through the CLI's stderr filter, whose pipe
+    on fd 2 would otherwise always say no)."""
+    if stream is sys.stderr:
+        from edgelesspart.stderr_filter import stderr_is_terminal
+
+        behind_filter = stderr_is_terminal()
+        if behind_filter is not None:
+            return behind_filter
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):

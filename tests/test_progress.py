@@ -92,3 +92,34 @@ def test_train_widths_reports_every_epoch(capfd):
     assert [line.split("  ")[0] for line in lines] == [
         "train-widths (sandwich): epoch 1/2", "train-widths (sandwich): epoch 2/2",
     ]  # fmt: skip
+
+
+def test_a_terminal_behind_the_cli_stderr_filter_still_gets_the_bar(monkeypatch, capsys):
+    # GIVEN the CLI's stderr filter (fd 2 is its pipe) in front of a terminal
+    import types
+
+    import edgelesspart.stderr_filter as stderr_filter
+
+    monkeypatch.setattr(stderr_filter, "ACTIVE", [types.SimpleNamespace(was_tty=True)])
+    list(progress(range(2), 2, "profile-kit"))
+    assert capsys.readouterr().err.startswith("\r")  # the bar, not a line per update
+    # AND in front of a log file it is lines
+    monkeypatch.setattr(stderr_filter, "ACTIVE", [types.SimpleNamespace(was_tty=False)])
+    list(progress(range(2), 2, "profile-kit"))
+    assert "\r" not in capsys.readouterr().err
+
+
+def test_the_real_filter_remembers_whether_stderr_was_a_terminal():
+    import os
+
+    from edgelesspart.stderr_filter import filter_stderr, stderr_is_terminal
+
+    was = os.isatty(2)
+    active = filter_stderr()
+    if active is None:
+        pytest.skip("fd 2 cannot be redirected here")
+    try:
+        assert stderr_is_terminal() is was and not os.isatty(2)
+    finally:
+        active.close()
+    assert stderr_is_terminal() is None
