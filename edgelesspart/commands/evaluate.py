@@ -36,8 +36,11 @@ def register(subparsers: Any) -> None:
                         help="wifi, lte, 5g, 3g, loopback or a link JSON file "
                         "(default: %(default)s)")
     parser.add_argument("--provider", choices=PROVIDER_CHOICES, default=None,
-                        help="pricing table; gcf = Cloud Functions 1st gen (default: the "
-                        "provider of the plan's cloud device, as package-cloud uses)")
+                        help="pricing table; gcf = Cloud Functions of --gcf-generation (default: "
+                        "the provider of the plan's cloud device, as package-cloud uses)")
+    parser.add_argument("--gcf-generation", type=int, choices=(1, 2), default=None,
+                        help="Cloud Functions generation priced for gcf (default: 2, the "
+                        "generation package-cloud packages)")
     parser.add_argument("--architecture", choices=("x86_64", "arm64"), default="x86_64",
                         help="Lambda CPU architecture (default: %(default)s)")
     parser.add_argument("--memory-mb", type=int,
@@ -74,14 +77,21 @@ def run(args: argparse.Namespace) -> int:
     from edgelesspart.evaluation.pipeline import EvaluationConfig, evaluate_bundle
     from edgelesspart.evaluation.report import format_table, write_outputs
     from edgelesspart.evaluation.sweep import parse_thresholds
-    from edgelesspart.profiling.devices import bundle_cloud_provider
+    from edgelesspart.profiling.devices import (
+        DEFAULT_GCF_GENERATION,
+        bundle_cloud_provider,
+        pricing_provider,
+    )
 
     config = EvaluationConfig(
         thresholds=parse_thresholds(args.thresholds),
         edge_device=args.edge_device,
         cloud_device=args.cloud_device,
         link=args.link,
-        provider=args.provider or bundle_cloud_provider(args.bundle),
+        provider=pricing_provider(
+            args.provider or bundle_cloud_provider(args.bundle),
+            args.gcf_generation or DEFAULT_GCF_GENERATION,
+        ),
         architecture=args.architecture,
         memory_mb=args.memory_mb,
         cold_start_ms=args.cold_start_ms,
