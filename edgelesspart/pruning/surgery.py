@@ -196,11 +196,32 @@ def prune_model(
     Raises:
         PruningError: an unsupported model (the message names the layer) or a bad ratio.
     """
-    keras = _keras()
     graph = graph or analyze(model, unknown=unknown)
     ratios = _ratios(graph, ratio)
     kept = choose_channels(graph, scores or l1_scores(model, graph), ratios)
-    keep = _Keep(graph, kept)
+    pruned = rebuild(model, graph, kept)
+    params = (int(model.count_params()), int(pruned.count_params()))
+    report = build_report(graph, ratio, kept, params)
+    warn_if_held_back(report, model.name)
+    return PruneResult(
+        model=pruned,
+        ratios=ratios,
+        kept={name: tuple(int(i) for i in idx) for name, idx in kept.items()},
+        params_before=params[0],
+        params_after=params[1],
+        report=report,
+    )
+
+
+def rebuild(model: Any, graph: ChannelGraph, kept: Mapping[str, np.ndarray]) -> Any:
+    """A new model keeping, per group of ``graph``, the channels ``kept`` (original indices).
+
+    ``kept`` must name every group; the indices are taken in the order given (sorted keeps the
+    original order). Used by :func:`prune_model` and by width training, which keeps a prefix
+    of a fixed importance ranking per group.
+    """
+    keras = _keras()
+    keep = _Keep(graph, {g.name: np.asarray(kept[g.name]) for g in graph.groups})
     plans: dict[str, tuple[dict, list]] = {}
     for layer in model.layers:
         kind = graph.kinds.get(layer.name, "input")
@@ -223,14 +244,4 @@ def prune_model(
                 f"Could not copy the kept weights into layer {name!r}: {exc}. This layer's "
                 "weights do not follow its channels as expected; report the model."
             ) from exc
-    params = (int(model.count_params()), int(pruned.count_params()))
-    report = build_report(graph, ratio, kept, params)
-    warn_if_held_back(report, model.name)
-    return PruneResult(
-        model=pruned,
-        ratios=ratios,
-        kept={name: tuple(int(i) for i in idx) for name, idx in kept.items()},
-        params_before=params[0],
-        params_after=params[1],
-        report=report,
-    )
+    return pruned
