@@ -38,6 +38,7 @@ from edgelesspart._lazy import keras as _keras
 from edgelesspart._lazy import tensorflow as _tensorflow
 from edgelesspart.dynamic.widths import channels_at, check_widths
 from edgelesspart.errors import ConfigError, TrainingError
+from edgelesspart.progress import progress
 from edgelesspart.pruning.groups import ChannelGraph, Flat, analyze, spaces_of
 from edgelesspart.pruning.surgery import l1_scores, rebuild
 
@@ -322,7 +323,7 @@ def train_user_widths(
     y_all = np.asarray(data.y_train, dtype=np.int64)
     start = time.perf_counter()
     loss = float("nan")
-    for _epoch in range(config.epochs):
+    for _epoch in progress(range(config.epochs), config.epochs, "width training (epochs)"):
         order = rng.permutation(len(x_all))
         losses = []
         for s in range(steps):
@@ -415,7 +416,7 @@ def export_user_width_bundle(
     calib = np.asarray(data.x_train[:SETTLE_IMAGES], dtype=np.float32)
     settle_batchnorm(model, calib)
     rows: list[list[tuple]] = [[] for _ in range(plan.stages)]
-    for w in widths:
+    for w in progress(widths, len(widths), "exporting widths"):
         for k in range(plan.stages):
             if w < 1.0 and not any(s == k for s in plan.stage_of.values()):
                 source = model  # a stage with no inner channels has one width: its full one
