@@ -166,3 +166,11 @@ def test_train_widths_model_refuses_another_strategy(tmp_path, capsys):
     argv += ["--limit", "20", "--out", str(tmp_path / "x")]
     assert main(argv) == 2
     assert "applies to the chain CNN only" in capsys.readouterr().err
+
+
+def test_serve_pipeline_on_a_width_bundle_refuses_chain_only_options(width_bundle, capsys):
+    # GIVEN a width bundle; WHEN served by serve-pipeline with options of exit/codec chains
+    argv = ["serve-pipeline", str(width_bundle.path), "--slo-ms", "50", "--codec", "fp16"]
+    # THEN it is refused at start with the option named (before Ray or a port is touched)
+    assert main(argv) == 2
+    assert "--codec do not apply to a width bundle" in capsys.readouterr().err
