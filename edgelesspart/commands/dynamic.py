@@ -3,7 +3,8 @@
 (``serve-edge`` and ``evaluate`` hand a width bundle to :func:`run_width_edge` and
 :func:`run_widths`.)
 
-``train-widths`` trains the chain CNN with a prune-robust strategy and exports a width bundle;
+``train-widths`` trains the chain CNN (or, with ``--model``, the user's model cut into
+``--stages`` stages) with a prune-robust strategy and exports a width bundle;
 ``widths`` prints the accuracy and latency of every stage at every width (the evaluation of a
 width bundle); ``serve-widths`` serves one with an SLO controller, on one node (``--edge``: the
 whole model narrows together, before requests are refused) or as a Ray chain of stage actors.
@@ -27,6 +28,16 @@ def register(sub: Any) -> None:
         "and accuracy (dynamic.json).",
     )
     p.add_argument("--out", required=True, help="width bundle directory")
+    p.add_argument(
+        "--model",
+        default="chain_cnn",
+        help="chain_cnn (default) | small_cnn | resnet50 | mobilenetv2 | FILE.keras: any other "
+        "model is cut into --stages stages whose inner channels narrow (sandwich rule)",
+    )
+    p.add_argument("--stages", type=int, default=4, help="--model: stages of the chain")
+    p.add_argument("--cuts", default=None, help="--model: comma-separated boundary cut points")
+    p.add_argument("--image-size", type=int, default=None, help="input side (default: dataset's)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many images per split")
     p.add_argument("--dataset", default="digits", help="digits | cifar10 | .npz | folder")
     p.add_argument("--strategy", default="sandwich", help="posthoc | slimmable | sandwich")
     p.add_argument("--epochs", type=int, default=5, help="training epochs")
@@ -70,7 +81,9 @@ def run_train(args: argparse.Namespace) -> int:
     from edgelesspart.model.datasets import load_dataset
 
     widths = check_widths(args.widths.split(","))
-    data = load_dataset(args.dataset, seed=args.seed)
+    data = load_dataset(args.dataset, seed=args.seed, image_size=args.image_size, limit=args.limit)
+    if args.model != "chain_cnn":
+        return _train_user_model(args, data, widths)
     config = WidthTrainingConfig(
         strategy=args.strategy, epochs=args.epochs, widths=widths, seed=args.seed
     )
@@ -79,6 +92,40 @@ def run_train(args: argparse.Namespace) -> int:
     manifest = export_width_bundle(
         model, data, args.out, strategy=args.strategy, widths=widths, training=record
     )
+    print(format_widths(manifest))
+    return 0
+
+
+def _train_user_model(args: argparse.Namespace, data: Any, widths: tuple[float, ...]) -> int:
+    """``train-widths --model``: the user's model, sandwich-trained per stage, exported."""
+    from edgelesspart.dynamic.usermodel import (
+        UserWidthConfig,
+        export_user_width_bundle,
+        plan_widths,
+        train_user_widths,
+    )
+    from edgelesspart.errors import ConfigError
+    from edgelesspart.model.zoo import build_model, load_user_model
+
+    if args.strategy != "sandwich":
+        raise ConfigError(
+            f"--strategy {args.strategy} applies to the chain CNN only; --model trains with the "
+            "sandwich rule and in-place distillation (drop --strategy)."
+        )
+    if args.model.endswith(".keras"):
+        model = load_user_model(args.model)
+    else:
+        model = build_model(args.model, data.input_shape, data.num_classes, seed=args.seed)
+    cuts = [c.strip() for c in args.cuts.split(",")] if args.cuts else None
+    graph, plan = plan_widths(model, args.stages, cuts)
+    config = UserWidthConfig(epochs=args.epochs, widths=widths, seed=args.seed)
+    record = train_user_widths(model, graph, plan, data, config)
+    record["model"] = args.model
+    record["input_shape"] = list(data.input_shape)
+    manifest = export_user_width_bundle(
+        model, graph, plan, data, args.out, widths=widths, training=record
+    )
+    print(f"{args.model}: stages cut at {', '.join(plan.cuts)}")
     print(format_widths(manifest))
     return 0
 

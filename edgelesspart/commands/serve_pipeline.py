@@ -50,6 +50,12 @@ def register(sub: Any) -> None:
         "--threads", type=int, default=None, help="waitress threads (default: --window + 4)"
     )
     parser.add_argument(
+        "--slo-ms",
+        type=float,
+        default=None,
+        help="width bundles (train-widths): switch each stage's width live to meet this SLO",
+    )
+    parser.add_argument(
         "--token", default=None, help="bearer token (required with a non-loopback --host)"
     )
     parser.set_defaults(func=run_serve)
@@ -86,6 +92,16 @@ def run_serve(args: argparse.Namespace) -> int:
     from service_http.wsgi import require_token_off_loopback, serve
 
     require_token_off_loopback(args.host, args.token, "serve-pipeline")
+    if (Path(args.bundle) / "dynamic.json").is_file():
+        return _serve_width_chain(args)
+    if args.slo_ms is not None:
+        from edgelesspart.errors import ConfigError
+
+        raise ConfigError(
+            f"--slo-ms switches stage widths, but {args.bundle} is not a width bundle (no "
+            "dynamic.json). Build one with `edgelesspart train-widths --model ...`, or drop "
+            "--slo-ms."
+        )
     stages, emulation = _stages(args)
     owned = raykit.connect(args.ray_address, num_cpus=args.num_cpus)
     try:
@@ -107,6 +123,40 @@ def run_serve(args: argparse.Namespace) -> int:
     finally:
         raykit.disconnect(owned)
     return 0
+
+
+def _serve_width_chain(args: argparse.Namespace) -> int:
+    """A width bundle: one width-switching Ray actor per stage, the SLO controller live."""
+    from edgelesspart.commands.dynamic import run_serve as serve_widths
+    from edgelesspart.errors import ConfigError
+
+    unsupported = [
+        flag
+        for flag, value in (
+            ("--place", args.place),
+            ("--codec", args.codec),
+            ("--threshold", args.threshold),
+            ("--emulate-link", args.emulate_link),
+        )
+        if value is not None
+    ]
+    if unsupported:
+        raise ConfigError(
+            f"{', '.join(unsupported)} do not apply to a width bundle ({args.bundle}): its "
+            "stages have no exits and hand on raw tensors. Drop them."
+        )
+    widths_args = argparse.Namespace(
+        bundle=args.bundle,
+        slo_ms=args.slo_ms,
+        edge=False,
+        scale=args.slowdown,
+        max_queue=args.window,
+        ray_address=args.ray_address,
+        host=args.host,
+        port=args.port,
+        token=args.token,
+    )
+    return serve_widths(widths_args)
 
 
 def run_pipeline_build(args: argparse.Namespace, config: Any) -> int:

@@ -5,9 +5,14 @@ of channels one layer creates (a ``Conv*``/``Dense`` output, the model input, or
 layer whose channels cannot be followed). ``Concatenate`` on the channel axis joins the spaces of
 its inputs end to end; ``Add``/``Multiply``/... *unify* the spaces of their inputs (they must
 keep the same channels); BatchNormalization, depthwise convs, activations and pooling pass their
-input's spaces through; ``Flatten`` turns them into position-major blocks a following ``Dense``
-can slice. Spaces joined by a merge form one **channel group**, pruned as one. Spaces that reach
-the model input or output, or a layer that mixes channels in a way we cannot slice, are fixed.
+input's spaces through; a ``Reshape`` that keeps the channel axis (the squeeze-excite
+``(N, C) -> (N, 1, 1, C)``) passes them through too; ``Flatten`` (or a ``Reshape`` to
+``(N, H*W*C)``) turns them into position-major blocks a following ``Dense`` can slice; a
+``SeparableConv`` creates a space like a convolution and slices its depthwise kernel on its input.
+Spaces joined by a merge form one **channel group**, pruned as one. Spaces that reach the model
+input or output, or a layer that mixes channels in a way we cannot slice, are fixed; every fixed
+space remembers what fixed it, so a prune can say which layers held channels back
+(:attr:`ChannelGraph.held`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from edgelesspart.errors import PruningError
 
 #: Layers whose output channels are their own kernel's last axis (the filters we remove).
 PRODUCERS = frozenset({"Conv1D", "Conv2D", "Conv3D", "Dense"})
+#: Depthwise then pointwise convolutions: the pointwise kernel's last axis is the filters we
+#: remove; the depthwise kernel and the pointwise rows are sliced on the input channels.
+SEPARABLE = frozenset({"SeparableConv1D", "SeparableConv2D"})
 #: Layers that keep their input's channels and hold one weight entry per channel.
 FOLLOWERS = frozenset({"BatchNormalization", "DepthwiseConv1D", "DepthwiseConv2D"})
 #: Layers that keep their input's channels and hold no per-channel weights.
@@ -39,10 +47,12 @@ PASS = frozenset(
 MERGES = frozenset({"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"})
 #: Layers that see all channels at once: their inputs are fixed, their output is a new fixed space.
 FIXING = frozenset(
-    {"LayerNormalization", "Normalization", "PReLU", "Rescaling", "Softmax", "Reshape",
-     "Permute", "RepeatVector", "UnitNormalization", "InputLayer"}
+    {"LayerNormalization", "Normalization", "PReLU", "Rescaling", "Softmax", "Permute",
+     "RepeatVector", "UnitNormalization", "InputLayer"}
 )  # fmt: skip
 UNKNOWN_POLICIES = ("refuse", "freeze")
+#: Why channels that reach the model's edges stay: the labels used in :attr:`ChannelGraph.held`.
+MODEL_INPUT, MODEL_OUTPUT, SINGLE_CHANNEL = "model input", "model output", "single channel"
 
 Segments = tuple[tuple[int, int], ...]  # ((space, length), ...) along the channel axis
 
@@ -92,6 +102,26 @@ class ChannelGroup:
 
 
 @dataclass(frozen=True)
+class HeldChannels:
+    """Filters that cannot be pruned, and what holds them.
+
+    Attributes:
+        producers: ``Conv*``/``Dense`` layers whose filters these are.
+        channels: the filters held (per producer: each produces all of them).
+        by: what fixed them: layer labels ``"name (Type)"``, or ``"model input"``,
+            ``"model output"`` (the class count is kept) or ``"single channel"``.
+    """
+
+    producers: tuple[str, ...]
+    channels: int
+    by: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"producers": list(self.producers), "channels": self.channels, "by": list(self.by)}
+
+
+@dataclass(frozen=True)
 class ChannelGraph:
     """What :func:`analyze` found: the groups and every layer's channel description.
 
@@ -103,6 +133,7 @@ class ChannelGraph:
         space_group: space -> index into ``groups``, or ``-1`` for a fixed space.
         space_length: space -> number of channels.
         order: layer names in topological order.
+        held: the fixed spaces that hold producers' filters, with what fixed them.
     """
 
     groups: tuple[ChannelGroup, ...]
@@ -112,6 +143,7 @@ class ChannelGraph:
     space_group: dict[int, int] = field(repr=False)
     space_length: dict[int, int] = field(repr=False)
     order: tuple[str, ...] = field(repr=False)
+    held: tuple[HeldChannels, ...] = field(default=(), repr=False)
 
     def group(self, name: str) -> ChannelGroup:
         """The group called ``name`` (its first producer layer)."""
@@ -129,11 +161,14 @@ class _UnionFind:
         self.parent: list[int] = []
         self.length: list[int] = []
         self.fixed: list[bool] = []
+        self.blame: dict[int, set[str]] = {}
 
-    def new(self, length: int, fixed: bool = False) -> int:
+    def new(self, length: int, fixed: bool = False, why: str = "") -> int:
         self.parent.append(len(self.parent))
         self.length.append(length)
         self.fixed.append(fixed)
+        if fixed:
+            self.blame[len(self.parent) - 1] = {why} if why else set()
         return len(self.parent) - 1
 
     def find(self, s: int) -> int:
@@ -147,9 +182,13 @@ class _UnionFind:
         if ra != rb:
             self.parent[rb] = ra
             self.fixed[ra] = self.fixed[ra] or self.fixed[rb]
+            if rb in self.blame:
+                self.blame.setdefault(ra, set()).update(self.blame.pop(rb))
 
-    def fix(self, s: int) -> None:
-        self.fixed[self.find(s)] = True
+    def fix(self, s: int, why: str) -> None:
+        root = self.find(s)
+        self.fixed[root] = True
+        self.blame.setdefault(root, set()).add(why)
 
 
 def spaces_of(desc: Desc) -> list[int]:
@@ -216,13 +255,15 @@ class _Analyzer:
         self.producer_of: dict[int, str] = {}
         self.followers: dict[int, list[str]] = {}
 
-    def fresh(self, tensor: Any, fixed: bool) -> Segments:
+    def fresh(self, tensor: Any, fixed: bool, why: str = "") -> Segments:
         channels = int(tensor.shape[-1]) if tensor.shape[-1] is not None else 0
-        return ((self.uf.new(channels, fixed=fixed or channels < 2), channels),)
+        if not fixed and channels < 2:
+            fixed, why = True, SINGLE_CHANNEL
+        return ((self.uf.new(channels, fixed=fixed, why=why), channels),)
 
-    def fix_all(self, desc: Desc) -> None:
+    def fix_all(self, desc: Desc, why: str) -> None:
         for s in spaces_of(desc):
-            self.uf.fix(s)
+            self.uf.fix(s, why)
 
     def visit(self, layer: Any, node: Any) -> None:
         kind = type(layer).__name__
@@ -242,6 +283,8 @@ class _Analyzer:
         if kind in PRODUCERS:
             groups = layer.get_config().get("groups", 1)
             return self._producer if groups == 1 else self._fixing
+        if kind in SEPARABLE:
+            return self._producer
         if kind in FOLLOWERS:
             multiplier = layer.get_config().get("depth_multiplier", 1)
             return self._follower if multiplier == 1 else self._fixing
@@ -253,14 +296,16 @@ class _Analyzer:
             return self._concat
         if kind == "Flatten":
             return self._flatten
+        if kind == "Reshape":
+            return self._reshape
         if kind in FIXING or self.unknown == "freeze":
             return self._fixing
         raise PruningError(
             f"Layer {layer.name!r} ({kind}) is not supported by structured pruning: it is not "
-            "known how it uses its input channels. Supported: Conv1D/2D/3D, Dense, "
-            "DepthwiseConv, BatchNormalization, merges (Add, Multiply, ...), Concatenate, "
-            "Flatten, pooling, activations. Pass unknown='freeze' to keep the channels around "
-            "such layers unpruned."
+            "known how it uses its input channels. Supported: Conv1D/2D/3D, SeparableConv1D/2D, "
+            "Dense, DepthwiseConv, BatchNormalization, merges (Add, Multiply, ...), Concatenate, "
+            "Flatten, Reshape, pooling, activations (docs/pruning.md lists what is not). Pass "
+            "unknown='freeze' to keep the channels around such layers unpruned."
         )
 
     def _producer(self, layer: Any, ins: tuple[Desc, ...], out: Any, tensors: list[Any]) -> Desc:
@@ -272,8 +317,8 @@ class _Analyzer:
     def _follower(self, layer: Any, ins: tuple[Desc, ...], out: Any, tensors: list[Any]) -> Desc:
         self.kinds[layer.name] = "follower"
         if isinstance(ins[0], Flat):
-            self.fix_all(ins[0])
-            return self.fresh(out, fixed=True)
+            self.fix_all(ins[0], _label(layer))
+            return self.fresh(out, fixed=True, why=_label(layer))
         for s in spaces_of(ins[0]):
             self.followers.setdefault(s, []).append(layer.name)
         return ins[0]
@@ -285,8 +330,8 @@ class _Analyzer:
     def _fixing(self, layer: Any, ins: tuple[Desc, ...], out: Any, tensors: list[Any]) -> Desc:
         self.kinds[layer.name] = "fixed"
         for d in ins:
-            self.fix_all(d)
-        return self.fresh(out, fixed=True)
+            self.fix_all(d, _label(layer))
+        return self.fresh(out, fixed=True, why=_label(layer))
 
     def _merge(self, layer: Any, ins: tuple[Desc, ...], out: Any, tensors: list[Any]) -> Desc:
         self.kinds[layer.name] = "merge"
@@ -298,7 +343,7 @@ class _Analyzer:
         for other in full[1:]:
             if [n for _, n in other] != [n for _, n in first]:
                 for d in full:
-                    self.fix_all(d)
+                    self.fix_all(d, _label(layer))
                 continue
             for (a, _), (b, _) in zip(first, other):
                 self.uf.union(a, b)
@@ -322,6 +367,25 @@ class _Analyzer:
                 return self._fixing(layer, ins, out, tensors)
             positions *= int(d)
         return Flat(ins[0], positions)
+
+    def _reshape(self, layer: Any, ins: tuple[Desc, ...], out: Any, tensors: list[Any]) -> Desc:
+        """A reshape that keeps the channel axis passes it; one to ``(N, H*W*C)`` flattens."""
+        before, after = tensors[0].shape, out.shape
+        if before[-1] is not None and before[-1] == after[-1]:
+            # row-major order: element (..., c) stays at channel c whatever the other axes do
+            self.kinds[layer.name] = "reshape"
+            return ins[0]
+        if len(after) == 2 and not isinstance(ins[0], Flat) and len(before) > 2:
+            desc = self._flatten(layer, ins, out, tensors)
+            if self.kinds[layer.name] == "flatten":
+                self.kinds[layer.name] = "reshape"
+            return desc
+        return self._fixing(layer, ins, out, tensors)
+
+
+def _label(layer: Any) -> str:
+    """How a layer is named in pruning reports: ``name (Type)``."""
+    return f"{layer.name} ({type(layer).__name__})"
 
 
 def analyze(model: Any, *, unknown: str = "refuse") -> ChannelGraph:
@@ -347,7 +411,7 @@ def analyze(model: Any, *, unknown: str = "refuse") -> ChannelGraph:
             )
     state = _Analyzer(unknown)
     for tensor in model.inputs:
-        state.desc[id(tensor)] = state.fresh(tensor, fixed=True)
+        state.desc[id(tensor)] = state.fresh(tensor, fixed=True, why=MODEL_INPUT)
     order = []
     for layer, node in _nodes(model):
         order.append(layer.name)
@@ -356,7 +420,7 @@ def analyze(model: Any, *, unknown: str = "refuse") -> ChannelGraph:
             continue
         state.visit(layer, node)
     for tensor in model.outputs:
-        state.fix_all(state.desc[id(tensor)])
+        state.fix_all(state.desc[id(tensor)], MODEL_OUTPUT)
     return _collect(state, tuple(order))
 
 
@@ -388,6 +452,17 @@ def _collect(state: _Analyzer, order: tuple[str, ...]) -> ChannelGraph:
         )
         for s in spaces:
             space_group[s] = index
+    held = []
+    for root in sorted(members, key=lambda r: min(members[r])):
+        producers = [state.producer_of[s] for s in members[root] if s in state.producer_of]
+        if uf.fixed[root] and producers:
+            held.append(
+                HeldChannels(
+                    tuple(sorted(set(producers), key=rank.get)),
+                    uf.length[root],
+                    tuple(sorted(uf.blame.get(root, set()))),
+                )
+            )
     return ChannelGraph(
         groups=tuple(groups),
         kinds=state.kinds,
@@ -396,4 +471,5 @@ def _collect(state: _Analyzer, order: tuple[str, ...]) -> ChannelGraph:
         space_group=space_group,
         space_length=dict(enumerate(uf.length)),
         order=order,
+        held=tuple(held),
     )

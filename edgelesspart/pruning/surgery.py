@@ -16,6 +16,7 @@ import numpy as np
 from edgelesspart._lazy import keras as _keras
 from edgelesspart.errors import PruningError
 from edgelesspart.pruning.groups import ChannelGraph, Desc, Flat, analyze
+from edgelesspart.pruning.report import PruneReport, build_report, warn_if_held_back
 
 #: Largest ratio accepted: at least one channel per group always survives anyway.
 MAX_RATIO = 0.95
@@ -31,6 +32,7 @@ class PruneResult:
         kept: group name -> original indices of the kept channels (sorted).
         params_before: parameters of the original model.
         params_after: parameters of the pruned model.
+        report: requested vs achieved ratio and the layers that held filters back.
     """
 
     model: Any = field(repr=False)
@@ -38,6 +40,7 @@ class PruneResult:
     kept: dict[str, tuple[int, ...]] = field(repr=False)
     params_before: int
     params_after: int
+    report: PruneReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (without the model)."""
@@ -46,6 +49,7 @@ class PruneResult:
             "kept": {k: list(v) for k, v in self.kept.items()},
             "params_before": self.params_before,
             "params_after": self.params_after,
+            "report": self.report.to_dict() if self.report else None,
         }
 
 
@@ -59,11 +63,18 @@ def l1_scores(model: Any, graph: ChannelGraph) -> dict[str, np.ndarray]:
     for group in graph.groups:
         total = np.zeros(group.channels, dtype=np.float64)
         for name in group.producers:
-            kernel = np.asarray(model.get_layer(name).get_weights()[0], dtype=np.float64)
+            kernel = np.asarray(_filter_kernel(model.get_layer(name)), dtype=np.float64)
             norms = np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(axis=0)
             total += norms / max(float(norms.mean()), 1e-12)
         scores[group.name] = total
     return scores
+
+
+def _filter_kernel(layer: Any) -> Any:
+    """The kernel whose last axis is the layer's filters (the pointwise one of a separable)."""
+    if hasattr(layer, "pointwise_kernel"):
+        return layer.pointwise_kernel.numpy()
+    return layer.get_weights()[0]
 
 
 def _ratios(graph: ChannelGraph, ratio: float | Mapping[str, float]) -> dict[str, float]:
@@ -130,13 +141,27 @@ def _new_layer(layer: Any, kind: str, keep: _Keep, graph: ChannelGraph) -> tuple
     config = layer.get_config()
     weights = [np.asarray(w) for w in layer.get_weights()]
     name = layer.name
-    if kind == "producer":
+    if kind == "producer" and "pointwise_initializer" in config:
+        # SeparableConv: depthwise (..., C, m), pointwise (..., C*m, F) in channel-major rows
+        k_in = keep.of(graph.inputs[name][0])
+        k_out = keep.of(graph.outputs[name])
+        config["filters"] = int(len(k_out))
+        m = int(config.get("depth_multiplier", 1))
+        rows = (k_in[:, None] * m + np.arange(m)[None, :]).ravel()
+        pointwise = np.take(np.take(weights[1], rows, axis=-2), k_out, axis=-1)
+        weights = [np.take(weights[0], k_in, axis=-2), pointwise, *(w[k_out] for w in weights[2:])]
+    elif kind == "producer":
         k_in = keep.of(graph.inputs[name][0])
         k_out = keep.of(graph.outputs[name])
         key = "units" if "units" in config else "filters"
         config[key] = int(len(k_out))
         kernel = np.take(np.take(weights[0], k_in, axis=-2), k_out, axis=-1)
         weights = [kernel, *(np.take(w, k_out, axis=-1) for w in weights[1:])]
+    elif kind == "reshape":
+        target = list(config["target_shape"])
+        if target and target[-1] not in (-1, None):
+            target[-1] = int(len(keep.of(graph.outputs[name])))
+            config["target_shape"] = tuple(target)
     elif kind == "follower":
         k = keep.of(graph.outputs[name])
         if "depth_multiplier" in config:  # kernel (..., C, 1), bias (C,)
@@ -164,16 +189,39 @@ def prune_model(
         scores: per-group channel scores (default :func:`l1_scores`).
 
     Returns:
-        The pruned model (same input/output shapes, fewer parameters) and what was kept.
+        The pruned model (same input/output shapes, fewer parameters), what was kept, and the
+        report of requested versus achieved ratio (a :class:`PruningWarning` is emitted when a
+        large share of the filters could not be pruned; it names the layers that held them).
 
     Raises:
         PruningError: an unsupported model (the message names the layer) or a bad ratio.
     """
-    keras = _keras()
     graph = graph or analyze(model, unknown=unknown)
     ratios = _ratios(graph, ratio)
     kept = choose_channels(graph, scores or l1_scores(model, graph), ratios)
-    keep = _Keep(graph, kept)
+    pruned = rebuild(model, graph, kept)
+    params = (int(model.count_params()), int(pruned.count_params()))
+    report = build_report(graph, ratio, kept, params)
+    warn_if_held_back(report, model.name)
+    return PruneResult(
+        model=pruned,
+        ratios=ratios,
+        kept={name: tuple(int(i) for i in idx) for name, idx in kept.items()},
+        params_before=params[0],
+        params_after=params[1],
+        report=report,
+    )
+
+
+def rebuild(model: Any, graph: ChannelGraph, kept: Mapping[str, np.ndarray]) -> Any:
+    """A new model keeping, per group of ``graph``, the channels ``kept`` (original indices).
+
+    ``kept`` must name every group; the indices are taken in the order given (sorted keeps the
+    original order). Used by :func:`prune_model` and by width training, which keeps a prefix
+    of a fixed importance ranking per group.
+    """
+    keras = _keras()
+    keep = _Keep(graph, {g.name: np.asarray(kept[g.name]) for g in graph.groups})
     plans: dict[str, tuple[dict, list]] = {}
     for layer in model.layers:
         kind = graph.kinds.get(layer.name, "input")
@@ -196,10 +244,4 @@ def prune_model(
                 f"Could not copy the kept weights into layer {name!r}: {exc}. This layer's "
                 "weights do not follow its channels as expected; report the model."
             ) from exc
-    return PruneResult(
-        model=pruned,
-        ratios=ratios,
-        kept={name: tuple(int(i) for i in idx) for name, idx in kept.items()},
-        params_before=int(model.count_params()),
-        params_after=int(pruned.count_params()),
-    )
+    return pruned

@@ -47,6 +47,23 @@ def concat_model():
     return keras.Model(inputs, outputs, name="concat")
 
 
+def separable_se_model():
+    """SeparableConv2D (depth multiplier 2), a squeeze-excite block, a Reshape to flat -> Dense."""
+    inputs = keras.Input((8, 8, 3), name="image")
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="stem")(inputs)
+    x = L.SeparableConv2D(12, 3, padding="same", depth_multiplier=2, name="sep")(x)
+    x = L.BatchNormalization(name="sep_bn")(x)
+    se = L.GlobalAveragePooling2D(name="se_squeeze")(x)
+    se = L.Reshape((1, 1, 12), name="se_reshape")(se)
+    se = L.Conv2D(4, 1, activation="relu", name="se_reduce")(se)
+    se = L.Conv2D(12, 1, activation="sigmoid", name="se_expand")(se)
+    x = L.Multiply(name="se_excite")([x, se])
+    x = L.Conv2D(6, 3, strides=2, padding="same", name="fuse")(x)
+    x = L.Reshape((4 * 4 * 6,), name="flat")(x)
+    outputs = L.Dense(3, name="logits")(x)
+    return keras.Model(inputs, outputs, name="separable_se")
+
+
 def _randomise_bn(model, seed=0):
     rng = np.random.default_rng(seed)
     for layer in model.layers:
@@ -80,7 +97,7 @@ def masked_copy(model, result):
     return copy
 
 
-@pytest.mark.parametrize("build", [residual_model, concat_model])
+@pytest.mark.parametrize("build", [residual_model, concat_model, separable_se_model])
 @pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
 def test_pruned_model_equals_original_with_removed_channels_masked(build, ratio):
     # GIVEN a model with a residual Add / a Concatenate + Flatten, and random BN statistics
@@ -167,8 +184,12 @@ def test_unknown_layer_is_refused_with_its_name_unless_frozen():
     model = keras.Model(inputs, outputs)
     with pytest.raises(PruningError, match="'upconv' \\(Conv2DTranspose\\)"):
         prune_model(model, 0.5)
-    # WHEN frozen, the channels around the unknown layer stay, the others are pruned
-    result = prune_model(model, 0.5, unknown="freeze")
+    # WHEN frozen, the channels around the unknown layer stay (and the prune says so), the
+    # others are pruned
+    from edgelesspart.pruning import PruningWarning
+
+    with pytest.warns(PruningWarning, match=r"upconv \(Conv2DTranspose\) 4"):
+        result = prune_model(model, 0.5, unknown="freeze")
     assert [g.name for g in analyze(model, unknown="freeze").groups] == ["c2"]
     assert result.model.get_layer("c1").filters == 4 and result.model.get_layer("c2").filters == 2
 
@@ -217,6 +238,76 @@ def test_zoo_model_pruning_is_exact_against_masking(name):
     # WHEN it is pruned by half
     result = prune_model(model, 0.5)
     # THEN it computes exactly what the original computes with the removed channels masked
+    want = np.asarray(masked_copy(model, result)(x, training=False))
+    got = np.asarray(result.model(x, training=False))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_squeeze_excite_and_separable_convs_are_pruned_as_one_group():
+    # GIVEN a separable conv whose channels an SE block rescales (GAP -> Reshape -> convs -> *)
+    model = separable_se_model()
+    graph = analyze(model)
+    groups = {g.name: g for g in graph.groups}
+    # THEN the SE expand conv joins the separable conv's group, the Reshape only passes it
+    assert groups["sep"].producers == ("sep", "se_expand")
+    assert set(groups) == {"stem", "sep", "se_reduce", "fuse"}
+    assert graph.kinds["se_reshape"] == "reshape"
+    # WHEN pruned by half, the Reshape targets, the depthwise kernel and the pointwise rows follow
+    result = prune_model(model, 0.5)
+    pruned = result.model
+    assert pruned.get_layer("se_reshape").target_shape == (1, 1, 6)
+    depthwise, pointwise, _ = pruned.get_layer("sep").get_weights()
+    assert depthwise.shape == (3, 3, 4, 2) and pointwise.shape == (1, 1, 8, 6)
+    assert pruned.get_layer("flat").target_shape == (4 * 4 * 3,)
+    assert result.report.achieved == pytest.approx(0.5, abs=0.05)
+    assert result.report.held_back == ()
+
+
+def test_prune_report_names_the_layers_that_held_filters_back():
+    from edgelesspart.pruning import PruningWarning
+
+    # GIVEN a model whose widest convs feed a LayerNormalization (it mixes all channels)
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(32, 3, padding="same", name="wide_a")(inputs)
+    x = L.LayerNormalization(name="ln")(x)
+    x = L.Conv2D(32, 3, padding="same", name="wide_b")(x)
+    x = L.Reshape((8, 8, 8, 4), name="mixing_reshape")(x)
+    x = L.Reshape((8, 8, 32), name="back")(x)
+    x = L.Conv2D(4, 3, padding="same", name="narrow")(x)
+    outputs = L.Dense(2, name="logits")(L.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    # WHEN it is pruned by half
+    with pytest.warns(PruningWarning, match=r"held back by: .*ln \(LayerNormalization\)"):
+        result = prune_model(model, 0.5)
+    # THEN the report says how little was achieved and which layers held the filters
+    report = result.report
+    assert report.requested == 0.5
+    assert report.filters == 32 + 32 + 4 + 2 and report.output_filters == 2
+    assert report.achieved == pytest.approx(2 / 70)
+    assert report.held_share == pytest.approx(64 / 70)
+    assert dict(report.held_back) == {
+        "ln (LayerNormalization)": 32,
+        "mixing_reshape (Reshape)": 32,
+    }
+    assert result.to_dict()["report"]["held_back"][0]["filters"] == 32
+
+
+def test_efficientnet_b0_prunes_through_squeeze_excite_blocks():
+    # GIVEN the real keras.applications EfficientNetB0 graph (a model the pruner was not written
+    # for: SE blocks, swish, Rescaling + Normalization in front), small input, random BN stats
+    keras.utils.set_random_seed(5)
+    model = keras.applications.EfficientNetB0(weights=None, input_shape=(64, 64, 3), classes=10)
+    _randomise_bn(model, seed=6)
+    # WHEN it is pruned by half
+    result = prune_model(model, 0.5)
+    # THEN the expand, SE and stem convs are pruned too: at most 0.35x the parameters, nothing
+    # held back, and the pruned model computes what the masked original computes
+    assert result.params_after <= 0.35 * result.params_before
+    assert result.report.held_back == ()
+    assert result.report.achieved == pytest.approx(0.5, abs=0.02)
+    assert result.model.get_layer("block2a_expand_conv").filters == 48
+    assert result.model.get_layer("stem_conv").filters == 16
+    x = np.random.default_rng(7).random((2, 64, 64, 3), dtype=np.float32) * 255
     want = np.asarray(masked_copy(model, result)(x, training=False))
     got = np.asarray(result.model(x, training=False))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
