@@ -444,8 +444,9 @@ def contract_app(
         return jsonify({"kind": backend.kind, **backend.bundle_summary()})
 
     @app.get("/healthz")
-    def healthz():
-        return jsonify(health_body(backend, live=True))
+    def healthz():  # as serve-edge's: alive, and 503 while not ready
+        body = health_body(backend, live=True)
+        return jsonify(body), 200 if body["ready"] else 503
 
     @app.get("/readyz")
     def readyz():
