@@ -124,7 +124,8 @@ def restrict_manifest(manifest: Manifest, stages: Sequence[str]) -> Manifest:
 
 def _cloud_stages(manifest: Manifest, stages: Sequence[str] | None) -> tuple[str, ...]:
     names = manifest.stage_names
-    chosen = tuple(names[1:] if stages is None else stages)
+    marked = [s.name for s in manifest.plan.stages if s.options.get("tier") == "cloud"]
+    chosen = tuple((marked or names[1:]) if stages is None else stages)
     if not chosen:
         raise BundleError(
             f"Bundle has the single stage {list(names)}: there is no cloud part to package."
@@ -213,9 +214,7 @@ def stage_package(
     bundle: str | Path, staging: Path, stages: Sequence[str] | None = None
 ) -> Manifest:
     """Copy the runtime core, the handler and the cloud segments into ``staging``."""
-    manifest, packaged, chosen = stage_sources(
-        bundle, staging, _source_files(), BUNDLE_DIR, stages
-    )
+    manifest, packaged, chosen = stage_sources(bundle, staging, _source_files(), BUNDLE_DIR, stages)
     bundle_dir = staging / BUNDLE_DIR
     (staging / "requirements.txt").write_text(
         requirements_text(manifest.codec.get("name")), encoding="utf-8"

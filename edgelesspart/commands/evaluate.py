@@ -27,37 +27,74 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument("bundle", help="bundle directory (holding manifest.json)")
-    parser.add_argument("--thresholds", default="0.3:0.9:0.05",
-                        help="start:stop:step (stop included) or a comma list "
-                        "(default: %(default)s)")
+    parser.add_argument(
+        "--thresholds",
+        default="0.3:0.9:0.05",
+        help="start:stop:step (stop included) or a comma list (default: %(default)s)",
+    )
     parser.add_argument("--edge-device", help="device profile of the edge (default: the plan's)")
     parser.add_argument("--cloud-device", help="device profile of the cloud (default: the plan's)")
-    parser.add_argument("--link", default="wifi",
-                        help="wifi, lte, 5g, 3g, loopback or a link JSON file "
-                        "(default: %(default)s)")
-    parser.add_argument("--provider", choices=PROVIDER_CHOICES, default=None,
-                        help="pricing table; gcf = Cloud Functions 1st gen (default: the "
-                        "provider of the plan's cloud device, as package-cloud uses)")
-    parser.add_argument("--architecture", choices=("x86_64", "arm64"), default="x86_64",
-                        help="Lambda CPU architecture (default: %(default)s)")
-    parser.add_argument("--memory-mb", type=int,
-                        help="cloud function memory (default: the cloud device's, else 2048)")
-    parser.add_argument("--cold-start-ms", type=float, default=0.0,
-                        help="extra latency (and, on Lambda, billed INIT) of a cold start")
-    parser.add_argument("--cold-start-prob", type=float, default=0.0,
-                        help="probability an offloaded request meets a cold container")
-    parser.add_argument("--offload-overhead-ms", type=float, default=0.0,
-                        help="fixed software cost of one offload (HTTP, JSON, encode/decode), "
-                        "measured on your deployment (default: %(default)s)")
-    parser.add_argument("--response-bytes", type=int, default=512,
-                        help="bytes of the cloud's answer, for egress pricing "
-                        "(default: %(default)s)")
-    parser.add_argument("--calibrate", action="store_true",
-                        help="temperature-scale each exit on the validation split first")
-    parser.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
-                        help="pick the fastest threshold whose validation accuracy is within "
-                        "POINTS percentage points of the full model (e.g. 1, as in build) and "
-                        "report it on test")
+    parser.add_argument(
+        "--link",
+        default="wifi",
+        help="wifi, lte, 5g, 3g, loopback or a link JSON file (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--provider",
+        choices=PROVIDER_CHOICES,
+        default=None,
+        help="pricing table; gcf = Cloud Functions 1st gen (default: the "
+        "provider of the plan's cloud device, as package-cloud uses)",
+    )
+    parser.add_argument(
+        "--architecture",
+        choices=("x86_64", "arm64"),
+        default="x86_64",
+        help="Lambda CPU architecture (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--memory-mb",
+        type=int,
+        help="cloud function memory (default: the cloud device's, else 2048)",
+    )
+    parser.add_argument(
+        "--cold-start-ms",
+        type=float,
+        default=0.0,
+        help="extra latency (and, on Lambda, billed INIT) of a cold start",
+    )
+    parser.add_argument(
+        "--cold-start-prob",
+        type=float,
+        default=0.0,
+        help="probability an offloaded request meets a cold container",
+    )
+    parser.add_argument(
+        "--offload-overhead-ms",
+        type=float,
+        default=0.0,
+        help="fixed software cost of one offload (HTTP, JSON, encode/decode), "
+        "measured on your deployment (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--response-bytes",
+        type=int,
+        default=512,
+        help="bytes of the cloud's answer, for egress pricing (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="temperature-scale each exit on the validation split first",
+    )
+    parser.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        metavar="POINTS",
+        help="pick the fastest threshold whose validation accuracy is within "
+        "POINTS percentage points of the full model (e.g. 1, as in build) and "
+        "report it on test",
+    )
     parser.add_argument("--batch-size", type=int, default=256, help="rows per LiteRT call")
     parser.add_argument("--out", help="output directory (default: the bundle)")
     parser.add_argument("--no-plots", action="store_true", help="skip evaluation.png")
@@ -71,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         from edgelesspart.commands.dynamic import run_widths
 
         return run_widths(argparse.Namespace(bundle=args.bundle, json=False))
+    if _chain_cloud(args.bundle):  # N edge stages + a cloud tail
+        return run_chain_cloud(args)
     from edgelesspart.evaluation.pipeline import EvaluationConfig, evaluate_bundle
     from edgelesspart.evaluation.report import format_table, write_outputs
     from edgelesspart.evaluation.sweep import parse_thresholds
@@ -114,3 +153,29 @@ def _points_to_fraction(points: float | None) -> float | None:
             f"build), got {points:g}."
         )
     return points / 100.0
+
+
+def _chain_cloud(bundle: str) -> bool:
+    from edgelesspart.evaluation.chain_cloud import has_cloud_tail
+    from edgelesspart.runtime.manifest import load_manifest
+
+    return has_cloud_tail(load_manifest(bundle, verify=False))
+
+
+def run_chain_cloud(args: argparse.Namespace) -> int:
+    """``evaluate`` on a chain with a cloud tail: edge-stage exit mix, offload share, cost."""
+    import json
+
+    from edgelesspart.evaluation.chain_cloud import evaluate_chain_cloud, format_chain_cloud
+    from edgelesspart.evaluation.sweep import parse_thresholds
+
+    report = evaluate_chain_cloud(
+        args.bundle, thresholds=parse_thresholds(args.thresholds), batch_size=args.batch_size
+    )
+    out = Path(args.out) if args.out else Path(args.bundle)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "evaluation.json"
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(format_chain_cloud(report))
+    print(f"wrote {path}")
+    return 0

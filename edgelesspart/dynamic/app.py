@@ -124,9 +124,11 @@ class WidthBackend:
     def answer(self, x: np.ndarray, threshold: float | None) -> Any:
         """Answer the batch at the current widths (429 when the queue or window is full)."""
         from edgelesspart.pipeline.app import answer_or_refuse
+        from edgelesspart.runtime.preprocess import validate_input
         from service_http.contract import Served, answer_row, as_batch
 
-        rows = as_batch(np.asarray(x, dtype=np.float32), len(self.target_shape))
+        rows = as_batch(np.asarray(x), len(self.target_shape))
+        rows = validate_input(rows, self.manifest.stages[0].input)  # 422 before a stage runs
         result = answer_or_refuse(lambda b: _answer(self.service, b), rows)
         probs = np.asarray(result.probs).reshape(rows.shape[0], -1)
         widths = list(result.widths)
@@ -156,7 +158,8 @@ class WidthBackend:
             "classes": list(self.manifest.classes),
             "input": self.input.to_dict(),
             "stages": list(self.names),
-            "edge_stage": "edge" if self.edge else self.names[-1],
+            "edge_stage": self.names[-1],
+            "edge_stages": list(self.names),
             "segments": [],
             "exits": [],
             "threshold": None,

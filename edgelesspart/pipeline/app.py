@@ -82,7 +82,9 @@ def create_app(
     from edgelesspart.pipeline.contract import PipelineBackend
     from service_http.contract import contract_app
 
-    backend = PipelineBackend(pipeline, offloader=offloader, cloud=cloud)
+    backend = PipelineBackend(
+        pipeline, offloader=offloader, cloud=cloud, refuse=answer_or_refuse, render=prometheus_text
+    )
     app = contract_app(EXTENSION, backend, token=token, max_body=max_body, title="serve-pipeline")
     app.extensions[EXTENSION + ".pipeline"] = pipeline
 

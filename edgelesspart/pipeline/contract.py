@@ -16,6 +16,7 @@ answered from the last local exit, marked ``degraded`` with the reason -- never 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,14 +29,19 @@ DEFAULT_MAX_BATCH = 64
 TIER_KEY = "tier"
 
 
-def edge_stage_names(manifest: Any) -> list[str]:
-    """The stages the edge chain runs: all but those the plan marks ``tier: cloud``."""
-    return [s.name for s in manifest.plan.stages if s.options.get(TIER_KEY) != "cloud"]
+def cloud_stage_names(manifest: Any, *, cloud_tail: bool = False) -> list[str]:
+    """The stages a cloud tail runs: those the plan marks ``tier: cloud`` (``build --nodes N
+    --cloud-device``); with none marked and ``cloud_tail``, the last stage (a two-part bundle)."""
+    marked = [s.name for s in manifest.plan.stages if s.options.get(TIER_KEY) == "cloud"]
+    if not marked and cloud_tail and len(manifest.plan.stages) > 1:
+        return [manifest.plan.stages[-1].name]
+    return marked
 
 
-def cloud_stage_names(manifest: Any) -> list[str]:
-    """The plan's cloud-tail stages (empty for a chain without one)."""
-    return [s.name for s in manifest.plan.stages if s.options.get(TIER_KEY) == "cloud"]
+def edge_stage_names(manifest: Any, *, cloud_tail: bool = False) -> list[str]:
+    """The stages the chain of edge nodes runs: all but :func:`cloud_stage_names`."""
+    cloud = set(cloud_stage_names(manifest, cloud_tail=cloud_tail))
+    return [s.name for s in manifest.plan.stages if s.name not in cloud]
 
 
 def make_offloader(
@@ -79,6 +85,9 @@ class PipelineBackend:
         offloader: where rows no edge exit answered go (``None``: no cloud).
         cloud: the ``--cloud`` value, for ``/v1/bundle`` and ``/healthz``.
         max_batch: most rows in one request.
+        refuse: ``refuse(call, x)`` runs ``call(x)`` and maps a full window and a failed chain
+            to HTTP errors (``pipeline.app.answer_or_refuse``).
+        render: the dispatcher's metrics as Prometheus text (``pipeline.app.prometheus_text``).
     """
 
     kind = "pipeline"
@@ -90,12 +99,16 @@ class PipelineBackend:
         offloader: Any = None,
         cloud: str | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
+        refuse: Callable[[Callable[[np.ndarray], Any], np.ndarray], Any] | None = None,
+        render: Callable[[dict[str, Any]], str] | None = None,
     ) -> None:
         from edgelesspart.runtime.codecs import decode_tensor, from_base64
         from edgelesspart.runtime.preprocess import image_to_tensor
 
         self.pipeline = pipeline
         self.manifest = pipeline.manifest
+        self._refuse = refuse or (lambda call, x: call(x))
+        self._render = render
         self.offloader = offloader
         self.cloud = cloud
         self.classes = tuple(self.manifest.classes)
@@ -127,11 +140,9 @@ class PipelineBackend:
     def answer(self, x: np.ndarray, threshold: float | None) -> Served:
         """Run every row through the chain; offload the rows that left it unanswered.
 
-        A full window is 429, a chain that cannot answer 503 (:func:`answer_or_refuse`).
+        A full window is 429, a chain that cannot answer 503 (through ``refuse``).
         """
-        from edgelesspart.pipeline.app import answer_or_refuse
-
-        return answer_or_refuse(lambda rows: self._answer(rows, threshold), x)
+        return self._refuse(lambda rows: self._answer(rows, threshold), x)
 
     def _answer(self, x: np.ndarray, threshold: float | None) -> Served:
         start = time.perf_counter()
@@ -289,8 +300,6 @@ class PipelineBackend:
 
     def metrics_text(self) -> str:
         """The dispatcher's Prometheus lines plus the cloud tail's counters."""
-        from edgelesspart.pipeline.app import prometheus_text
-
         lines = ["# TYPE edgelesspart_offloads_total counter"]
         lines += [f'edgelesspart_offloads_total{{outcome="{k}"}} {v}'
                   for k, v in self.offloads.items() if k != "none"]  # fmt: skip
@@ -301,7 +310,8 @@ class PipelineBackend:
             sent = stats().get("bytes_sent", 0)
             lines += ["# TYPE edgelesspart_offload_bytes_sent_total counter",
                       f"edgelesspart_offload_bytes_sent_total {sent}"]  # fmt: skip
-        return prometheus_text(self.pipeline.metrics()) + "\n".join(lines) + "\n"
+        head = self._render(self.pipeline.metrics()) if self._render is not None else ""
+        return head + "\n".join(lines) + "\n"
 
 
 def _stage_threshold(stages: list[Any]) -> float | None:

@@ -132,9 +132,11 @@ class StageWorker:
     def __init__(
         self, manifest: dict[str, Any], spec: dict[str, Any], files: dict[str, bytes]
     ) -> None:
+        from edgelesspart.runtime.confidence import scorer_for
         from edgelesspart.runtime.segments import SegmentRunner
 
         self.manifest = Manifest.from_dict(manifest)
+        self.scorer = scorer_for(self.manifest.serving)  # the exits' calibration, as the edge
         self.spec = StageSpec.from_dict(spec)
         by_name: dict[str, SegmentSpec] = {s.name: s for s in self.manifest.segments}
         self.runners = []
@@ -183,10 +185,13 @@ class StageWorker:
             probs, boundary = runner(x, trusted=not first)
             first = False
             seg = runner.spec
+            if probs is not None and seg.exit is not None:
+                probs = self.scorer.calibrate(seg.exit, probs)
             if boundary is None:
                 return probs, True, seg.exit, None
             if probs is not None:
-                if threshold is not None and float(np.max(probs)) >= threshold:
+                confidence = self.scorer.confidence(probs)  # every row must be confident
+                if threshold is not None and float(np.min(confidence)) >= threshold:
                     return probs, True, seg.exit, None
                 best = {"exit": seg.exit, "stage": self.spec.name,
                         "probs": np.asarray(probs, np.float64).reshape(-1).tolist()}  # fmt: skip

@@ -324,6 +324,7 @@ class ViewsBackend:
                       "preprocessing": (self.manifest.get("image") or {}).get("preprocessing")},
             "stages": [f"view{v}" for v in range(self.n)] + ["aggregator"],
             "edge_stage": "aggregator",
+            "edge_stages": ["aggregator"],
             "segments": [],
             "exits": [],
             "threshold": None,
