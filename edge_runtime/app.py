@@ -237,6 +237,7 @@ def bundle_summary(service: EdgeService) -> dict[str, Any]:
     """What ``GET /v1/bundle`` answers: the bundle as this edge service serves it."""
     manifest = service.bundle.manifest
     return {
+        "kind": "edge",  # the shared contract's server kind (edge, pipeline, widths, views)
         "bundle_id": manifest.bundle_id,
         "model": manifest.model,
         "classes": list(manifest.classes),

@@ -158,6 +158,7 @@ def run_serve(args: argparse.Namespace) -> int:
                 offloader = make_offloader(
                     args.cloud, token=args.cloud_token, lambda_endpoint=args.lambda_endpoint,
                     region=args.region, timeout_s=args.cloud_timeout,
+                    codec=stages[-1].codec_out or "raw",  # the plan's hand-off codec
                 )  # fmt: skip
                 print(f"cloud tail: {args.cloud} (after stage {stages[-1].name})")
             app = create_app(pipeline, token=args.token, offloader=offloader, cloud=args.cloud)
