@@ -47,7 +47,7 @@ def prometheus_text(metrics: dict[str, Any]) -> str:
         "# TYPE edgelesspart_dynamic_decisions_recent gauge",
         f"edgelesspart_dynamic_decisions_recent {len(metrics['decisions'])}",
     ]
-    if metrics.get("slo_attainment") is not None:
+    if metrics.get("slo_attainment") is not None and metrics.get("slo_ms") is not None:
         lines += [
             "# TYPE edgelesspart_dynamic_slo_attainment gauge",
             f'edgelesspart_dynamic_slo_attainment{{slo_ms="{metrics["slo_ms"]:g}"}} '

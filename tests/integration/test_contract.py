@@ -20,7 +20,8 @@ requests = pytest.importorskip("requests")
 pytest.importorskip("keras")
 pytestmark = [pytest.mark.needs_tf, pytest.mark.integration]
 
-SERVERS = ("edge", "pipeline", "widths", "widths-edge", "views")
+SERVERS = ("edge", "widths-edge", "pipeline", "widths", "views")
+ON_RAY = ("pipeline", "widths", "views")
 TENSOR = "application/x-edgelesspart-tensor"
 
 
@@ -83,11 +84,13 @@ def _start(kind, tiny_bundle, cloud_part, width_bundle_dir, views_dir):
 
 
 @pytest.fixture(scope="module", params=SERVERS)
-def server(request, ray_local, tiny_bundle, cloud_part, width_bundle_dir, views_dir):
+def server(request, tiny_bundle, cloud_part, width_bundle_dir, views_dir):
     """(kind, base URL, GET /v1/bundle) of one running server."""
     from service_http.wsgi import BackgroundServer
 
     kind = request.param
+    if kind in ON_RAY:  # the module's one local Ray, started for the first server that needs it
+        request.getfixturevalue("ray_local")
     app, close = _start(kind, tiny_bundle, cloud_part, width_bundle_dir, views_dir)
     try:
         with BackgroundServer(app, threads=8) as running:
