@@ -16,7 +16,8 @@ pytestmark = [pytest.mark.needs_tf, pytest.mark.slow, pytest.mark.integration]
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # a private instance: never join a cluster someone started with `ray start` on this host
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
