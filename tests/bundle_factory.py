@@ -141,3 +141,20 @@ def build_tiny_views(out: Path, views: int = 2, features: int = 8) -> Path:
     deploy.export_deployment(out, build, slots, chosen, baselines={}, failures=failures,
                              max_accuracy_drop=0.02)  # fmt: skip
     return out
+
+
+def start_local_ray(num_cpus: int = 2, tries: int = 3) -> None:
+    """A private local Ray for one test module (``address="local"``: never a cluster someone
+    started with ``ray start`` on the host). Ray gives its raylet a fixed 30 s to start; on a
+    loaded shared host that can pass, so a start that timed out is tried again."""
+    import ray
+
+    for attempt in range(tries):
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                     log_to_driver=False)  # fmt: skip
+            return
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for the timeout
+            ray.shutdown()
+            if "timed out during startup" not in str(exc) or attempt == tries - 1:
+                raise

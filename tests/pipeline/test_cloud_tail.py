@@ -20,8 +20,9 @@ TIMEOUT = 60
 
 @pytest.fixture(scope="module")
 def ray_local():
-    # a private instance: never join a cluster someone started with `ray start` on this host
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from bundle_factory import start_local_ray
+
+    start_local_ray()  # private (address="local"), one per module
     yield
     ray.shutdown()
 
