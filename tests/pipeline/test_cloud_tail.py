@@ -86,9 +86,10 @@ def test_unanswered_rows_are_answered_by_the_cloud_tail(
             # GIVEN the chain's edge stage with threshold 0.8 and the cloud tail on loopback
             info = requests.get(server.url + "/v1/bundle", timeout=TIMEOUT).json()
             assert info["edge_stages"] == ["edge"] and info["cloud"] == cloud.url
-            # WHEN a confident row and, at threshold 1 (no exit can answer), 4 rows are sent
+            # WHEN the most confident row (at a threshold it clears) and, at threshold 1, 4 rows
             confident = int(np.argmax(edge_confidence))
-            local = _infer(server.url, digits[confident : confident + 1], threshold=0.5)
+            clears = round(float(edge_confidence[confident]) - 1e-4, 6)  # a threshold it clears
+            local = _infer(server.url, digits[confident : confident + 1], threshold=clears)
             tail = _infer(server.url, digits[:4], threshold=1.0)
             text = requests.get(server.url + "/metrics", timeout=TIMEOUT).text
     finally:
