@@ -313,6 +313,9 @@ def build_pipeline_bundle(
             "build_config": config.to_dict(),
             "pipeline_devices": list(devices),
             "cloud_device": cloud_device,
+            # what `evaluate` reloads the build's test split from, as the two-part build
+            "dataset": {"spec": config.dataset, "seed": config.seed,
+                        "image_size": config.image_size, "limit": config.limit},
         },  # fmt: skip
         heads=heads,
         overwrite=config.overwrite,
