@@ -15,7 +15,9 @@ VIEWS, CLASSES, FEATURES = 2, 3, 8
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from bundle_factory import start_local_ray
+
+    start_local_ray()  # private (address="local"), one per module
     yield
     ray.shutdown()
 
