@@ -188,6 +188,8 @@ def _plan(
     )  # fmt: skip
     pace = best["edge_bottleneck_ms"]
     n = len(costs.profiles)
+    # one edge node running the whole model, as plan_chain compares (no cloud)
+    single = costs.profiles[0].total.latency_ms + costs.transfer(costs.result_bytes)
     parameters = {
         "n_stages": n + 1,
         "n_edge_stages": n,
@@ -197,6 +199,9 @@ def _plan(
         "link_codecs": [c for _, c in best["cuts"]],
         "bottleneck_ms": pace,
         "throughput_per_s": 1000.0 / pace if pace > 0 else math.inf,
+        "single_node_ms": single,
+        "predicted_speedup_vs_one_node": single / pace if pace > 0 else math.inf,
+        "codec_times": "measured" if costs.codec_ms else "estimated (ESTIMATED_CODEC_MBPS)",
         "cloud_tail": tail,
     }
     return Plan(
