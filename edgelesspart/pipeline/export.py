@@ -314,8 +314,12 @@ def build_pipeline_bundle(
             "pipeline_devices": list(devices),
             "cloud_device": cloud_device,
             # what `evaluate` reloads the build's test split from, as the two-part build
-            "dataset": {"spec": config.dataset, "seed": config.seed,
-                        "image_size": config.image_size, "limit": config.limit},
+            "dataset": {
+                "spec": config.dataset,
+                "seed": config.seed,
+                "image_size": config.image_size,
+                "limit": config.limit,
+            },
         },  # fmt: skip
         heads=heads,
         overwrite=config.overwrite,
