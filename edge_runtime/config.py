@@ -27,6 +27,7 @@ ENV_NAMES: dict[str, str] = {
     "threshold": "EDGELESSPART_THRESHOLD",
     "token": "EDGELESSPART_TOKEN",
     "cloud_token": "EDGELESSPART_CLOUD_TOKEN",
+    "cloud_id_token_file": "EDGELESSPART_CLOUD_ID_TOKEN_FILE",
     "lambda_endpoint": "EDGELESSPART_LAMBDA_ENDPOINT",
     "region": "EDGELESSPART_REGION",
     "max_content_length": "EDGELESSPART_MAX_CONTENT_LENGTH",
@@ -68,6 +69,9 @@ class EdgeConfig:
         cloud_token: shared secret of a cloud started with ``--token``: every offload is signed
             with it (HMAC-SHA256 of the body and a timestamp for ``http(s)://``, an ``auth``
             field in the event for ``lambda://``); the secret itself is never sent.
+        cloud_id_token_file: a file holding a Google ID token sent as ``Authorization: Bearer``
+            to an ``https://`` Cloud Function behind IAM (re-read when it changes); ``None``: a
+            public function URL, guarded by the signature alone.
         lambda_endpoint: boto3 ``endpoint_url`` for ``lambda://`` (a local server in tests).
         region: AWS region for ``lambda://``.
         max_content_length: largest request body in bytes (Flask ``MAX_CONTENT_LENGTH``).
@@ -108,6 +112,7 @@ class EdgeConfig:
     threshold_max: float = 1.0
     token: str | None = None
     cloud_token: str | None = None
+    cloud_id_token_file: str | None = None
     lambda_endpoint: str | None = None
     region: str = "us-east-1"
     max_content_length: int = 8 * MIB

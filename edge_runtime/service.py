@@ -77,6 +77,7 @@ def make_offloader(config: EdgeConfig) -> Any:
         policy,
         token=config.cloud_token,
         max_request_bytes=config.offload_max_bytes,
+        id_token_file=config.cloud_id_token_file,
     )
 
 

@@ -379,8 +379,11 @@ def choose_codec(
     return entry, table.to_dict(), replace(plan, parameters=parameters)
 
 
-def _train(config: BuildConfig, model: Any, data: Any, untrained: bool) -> tuple[Any, bool, int]:
-    """Train the backbone when asked (or, with ``auto``, when it came untrained from the zoo)."""
+def _train(
+    config: BuildConfig, model: Any, data: Any, untrained: bool, progress: bool = True
+) -> tuple[Any, bool, int]:
+    """Train the backbone when asked (or, with ``auto``, when it came untrained from the zoo);
+    ``progress`` reports every epoch (of this and of the exit training) on stderr."""
     from edgelesspart.model import training
 
     train_config = training.TrainingConfig(
@@ -388,6 +391,7 @@ def _train(config: BuildConfig, model: Any, data: Any, untrained: bool) -> tuple
         exit_epochs=config.exit_epochs,
         batch_size=config.batch_size,
         seed=config.seed,
+        progress=progress,
     )
     do_train = config.train_backbone == "yes" or (config.train_backbone == "auto" and untrained)
     epochs = training.train_backbone(model, data, train_config) if do_train else 0
@@ -420,7 +424,7 @@ def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = pri
     log(f"data: {data.name}, train/val/test = {sizes}; model: {model_info['name']}")
     clock.lap("load")
     train_config, trained, backbone_epochs = _train(
-        config, model, data, model_info.get("source") == "zoo"
+        config, model, data, model_info.get("source") == "zoo", show_progress
     )
     clock.lap("train_backbone")
     host_profile = profiler.profile_model(

@@ -3,6 +3,7 @@
 Subcommands live in :mod:`edgelesspart.commands`, one module each with ``register(subparsers)``.
 Nothing heavy is imported here or at the top of those modules, so ``--help`` stays fast and
 TensorFlow-free. Every :class:`EdgeLessPartError` becomes a one-line message and exit code 2.
+Every option's help shows its default (:class:`DefaultsHelpFormatter`; tests/test_cli_help.py).
 Unless ``--verbose`` is given (before or after the subcommand), TensorFlow and LiteRT start-up
 noise is kept off stderr (:mod:`edgelesspart.stderr_filter`).
 """
@@ -35,6 +36,35 @@ COMMAND_MODULES = (
 )
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Append ``(default: X)`` to an option's help unless the help already states it.
+
+    An option whose default is ``None`` (unset: the bundle's, the environment's or a computed
+    value applies) and whose help does not say what applies gets ``(default: not set)``; options
+    where that would mislead say their real default in words.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS:
+            return text
+        if action.nargs == 0 or "default" in text.lower():  # flags, or already stated
+            return text
+        if action.default is None:
+            return f"{text} (default: not set)"
+        if f"({action.default}" in text:  # e.g. "timed chain runs (30)"
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: every help shows its defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
@@ -44,7 +74,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"edgelesspart {__version__}")
     parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubcommandParser)
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"edgelesspart.commands.{name}")
         module.register(sub)

@@ -34,11 +34,21 @@ NOISE = re.compile(
 _NOISE_PREFIXES = (b"WARNING:", b"INFO:", b"I0", b"W0", b"To enable")
 
 
+#: Filters in place, newest last (progress bars ask the newest whether stderr is a terminal).
+ACTIVE: list[StderrFilter] = []
+
+
+def stderr_is_terminal() -> bool | None:
+    """Whether the stderr behind an active filter is a terminal; ``None`` when none is active."""
+    return ACTIVE[-1].was_tty if ACTIVE else None
+
+
 class StderrFilter:
     """fd 2 through a pipe and a copying thread that drops :data:`NOISE` lines."""
 
     def __init__(self) -> None:
         sys.stderr.flush()
+        self.was_tty = os.isatty(2)  # fd 2 becomes a pipe: remember what the user sees
         self._original = os.dup(2)
         read_end, write_end = os.pipe()
         os.dup2(write_end, 2)
@@ -48,6 +58,7 @@ class StderrFilter:
         self._thread.start()
         self.closed = False
         self.dropped = 0
+        ACTIVE.append(self)
 
     def _emit(self, data: bytes) -> None:
         if data:
@@ -91,6 +102,8 @@ class StderrFilter:
         if self.closed:
             return
         self.closed = True
+        if self in ACTIVE:
+            ACTIVE.remove(self)
         try:
             sys.stderr.flush()
         except (OSError, ValueError):

@@ -68,11 +68,17 @@ BACKBONE_MAX_EPOCHS = {"resnet50": 40, "mobilenetv2": 40, "inceptionv3": 4}
 BACKBONE_FINETUNE = {"mobilenetv2": 10}
 MAX_DROP = 0.01
 MODELS = ("resnet50", "mobilenetv2", "inceptionv3")
+#: --quick (make bench-smoke) runs one model: it proves the script runs end to end.
+QUICK_MODELS = "resnet50"
 
 
 def _args(argv: list[str] | None) -> Any:
     def extra(parser: Any) -> None:
-        parser.add_argument("--models", default=",".join(MODELS), help="comma-separated models")
+        parser.add_argument(
+            "--models",
+            default=None,
+            help=f"comma-separated models (default {','.join(MODELS)}; quick {QUICK_MODELS})",
+        )
         parser.add_argument("--epochs", type=int, default=None, help="backbone/exit epochs")
         parser.add_argument("--samples", type=int, default=None, help="timed test samples")
         parser.add_argument("--repeats", type=int, default=None, help="timed rounds per sample")
@@ -349,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run P1 and print its headline last."""
     start = time.perf_counter()
     args = _args(argv)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    chosen = args.models or (QUICK_MODELS if args.quick else ",".join(MODELS))
+    models = [m.strip() for m in chosen.split(",") if m.strip()]
     samples = args.samples or (20 if args.quick else 120)
     repeats = args.repeats or (2 if args.quick else 3)
     if args.backbones_only:

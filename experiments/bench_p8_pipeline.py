@@ -67,8 +67,10 @@ def _args(argv: list[str] | None) -> Any:
     def extra(parser: Any) -> None:
         parser.add_argument("--nodes", default=None, help="node counts (1,2,4,8; quick 1,2)")
         parser.add_argument("--codecs", default=None, help="link codecs (all; quick auto)")
-        parser.add_argument("--size", type=int, default=224, help="input side (224)")
-        parser.add_argument("--cuts", type=int, default=24, help="candidate cut points")
+        parser.add_argument("--size", type=int, default=None, help="input side (224; quick 64)")
+        parser.add_argument(
+            "--cuts", type=int, default=None, help="candidate cut points (24; quick 8)"
+        )
         parser.add_argument(
             "--node-ms", type=float, default=RPI4_RESNET50_MS, help="emulated node model ms"
         )
@@ -77,7 +79,10 @@ def _args(argv: list[str] | None) -> Any:
             "--summarise", default=None, help="recompute the summary of an earlier p8.json"
         )
         parser.add_argument(
-            "--repeats", type=int, default=3, help="runs of the headline pair (1 and 8 nodes)"
+            "--repeats",
+            type=int,
+            default=None,
+            help="runs of the headline pair (1 and 8 nodes; 3, quick 1)",
         )
 
     return benchlib.parse_args(__doc__.splitlines()[0], argv, extra)
@@ -332,6 +337,9 @@ def measure(args: Any) -> dict[str, Any]:
     from edgelesspart.pipeline.energy import RaplMeter
 
     args.nodes = args.nodes or ("1,2" if args.quick else "1,2,4,8")
+    args.size = args.size or (64 if args.quick else 224)
+    args.cuts = args.cuts or (8 if args.quick else 24)
+    args.repeats = args.repeats or (1 if args.quick else 3)
     args.codecs = args.codecs or ("auto" if args.quick else ",".join(CODECS))
     nodes = [int(n) for n in args.nodes.split(",")]
     codecs = tuple(c.strip() for c in args.codecs.split(","))
@@ -465,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     if args.summarise:
         details = json.loads(Path(args.summarise).read_text())["details"]
+        args.size = args.size or int(details["host_profile"]["input_shape"][0])
     else:
         details = measure(args)
     summarise(details)

@@ -56,24 +56,44 @@ def serve(
     port: int = 8080,
     threads: int = 8,
     connection_limit: int = CONNECTION_LIMIT,
+    announce: str | None = None,
 ) -> None:
     """Serve ``app`` with waitress until interrupted (blocking).
 
     ``threads`` should exceed the app's admission limit plus its waiting room, so there is
     always a thread free to answer 429 quickly; ``connection_limit`` bounds open connections.
-    """
-    from waitress import serve as waitress_serve
+    The socket is bound first: ``announce`` (e.g. "edge service ... on http://HOST:PORT") is
+    printed only once the port is really listening.
 
+    Raises:
+        ConfigError: the address cannot be bound (port taken, no such interface, no
+            permission), as one line naming the address and what to do.
+    """
+    from waitress.server import create_server
+
+    try:
+        server = create_server(
+            app,
+            host=host,
+            port=port,
+            threads=threads,
+            connection_limit=connection_limit,
+            recv_bytes=RECV_BYTES,
+            ident="edgelesspart",
+        )
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {reason}. Is another service on that port? "
+            "Choose another --port (or stop the other process)."
+        ) from exc
+    if announce:
+        print(announce, flush=True)
     LOG.info("serving on http://%s:%s with %d threads", host, port, threads)
-    waitress_serve(
-        app,
-        host=host,
-        port=port,
-        threads=threads,
-        connection_limit=connection_limit,
-        recv_bytes=RECV_BYTES,
-        ident="edgelesspart",
-    )
+    try:
+        server.run()
+    finally:
+        server.close()
 
 
 class BackgroundServer:

@@ -101,7 +101,12 @@ def register(sub: Any) -> None:
         "the exits, and export LiteRT/Keras segments plus a manifest. With only --constraint "
         "it builds the default: a small CNN on the bundled digits data.",
     )
+    defaults = _config_defaults()
     for flag, kwargs in OPTIONS.items():
+        # None keeps "not given" apart (flags > --config YAML > BuildConfig); help shows the last
+        value = defaults.get(flag.lstrip("-").replace("-", "_"))
+        if value is not None and "default" not in kwargs.get("help", "").lower():
+            kwargs = {**kwargs, "help": f"{kwargs.get('help', '')} (default: {value})"}
         parser.add_argument(flag, default=None, **kwargs)
     parser.add_argument("--config", help="YAML file holding the same keys as the flags")
     parser.add_argument(
@@ -112,6 +117,16 @@ def register(sub: Any) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
+
+
+def _config_defaults() -> dict[str, Any]:
+    """BuildConfig's field defaults (what applies when neither a flag nor --config sets one)."""
+    import dataclasses
+
+    from edgelesspart.build import BuildConfig
+
+    fields = dataclasses.fields(BuildConfig)
+    return {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
 
 
 def load_config_file(path: str) -> dict[str, Any]:

@@ -116,8 +116,8 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         app = create_app(service, token=args.token)
         mode = "edge" if args.edge else f"{service.stages}-stage Ray chain"
-        print(f"width service ({mode}, SLO {args.slo_ms} ms) on http://{args.host}:{args.port}")
-        serve(app, host=args.host, port=args.port, threads=args.max_queue + 4)
+        announce = f"width service ({mode}, SLO {args.slo_ms} ms) on http://{args.host}:{args.port}"
+        serve(app, host=args.host, port=args.port, threads=args.max_queue + 4, announce=announce)
     finally:
         service.close()
         if owned is not None:
@@ -137,12 +137,13 @@ def run_width_edge(args: argparse.Namespace) -> int:
     queue = 8 if args.max_queue is None else int(args.max_queue)
     edge = WidthEdge(args.bundle, slo_ms=args.slo_ms, max_queue=queue).start()
     try:
-        print(f"width edge (SLO {args.slo_ms} ms) for {args.bundle} on {args.host}:{args.port}")
         serve(
             create_app(edge, token=args.token),
             host=args.host,
             port=args.port,
             threads=args.threads or queue + 4,
+            announce=f"width edge (SLO {args.slo_ms} ms) for {args.bundle} on "
+            f"http://{args.host}:{args.port}",
         )
     finally:
         edge.close()

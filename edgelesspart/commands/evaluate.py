@@ -34,67 +34,35 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--edge-device", help="device profile of the edge (default: the plan's)")
     parser.add_argument("--cloud-device", help="device profile of the cloud (default: the plan's)")
-    parser.add_argument(
-        "--link",
-        default="wifi",
-        help="wifi, lte, 5g, 3g, loopback or a link JSON file (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--provider",
-        choices=PROVIDER_CHOICES,
-        default=None,
-        help="pricing table; gcf = Cloud Functions 1st gen (default: the "
-        "provider of the plan's cloud device, as package-cloud uses)",
-    )
-    parser.add_argument(
-        "--architecture",
-        choices=("x86_64", "arm64"),
-        default="x86_64",
-        help="Lambda CPU architecture (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--memory-mb",
-        type=int,
-        help="cloud function memory (default: the cloud device's, else 2048)",
-    )
-    parser.add_argument(
-        "--cold-start-ms",
-        type=float,
-        default=0.0,
-        help="extra latency (and, on Lambda, billed INIT) of a cold start",
-    )
-    parser.add_argument(
-        "--cold-start-prob",
-        type=float,
-        default=0.0,
-        help="probability an offloaded request meets a cold container",
-    )
-    parser.add_argument(
-        "--offload-overhead-ms",
-        type=float,
-        default=0.0,
-        help="fixed software cost of one offload (HTTP, JSON, encode/decode), "
-        "measured on your deployment (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--response-bytes",
-        type=int,
-        default=512,
-        help="bytes of the cloud's answer, for egress pricing (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--calibrate",
-        action="store_true",
-        help="temperature-scale each exit on the validation split first",
-    )
-    parser.add_argument(
-        "--max-accuracy-drop",
-        type=float,
-        metavar="POINTS",
-        help="pick the fastest threshold whose validation accuracy is within "
-        "POINTS percentage points of the full model (e.g. 1, as in build) and "
-        "report it on test",
-    )
+    parser.add_argument("--link", default="wifi",
+                        help="wifi, lte, 5g, 3g, loopback or a link JSON file "
+                        "(default: %(default)s)")
+    parser.add_argument("--provider", choices=PROVIDER_CHOICES, default=None,
+                        help="pricing table; gcf = Cloud Functions of --gcf-generation (default: "
+                        "the provider of the plan's cloud device, as package-cloud uses)")
+    parser.add_argument("--gcf-generation", type=int, choices=(1, 2), default=None,
+                        help="Cloud Functions generation priced for gcf (default: 2, the "
+                        "generation package-cloud packages)")
+    parser.add_argument("--architecture", choices=("x86_64", "arm64"), default="x86_64",
+                        help="Lambda CPU architecture (default: %(default)s)")
+    parser.add_argument("--memory-mb", type=int,
+                        help="cloud function memory (default: the cloud device's, else 2048)")
+    parser.add_argument("--cold-start-ms", type=float, default=0.0,
+                        help="extra latency (and, on Lambda, billed INIT) of a cold start")
+    parser.add_argument("--cold-start-prob", type=float, default=0.0,
+                        help="probability an offloaded request meets a cold container")
+    parser.add_argument("--offload-overhead-ms", type=float, default=0.0,
+                        help="fixed software cost of one offload (HTTP, JSON, encode/decode), "
+                        "measured on your deployment (default: %(default)s)")
+    parser.add_argument("--response-bytes", type=int, default=512,
+                        help="bytes of the cloud's answer, for egress pricing "
+                        "(default: %(default)s)")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="temperature-scale each exit on the validation split first")
+    parser.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
+                        help="pick the fastest threshold whose validation accuracy is within "
+                        "POINTS percentage points of the full model (e.g. 1, as in build) and "
+                        "report it on test")
     parser.add_argument("--batch-size", type=int, default=256, help="rows per LiteRT call")
     parser.add_argument("--out", help="output directory (default: the bundle)")
     parser.add_argument("--no-plots", action="store_true", help="skip evaluation.png")
@@ -113,14 +81,21 @@ def run(args: argparse.Namespace) -> int:
     from edgelesspart.evaluation.pipeline import EvaluationConfig, evaluate_bundle
     from edgelesspart.evaluation.report import format_table, write_outputs
     from edgelesspart.evaluation.sweep import parse_thresholds
-    from edgelesspart.profiling.devices import bundle_cloud_provider
+    from edgelesspart.profiling.devices import (
+        DEFAULT_GCF_GENERATION,
+        bundle_cloud_provider,
+        pricing_provider,
+    )
 
     config = EvaluationConfig(
         thresholds=parse_thresholds(args.thresholds),
         edge_device=args.edge_device,
         cloud_device=args.cloud_device,
         link=args.link,
-        provider=args.provider or bundle_cloud_provider(args.bundle),
+        provider=pricing_provider(
+            args.provider or bundle_cloud_provider(args.bundle),
+            args.gcf_generation or DEFAULT_GCF_GENERATION,
+        ),
         architecture=args.architecture,
         memory_mb=args.memory_mb,
         cold_start_ms=args.cold_start_ms,

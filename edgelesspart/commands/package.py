@@ -21,20 +21,48 @@ def register(sub: Any) -> None:
         "or x86, with a systemd unit and an env file.",
     )
     parser.add_argument("bundle", help="bundle directory")
-    parser.add_argument("--target", required=True, choices=("jetson", "rpi", "x86"))
     parser.add_argument(
-        "--backend", default="litert", choices=("litert", "keras"), help="segment engine"
+        "--target", required=True, choices=("jetson", "rpi", "x86"), help="device family"
     )
-    parser.add_argument("--out", default=None, help="output directory (dist/edge-<target>)")
     parser.add_argument(
-        "--cloud", default="", help="cloud part URL: http(s)://HOST:PORT or lambda://NAME"
+        "--backend",
+        default="litert",
+        choices=("litert", "keras"),
+        help="segment engine (default: litert)",
     )
-    parser.add_argument("--port", type=int, default=8080, help="service port (8080)")
-    parser.add_argument("--threshold", type=float, default=None, help="confidence threshold")
-    parser.add_argument("--base-image", default=None, help="override the target's base image")
-    parser.add_argument("--pip-index", default=None, help="extra pip index (Jetson TF wheels)")
     parser.add_argument(
-        "--publish", default="127.0.0.1", help="host interface the unit publishes the port on"
+        "--out", default=None, help="output directory (default: dist/edge-<target>)"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an output directory written by an earlier package-edge",
+    )
+    parser.add_argument(
+        "--cloud",
+        default="",
+        help="cloud part URL: http(s)://HOST:PORT or lambda://NAME (default: edge only)",
+    )
+    parser.add_argument("--port", type=int, default=8080, help="service port (default: 8080)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="confidence threshold (default: the bundle's, unless edge.env sets one)",
+    )
+    parser.add_argument(
+        "--base-image", default=None, help="override the target's base image (default: per target)"
+    )
+    parser.add_argument(
+        "--pip-index",
+        default=None,
+        help="extra pip index (default: NVIDIA's JetPack 6.1 index for --target jetson "
+        "--backend keras, none otherwise)",
+    )
+    parser.add_argument(
+        "--publish",
+        default="127.0.0.1",
+        help="host interface the unit publishes the port on (default: 127.0.0.1)",
     )
     parser.set_defaults(func=run)
 
@@ -42,6 +70,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build the edge package and print what was written."""
     from edgelesspart.packaging.edge import EdgePackageOptions, build_edge_package
+    from edgelesspart.packaging.output import default_out
 
     options = EdgePackageOptions(
         target=args.target,
@@ -53,6 +82,6 @@ def run(args: argparse.Namespace) -> int:
         pip_index=args.pip_index,
         publish=args.publish,
     )
-    out = args.out or f"dist/edge-{args.target}"
-    print(build_edge_package(args.bundle, out, options).summary())
+    out = args.out or default_out(f"edge-{args.target}")
+    print(build_edge_package(args.bundle, out, options, overwrite=args.overwrite).summary())
     return 0

@@ -17,9 +17,13 @@ def register(sub: Any) -> None:
     parser.add_argument("--model", default="small_cnn", help="zoo name or .keras file")
     parser.add_argument("--dataset", default="digits", help="dataset that fixes the input shape")
     parser.add_argument("--device", default="host", help="device profile to scale to (host)")
-    parser.add_argument("--max-cut-points", type=int, default=16)
-    parser.add_argument("--method", choices=["litert", "tf-function"], default="litert")
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument(
+        "--max-cut-points", type=int, default=16, help="candidate cut points to profile"
+    )
+    parser.add_argument(
+        "--method", choices=["litert", "tf-function"], default="litert", help="how latency is timed"
+    )
+    parser.add_argument("--repeats", type=int, default=15, help="timed runs per cut point")
     parser.add_argument("--out", default="profile.json", help="output file (profile.json)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)

@@ -23,7 +23,9 @@ def register(sub: Any) -> None:
     )
     kit.add_argument("--model", default="small_cnn", help="zoo name or .keras file")
     kit.add_argument("--dataset", default="digits", help="dataset that fixes the input shape")
-    kit.add_argument("--image-size", type=int, default=None, help="as in build (32)")
+    kit.add_argument(
+        "--image-size", type=int, default=None, help="input side (default: 32, as in build)"
+    )
     kit.add_argument("--max-cut-points", type=int, default=16, help="as in build (16)")
     kit.add_argument("--out", required=True, help="kit directory to write")
     kit.add_argument("--overwrite", action="store_true", help="replace an existing kit")
@@ -38,7 +40,13 @@ def register(sub: Any) -> None:
     )
     device.add_argument("kit", help="profiling kit directory (holding kit.json)")
     device.add_argument("--out", default="DEVICE.json", help="output file (DEVICE.json)")
-    device.add_argument("--name", default=None, help="device name shown in plans")
+    device.add_argument(
+        "--name",
+        default=None,
+        help="device name recorded in DEVICE.json (default: <board or machine>-measured, "
+        "e.g. raspberry-pi-4-model-b-measured); a plan names the device by the DEVICE.json "
+        "path it was given",
+    )
     device.add_argument("--repeats", type=int, default=30, help="timed chain runs (30)")
     device.add_argument("--warmup", type=int, default=3, help="untimed chain runs first (3)")
     device.add_argument("--threads", type=int, default=1, help="LiteRT threads (1, as served)")

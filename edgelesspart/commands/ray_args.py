@@ -15,4 +15,6 @@ def add_ray_server_args(parser: argparse.ArgumentParser, port: int) -> None:
         help="local (start a private Ray on this machine, default), auto (join the cluster of "
         "`ray start --head` here) or HOST:PORT",
     )
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray")
+    parser.add_argument(
+        "--num-cpus", type=int, default=None, help="CPUs of a local Ray (default: all of them)"
+    )

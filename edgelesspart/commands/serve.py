@@ -34,14 +34,14 @@ def _add_server_args(parser: argparse.ArgumentParser, port: int) -> None:
         "--max-inflight",
         type=int,
         default=None,
-        help="inference requests at work at once (admission control; edge 4, cloud 4)",
+        help="inference requests at work at once (admission control; default: edge 4, cloud 4)",
     )
     parser.add_argument(
         "--max-queue",
         type=int,
         default=None,
-        help="requests that may wait for a slot; beyond that 429 with Retry-After (edge 8, "
-        "cloud 16)",
+        help="requests that may wait for a slot; beyond that 429 with Retry-After (default: "
+        "edge 8, cloud 16)",
     )
     parser.add_argument(
         "--token",
@@ -84,18 +84,37 @@ def _register_edge(sub: Any) -> None:
         default=None,
         help="cloud part: http(s)://HOST:PORT or lambda://FUNCTION_NAME (default: edge only)",
     )
-    parser.add_argument("--threshold", type=float, default=None, help="confidence threshold")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="confidence threshold (default: the bundle's serving threshold, chosen by the "
+        "build; env EDGELESSPART_THRESHOLD)",
+    )
     parser.add_argument(
         "--lambda-endpoint", default=None, help="boto3 endpoint_url for lambda:// (local tests)"
     )
-    parser.add_argument("--region", default=None, help="AWS region for lambda://")
+    parser.add_argument(
+        "--region", default=None, help="AWS region for lambda:// (default: us-east-1)"
+    )
     parser.add_argument(
         "--cloud-token",
         default=None,
         help="shared secret of a serve-cloud started with --token: every offload is signed "
         "(HMAC-SHA256 of body and timestamp, HTTP and lambda://); env EDGELESSPART_CLOUD_TOKEN",
     )
-    parser.add_argument("--timeout", type=float, default=None, help="cloud read timeout (s)")
+    parser.add_argument(
+        "--cloud-id-token-file",
+        default=None,
+        help="a file holding a Google ID token for a Cloud Function behind IAM (package-cloud "
+        "--auth iam); re-read when it changes; env EDGELESSPART_CLOUD_ID_TOKEN_FILE",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="cloud read timeout in s (default: 2.0; env EDGELESSPART_OFFLOAD_TIMEOUT)",
+    )
     parser.add_argument(
         "--codec", default=None, help="tensor codec on the link (default: the bundle's codec)"
     )
@@ -132,16 +151,24 @@ def _register_cloud(sub: Any) -> None:
 def _register_package(sub: Any) -> None:
     parser = sub.add_parser(
         "package-cloud",
-        help="package the cloud part: a Lambda zip + SAM template, or a Google Cloud "
-        "Functions source directory",
-        description="lambda: writes function.zip, requirements.txt, template.yaml, "
-        "Dockerfile.edge and Dockerfile.cloud; refuses a zip over Lambda's 50 MB zipped / 250 MB "
-        "unzipped limits. gcf: writes a functions-framework source directory (main.py, "
-        "requirements.txt, runtime core, cloud segments) and function.zip within Cloud "
-        "Functions' 100 MB compressed / 500 MB uncompressed limits.",
+        help="package the cloud part: a self-contained Lambda zip + SAM template, or a Google "
+        "Cloud Functions source directory",
+        description="lambda: writes function.zip with numpy, ai-edge-litert and the rest "
+        "vendored for the Lambda python3.12 platform of --arch (pip, needs the package "
+        "registry or --find-links), template.yaml and image/ (the container-image route); "
+        "when the zip breaks Lambda's 50 MB zipped / 250 MB unzipped limits, the template "
+        "deploys the image instead and the output says so. gcf: writes a functions-framework "
+        "source directory (main.py, requirements.txt, runtime core, cloud segments) and "
+        "function.zip within Cloud Functions' 100 MB compressed / 500 MB uncompressed limits. "
+        "An output directory that holds files is refused without --overwrite.",
     )
     parser.add_argument("bundle", help="bundle directory")
-    parser.add_argument("--out", default="dist/cloud", help="output directory")
+    parser.add_argument(
+        "--out", default=None, help="output directory (default: dist/lambda or dist/gcf)"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier package in --out"
+    )
     parser.add_argument(
         "--provider",
         choices=("lambda", "gcf"),
@@ -149,9 +176,45 @@ def _register_package(sub: Any) -> None:
         help="target (default: the provider of the plan's cloud device, gcf for gcf-2gb; "
         "evaluate prices the same provider by default)",
     )
-    parser.add_argument("--function-name", default="edgelesspart-cloud", help="Lambda name")
-    parser.add_argument("--memory", type=int, default=2048, help="Lambda memory (MB)")
-    parser.add_argument("--timeout", type=int, default=30, help="Lambda timeout (s)")
+    parser.add_argument(
+        "--function-name",
+        default="edgelesspart-cloud",
+        help="Lambda function name (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--memory", type=int, default=2048, help="Lambda memory in MB (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--timeout", type=int, default=30, help="Lambda timeout in s (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--arch",
+        choices=("x86_64", "arm64"),
+        default="x86_64",
+        help="Lambda architecture the dependencies are vendored for (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--find-links",
+        default=None,
+        metavar="DIR",
+        help="vendor the Lambda dependencies from this directory of wheels instead of the "
+        "package registry (default: the registry)",
+    )
+    parser.add_argument(
+        "--gcf-generation",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="Cloud Functions generation: the deploy command's --gen2/--no-gen2 and the "
+        "price table evaluate uses (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--auth",
+        choices=("public", "iam"),
+        default="public",
+        help="gcf: public URL + the edge's HMAC signature, or IAM + a Google ID token from the "
+        "edge (default: %(default)s; docs/deploy.md)",
+    )
     parser.set_defaults(func=run_package)
 
 
@@ -174,6 +237,7 @@ def run_edge(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         token=args.token,
         cloud_token=args.cloud_token,
+        cloud_id_token_file=args.cloud_id_token_file,
         lambda_endpoint=args.lambda_endpoint,
         region=args.region,
         offload_timeout_s=args.timeout,
@@ -188,8 +252,9 @@ def run_edge(args: argparse.Namespace) -> int:
     require_token_off_loopback(args.host, config.token, "serve-edge")
     app = create_app(args.bundle, config)
     threads = args.threads or config.max_inflight + config.max_queue + 4
-    print(f"edge service for {args.bundle} on http://{args.host}:{args.port} (cloud: {args.cloud})")
-    serve(app, host=args.host, port=args.port, threads=threads)
+    cloud = f"cloud: {config.cloud}" if config.cloud else "edge only: no cloud part"
+    announce = f"edge service for {args.bundle} on http://{args.host}:{args.port} ({cloud})"
+    serve(app, host=args.host, port=args.port, threads=threads, announce=announce)
     return 0
 
 
@@ -253,11 +318,11 @@ def run_cloud(args: argparse.Namespace) -> int:
         batch=batch,
     )
     threads = args.threads or limits.max_inflight + limits.max_queue + 4
-    print(
+    announce = (
         f"cloud part for {args.bundle} on http://{args.host}:{args.port} "
         "(Lambda Invoke API + /v1/continue)"
     )
-    serve(app, host=args.host, port=args.port, threads=threads)
+    serve(app, host=args.host, port=args.port, threads=threads, announce=announce)
     return 0
 
 
@@ -276,23 +341,36 @@ def _int_setting(value: int | None, env: Any, name: str) -> int:
 
 def run_package(args: argparse.Namespace) -> int:
     """Build the Lambda or GCF package, then print what was written."""
+    from edgelesspart.packaging.output import default_out
     from edgelesspart.profiling.devices import bundle_cloud_provider
 
     provider = args.provider or bundle_cloud_provider(args.bundle)
+    out = args.out or default_out(provider)
     if provider == "gcf":
-        from cloud_functions.gcf_package import build_gcf_package
+        from edgelesspart.packaging.cloud_gcf import build_gcf_package
 
         print(f"provider: gcf{'' if args.provider else ' (from the plan)'}")
-        print(build_gcf_package(args.bundle, args.out).summary())
+        report = build_gcf_package(
+            args.bundle,
+            out,
+            generation=args.gcf_generation,
+            auth=args.auth,
+            overwrite=args.overwrite,
+        )
+        print(report.summary())
         return 0
-    from cloud_functions.package import DeployOptions, build_package
+    from edgelesspart.packaging.cloud_lambda import DeployOptions, build_package
 
+    options = DeployOptions(
+        function_name=args.function_name,
+        memory_mb=args.memory,
+        timeout_s=args.timeout,
+        architecture=args.arch,
+    )
+    print(f"provider: lambda{'' if args.provider else ' (from the plan)'}; vendoring for "
+          f"{options.target.description} (pip)")  # fmt: skip
     report = build_package(
-        args.bundle,
-        args.out,
-        options=DeployOptions(
-            function_name=args.function_name, memory_mb=args.memory, timeout_s=args.timeout
-        ),
+        args.bundle, out, options=options, overwrite=args.overwrite, find_links=args.find_links
     )
     print(report.summary())
     return 0

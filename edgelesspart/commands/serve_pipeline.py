@@ -48,7 +48,9 @@ def register(sub: Any) -> None:
         "--max-task-retries", type=int, default=3, help="retries of calls of a dead actor"
     )
     add_cloud_tail_args(parser)
-    parser.add_argument("--threads", type=int, default=None, help="waitress threads")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="waitress threads (default: --window + 4)"
+    )
     parser.add_argument(
         "--token", default=None, help="bearer token (required with a non-loopback --host)"
     )

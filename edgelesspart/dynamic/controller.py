@@ -19,6 +19,13 @@ stage under ``target_utilisation``; it widens only after ``patience_down`` calm 
 more accurate combination would stay under ``low_utilisation`` with latency headroom, and not
 within ``min_dwell_s`` of the last change. So a load between the bands changes nothing, and full
 width comes back once the pressure is gone. Every :class:`Decision` carries its reason.
+
+Traffic or not: a stage that served nothing in a tick gives no service-time sample, so its
+slowdown estimate would otherwise stay at whatever the last busy tick measured, and an idle
+service would stay narrow until traffic returned. Instead each idle tick moves the estimate
+``idle_recovery`` of the way back to nominal (1x): with no evidence of a slowdown the controller
+drifts back toward full width, and the first busy tick measures the node again (narrowing once
+more after ``patience_up`` ticks if it is still slow).
 No TensorFlow, no Ray, no clock: time comes in with the observation.
 """
 
@@ -123,6 +130,7 @@ class ControllerConfig:
     min_dwell_s: float = 3.0
     smoothing: float = 0.5
     drain_s: float = 5.0
+    idle_recovery: float = 0.2
 
     def __post_init__(self) -> None:
         if not self.slo_ms > 0:
@@ -134,6 +142,8 @@ class ControllerConfig:
             )
         if self.patience_up < 1 or self.patience_down < 1 or not 0 < self.smoothing <= 1:
             raise ConfigError("patience_up/down must be >= 1 and smoothing in (0, 1].")
+        if not 0 <= self.idle_recovery <= 1:
+            raise ConfigError(f"idle_recovery must be in [0, 1], got {self.idle_recovery!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -291,10 +301,13 @@ class WidthController:
         """Update the smoothed slowdowns and arrival rate; return the rate plus backlog drain."""
         cfg = self.config
         for k, (m, curve) in enumerate(zip(obs.stages, self.curves)):
-            if m.service_ms is None or m.width not in curve.latency_ms:
+            old = self._state.slowdown[k]
+            if m.service_ms is None:  # idle: no evidence of a slowdown, drift back to nominal
+                self._state.slowdown[k] = old + cfg.idle_recovery * (1.0 - old)
+                continue
+            if m.width not in curve.latency_ms:
                 continue
             sample = max(MIN_SLOWDOWN, m.service_ms / curve.latency_ms[m.width])
-            old = self._state.slowdown[k]
             self._state.slowdown[k] = old + cfg.smoothing * (sample - old)
         sample = max(0.0, obs.arrival_rate)
         old_rate = self._state.rate

@@ -118,8 +118,13 @@ def _make_step(model: Any, optimizer: Any, passes: int, distill: bool) -> Any:
     return step
 
 
-def train_width_robust(model: Any, data: Any, config: WidthTrainingConfig) -> dict[str, Any]:
+def train_width_robust(
+    model: Any, data: Any, config: WidthTrainingConfig, *, progress: bool = True
+) -> dict[str, Any]:
     """Train the chain CNN ``model`` on ``data`` (a ``Dataset``) with ``config.strategy``.
+
+    ``progress`` reports every epoch's mean loss on stderr (a line per epoch, a bar on a
+    terminal).
 
     Returns a JSON-ready record: the config, epochs run, wall seconds and the last mean loss.
     The ``posthoc`` strategy also reorders every conv's filters by L1 norm afterwards.
@@ -140,7 +145,10 @@ def train_width_robust(model: Any, data: Any, config: WidthTrainingConfig) -> di
     y_all = np.asarray(data.y_train, dtype=np.int64)
     start = time.perf_counter()
     loss = float("nan")
-    for _epoch in range(config.epochs):
+    from edgelesspart.progress import EpochProgress
+
+    report = EpochProgress(f"train-widths ({config.strategy})", config.epochs, enabled=progress)
+    for epoch in range(config.epochs):
         order = rng.permutation(len(x_all))
         losses = []
         for s in range(steps_per_epoch):
@@ -148,6 +156,8 @@ def train_width_robust(model: Any, data: Any, config: WidthTrainingConfig) -> di
             masks = _masks(pass_widths(config, stages, rng), channels)
             losses.append(float(step(x_all[idx], y_all[idx], masks)))
         loss = float(np.mean(losses))
+        report.epoch(epoch, {"loss": loss})
+    report.close()
     if config.strategy == "posthoc":
         reorder_by_l1(model)
     return {

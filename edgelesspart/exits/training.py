@@ -115,7 +115,7 @@ def _final_accuracy(backbone: Any, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _fit(model: Any, x: Any, y: Any, val: tuple, config: Any, epochs: int, callbacks: list) -> int:
-    from edgelesspart.model.training import _early_stopping
+    from edgelesspart.model.training import _early_stopping, progress_callback
 
     history = model.fit(
         x,
@@ -123,7 +123,11 @@ def _fit(model: Any, x: Any, y: Any, val: tuple, config: Any, epochs: int, callb
         validation_data=val,
         epochs=epochs,
         batch_size=config.batch_size,
-        callbacks=[*callbacks, _early_stopping(config.patience)],
+        callbacks=[
+            *callbacks,
+            _early_stopping(config.patience),
+            progress_callback("exits", epochs, getattr(config, "progress", True)),
+        ],
         shuffle=True,
         verbose=config.verbose,
     )

@@ -32,6 +32,7 @@ class TrainingConfig:
     patience: int = 3
     seed: int = 0
     verbose: int = 0
+    progress: bool = True  # a line per epoch on stderr (a bar on a terminal)
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or (self.exit_epochs is not None and self.exit_epochs < 0):
@@ -104,6 +105,28 @@ def _settle_callback(images: np.ndarray) -> Any:
     return SettleBatchNorm()
 
 
+#: The metrics a progress line shows, when the fit reports them.
+PROGRESS_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def progress_callback(label: str, epochs: int, enabled: bool = True) -> Any:
+    """A Keras callback reporting each epoch through :class:`edgelesspart.progress.EpochProgress`
+    (one line per epoch when stderr is not a terminal, a bar when it is)."""
+    from edgelesspart.progress import EpochProgress
+
+    reporter = EpochProgress(label, epochs, enabled=enabled)
+
+    class EpochLines(keras().callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            logs = logs or {}
+            reporter.epoch(epoch, {k: logs[k] for k in PROGRESS_METRICS if k in logs})
+
+        def on_train_end(self, logs: Any = None) -> None:
+            reporter.close()
+
+    return EpochLines()
+
+
 def _early_stopping(patience: int) -> Any:
     k = keras()
     return k.callbacks.EarlyStopping(
@@ -130,7 +153,11 @@ def train_backbone(model: Any, data: Any, config: TrainingConfig) -> int:
         epochs=config.epochs,
         batch_size=config.batch_size,
         # settle first, so early stopping compares epochs by their real inference-mode loss
-        callbacks=[_settle_callback(settle), _early_stopping(config.patience)],
+        callbacks=[
+            _settle_callback(settle),
+            _early_stopping(config.patience),
+            progress_callback("backbone", config.epochs, config.progress),
+        ],
         shuffle=True,
         verbose=config.verbose,
     )
@@ -177,7 +204,10 @@ def train_exits(
         validation_data=(data.x_val, targets_val),
         epochs=epochs,
         batch_size=config.batch_size,
-        callbacks=[_early_stopping(config.patience)],
+        callbacks=[
+            _early_stopping(config.patience),
+            progress_callback("exits", epochs, config.progress),
+        ],
         shuffle=True,
         verbose=config.verbose,
     )

@@ -19,6 +19,12 @@ Targets and base images:
   pass ``--base-image``/``--pip-index`` for another JetPack (unverified here: no Jetson).
 * ``x86``: ``python:3.11-slim-bookworm`` for ``linux/amd64``; ``keras`` adds ``tensorflow``.
 
+Every ``pip install`` pin comes from the image's table in :mod:`edgelesspart.packaging.targets`
+(``l4t-r36`` for Jetson + keras: Python 3.10, numpy 1.26 for NVIDIA's TensorFlow; ``bookworm-arm64``
+/ ``bookworm-amd64`` otherwise), never from the build host, and is shell-quoted. The image is
+tagged ``edgelesspart-edge:<bundle_id>`` in the Dockerfile comment, the unit and the ``next:``
+hint alike. The output directory is refused when it holds files, unless ``overwrite``.
+
 Everything is rendered from ``templates/deploy/*.j2`` in a Jinja2 ``SandboxedEnvironment`` with
 ``StrictUndefined``; values that reach a shell line are checked against a strict pattern first.
 """
@@ -26,14 +32,15 @@ Everything is rendered from ``templates/deploy/*.j2`` in a Jinja2 ``SandboxedEnv
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from cloud_functions.package import render_template
 from edgelesspart.errors import BundleError, ConfigError
+from edgelesspart.packaging.cloud_lambda import render_template
+from edgelesspart.packaging.targets import CORE, EDGE, edge_target
 from edgelesspart.runtime.backends import BACKENDS, KERAS, LITERT, file_format
 from edgelesspart.runtime.manifest import load_manifest, safe_path
 
@@ -42,19 +49,7 @@ SLIM = "python:3.11-slim-bookworm"
 JETPACK_IMAGE = "nvcr.io/nvidia/l4t-jetpack:r36.4.0"
 JETPACK_TF_INDEX = "https://developer.download.nvidia.com/compute/redist/jp/v61"
 JETPACK_TF = "tensorflow==2.16.1+nv24.08"
-RUNTIME_REQUIREMENTS = (
-    "numpy",
-    "ai-edge-litert",
-    "lz4",
-    "zstandard",
-    "flask",
-    "waitress",
-    "requests",
-    "boto3",
-    "pillow",
-    "pyyaml",
-    "jinja2",
-)
+IMAGE = "edgelesspart-edge"
 SOURCE_PACKAGES = ("edgelesspart", "edge_runtime", "cloud_functions", "service_http")
 TEMPLATES = {
     "Dockerfile": "Dockerfile.device.j2",
@@ -111,6 +106,7 @@ class EdgePackageReport:
     target: str
     backend: str
     base_image: str
+    image: str
     files: tuple[str, ...]
 
     def summary(self) -> str:
@@ -120,35 +116,17 @@ class EdgePackageReport:
                 f"edge package: {self.out} ({self.target}, {self.backend} backend, "
                 f"FROM {self.base_image})",
                 *(f"wrote: {self.out / name}" for name in self.files),
-                f"next: cd {self.out} && docker build -t edgelesspart-edge . (see docs/deploy.md)",
+                f"next: cd {self.out} && docker build -t {self.image} . "
+                "(the tag edgelesspart-edge.service runs; see docs/deploy.md)",
             ]
         )
-
-
-def _pinned(names: tuple[str, ...]) -> list[str]:
-    out = []
-    for name in names:
-        try:
-            out.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            out.append(name)
-    return out
-
-
-def _tensorflow_requirement() -> str:
-    """``tensorflow==X`` at the version installed here (``tensorflow`` or ``tensorflow-cpu``)."""
-    for dist in ("tensorflow", "tensorflow-cpu"):
-        try:
-            return f"tensorflow=={metadata.version(dist)}"
-        except metadata.PackageNotFoundError:
-            continue
-    return "tensorflow"
 
 
 def image_settings(options: EdgePackageOptions) -> dict[str, Any]:
     """Base image, platform, pip, framework requirements and docker flags of a target."""
     arm = options.target in ("jetson", "rpi")
     gpu = options.target == "jetson" and options.backend == KERAS
+    table = edge_target(options.target, options.backend)
     settings: dict[str, Any] = {
         "platform": "linux/arm64" if arm else "linux/amd64",
         "base_image": SLIM,
@@ -157,6 +135,7 @@ def image_settings(options: EdgePackageOptions) -> dict[str, Any]:
         "framework_requirements": [],
         "pip_index": None,
         "docker_run_flags": "",
+        "pin_table": table.name,
         "base_note": "Slim Debian with LiteRT (XNNPACK on the CPU); no TensorFlow in this image.",
     }
     if gpu:
@@ -164,7 +143,7 @@ def image_settings(options: EdgePackageOptions) -> dict[str, Any]:
             base_image=JETPACK_IMAGE,
             pip="python3 -m pip",
             apt_packages=["python3-pip"],
-            framework_requirements=[JETPACK_TF, "keras>=3.3"],
+            framework_requirements=[JETPACK_TF, *table.requirements(["keras"])],
             pip_index=JETPACK_TF_INDEX,
             docker_run_flags="--runtime nvidia ",
             base_note="NVIDIA L4T JetPack base with NVIDIA's TensorFlow wheel (CUDA on the "
@@ -172,7 +151,7 @@ def image_settings(options: EdgePackageOptions) -> dict[str, Any]:
         )
     elif options.backend == KERAS:
         settings.update(
-            framework_requirements=[_tensorflow_requirement(), *_pinned(("keras",))],
+            framework_requirements=table.requirements(["tensorflow", "keras"]),
             base_note="Slim Debian with TensorFlow for the keras backend (CPU, or a GPU the "
             "container is given).",
         )
@@ -183,10 +162,29 @@ def image_settings(options: EdgePackageOptions) -> dict[str, Any]:
     return settings
 
 
+def edge_requirements(options: EdgePackageOptions, codec: str | None = None) -> list[str]:
+    """The pinned runtime requirements an edge image installs, from its target's table.
+
+    The runtime core and the edge service always; what the bundle's boundary ``codec`` needs
+    beyond them (``zfpy`` for the zfp codecs).
+    """
+    from edgelesspart.runtime.codecs import codec_packages
+
+    extra = codec_packages(codec) if codec else ()
+    return edge_target(options.target, options.backend).requirements([*CORE, *EDGE, *extra])
+
+
+def image_tag(bundle_id: str) -> str:
+    """The image tag of an edge package: the Dockerfile, the unit and the hint all use it."""
+    return f"{IMAGE}:{bundle_id}"
+
+
 def render_edge_files(manifest: Any, options: EdgePackageOptions) -> dict[str, str]:
     """The three text files of an edge package, rendered for ``manifest``'s bundle."""
     settings = image_settings(options)
-    image = f"edgelesspart-edge:{manifest.bundle_id}"
+    image = image_tag(manifest.bundle_id)
+    codec = str(manifest.codec.get("name", "raw"))
+    quote = [shlex.quote(r) for r in settings["framework_requirements"]]
     context = {
         **settings,
         "target": options.target,
@@ -197,10 +195,11 @@ def render_edge_files(manifest: Any, options: EdgePackageOptions) -> dict[str, s
         "port": int(options.port),
         "publish": options.publish,
         "cloud": options.cloud,
-        "codec": str(manifest.codec.get("name", "raw")),
+        "codec": codec,
         "threshold": options.threshold,
         "extra_env": list(options.extra_env),
-        "requirements": _pinned(RUNTIME_REQUIREMENTS),
+        "requirements": [shlex.quote(r) for r in edge_requirements(options, codec)],
+        "framework_requirements": quote,
     }
     return {name: render_template(template, context) for name, template in TEMPLATES.items()}
 
@@ -248,26 +247,30 @@ def _copy_source(out: Path) -> None:
 
 
 def build_edge_package(
-    bundle: str | Path, out: str | Path, options: EdgePackageOptions
+    bundle: str | Path, out: str | Path, options: EdgePackageOptions, *, overwrite: bool = False
 ) -> EdgePackageReport:
     """Write the edge package of ``bundle`` for ``options.target`` into ``out``.
 
     Raises:
         BundleError: the bundle is invalid or lacks the backend's segment files.
-        ConfigError: bad options.
+        ConfigError: bad options, or ``out`` holds files and ``overwrite`` is false.
     """
+    from edgelesspart.packaging.output import prepare_out, write_marker
+
     source, target = Path(bundle), Path(out)
     manifest = load_manifest(source, verify=False)
     rendered = render_edge_files(manifest, options)
-    target.mkdir(parents=True, exist_ok=True)
+    prepare_out(target, overwrite)
     _copy_bundle(source, target, options.backend)
     _copy_source(target)
     for name, text in rendered.items():
         (target / name).write_text(text, encoding="utf-8")
+    write_marker(target, f"edge-{options.target}", manifest.bundle_id, backend=options.backend)
     return EdgePackageReport(
         target,
         options.target,
         options.backend,
         image_settings(options)["base_image"],
+        image_tag(manifest.bundle_id),
         (*rendered, "bundle/", "src/"),
     )

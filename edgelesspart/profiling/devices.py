@@ -405,6 +405,24 @@ def describe_latency_source(profile: ModelProfile) -> str:
 
 
 DEFAULT_PROVIDER = "gcf"
+#: Cloud Functions generation ``package-cloud`` packages and ``evaluate`` prices by default:
+#: current ``gcloud functions deploy`` deploys 2nd gen (Cloud Run functions).
+DEFAULT_GCF_GENERATION = 2
+
+
+def pricing_provider(provider: str, gcf_generation: int = DEFAULT_GCF_GENERATION) -> str:
+    """The price table of ``provider``: ``gcf`` becomes the table of ``gcf_generation``.
+
+    Raises:
+        ConfigError: a generation other than 1 or 2.
+    """
+    from edgelesspart.errors import ConfigError
+
+    if gcf_generation not in (1, 2):
+        raise ConfigError(f"Cloud Functions generation must be 1 or 2, got {gcf_generation!r}.")
+    if provider == "gcf":
+        return "gcf-1st-gen" if gcf_generation == 1 else "gcf-2nd-gen"
+    return provider
 
 
 def bundle_cloud_provider(bundle: str | Path) -> str:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from edgelesspart.errors import BundleError, ProfileError
+from edgelesspart.progress import progress
 from edgelesspart.runtime.device_profiler import device_identity
 from edgelesspart.runtime.kit import KIT_MANIFEST, WHOLE, KitCutPoint, KitManifest
 from edgelesspart.runtime.plan import MODEL_INPUT
@@ -80,7 +81,8 @@ def write_kit(
     try:
         (tmp / "slices").mkdir()
         entries, start = [], MODEL_INPUT
-        for index, name in enumerate(names):
+        converting = progress(enumerate(names), len(names), "profile-kit: converting slices")
+        for index, name in converting:
             tensor = cut_tensor(model, name)
             stretch = extract(model, start, {"boundary": tensor}, name=f"stretch_{index}")
             rel = f"slices/stretch_{index}.tflite"

@@ -342,6 +342,10 @@ class HttpOffloader(BaseOffloader):
             never sent.
         max_request_bytes: largest body per request; bigger offloads are split into chunks
             (the cloud HTTP entry's default limit is 8 MiB).
+        id_token_file: a file holding a Google ID token for the function URL, sent as
+            ``Authorization: Bearer <token>`` to a Cloud Function behind IAM (``package-cloud
+            --auth iam``); re-read when the file changes, so a cron job or sidecar can refresh
+            the hourly token. The HMAC signature still rides in its own headers.
     """
 
     def __init__(
@@ -350,10 +354,13 @@ class HttpOffloader(BaseOffloader):
         policy: OffloadPolicy = DEFAULT_POLICY,
         token: str | None = None,
         max_request_bytes: int | None = HTTP_REQUEST_LIMIT,
+        id_token_file: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(policy, **kwargs)
         self.max_request_bytes = max_request_bytes
+        self.id_token_file = id_token_file
+        self._id_token: tuple[float, str] | None = None
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ConfigError(f"Cloud URL must start with http:// or https://, got {url!r}.")
         base = url.rstrip("/")
@@ -382,6 +389,8 @@ class HttpOffloader(BaseOffloader):
         headers = {"Content-Type": TENSOR_CONTENT_TYPE, "Accept": "application/json"}
         if self.token:
             headers.update(signing.sign_body(self.token, payload))
+        if self.id_token_file:
+            headers["Authorization"] = f"Bearer {self._read_id_token()}"
         timeout = (self.policy.connect_timeout_s, self.policy.timeout_s)
         try:
             response = self._session().post(
@@ -405,6 +414,27 @@ class HttpOffloader(BaseOffloader):
                 f"The cloud part at {self.url} sent non-JSON ({response.text[:200]!r}).", 502
             ) from exc
         return check_answers(data, rows)
+
+    def _read_id_token(self) -> str:
+        """The ID token in :attr:`id_token_file`, re-read whenever the file changes."""
+        import os
+
+        path = str(self.id_token_file)
+        try:
+            mtime = os.stat(path).st_mtime
+            cached = self._id_token
+            if cached is None or cached[0] != mtime:
+                with open(path, encoding="utf-8") as handle:
+                    cached = (mtime, handle.read().strip())
+                self._id_token = cached
+        except OSError as exc:
+            raise OffloadUnavailable(
+                f"Cannot read the cloud ID token file {path}: {exc}. Write a Google ID token for "
+                "the function URL there (e.g. gcloud auth print-identity-token)."
+            ) from exc
+        if not cached[1]:
+            raise OffloadUnavailable(f"The cloud ID token file {path} is empty.")
+        return cached[1]
 
     def close(self) -> None:
         """Close every keep-alive session this offloader opened."""

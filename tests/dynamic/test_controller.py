@@ -164,3 +164,26 @@ def test_rejects_bad_configuration_and_mismatched_observations() -> None:
 def test_curve_round_trip() -> None:
     curve = StageCurve(WIDTHS, LATENCY, DROP)
     assert StageCurve.from_dict(curve.to_dict()) == curve
+
+
+def test_widens_back_to_full_width_when_idle_after_pressure() -> None:
+    # GIVEN a single-node edge narrowed by a 4x slowdown under traffic
+    controller = WidthController(curves(1), 0.9, ControllerConfig(slo_ms=60.0))
+    chain, log = FluidChain(1), []
+    chain.slow = [4.0]
+    run(controller, chain, range(0, 20), rate=8.0, log=log)
+    assert controller.widths == (0.25,)
+    # WHEN the traffic stops: ticks with no arrivals and no service-time sample
+    idle = []
+    for t in range(20, 80):
+        obs = Observation(t * TICK_S, 0.0, (StageMetrics(None, 0, 0.0, controller.widths[0]),))
+        idle.append(controller.step(obs))
+    # THEN the controller widens back to full width without any traffic, saying why
+    assert controller.widths == (1.0,)
+    widened = [d for d in idle if d.changed]
+    assert widened and all(d.widths[0] > d.previous[0] for d in widened)
+    assert widened[0].reason.startswith("pressure gone")
+    assert controller.slowdown[0] < 1.5
+    # AND when traffic returns on a node that is still slow, it narrows again
+    run(controller, chain, range(80, 100), rate=8.0, log=log)
+    assert controller.widths[0] < 1.0

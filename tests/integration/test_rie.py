@@ -1,92 +1,36 @@
 """The Lambda handler under AWS's own runtime: the Runtime Interface Emulator + awslambdaric.
 
-The RIE binary ships inside the ``aws-sam-cli`` wheel (REFERENCE.md §1.3-1.4). At setup it is
-downloaded once with ``pip download --no-deps`` (never installed) and extracted into the
-git-ignored ``.bin/``; the test is skipped with the reason if that is impossible. RIE serves
-only the function name ``function`` and one invocation at a time, so calls are sequential.
+The RIE binary comes from the ``aws-sam-cli`` wheel (see tests/lambda_rie.py; skipped with the
+reason if it cannot be downloaded). RIE serves only the function name ``function`` and one
+invocation at a time, so calls are sequential. tests/packaging/test_lambda_zip.py runs the packaged
+zip the same way, from an empty directory.
 """
 
 from __future__ import annotations
 
 import os
-import platform
-import signal
-import socket
-import stat
-import subprocess
 import sys
-import tempfile
-import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
+from lambda_rie import rie_binary, running_rie
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = REPO / ".bin" / "aws-lambda-rie-x86_64"
-SAM_VERSION = "1.170.0"
-MEMBER = "samcli/local/rapid/aws-lambda-rie-x86_64"
 INVOKE = "http://127.0.0.1:{}/2015-03-31/functions/function/invocations"
-
-
-def _download_rie() -> Path:
-    """Extract the RIE from the aws-sam-cli wheel into .bin/ (cached), or skip."""
-    if BIN.is_file() and os.access(BIN, os.X_OK):
-        return BIN
-    with tempfile.TemporaryDirectory(prefix="sam-wheel-") as tmp:
-        try:
-            done = subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps",
-                 "--disable-pip-version-check", f"aws-sam-cli=={SAM_VERSION}", "-d", tmp],
-                capture_output=True, text=True, timeout=240,
-            )
-        except subprocess.TimeoutExpired:
-            pytest.skip("pip download of aws-sam-cli timed out; cannot get the Lambda RIE binary")
-        wheels = list(Path(tmp).glob("aws_sam_cli-*.whl"))
-        if done.returncode != 0 or not wheels:
-            pytest.skip(f"cannot download aws-sam-cli=={SAM_VERSION} for the RIE binary: "
-                        f"{done.stderr.strip()[-300:]}")
-        BIN.parent.mkdir(exist_ok=True)
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            BIN.write_bytes(wheel.read(MEMBER))
-    BIN.chmod(BIN.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return BIN
 
 
 @pytest.fixture(scope="session")
 def rie() -> Path:
-    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        pytest.skip("the Lambda RIE binary used here is for Linux x86_64 only")
-    return _download_rie()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for_port(port: int, process: subprocess.Popen, log: Path, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"RIE exited early:\n{log.read_text()[-2000:]}")
-        with socket.socket() as sock:
-            sock.settimeout(0.5)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    pytest.fail(f"RIE did not listen on {port} within {seconds} s")
+    return rie_binary()
 
 
 @pytest.fixture()
 def lambda_runtime(rie, tiny_bundle, tmp_path):
     """RIE running ``python -m awslambdaric cloud_functions.handler.handler`` on free ports."""
-    port, api_port = _free_port(), _free_port()
     log = tmp_path / "rie.log"
     env = {
         **os.environ,
@@ -97,27 +41,9 @@ def lambda_runtime(rie, tiny_bundle, tmp_path):
         "LAMBDA_TASK_ROOT": str(REPO),
         "PYTHONPATH": str(REPO),
     }
-    command = [
-        str(rie), "--runtime-interface-emulator-address", f"127.0.0.1:{port}",
-        "--runtime-api-address", f"127.0.0.1:{api_port}",
-        sys.executable, "-m", "awslambdaric", "cloud_functions.handler.handler",
-    ]
-    with open(log, "w") as sink:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=sink,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_for_port(port, process, log)
+    runtime = [sys.executable, "-m", "awslambdaric", "cloud_functions.handler.handler"]
+    with running_rie(rie, runtime, cwd=REPO, env=env, log=log) as port:
         yield port, log
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
 
 
 def test_handler_under_the_real_lambda_runtime(lambda_runtime, tiny_bundle):

@@ -1,4 +1,8 @@
-"""``package-cloud``: the Lambda zip, its size limits, the SAM template, Dockerfiles and the CLI."""
+"""``package-cloud``: the Lambda zip, its size limits, the SAM template, Dockerfiles and the CLI.
+
+These build code-only zips (``vendor=False``, offline); the zip with its dependencies vendored
+for the Lambda platform, run alone under RIE, is tests/packaging/test_lambda_zip.py.
+"""
 
 from __future__ import annotations
 
@@ -15,32 +19,50 @@ from edgelesspart.errors import BundleError, ConfigError
 
 
 @pytest.fixture(scope="module")
-def package(tiny_bundle, tmp_path_factory):
-    from cloud_functions.package import build_package
+def encoded(tiny_bundle) -> bytes:
+    """Three real boundary rows (the edge stage run without an early exit), wire-encoded."""
+    import numpy as np
 
-    out = tmp_path_factory.mktemp("pkg")
-    return build_package(tiny_bundle, out), out
+    from edgelesspart.runtime.bundle import Bundle
+    from edgelesspart.runtime.codecs import encode_tensor
+    from edgelesspart.runtime.executor import ProgressiveExecutor
+    from edgelesspart.runtime.manifest import load_manifest
+
+    bundle = Bundle.load(tiny_bundle, stages=["edge"], pool_size=1)
+    x = np.random.default_rng(0).random((3, 32, 32, 3), dtype=np.float32)
+    boundary = ProgressiveExecutor(bundle, "edge").run(x, threshold=2.0).boundary
+    meta = {"bundle_id": load_manifest(tiny_bundle).bundle_id}
+    return encode_tensor(boundary, "raw", meta=meta)
+
+
+@pytest.fixture(scope="module")
+def package(tiny_bundle, tmp_path_factory):
+    from edgelesspart.packaging.cloud_lambda import build_package
+
+    out = tmp_path_factory.mktemp("pkg") / "dist"
+    return build_package(tiny_bundle, out, vendor=False), out
 
 
 def test_zip_holds_runtime_core_handler_and_cloud_segments_only(package):
     # GIVEN the package of the tiny bundle
     report, _ = package
     names = set(zipfile.ZipFile(report.zip_path).namelist())
-    # THEN it has the core, the handler, the cloud .tflite segments and requirements
+    # THEN it has the core, the handler and the cloud .tflite segments (no requirements.txt:
+    # Lambda ignores one, the dependencies are vendored)
     assert {"edgelesspart/__init__.py", "edgelesspart/errors.py", "edgelesspart/runtime/cloud.py",
-            "cloud_functions/handler.py", "requirements.txt",
-            "cloud_functions/bundle/manifest.json"} <= names
+            "cloud_functions/handler.py", "cloud_functions/bundle/manifest.json"} <= names
+    assert "requirements.txt" not in names
     segments = {n.rsplit("/", 1)[-1] for n in names if "/segments/" in n}
     assert segments == {"cloud_0.tflite", "cloud_1.tflite"}
     # AND nothing that needs TensorFlow or belongs to the edge or the build
     assert not [n for n in names if n.endswith(".keras") or "edge_runtime" in n]
     assert not [n for n in names if n.startswith("edgelesspart/") and "runtime" not in n
                 and n not in ("edgelesspart/__init__.py", "edgelesspart/errors.py")]
-    requirements = zipfile.ZipFile(report.zip_path).read("requirements.txt").decode()
+    _, out = package
+    requirements = (out / "image" / "requirements.txt").read_text()  # the container route's
     assert "numpy==" in requirements and "ai-edge-litert==" in requirements
     assert "lz4==" in requirements and "zstandard==" in requirements  # every core codec decodes
     assert report.zipped_bytes == report.zip_path.stat().st_size
-    assert report.estimated_installed_bytes > report.unzipped_bytes
 
 
 def test_packaged_manifest_is_restricted_and_keeps_the_bundle_id(package, tiny_bundle):
@@ -94,62 +116,79 @@ def test_sam_template_is_plain_yaml_and_names_the_handler(package):
     assert function["Type"] == "AWS::Serverless::Function"
     props = function["Properties"]
     assert props["Handler"] == "cloud_functions.handler.handler"
-    assert props["Runtime"] == "python3.11" and props["MemorySize"] == 2048
+    assert props["Runtime"] == "python3.12" and props["MemorySize"] == 2048
+    assert props["CodeUri"] == "function.zip"
     variables = props["Environment"]["Variables"]
     assert variables["EDGELESSPART_BUNDLE"].endswith("cloud_functions/bundle")
     assert "!Ref" not in text and "!GetAtt" not in text
-    assert "cloud_functions.handler.handler" in (out / "Dockerfile.cloud").read_text()
-    assert "serve-edge" in (out / "Dockerfile.edge").read_text()
+    assert "cloud_functions.handler.handler" in (out / "image" / "Dockerfile").read_text()
+    assert not (out / "Dockerfile.edge").exists()  # package-edge is the one edge generator
 
 
 @pytest.mark.parametrize(
     ("limits", "pattern"),
     [
-        ({"zipped_bytes": 1000}, "zip is .* over the"),
-        ({"unzipped_bytes": 2**20, "requirements_bytes": 2**20 - 1000}, "unzipped"),
-        ({}, "unzipped"),  # the real 250 MB limit with an absurd dependency size
+        ({"zipped_bytes": 1000}, "zip is .* over Lambda"),
+        ({"unzipped_bytes": 1000}, "unzipped, over Lambda"),
     ],
 )
-def test_package_over_a_lambda_limit_is_refused(tiny_bundle, tmp_path, limits, pattern):
-    from cloud_functions.package import LambdaLimits, build_package
+def test_package_over_a_lambda_limit_becomes_a_container_image(
+    tiny_bundle, tmp_path, limits, pattern
+):
+    import re
 
-    if not limits:
-        limits = {"requirements_bytes": 300 * 2**20}
-    # WHEN the package would break a limit
-    with pytest.raises(BundleError, match=pattern):
-        build_package(tiny_bundle, tmp_path / "out", limits=LambdaLimits(**limits))
-    # THEN no zip is left behind
-    assert not (tmp_path / "out" / "function.zip").exists()
+    from edgelesspart.packaging.cloud_lambda import LambdaLimits, build_package
+
+    # WHEN the zip would break a limit
+    report = build_package(
+        tiny_bundle, tmp_path / "out", limits=LambdaLimits(**limits), vendor=False
+    )
+    # THEN no zip is left behind, the template deploys the image, and the report says why
+    assert not (tmp_path / "out" / "function.zip").exists() and report.zip_path is None
+    assert re.search(pattern, report.container_reason)
+    assert "container image" in report.summary() and "sam build" in report.summary()
+    template = yaml.safe_load((tmp_path / "out" / "template.yaml").read_text())
+    assert template["Resources"]["CloudPartFunction"]["Properties"]["PackageType"] == "Image"
+    assert (tmp_path / "out" / "image" / "Dockerfile").is_file()
 
 
 def test_validate_sam_rejects_short_form_tags():
-    from cloud_functions.package import validate_sam
+    from edgelesspart.packaging.cloud_lambda import validate_sam
 
     with pytest.raises(ConfigError, match="long form"):
         validate_sam("Resources:\n  F:\n    Type: AWS::Serverless::Function\n    X: !Ref Y\n")
 
 
 def test_deploy_options_reject_a_bad_function_name():
-    from cloud_functions.package import DeployOptions
+    from edgelesspart.packaging.cloud_lambda import DeployOptions
 
     with pytest.raises(ConfigError, match="function name"):
         DeployOptions(function_name="bad name!")
 
 
 def test_unknown_stage_is_refused(tiny_bundle, tmp_path):
-    from cloud_functions.package import build_package
+    from edgelesspart.packaging.cloud_lambda import build_package
 
     with pytest.raises(BundleError, match="Unknown stage"):
-        build_package(tiny_bundle, tmp_path, stages=["nowhere"])
+        build_package(tiny_bundle, tmp_path, stages=["nowhere"], vendor=False)
 
 
-def test_cli_package_cloud_writes_the_package(tiny_bundle, tmp_path, capsys):
+@pytest.mark.registry
+@pytest.mark.parametrize("arch", ["arm64"])
+def test_cli_package_cloud_vendors_for_the_lambda_platform(tiny_bundle, tmp_path, capsys, arch):
+    from deploy_registry import require_registry
+
     from edgelesspart.cli import main
 
-    argv = ["package-cloud", str(tiny_bundle), "--out", str(tmp_path), "--provider", "lambda"]
+    require_registry()
+    argv = ["package-cloud", str(tiny_bundle), "--out", str(tmp_path / "dist"), "--provider",
+            "lambda", "--arch", arch]  # fmt: skip
     assert main(argv) == 0
-    assert (tmp_path / "function.zip").is_file() and (tmp_path / "template.yaml").is_file()
-    assert "function.zip" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "function.zip" in out and "lambda-python3.12-arm64" in out
+    names = zipfile.ZipFile(tmp_path / "dist" / "function.zip").namelist()
+    # THEN numpy's extension in the zip is the cp312 aarch64 build, not this machine's
+    assert [n for n in names if n.startswith("numpy/_core/_multiarray_umath.cpython-312-aarch64")]
 
 
 @pytest.mark.parametrize("command", ["serve-edge", "serve-cloud", "package-cloud"])
@@ -167,7 +206,7 @@ def test_cli_help_is_fast_and_tensorflow_free(command):
 
 
 def test_requirements_add_what_the_bundle_codec_needs():
-    from cloud_functions.package import requirements_text
+    from edgelesspart.packaging.cloud_lambda import requirements_text
 
     assert "zfpy" not in requirements_text("int8+zstd")
     zfp = requirements_text("zfp+lz4").splitlines()
