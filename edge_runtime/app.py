@@ -1,10 +1,11 @@
 """Flask app factory of the edge service.
 
-Routes: ``POST /v1/infer``, ``GET /v1/bundle``, ``GET /healthz``, ``GET /metrics``,
-``GET /openapi.json``. With a token, every route but ``EdgeConfig.public_routes`` (default:
-``/healthz``) needs ``Authorization: Bearer <token>``. Nothing happens at import;
-:func:`create_app` loads the bundle's edge stage and keeps the
-:class:`~edge_runtime.service.EdgeService` in ``app.extensions["edgelesspart"]``.
+Routes: ``POST /v1/infer``, ``GET /v1/bundle``, ``GET /healthz``, ``GET /readyz``,
+``GET /metrics``, ``GET /openapi.json`` -- the serving contract of :mod:`service_http.contract`.
+With a token, every route but ``EdgeConfig.public_routes`` (default: ``/healthz``) needs
+``Authorization: Bearer <token>``. Nothing happens at import; :func:`create_app` loads the
+bundle's edge stage and keeps the :class:`~edge_runtime.service.EdgeService` in
+``app.extensions["edgelesspart"]``.
 
 ``POST /v1/infer`` reads one of:
 
@@ -20,7 +21,6 @@ The threshold may be overridden per request (``?threshold=``, header
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from pathlib import Path
@@ -29,28 +29,27 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_runtime.config import EdgeConfig
-from edge_runtime.openapi import TENSOR_MEDIA, openapi_document
+from edge_runtime.openapi import openapi_document
 from edge_runtime.service import EdgeService
 from edgelesspart.errors import ConfigError
 from service_http.admission import Admission
 from service_http.auth import check_bearer, guarded
-from service_http.errors import (
-    BadRequest,
-    BundleMismatch,
-    InvalidInput,
-    PayloadTooLarge,
-    UnsupportedMedia,
-    register_error_handlers,
+from service_http.contract import (
+    IMAGE_TYPES,
+    TENSOR_TYPES,
+    InferTarget,
+    check_batch,
+    check_bundle,
+    decode_wire,
+    read_infer,
 )
+from service_http.errors import BadRequest, register_error_handlers
 
 if TYPE_CHECKING:
     from flask import Flask, Request
 
 EXTENSION = "edgelesspart"
-BUNDLE_HEADER = "X-EdgeLessPart-Bundle"
-THRESHOLD_HEADER = "X-EdgeLessPart-Threshold"
-TENSOR_TYPES = (TENSOR_MEDIA, "application/octet-stream")
-IMAGE_TYPES = ("image/png", "image/jpeg")
+__all__ = ["IMAGE_TYPES", "TENSOR_TYPES", "create_app", "infer_body", "read_request"]
 ADMITTED_ROUTES = frozenset({"/v1/infer"})
 
 
@@ -156,6 +155,10 @@ def _register_routes(app: Flask, service: EdgeService) -> None:
         }
         return jsonify(body), 200 if ready else 503
 
+    @app.get("/readyz")
+    def ready():  # the shared contract's readiness route: the same body and status as /healthz
+        return health()
+
     @app.get("/metrics")
     def metrics():
         from edge_runtime.metrics import CONTENT_TYPE
@@ -234,6 +237,7 @@ def bundle_summary(service: EdgeService) -> dict[str, Any]:
     """What ``GET /v1/bundle`` answers: the bundle as this edge service serves it."""
     manifest = service.bundle.manifest
     return {
+        "kind": "edge",  # the shared contract's server kind (edge, pipeline, widths, views)
         "bundle_id": manifest.bundle_id,
         "model": manifest.model,
         "classes": list(manifest.classes),
@@ -253,133 +257,45 @@ def bundle_summary(service: EdgeService) -> dict[str, Any]:
 
 
 def read_request(request: Request, service: EdgeService) -> tuple[np.ndarray, float | None]:
-    """Parse the body of ``POST /v1/infer`` into a batch and an optional threshold override.
+    """Parse the body of ``POST /v1/infer`` into a batch and an optional threshold override
+    (the shared contract's decoding, :func:`service_http.contract.read_infer`).
 
     Raises:
         ServiceError: empty or unreadable body, unknown media type, bundle mismatch, bad
             threshold, too many rows. Codec and input errors propagate as library errors.
     """
-    body = request.get_data(cache=False)
-    if not body:
-        raise BadRequest(
-            "Empty request body: send a tensor (application/x-edgelesspart-tensor), JSON "
-            '{"inputs": [...]} or {"tensor_b64": "..."}, or a PNG/JPEG image.'
-        )
-    threshold_raw: Any = request.args.get("threshold", request.headers.get(THRESHOLD_HEADER))
-    claimed = request.headers.get(BUNDLE_HEADER)
-    mimetype = request.mimetype
-    if mimetype in TENSOR_TYPES:
-        x = _decode(body, service)
-    elif mimetype == "application/json":
-        payload = _json_body(body)
-        if "threshold" in payload:
-            threshold_raw = _json_threshold(payload["threshold"])
-        claimed = payload.get("bundle_id", claimed)
-        x = _json_input(payload, service)
-    elif mimetype in IMAGE_TYPES:
-        from edgelesspart.runtime.preprocess import image_to_tensor
+    return read_infer(request, infer_target(service))
 
-        x = image_to_tensor(body, service.bundle.manifest.input)
-    else:
-        raise UnsupportedMedia(
-            f"Content-Type {mimetype or '(none)'!r} is not supported; use one of "
-            f"{', '.join(TENSOR_TYPES + ('application/json',) + IMAGE_TYPES)}."
-        )
-    _check_bundle(claimed, service)
-    _check_batch(x, service)
-    return x, _threshold(threshold_raw, service)
+
+def infer_target(service: EdgeService) -> InferTarget:
+    """What this edge service's ``/v1/infer`` accepts, for the shared contract's decoding."""
+    from edgelesspart.runtime.codecs import decode_tensor, from_base64
+    from edgelesspart.runtime.preprocess import image_to_tensor
+
+    manifest = service.bundle.manifest
+    return InferTarget(
+        bundle_id=service.bundle.bundle_id,
+        rank=len(manifest.input.tensor.shape),
+        row_nbytes=manifest.input.tensor.nbytes,
+        max_batch=service.config.max_batch,
+        decode_tensor=lambda body, limit: decode_tensor(body, max_bytes=limit),
+        decode_base64=from_base64,
+        decode_image=lambda body: image_to_tensor(body, manifest.input),
+        check_threshold=service.config.check_threshold,
+    )
 
 
 def _decode(body: bytes, service: EdgeService) -> np.ndarray:
     """Decode a wire-format tensor, refusing one bigger than ``max_batch`` float64 rows."""
-    from edgelesspart.runtime.codecs import decode_tensor
-
-    spec = service.bundle.manifest.input.tensor
-    limit = service.config.max_batch * max(spec.nbytes, 1) * 2  # float64 rows are cast, not refused
-    x, header = decode_tensor(body, max_bytes=limit)
-    meta = header.get("meta") or {}
-    if isinstance(meta, dict) and meta.get("bundle_id") is not None:
-        _check_bundle(str(meta["bundle_id"]), service)
-    return x
-
-
-def _json_body(body: bytes) -> dict[str, Any]:
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError) as exc:  # also: too deeply nested, too many digits
-        raise BadRequest(f"Request body is not valid JSON: {exc}.", code="bad_json") from exc
-    if not isinstance(payload, dict):
-        raise BadRequest(
-            f'JSON body must be an object like {{"inputs": [...]}}, got {type(payload).__name__}.',
-            code="bad_json",
-        )
-    return payload
-
-
-def _json_input(payload: dict[str, Any], service: EdgeService) -> np.ndarray:
-    if "tensor_b64" in payload:
-        from edgelesspart.runtime.codecs import from_base64
-
-        encoded = payload["tensor_b64"]
-        if not isinstance(encoded, str):
-            raise BadRequest("tensor_b64 must be a base64 string.", code="bad_base64")
-        return _decode(from_base64(encoded), service)
-    if "inputs" in payload:
-        return _inputs_array(payload["inputs"])
-    raise BadRequest(
-        f'JSON body needs "tensor_b64" or "inputs"; got keys {sorted(payload)}.', code="bad_json"
-    )
-
-
-def _inputs_array(inputs: Any) -> np.ndarray:
-    """JSON ``inputs`` as a float32 array; numbers beyond float32 are refused, not made Inf."""
-    try:
-        wide = np.asarray(inputs, dtype=np.float64)
-    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-        raise BadRequest(
-            f"inputs must be a rectangular nested list of numbers ({exc}).", code="bad_inputs"
-        ) from exc
-    if wide.ndim == 0:
-        raise BadRequest("inputs must be a nested list, not a single number.", code="bad_inputs")
-    limit = float(np.finfo(np.float32).max)
-    finite = wide[np.isfinite(wide)]
-    if finite.size and float(np.abs(finite).max()) > limit:
-        raise InvalidInput(
-            f"inputs has values beyond the float32 range (|x| > {limit:.3g}); scale the input "
-            "as the bundle's preprocessing says."
-        )
-    return wide.astype(np.float32)
+    return decode_wire(body, infer_target(service))
 
 
 def _check_bundle(claimed: str | None, service: EdgeService) -> None:
-    if claimed is not None and str(claimed) != service.bundle.bundle_id:
-        raise BundleMismatch(
-            f"Request is for bundle {claimed!r} but this service serves "
-            f"{service.bundle.bundle_id!r}; fetch GET /v1/bundle and rebuild the client."
-        )
+    check_bundle(claimed, service.bundle.bundle_id)
 
 
 def _check_batch(x: np.ndarray, service: EdgeService) -> None:
-    rank = len(service.bundle.manifest.input.tensor.shape)
-    rows = int(x.shape[0]) if x.ndim == rank + 1 else 1
-    if rows > service.config.max_batch:
-        raise PayloadTooLarge(
-            f"Batch of {rows} rows is over this service's limit of {service.config.max_batch}; "
-            "split the request."
-        )
-    if rows == 0:
-        raise BadRequest("The batch is empty (0 rows); send at least one row.", code="empty_batch")
-
-
-def _json_threshold(value: Any) -> float:
-    """A JSON ``threshold`` field: a number, never ``true``/``false``, a string or null."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadRequest(
-            f"JSON field 'threshold' must be a number, got {type(value).__name__}; e.g. "
-            '{"threshold": 0.8}.',
-            code="bad_threshold",
-        )
-    return value
+    check_batch(x, len(service.bundle.manifest.input.tensor.shape), service.config.max_batch)
 
 
 def _threshold(raw: Any, service: EdgeService) -> float | None:

@@ -88,3 +88,73 @@ def build_tiny_bundle(out: Path, *, epochs: int = 8, seed: int = 0) -> Path:
     )
     export.export_bundle(request, out, probe=np.asarray(data.x_val[:4]))
     return out
+
+
+def build_tiny_width_bundle(out: Path, widths: tuple[float, ...] = (1.0, 0.5)) -> Path:
+    """A tiny 2-stage width bundle (chain CNN, 8/16 channels, 16x16 digits, one sandwich epoch;
+    ~15 s), as ``train-widths`` writes one."""
+    from edgelesspart.dynamic.export import export_width_bundle
+    from edgelesspart.dynamic.model import build_chain_cnn
+    from edgelesspart.dynamic.training import WidthTrainingConfig, train_width_robust
+    from edgelesspart.model.datasets import load_dataset
+
+    data = load_dataset("digits", image_size=16, limit=240)
+    model = build_chain_cnn(data.input_shape, data.num_classes, (8, 16), seed=0)
+    config = WidthTrainingConfig(strategy="sandwich", epochs=1, widths=widths, random_passes=1)
+    record = train_width_robust(model, data, config)
+    export_width_bundle(
+        model, data, out, strategy="sandwich", widths=widths, training=record, latency_repeats=5
+    )
+    return out
+
+
+def build_tiny_views(out: Path, views: int = 2, features: int = 8) -> Path:
+    """A tiny SlimEdge deployment: 2 views of the digits, untrained backbones (4-8 filters),
+    ratios 0 and 0.5, synthetic curves, exported through the real path (LiteRT checked)."""
+    import keras
+
+    from edgelesspart.pruning import prune_model
+    from edgelesspart.slimedge import deploy, optimize
+    from edgelesspart.slimedge.curves import CurveModel, ViewCurves
+    from edgelesspart.slimedge.model import MultiViewModel, build_backbone, build_fusion
+    from edgelesspart.slimedge.views import digits_views
+
+    keras.utils.set_random_seed(0)
+    data = digits_views(views, limit=60)
+    backbones = [
+        build_backbone(data.view_shape, widths=(4, 8), features=features, name=f"bb{v}")
+        for v in range(views)
+    ]
+    model = MultiViewModel(backbones, build_fusion(views, data.num_classes, features=features))
+    pruned = {(v, r): bb if r == 0 else prune_model(bb, r).model
+              for v, bb in enumerate(backbones) for r in (0.0, 0.5)}  # fmt: skip
+    curves = ViewCurves(
+        ratios=(0.0, 0.5), accuracy=((0.9, 0.89), (0.9, 0.85)), latency_ms=(1.0, 0.4),
+        params=(1e3, 3e2), memory_bytes=(1e5, 4e4), fusion_latency_ms=0.01, base_accuracy=0.9,
+        importance=(0.02, 0.05), subsets={"11": 0.9, "10": 0.88, "01": 0.85},
+    )  # fmt: skip
+    build = deploy.MultiViewBuild(model, data, curves, pruned)
+    slots = [optimize.DeviceSlot("rpi4", 4.0, 1e9), optimize.DeviceSlot("jetson-nano", 0.5, 1e9)]
+    cm = CurveModel(curves)
+    chosen = optimize.nsga2_plan(cm, slots, optimize.Bound(accuracy_floor=0.88))
+    failures = optimize.failure_plans(cm, slots)
+    deploy.export_deployment(out, build, slots, chosen, baselines={}, failures=failures,
+                             max_accuracy_drop=0.02)  # fmt: skip
+    return out
+
+
+def start_local_ray(num_cpus: int = 2, tries: int = 3) -> None:
+    """A private local Ray for one test module (``address="local"``: never a cluster someone
+    started with ``ray start`` on the host). Ray gives its raylet a fixed 30 s to start; on a
+    loaded shared host that can pass, so a start that timed out is tried again."""
+    import ray
+
+    for attempt in range(tries):
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                     log_to_driver=False)  # fmt: skip
+            return
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception for the timeout
+            ray.shutdown()
+            if "timed out during startup" not in str(exc) or attempt == tries - 1:
+                raise

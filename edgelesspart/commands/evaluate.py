@@ -27,9 +27,11 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument("bundle", help="bundle directory (holding manifest.json)")
-    parser.add_argument("--thresholds", default="0.3:0.9:0.05",
-                        help="start:stop:step (stop included) or a comma list "
-                        "(default: %(default)s)")
+    parser.add_argument(
+        "--thresholds",
+        default="0.3:0.9:0.05",
+        help="start:stop:step (stop included) or a comma list (default: %(default)s)",
+    )
     parser.add_argument("--edge-device", help="device profile of the edge (default: the plan's)")
     parser.add_argument("--cloud-device", help="device profile of the cloud (default: the plan's)")
     parser.add_argument("--link", default="wifi",
@@ -74,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         from edgelesspart.commands.dynamic import run_widths
 
         return run_widths(argparse.Namespace(bundle=args.bundle, json=False))
+    if _chain_cloud(args.bundle):  # N edge stages + a cloud tail
+        return run_chain_cloud(args)
     from edgelesspart.evaluation.pipeline import EvaluationConfig, evaluate_bundle
     from edgelesspart.evaluation.report import format_table, write_outputs
     from edgelesspart.evaluation.sweep import parse_thresholds
@@ -124,3 +128,29 @@ def _points_to_fraction(points: float | None) -> float | None:
             f"build), got {points:g}."
         )
     return points / 100.0
+
+
+def _chain_cloud(bundle: str) -> bool:
+    from edgelesspart.evaluation.chain_cloud import has_cloud_tail
+    from edgelesspart.runtime.manifest import load_manifest
+
+    return has_cloud_tail(load_manifest(bundle, verify=False))
+
+
+def run_chain_cloud(args: argparse.Namespace) -> int:
+    """``evaluate`` on a chain with a cloud tail: edge-stage exit mix, offload share, cost."""
+    import json
+
+    from edgelesspart.evaluation.chain_cloud import evaluate_chain_cloud, format_chain_cloud
+    from edgelesspart.evaluation.sweep import parse_thresholds
+
+    report = evaluate_chain_cloud(
+        args.bundle, thresholds=parse_thresholds(args.thresholds), batch_size=args.batch_size
+    )
+    out = Path(args.out) if args.out else Path(args.bundle)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "evaluation.json"
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(format_chain_cloud(report))
+    print(f"wrote {path}")
+    return 0

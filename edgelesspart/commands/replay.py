@@ -25,7 +25,9 @@ def register(sub: Any) -> None:
     parser.add_argument("url", help="edge service, e.g. http://127.0.0.1:8080")
     parser.add_argument("data", help="image folder or .npz file")
     parser.add_argument(
-        "--threshold", type=float, default=None,
+        "--threshold",
+        type=float,
+        default=None,
         help="confidence threshold per request (default: the service's)",
     )
     parser.add_argument("--concurrency", type=int, default=1, help="requests in flight (1)")
@@ -35,7 +37,9 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout (s)")
     parser.add_argument(
-        "--provider", choices=("gcf", "gcf-2nd-gen", "lambda"), default="gcf",
+        "--provider",
+        choices=("gcf", "gcf-2nd-gen", "lambda"),
+        default="gcf",
         help="price table for the cloud calls (default: gcf, Cloud Functions 1st gen)",
     )
     parser.add_argument("--memory-mb", type=int, default=2048, help="cloud memory (2048)")

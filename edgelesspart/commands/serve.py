@@ -222,7 +222,9 @@ def run_edge(args: argparse.Namespace) -> int:
     """Load the edge stage and serve it until interrupted."""
     from pathlib import Path
 
-    if (Path(args.bundle) / "dynamic.json").is_file():  # a width bundle: edgelesspart.dynamic
+    widths = (Path(args.bundle) / "dynamic.json").is_file()
+    check_edge_options(args, widths=widths)
+    if widths:  # a width bundle: edgelesspart.dynamic
         from edgelesspart.commands.dynamic import run_width_edge
 
         return run_width_edge(args)
@@ -254,6 +256,39 @@ def run_edge(args: argparse.Namespace) -> int:
     announce = f"edge service for {args.bundle} on http://{args.host}:{args.port} ({cloud})"
     serve(app, host=args.host, port=args.port, threads=threads, announce=announce)
     return 0
+
+
+#: ``serve-edge`` options that only an exit bundle (edge + cloud part) uses.
+EXIT_BUNDLE_OPTIONS = {
+    "cloud": "--cloud", "threshold": "--threshold", "codec": "--codec",
+    "cloud_token": "--cloud-token", "lambda_endpoint": "--lambda-endpoint",
+    "timeout": "--timeout", "backend": "--backend", "batch_max_rows": "--batch-max-rows",
+}  # fmt: skip
+
+
+def check_edge_options(args: argparse.Namespace, *, widths: bool) -> None:
+    """Refuse, at start and with a message, ``serve-edge`` options the bundle cannot use.
+
+    Raises:
+        ConfigError: ``--slo-ms`` on a bundle without widths, or an exit/cloud option on a
+            width bundle (it has neither exits nor a cloud part).
+    """
+    from edgelesspart.errors import ConfigError
+
+    if not widths and getattr(args, "slo_ms", None) is not None:
+        raise ConfigError(
+            f"--slo-ms {args.slo_ms:g} does not apply to {args.bundle}: it has no widths to "
+            "switch (no dynamic.json). Build a width bundle with `edgelesspart train-widths` "
+            "or leave --slo-ms out."
+        )
+    if widths:
+        given = [flag for key, flag in EXIT_BUNDLE_OPTIONS.items()
+                 if getattr(args, key, None) is not None]  # fmt: skip
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} do(es) not apply to the width bundle {args.bundle}: it has "
+                "no early exits and no cloud part; leave them out (--slo-ms sets its control)."
+            )
 
 
 def run_cloud(args: argparse.Namespace) -> int:

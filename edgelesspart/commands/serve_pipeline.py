@@ -34,7 +34,8 @@ def register(sub: Any) -> None:
         "--threshold",
         type=float,
         default=None,
-        help="early exits (bundles built with --exits-per-part) answer at this confidence",
+        help="early exits (bundles built with --exits-per-part) answer at this confidence "
+        "(default: the bundle's serving threshold, as serve-edge; refused without exits)",
     )
     parser.add_argument(
         "--slowdown", type=float, default=1.0, help="emulate devices k times slower (sleeps)"
@@ -46,6 +47,7 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--max-task-retries", type=int, default=3, help="retries of calls of a dead actor"
     )
+    add_cloud_tail_args(parser)
     parser.add_argument(
         "--threads", type=int, default=None, help="waitress threads (default: --window + 4)"
     )
@@ -61,16 +63,62 @@ def register(sub: Any) -> None:
     parser.set_defaults(func=run_serve)
 
 
+def add_cloud_tail_args(parser: argparse.ArgumentParser) -> None:
+    """``--cloud`` and its transport options (the cloud tail of a chain of edge nodes)."""
+    parser.add_argument(
+        "--cloud",
+        default=None,
+        help="cloud tail: http(s)://HOST:PORT or lambda://FUNCTION_NAME; rows no edge stage's "
+        "exit answered go there from the last edge stage (bundles built with --nodes N "
+        "--cloud-device, or any bundle whose last stage is the cloud part)",
+    )
+    parser.add_argument("--cloud-token", default=None, help="serve-cloud's shared secret")
+    parser.add_argument("--lambda-endpoint", default=None, help="boto3 endpoint_url (lambda://)")
+    parser.add_argument("--region", default=None, help="AWS region for lambda://")
+    parser.add_argument(
+        "--cloud-timeout", type=float, default=2.0, help="cloud read timeout, s (default 2)"
+    )
+
+
+def check_pipeline_options(args: argparse.Namespace, manifest: Any) -> None:
+    """Refuse, at start and with a message, options the bundle cannot use.
+
+    Raises:
+        ConfigError: ``--threshold`` on a chain without early exits, or ``--cloud`` on a
+            bundle without a stage to leave to the cloud.
+    """
+    from edgelesspart.errors import ConfigError
+
+    exits = any(s.exit not in (None, "final") for s in manifest.segments)
+    if args.threshold is not None and not exits:
+        raise ConfigError(
+            f"--threshold {args.threshold:g} does not apply to {args.bundle}: its stages have no "
+            "early exits. Build with --exits-per-part, or leave --threshold out."
+        )
+    if getattr(args, "cloud", None) and len(manifest.stage_names) < 2:
+        raise ConfigError(
+            f"--cloud does not apply to {args.bundle}: it has the single stage "
+            f"{list(manifest.stage_names)}, so nothing is left for the cloud. Build with --nodes "
+            "N --cloud-device DEVICE."
+        )
+
+
 def _stages(args: argparse.Namespace) -> tuple[list[Any], Any]:
-    """The bundle's stages with --place, --codec and the emulation flags applied."""
+    """The bundle's stages with --place, --codec and the emulation flags applied; with
+    ``--cloud`` the edge stages only (the cloud part runs in the cloud function)."""
     from edgelesspart.pipeline import raykit
+    from edgelesspart.pipeline.contract import edge_stage_names
     from edgelesspart.pipeline.dispatcher import default_stages, stages_with
     from edgelesspart.pipeline.emulation import DeviceEmulation
     from edgelesspart.profiling import links
     from edgelesspart.runtime.manifest import load_manifest
 
     manifest = load_manifest(args.bundle, verify=False)
+    check_pipeline_options(args, manifest)
     specs = default_stages(manifest)
+    if getattr(args, "cloud", None):
+        edge = set(edge_stage_names(manifest, cloud_tail=True))
+        specs = [s for s in specs if s.name in edge]
     placement = raykit.parse_placement(args.place, [s.name for s in specs])
     link = links.load_link(args.emulate_link) if args.emulate_link else None
     emulation = DeviceEmulation(
@@ -78,8 +126,13 @@ def _stages(args: argparse.Namespace) -> tuple[list[Any], Any]:
         link_mbps=link.uplink_mbps if link else None,
         link_rtt_ms=link.rtt_ms if link else 0.0,
     )
+    threshold = args.threshold
+    if threshold is None and any(s.exit not in (None, "final") for s in manifest.segments):
+        from edgelesspart.runtime.confidence import serving_threshold
+
+        threshold = serving_threshold(manifest.serving)  # the build's choice, as serve-edge's
     stages = stages_with(
-        specs, placement=placement, emulation=emulation, codec=args.codec, threshold=args.threshold
+        specs, placement=placement, emulation=emulation, codec=args.codec, threshold=threshold
     )
     return stages, emulation
 
@@ -116,7 +169,17 @@ def run_serve(args: argparse.Namespace) -> int:
         try:
             for worker in pipeline.workers:
                 print(f"stage {worker['stage']}: ready (pid {worker['pid']})")
-            app = create_app(pipeline, token=args.token)
+            offloader = None
+            if args.cloud:
+                from edgelesspart.pipeline.contract import make_offloader
+
+                offloader = make_offloader(
+                    args.cloud, token=args.cloud_token, lambda_endpoint=args.lambda_endpoint,
+                    region=args.region, timeout_s=args.cloud_timeout,
+                    codec=stages[-1].codec_out or "raw",  # the plan's hand-off codec
+                )  # fmt: skip
+                print(f"cloud tail: {args.cloud} (after stage {stages[-1].name})")
+            app = create_app(pipeline, token=args.token, offloader=offloader, cloud=args.cloud)
             serve(app, host=args.host, port=args.port, threads=args.threads or args.window + 4)
         finally:
             pipeline.close()
@@ -173,10 +236,21 @@ def run_pipeline_build(args: argparse.Namespace, config: Any) -> int:
         from edgelesspart.build import parse_exits_per_part
 
         stage_exits = parse_exits_per_part(args.exits_per_part)[0]
+    cloud_device = getattr(args, "cloud_device", None)  # given: N edge stages + a cloud tail
     result = build_pipeline_bundle(
-        config, devices, stage_exits=stage_exits, show_progress=not args.quiet
-    )
+        config, devices, stage_exits=stage_exits, cloud_device=cloud_device,
+        show_progress=not args.quiet,
+    )  # fmt: skip
     print(format_plan(result.plan))
+    tail = result.plan.parameters.get("cloud_tail")
+    if tail:
+        print(
+            f"cloud tail: hand-off at {tail['handoff']} ({tail['codec']}, {tail['wire_bytes']:,} "
+            f"bytes, limit {tail['payload_limit'] or 'none'}), cloud part {tail['cloud_ms']:.3g} "
+            f"ms, {tail['latency_ms']:.4g} ms per offloaded request (cold start "
+            f"{tail['cold_start_prob']:.0%} x {tail['cold_start_ms']:.0f} ms), "
+            f"${tail['cost_per_million']:.3g} per 1M offloads on {tail['provider']}"
+        )
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items())
     print(f"bundle: {result.bundle} (id {result.manifest.bundle_id}); {timings}")
     return 0

@@ -168,7 +168,8 @@ def restrict_manifest(manifest: Manifest, stages: Sequence[str]) -> Manifest:
 
 def _cloud_stages(manifest: Manifest, stages: Sequence[str] | None) -> tuple[str, ...]:
     names = manifest.stage_names
-    chosen = tuple(names[1:] if stages is None else stages)
+    marked = [s.name for s in manifest.plan.stages if s.options.get("tier") == "cloud"]
+    chosen = tuple((marked or names[1:]) if stages is None else stages)
     if not chosen:
         raise BundleError(
             f"Bundle has the single stage {list(names)}: there is no cloud part to package."

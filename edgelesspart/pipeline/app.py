@@ -1,7 +1,8 @@
-"""HTTP front of the dispatcher, in the style of ``serve-edge`` (Flask app factory).
+"""HTTP front of the dispatcher: the shared serving contract (Flask app factory).
 
-Routes: ``POST /v1/infer`` (an encoded tensor, ``application/x-edgelesspart-tensor``, or JSON
-``{"inputs": nested lists}``), ``GET /metrics`` (Prometheus text: per-stage busy seconds, queue
+Routes: those of :mod:`service_http.contract` (``POST /v1/infer`` with tensors, JSON, base64
+or images, one answer per row naming its exit, stage and node; ``/v1/bundle``, ``/readyz``,
+``/openapi.json``), ``GET /metrics`` (Prometheus text: per-stage busy seconds, queue
 length, bytes in/out, restarts seen; dispatcher counters), ``GET /v1/metrics`` (the same as
 JSON), ``GET /v1/pipeline`` (stages, segments, codecs, placement), ``GET /healthz``. A full
 in-flight window answers 429 with ``Retry-After``; a stage that still fails after Ray's
@@ -22,30 +23,7 @@ if TYPE_CHECKING:
     from flask import Flask
 
 EXTENSION = "edgelesspart_pipeline"
-TENSOR_TYPES = ("application/x-edgelesspart-tensor", "application/octet-stream")
 DEFAULT_MAX_BODY = 32 * 2**20
-PUBLIC_ROUTES = ("/healthz",)
-
-
-def _read_input(request: Any) -> np.ndarray:
-    from edgelesspart.runtime.codecs import decode_tensor
-    from service_http.errors import BadRequest, UnsupportedMedia
-
-    ctype = (request.mimetype or "").lower()
-    if ctype in TENSOR_TYPES:
-        array, _ = decode_tensor(request.get_data(cache=False))
-        return array
-    if ctype == "application/json":
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict) or "inputs" not in body:
-            raise BadRequest('Send JSON {"inputs": [...]} or an encoded tensor body.')
-        try:
-            return np.asarray(body["inputs"], dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise BadRequest(f"'inputs' is not a numeric array: {exc}.") from exc
-    raise UnsupportedMedia(
-        f"Content type {ctype or 'none'!r} is not read here; send {TENSOR_TYPES[0]} or JSON."
-    )
 
 
 def prometheus_text(metrics: dict[str, Any]) -> str:
@@ -75,27 +53,6 @@ def prometheus_text(metrics: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def base_app(name: str, service: Any, *, token: str | None, max_body: int) -> Flask:
-    """A Flask app with the shared JSON errors, a body limit and the bearer token on every route
-    but :data:`PUBLIC_ROUTES`; ``service`` is kept in ``app.extensions[name]``."""
-    from flask import Flask, request
-
-    from service_http.auth import check_bearer
-    from service_http.errors import register_error_handlers
-
-    app = Flask(name)
-    app.config["MAX_CONTENT_LENGTH"] = int(max_body)
-    app.extensions[name] = service
-    register_error_handlers(app)
-
-    @app.before_request
-    def _auth() -> None:
-        if token and request.path not in PUBLIC_ROUTES:
-            check_bearer(token, request.headers.get("Authorization"))
-
-    return app
-
-
 def answer_or_refuse(call: Any, x: np.ndarray) -> Any:
     """``call(x)``, with a full window as 429 and a failed stage as 503 ``pipeline_unavailable``."""
     from service_http.errors import ServiceError, TooManyRequests
@@ -109,31 +66,27 @@ def answer_or_refuse(call: Any, x: np.ndarray) -> Any:
 
 
 def create_app(
-    pipeline: Any, *, token: str | None = None, max_body: int = DEFAULT_MAX_BODY
+    pipeline: Any,
+    *,
+    token: str | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+    offloader: Any = None,
+    cloud: str | None = None,
 ) -> Flask:
-    """The dispatcher's Flask app for a started pipeline (kept in ``app.extensions``)."""
-    from flask import Response, jsonify, request
+    """The dispatcher's Flask app for a started pipeline: the shared serving contract
+    (:func:`service_http.contract.contract_app` over a
+    :class:`~edgelesspart.pipeline.contract.PipelineBackend`, with the cloud tail ``offloader``)
+    plus ``GET /v1/metrics`` and ``GET /v1/pipeline``."""
+    from flask import jsonify
 
-    app = base_app(EXTENSION, pipeline, token=token, max_body=max_body)
+    from edgelesspart.pipeline.contract import PipelineBackend
+    from service_http.contract import contract_app
 
-    @app.post("/v1/infer")
-    def infer():
-        result = answer_or_refuse(pipeline.infer, _read_input(request))
-        probs = np.asarray(result.probs)
-        return jsonify(
-            {
-                "seq": result.seq,
-                "exit": result.exit,
-                "answered_by": result.stage,
-                "top1": probs.argmax(axis=-1).tolist(),
-                "probs": probs.tolist(),
-                "latency_ms": round(result.latency_ms, 3),
-            }
-        )
-
-    @app.get("/metrics")
-    def metrics_text():
-        return Response(prometheus_text(pipeline.metrics()), mimetype="text/plain")
+    backend = PipelineBackend(
+        pipeline, offloader=offloader, cloud=cloud, refuse=answer_or_refuse, render=prometheus_text
+    )
+    app = contract_app(EXTENSION, backend, token=token, max_body=max_body, title="serve-pipeline")
+    app.extensions[EXTENSION + ".pipeline"] = pipeline
 
     @app.get("/v1/metrics")
     def metrics_json():
@@ -147,11 +100,8 @@ def create_app(
                 "window": pipeline.window,
                 "stages": [s.to_dict() for s in pipeline.stages],
                 "workers": pipeline.workers,
+                "cloud": cloud,
             }
         )
-
-    @app.get("/healthz")
-    def healthz():
-        return jsonify({"status": "ok", "stages": len(pipeline.actors)})
 
     return app

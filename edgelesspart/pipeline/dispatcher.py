@@ -45,6 +45,12 @@ class PipelineResult:
     exit: str | None
     stage: str | None
     latency_ms: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final(self) -> bool:
+        """Whether ``probs`` are class probabilities (else a boundary for a cloud tail)."""
+        return bool(self.meta.get("final", True))
 
 
 @dataclass
@@ -217,8 +223,17 @@ class Pipeline:
 
     # ------------------------------------------------------------------ streaming
 
-    def submit(self, x: np.ndarray, *, block: bool = False, timeout: float | None = None) -> Any:
+    def submit(
+        self,
+        x: np.ndarray,
+        *,
+        block: bool = False,
+        timeout: float | None = None,
+        threshold: float | None = None,
+    ) -> Any:
         """Send one input (batch of one, or one sample) into the chain; return its ticket.
+
+        ``threshold`` overrides the stages' exit threshold for this input only.
 
         Raises:
             InputError: ``x`` does not match the first stage's input (shape, dtype, NaN/Inf);
@@ -235,14 +250,17 @@ class Pipeline:
                 f"{self.window} inputs are already in flight (the window); retry shortly."
             )
         try:
-            return self._send(x)
+            return self._send(x, threshold)
         except BaseException:
             self._slots.release()
             raise
 
-    def _send(self, x: np.ndarray) -> _Ticket:
+    def _send(self, x: np.ndarray, threshold: float | None = None) -> _Ticket:
         seq = next(self._seq)
-        frame = encode_tensor(x, self.input_codec, meta={"seq": seq})
+        meta: dict[str, Any] = {"seq": seq}
+        if threshold is not None:
+            meta["threshold"] = float(threshold)
+        frame = encode_tensor(x, self.input_codec, meta=meta)
         with self._send_lock:  # the dispatcher's own (emulated) link is one at a time
             sleep_s(self.input_emulation.link_s(len(frame)))
         ref: Any = frame
@@ -289,7 +307,7 @@ class Pipeline:
                 self._totals[st["stage"]].add(st)
             self._counters["completed"] += 1
         latency = (time.perf_counter() - ticket.submitted) * 1000
-        return PipelineResult(ticket.seq, probs, meta.get("exit"), meta.get("by"), latency)
+        return PipelineResult(ticket.seq, probs, meta.get("exit"), meta.get("by"), latency, meta)
 
     def infer(self, x: np.ndarray) -> PipelineResult:
         """Submit one input without waiting for a slot and wait for its answer."""

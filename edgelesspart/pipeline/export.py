@@ -177,7 +177,13 @@ class PipelineBuild:
     seconds: dict[str, float]
 
 
-def _chain_plan(config: Any, host_profile: Any, devices: Sequence[str], extra: dict) -> Plan:
+def _chain_plan(
+    config: Any,
+    host_profile: Any,
+    devices: Sequence[str],
+    extra: dict,
+    cloud_device: str | None = None,
+) -> Plan:
     from edgelesspart.planning.chain import ChainCosts, plan_chain
     from edgelesspart.profiling import devices as devmod
     from edgelesspart.profiling import links
@@ -192,6 +198,14 @@ def _chain_plan(config: Any, host_profile: Any, devices: Sequence[str], extra: d
         codecs=codecs,
         codec_ms=extra["codec_ms"],
     )
+    if cloud_device is not None:  # N edge stages + a cloud tail, costed like the two-part build
+        from edgelesspart.planning.chain_cloud import plan_chain_with_cloud
+
+        cloud = devmod.load_device(cloud_device)
+        objective = "expected-cost" if config.constraint == "expected-cost" else "expected-latency"
+        return plan_chain_with_cloud(
+            costs, devmod.profile_for_device(host_profile, cloud), cloud, objective=objective
+        )
     input_bytes = int(np.prod(host_profile.input_shape)) * 4
     return plan_chain(costs, layer_positions=extra["layers"], input_bytes=input_bytes)
 
@@ -238,11 +252,14 @@ def build_pipeline_bundle(
     devices: Sequence[str],
     *,
     stage_exits: int = 0,
+    cloud_device: str | None = None,
     show_progress: bool = True,
     log: Callable = print,
 ) -> PipelineBuild:
     """Profile ``config.model`` on this host, plan it over ``devices`` and export the bundle
-    (with ``stage_exits`` trained early exits inside every stage; DEFER has none)."""
+    (with ``stage_exits`` trained early exits inside every stage; DEFER has none). With
+    ``cloud_device`` the plan is N edge stages plus a cloud tail
+    (:func:`~edgelesspart.planning.chain_cloud.plan_chain_with_cloud`)."""
     from edgelesspart._lazy import keras
     from edgelesspart.build import _train
     from edgelesspart.model import datasets, zoo
@@ -275,8 +292,9 @@ def build_pipeline_bundle(
     host = with_encoded_bytes(host, sizes)
     clock["profile"] = round(time.perf_counter() - t0 - sum(clock.values()), 2)
     extra = {"codec_ms": codec_ms, "layers": layer_positions(model, cuts)}
-    plan = _chain_plan(config, host, devices, extra)
-    log(f"pipeline: {len(devices)} nodes ({', '.join(devices)}) on link {config.link}")
+    plan = _chain_plan(config, host, devices, extra, cloud_device)
+    tail = f" + cloud tail on {cloud_device}" if cloud_device else ""
+    log(f"pipeline: {len(devices)} nodes ({', '.join(devices)}){tail} on link {config.link}")
     heads: dict[str, Any] = {}
     if stage_exits:
         plan, heads = stage_exit_heads(
@@ -291,7 +309,18 @@ def build_pipeline_bundle(
         preprocessing=data.preprocessing,
         model_info=info,
         profile={**host.to_dict(), "codec_ms": codec_ms},
-        extra={"build_config": config.to_dict(), "pipeline_devices": list(devices)},
+        extra={
+            "build_config": config.to_dict(),
+            "pipeline_devices": list(devices),
+            "cloud_device": cloud_device,
+            # what `evaluate` reloads the build's test split from, as the two-part build
+            "dataset": {
+                "spec": config.dataset,
+                "seed": config.seed,
+                "image_size": config.image_size,
+                "limit": config.limit,
+            },
+        },  # fmt: skip
         heads=heads,
         overwrite=config.overwrite,
     )

@@ -132,9 +132,11 @@ class StageWorker:
     def __init__(
         self, manifest: dict[str, Any], spec: dict[str, Any], files: dict[str, bytes]
     ) -> None:
+        from edgelesspart.runtime.confidence import scorer_for
         from edgelesspart.runtime.segments import SegmentRunner
 
         self.manifest = Manifest.from_dict(manifest)
+        self.scorer = scorer_for(self.manifest.serving)  # the exits' calibration, as the edge
         self.spec = StageSpec.from_dict(spec)
         by_name: dict[str, SegmentSpec] = {s.name: s for s in self.manifest.segments}
         self.runners = []
@@ -168,20 +170,33 @@ class StageWorker:
             "started": self.started,
         }
 
-    def _compute(self, x: np.ndarray) -> tuple[np.ndarray, bool, str | None]:
-        """Run the segments; return (tensor to send, is it final probabilities?, exit name)."""
+    def _compute(
+        self, x: np.ndarray, threshold: float | None = None
+    ) -> tuple[np.ndarray, bool, str | None, dict[str, Any] | None]:
+        """Run the segments; return (tensor to send, is it final probabilities?, exit name,
+        the last exit's answer that did not reach the threshold, or ``None``).
+
+        ``threshold`` (a request's override) replaces the stage's own when given.
+        """
         first = True
+        threshold = self.spec.threshold if threshold is None else threshold
+        best = None
         for runner in self.runners:
             probs, boundary = runner(x, trusted=not first)
             first = False
             seg = runner.spec
+            if probs is not None and seg.exit is not None:
+                probs = self.scorer.calibrate(seg.exit, probs)
             if boundary is None:
-                return probs, True, seg.exit
-            if probs is not None and self.spec.threshold is not None:
-                if float(np.max(probs)) >= self.spec.threshold:
-                    return probs, True, seg.exit
+                return probs, True, seg.exit, None
+            if probs is not None:
+                confidence = self.scorer.confidence(probs)  # every row must be confident
+                if threshold is not None and float(np.min(confidence)) >= threshold:
+                    return probs, True, seg.exit, None
+                best = {"exit": seg.exit, "stage": self.spec.name,
+                        "probs": np.asarray(probs, np.float64).reshape(-1).tolist()}  # fmt: skip
             x = boundary
-        return x, False, None
+        return x, False, None, best
 
     def forward(self, payload: bytes) -> tuple[bytes, dict[str, Any]]:
         """Decode ``payload``, run the stage and encode the result (padded to the emulated
@@ -200,9 +215,11 @@ class StageWorker:
         if passed_through:
             out = payload
         else:
-            y, final, exit_name = self._compute(x)
+            y, final, exit_name, best = self._compute(x, meta.get("threshold"))
             codec = RESULT_CODEC if final else self.spec.codec_out or RESULT_CODEC
             meta.update({"final": final, "exit": exit_name, "by": self.spec.name})
+            if best is not None:  # the last local exit: a cloud tail's degraded answer
+                meta["best"] = best
             out = encode_tensor(np.ascontiguousarray(y), codec, meta=meta)
         wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
         pad, host_bound = self.spec.emulation.compute_pad_s(cpu, wall)
@@ -227,4 +244,3 @@ class StageWorker:
         """Hand ``frame`` on after the emulated link's time (no delay without link emulation)."""
         sleep_s(self.spec.emulation.link_s(len(frame)))
         return frame
-

@@ -203,15 +203,21 @@ class ChainCosts:
         )
 
 
-def min_bottleneck(costs: ChainCosts) -> tuple[float, tuple[tuple[int, str], ...]]:
+def min_bottleneck(
+    costs: ChainCosts, *, end: int | None = None, tail_codecs: Sequence[str] | None = None
+) -> tuple[float, tuple[tuple[int, str], ...]]:
     """The exact minimum over partitions of the slowest stage, and its ``(cut, codec)`` list.
 
     ``best[j, c]`` holds, for the nodes placed so far, the smallest bottleneck of a chain whose
     last node ends at position ``j`` and sends with codec ``c``. Among chains with the same
     bottleneck the one with the least processor time in all (so the least energy, and no
     compression where the link has slack) is kept, then the shallowest cuts.
+
+    ``end``: the chain stops at this cut point instead of the model output, and its last node
+    encodes and sends the boundary there (to a cloud tail); the last ``(cut, codec)`` of the
+    list returned is then that hand-off, with one of ``tail_codecs`` (default: any candidate).
     """
-    n, last = len(costs.profiles), costs.last
+    n, last = len(costs.profiles), costs.last if end is None else int(end)
     if not 1 <= n <= last + 1:
         raise PlanError(
             f"{n} nodes need at least {n - 1} internal cut points; the profile of "
@@ -224,7 +230,9 @@ def min_bottleneck(costs: ChainCosts) -> tuple[float, tuple[tuple[int, str], ...
         ends = [last] if node == n - 1 else range(node, last - (n - 1 - node) + 1)
         row: dict[tuple[int, str | None], State] = {}
         for j in ends:
-            outs: Sequence[str | None] = [None] if j == last else costs.codecs
+            outs: Sequence[str | None] = [None] if j == costs.last else costs.codecs
+            if node == n - 1 and end is not None and tail_codecs is not None:
+                outs = tuple(tail_codecs)
             for c_out in outs:
                 options = []
                 for (i, c_in), (prev, cpu, cuts) in best.items():
@@ -235,7 +243,7 @@ def min_bottleneck(costs: ChainCosts) -> tuple[float, tuple[tuple[int, str], ...
                 if options:
                     row[(j, c_out)] = min(options, key=lambda o: (o[0], o[1], [p for p, _ in o[2]]))
         best = row
-    bottleneck, _, cuts = best[(last, None)]
+    bottleneck, _, cuts = min(best.values(), key=lambda o: (o[0], o[1]))
     return bottleneck, cuts
 
 

@@ -159,7 +159,12 @@ def check_plan(
     split = Option(
         "split",
         expected_latency(
-            plan, edge_profile, cloud_profile, exit_rates, link, exit_overhead_ms,
+            plan,
+            edge_profile,
+            cloud_profile,
+            exit_rates,
+            link,
+            exit_overhead_ms,
             offload_overhead_ms=offload_overhead_ms,
         ),
         expected_cost(plan, edge_profile, cloud_profile, exit_rates, cost_fn, exit_overhead_ms),
@@ -189,9 +194,7 @@ def check_plan(
     alternatives = (edge_only, cloud_only)
     dominated = tuple(o.name for o in alternatives if o.dominates(split))
     context = _Context(plan, edge_profile, cloud_profile, link, input_bytes)
-    warnings = tuple(
-        _warning(o, split, context) for o in alternatives if o.name in dominated
-    )
+    warnings = tuple(_warning(o, split, context) for o in alternatives if o.name in dominated)
     return PlanCheck(split, alternatives, dominated, warnings)
 
 
@@ -219,7 +222,7 @@ def _edge_reasons(ctx: _Context, split: Option) -> list[str]:
 
 
 def _boundary_reason(ctx: _Context) -> list[str]:
-    """"the boundary (128 KiB raw fp32) is larger than the input (12 KiB)", when it is."""
+    """ "the boundary (128 KiB raw fp32) is larger than the input (12 KiB)", when it is."""
     raw = ctx.plan.boundary_bytes[0] if ctx.plan.boundary_bytes else 0
     wire = ctx.plan.parameters.get("boundary_wire_bytes")
     if (wire if isinstance(wire, int) else raw) <= ctx.input_bytes:

@@ -308,8 +308,8 @@ def replay(
     client = EdgeClient(url, token=token, timeout_s=timeout_s, connections=concurrency)
     try:
         info = client.bundle()
-        edge_stage = str(info.get("edge_stage", "edge"))
-        cloud = {s["name"] for s in info.get("segments", []) if s.get("stage") != edge_stage}
+        edge = edge_stages(info)
+        cloud = {s["name"] for s in info.get("segments", []) if s.get("stage") not in edge}
         before = client.metrics()
         labels = data.labels or (None,) * len(data)
 
@@ -332,6 +332,15 @@ def replay(
         deltas=_deltas(before, after), wall_s=wall, concurrency=concurrency,
         price=price, pricing=pricing,
     )
+
+
+def edge_stages(info: dict[str, Any]) -> set[str]:
+    """The stages that answer on the edge: ``edge_stages`` of ``GET /v1/bundle`` (a chain of
+    edge nodes, a width chain, a multi-view deployment) or the one ``edge_stage``."""
+    stages = info.get("edge_stages")
+    if isinstance(stages, list) and stages:
+        return {str(s) for s in stages}
+    return {str(info.get("edge_stage", "edge"))}
 
 
 def _price_fn(pricing: Pricing) -> Any:
@@ -375,12 +384,12 @@ def summarise(
     """Turn per-sample results and metric deltas into a :class:`ReplayReport` (pure)."""
     from edgelesspart.profiling.pricing import cost_per_invocation
 
-    edge_stage = str(info.get("edge_stage", "edge"))
+    edge = edge_stages(info)
     ok = [s for s in results if s.error is None]
     failed = [s for s in results if s.error is not None]
     mix = Counter(s.exit or "none" for s in ok)
-    on_edge = [s for s in ok if s.stage == edge_stage and not s.degraded]
-    in_cloud = [s for s in ok if s.stage != edge_stage and not s.degraded]
+    on_edge = [s for s in ok if s.stage in edge and not s.degraded]
+    in_cloud = [s for s in ok if s.stage not in edge and not s.degraded]
     labelled = [s for s in ok if s.label is not None]
     accuracy = (
         float(np.mean([s.predicted == s.label for s in labelled])) if labelled else None

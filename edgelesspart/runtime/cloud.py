@@ -102,7 +102,8 @@ class CloudPart:
         bundle_path: the bundle directory (a cloud package may hold only its own segments).
         verify: check file hashes against the manifest.
         pool_size: interpreters per segment (= concurrent requests per segment).
-        stages: stages to run (default: every stage after the first).
+        stages: stages to run (default: the stages the plan marks ``tier: cloud``, else every
+            stage after the first).
         threshold: default threshold when neither the call nor the tensor's meta sets one;
             ``None``: the manifest's ``serving.threshold`` (chosen by the build on validation).
         max_bytes: largest decoded tensor accepted, whatever the header says.
@@ -128,12 +129,15 @@ class CloudPart:
     ) -> None:
         start = time.perf_counter()
         if stages is None:
-            names = load_manifest(bundle_path, verify=False).stage_names
+            manifest = load_manifest(bundle_path, verify=False)
+            names = manifest.stage_names
             if len(names) < 2:
                 raise BundleError(
                     f"Bundle has the single stage {list(names)}: there is no cloud part to load."
                 )
-            stages = names[1:]
+            # a chain of edge nodes with a cloud tail marks its cloud stage(s) tier: cloud
+            marked = [s.name for s in manifest.plan.stages if s.options.get("tier") == "cloud"]
+            stages = marked or names[1:]
         self.bundle = Bundle.load(bundle_path, verify=verify, stages=stages, pool_size=pool_size)
         if threshold is None:
             threshold = serving_threshold(self.bundle.manifest.serving)

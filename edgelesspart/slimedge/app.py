@@ -1,17 +1,20 @@
 """HTTP front of a SlimEdge deployment on Ray (``edgelesspart serve-views``), Flask app factory.
 
-Routes: ``POST /v1/infer`` (JSON ``{"views": [view0, view1, ...]}``: one sample, every view as
-a nested ``(H, W, C)`` list; the answer names the views that were fused), ``GET /metrics``
+Routes: those of the shared serving contract (:mod:`service_http.contract`): ``POST /v1/infer``
+reads whole images (PNG/JPEG, tensors, JSON ``inputs``/``tensor_b64``), cut into the views as
+the build cut them, or JSON ``{"views": [view0, view1, ...]}`` (one sample, every view a nested
+``(H, W, C)`` list); each answer names the views that were fused. ``GET /metrics``
 (Prometheus text: per device alive, ratio, missed deadlines and swaps; failures, re-plans,
 answers and degraded answers), ``GET /v1/metrics`` (the same as JSON, with every re-plan),
 ``GET /v1/deployment`` (devices, plan, failure plans) and ``GET /healthz`` (503 once every
-device is lost). Errors are the shared JSON errors of :mod:`service_http.errors` through
-:func:`edgelesspart.pipeline.app.base_app`. :func:`service_from_deployment` starts the
+device is lost; ``/readyz`` likewise). Errors are the shared JSON errors.
+:func:`service_from_deployment` starts the
 :class:`~edgelesspart.slimedge.ray_runtime.SlimEdgeService` of an exported deployment directory.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from pathlib import Path
@@ -79,26 +82,55 @@ def service_from_deployment(
     )
 
 
-def _read_views(request: Any, manifest: dict[str, Any]) -> list[np.ndarray]:
-    from service_http.errors import BadRequest, InvalidInput, UnsupportedMedia
+def _views_json(payload: dict[str, Any], manifest: dict[str, Any]) -> np.ndarray | None:
+    """JSON ``{"views": [view0, view1, ...]}`` (one sample) as a ``(1, n, H, W, C)`` batch;
+    ``None`` for a payload of another kind."""
+    from service_http.errors import BadRequest, InvalidInput
 
-    if (request.mimetype or "").lower() != "application/json":
-        raise UnsupportedMedia('Send JSON {"views": [view0, view1, ...]}, one sample.')
-    body = request.get_json(silent=True)
+    if "views" not in payload:
+        return None
     n, shape = int(manifest["views"]), tuple(manifest["view_shape"])
-    if not isinstance(body, dict) or not isinstance(body.get("views"), list):
+    if not isinstance(payload["views"], list):
         raise BadRequest('Send JSON {"views": [view0, view1, ...]}: one (H, W, C) list per view.')
-    if len(body["views"]) != n:
-        raise InvalidInput(f"The deployment has {n} views; got {len(body['views'])}.")
+    if len(payload["views"]) != n:
+        raise InvalidInput(f"The deployment has {n} views; got {len(payload['views'])}.")
     views = []
-    for v, raw in enumerate(body["views"]):
+    for v, raw in enumerate(payload["views"]):
         try:
             array = np.asarray(raw, dtype=np.float32)
         except (TypeError, ValueError) as exc:
             raise BadRequest(f"View {v} is not a numeric array: {exc}.") from exc
         if array.shape != shape:
             raise InvalidInput(f"View {v} has shape {list(array.shape)}; expected {list(shape)}.")
-        views.append(array[None])
+        views.append(array)
+    return np.stack(views)[None]
+
+
+def image_shape(manifest: dict[str, Any]) -> tuple[int, int, int] | None:
+    """``(H, W, C)`` of the full image the views are cut from (``None``: not recorded)."""
+    pre = (manifest.get("image") or {}).get("preprocessing") or {}
+    if not {"height", "width", "channels"} <= set(pre):
+        return None
+    return int(pre["height"]), int(pre["width"]), int(pre["channels"])
+
+
+def cut_views(images: np.ndarray, manifest: dict[str, Any]) -> list[np.ndarray]:
+    """Cut a batch of full images into the deployment's views (each view's recorded region of
+    the grayscale image, as the build made them, without the sensor noise)."""
+    from edgelesspart.errors import InputError
+
+    regions = (manifest.get("image") or {}).get("regions") or []
+    if len(regions) != int(manifest["views"]):
+        raise InputError(
+            "This deployment records no view regions, so a whole image cannot be cut into its "
+            'views; send JSON {"views": [...]} instead.'
+        )
+    shape = tuple(manifest["view_shape"])
+    gray = images[..., :1] if shape[-1] == 1 else images
+    views = []
+    for r in regions:
+        top, left, size = int(r["top"]), int(r["left"]), int(r["size"])
+        views.append(np.ascontiguousarray(gray[:, top : top + size, left : left + size, :]))
     return views
 
 
@@ -148,39 +180,20 @@ def create_app(
     token: str | None = None,
     max_body: int = DEFAULT_MAX_BODY,
 ) -> Flask:
-    """The Flask app over a started :class:`SlimEdgeService` (kept in ``app.extensions``)."""
-    from flask import Response, jsonify, request
+    """The Flask app over a started :class:`SlimEdgeService`: the shared serving contract
+    (:func:`service_http.contract.contract_app` over a :class:`ViewsBackend`) plus
+    ``GET /v1/metrics`` and ``GET /v1/deployment`` (kept in ``app.extensions``)."""
+    from flask import jsonify
 
-    from edgelesspart.pipeline.app import base_app
-    from service_http.errors import ServiceError
+    from service_http.contract import contract_app
 
-    app = base_app(EXTENSION, service, token=token, max_body=max_body)
-    lock = threading.Lock()  # the dispatcher's failure bookkeeping is single-threaded
-
-    @app.post("/v1/infer")
-    def infer():
-        views = _read_views(request, manifest)
-        with lock:
-            degraded = service.stats.degraded_answers
-            try:
-                probs = np.asarray(service.infer(views))
-            except PlanError as exc:
-                raise ServiceError(str(exc), status=503, code="views_unavailable") from exc
-            answer = {"degraded": service.stats.degraded_answers > degraded,
-                      "alive": list(service.alive), "ratios": list(service.ratios)}  # fmt: skip
-        return jsonify(
-            {"top1": int(probs[0].argmax()), "probs": probs[0].tolist(), **answer}
-        )  # fmt: skip
-
-    @app.get("/metrics")
-    def metrics_text():
-        with lock:
-            m = metrics(service, manifest)
-        return Response(prometheus_text(m), mimetype="text/plain")
+    backend = ViewsBackend(service, manifest)
+    app = contract_app(EXTENSION, backend, token=token, max_body=max_body, title="serve-views")
+    app.extensions[EXTENSION + ".service"] = service
 
     @app.get("/v1/metrics")
     def metrics_json():
-        with lock:
+        with backend.lock:
             return jsonify(metrics(service, manifest))
 
     @app.get("/v1/deployment")
@@ -188,10 +201,147 @@ def create_app(
         keys = ("views", "view_shape", "num_classes", "fusion", "devices", "plan", "failure_plans")
         return jsonify({k: manifest[k] for k in keys if k in manifest})
 
-    @app.get("/healthz")
-    def healthz():
-        if not service.alive:
-            return jsonify({"status": "down", "alive": []}), 503
-        return jsonify({"status": "ok", "alive": list(service.alive)})
-
     return app
+
+
+def deployment_id(manifest: dict[str, Any]) -> str:
+    """A deployment's id: the SHA-256 of its ``deployment.json`` content."""
+    clean = {k: v for k, v in manifest.items() if k != "root"}
+    text = json.dumps(clean, sort_keys=True).encode("utf-8")
+    return "views-" + hashlib.sha256(text).hexdigest()[:16]
+
+
+class ViewsBackend:
+    """The contract's backend over a SlimEdge service: an input row is one full image (cut
+    into the views as the build did) or, in JSON ``{"views": [...]}``, the views themselves.
+
+    Each answer comes from the fusion (``exit`` ``fusion``, ``stage`` ``aggregator``), names the
+    views (devices) that answered in ``node``, and is ``degraded`` when a device was missing.
+    """
+
+    kind = "views"
+
+    def __init__(self, service: Any, manifest: dict[str, Any], *, max_batch: int = 16) -> None:
+        from edgelesspart.runtime.codecs import decode_tensor, from_base64
+        from edgelesspart.runtime.manifest import InputSpec, TensorSpec
+        from edgelesspart.runtime.preprocess import image_to_tensor
+        from service_http.contract import InferTarget
+
+        self.service = service
+        self.manifest = manifest
+        self.lock = threading.Lock()  # the dispatcher's failure bookkeeping is single-threaded
+        self.n = int(manifest["views"])
+        self.view_shape = tuple(int(d) for d in manifest["view_shape"])
+        shape = image_shape(manifest)
+        self.image = shape
+        self.classes = tuple(manifest.get("classes") or
+                             (str(i) for i in range(int(manifest["num_classes"]))))  # fmt: skip
+        row = shape or self.view_shape
+        spec = None
+        if shape is not None:
+            pre = dict(manifest["image"]["preprocessing"])
+            spec = InputSpec(TensorSpec(shape), pre)
+        self.bundle_id = deployment_id(manifest)
+        self.target = InferTarget(
+            bundle_id=self.bundle_id,
+            rank=len(row),
+            row_nbytes=TensorSpec(tuple(row)).nbytes * (1 if shape else self.n),
+            max_batch=int(max_batch),
+            decode_tensor=lambda body, limit: decode_tensor(body, max_bytes=limit),
+            decode_base64=from_base64,
+            decode_image=None if spec is None else (lambda body: image_to_tensor(body, spec)),
+            json_inputs=lambda payload: _views_json(payload, manifest),
+        )
+
+    def default_threshold(self) -> float | None:
+        """No exits: no threshold."""
+        return None
+
+    def _views(self, x: np.ndarray) -> tuple[np.ndarray, list[list[np.ndarray]]]:
+        """Rows as lists of ``(1, H, W, C)`` views: from ``(N, n, h, w, c)`` view stacks or
+        ``(N, H, W, C)`` images."""
+        from edgelesspart.errors import InputError
+
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim == len(self.view_shape) + 2 and tuple(x.shape[1:]) == (self.n, *self.view_shape):
+            return x, [[row[v][None] for v in range(self.n)] for row in x]
+        if self.image is not None and x.ndim == 3:
+            x = x[None]
+        if self.image is not None and x.ndim == 4 and tuple(x.shape[1:]) == self.image:
+            if not np.isfinite(x).all():
+                raise InputError("The image holds NaN or Inf values; send finite pixels.")
+            views = cut_views(x, self.manifest)
+            return x, [[views[v][i : i + 1] for v in range(self.n)] for i in range(x.shape[0])]
+        expected = list(self.image) if self.image else [self.n, *self.view_shape]
+        raise InputError(
+            f"Input of shape {list(x.shape)} is neither a batch of images {expected} nor of "
+            f"{self.n} views {list(self.view_shape)}."
+        )
+
+    def answer(self, x: np.ndarray, threshold: float | None) -> Any:
+        """Fuse each row from the views whose devices answer (503 once every device is lost)."""
+        import time
+
+        from service_http.contract import Served, answer_row
+        from service_http.errors import ServiceError
+
+        _, rows = self._views(x)
+        answers, degraded = [], 0
+        start = time.perf_counter()
+        for views in rows:
+            t0 = time.perf_counter()
+            with self.lock:
+                before = self.service.stats.degraded_answers
+                alive = list(self.service.alive)
+                try:
+                    probs = np.asarray(self.service.infer(views))
+                except PlanError as exc:
+                    raise ServiceError(str(exc), status=503, code="views_unavailable") from exc
+                short = self.service.stats.degraded_answers > before
+                now = list(self.service.alive)
+            ms = (time.perf_counter() - t0) * 1000.0
+            reason = None
+            if short:
+                degraded += 1
+                reason = (f"fused from the views of the devices that answered in time "
+                          f"(alive before {alive}, now {now}) of {self.n}")  # fmt: skip
+            answers.append(
+                answer_row(probs[0], self.classes, exit="fusion", stage="aggregator",
+                           timings={"total": ms}, degraded=short, reason=reason,
+                           node={"views": now, "ratios": list(self.service.ratios)})
+            )  # fmt: skip
+        total = (time.perf_counter() - start) * 1000.0
+        return Served(answers, 0, degraded, {"total_ms": total})
+
+    def bundle_summary(self) -> dict[str, Any]:
+        """The deployment: views, devices, the chosen plan, and how images become views."""
+        return {
+            "bundle_id": self.bundle_id,
+            "model": f"slimedge-{self.n}views",
+            "classes": list(self.classes),
+            "input": {"shape": list(self.image or [self.n, *self.view_shape]),
+                      "dtype": "float32",
+                      "preprocessing": (self.manifest.get("image") or {}).get("preprocessing")},
+            "stages": [f"view{v}" for v in range(self.n)] + ["aggregator"],
+            "edge_stage": "aggregator",
+            "edge_stages": ["aggregator"],
+            "segments": [],
+            "exits": [],
+            "threshold": None,
+            "max_batch": self.target.max_batch,
+            "cloud": None,
+            "views": self.n,
+            "view_shape": list(self.view_shape),
+            "devices": [d.get("name") for d in self.manifest.get("devices", [])],
+        }  # fmt: skip
+
+    def health(self) -> dict[str, Any]:
+        """Ready while at least one device is alive."""
+        alive = list(self.service.alive)
+        return {"ready": bool(alive), "alive": alive}
+
+    def metrics_text(self) -> str:
+        """Per device alive, ratio, missed deadlines, swaps; failures and re-plans."""
+        with self.lock:
+            m = metrics(self.service, self.manifest)
+        return prometheus_text(m)

@@ -3,7 +3,8 @@
 :func:`build_multiview` trains the multi-view model and measures its per-view curves (the
 expensive part, cached by the callers). :func:`export_deployment` writes one directory::
 
-    deployment.json        views, devices, chosen plan, baselines, front, single-failure plans
+    deployment.json        views, devices, chosen plan, baselines, front, single-failure plans,
+                           classes, and how a served image becomes the views (``image``)
     curves.json            the ViewCurves the optimiser used
     segments/view<v>_r<ratio>.tflite / .keras   every measured ratio of every view (the
                            library the runtime swaps from after a failure)
@@ -135,6 +136,12 @@ def export_deployment(
             "views": build.model.n_views,
             "view_shape": list(build.data.view_shape),
             "num_classes": int(build.data.num_classes),
+            "classes": list(getattr(build.data, "classes", ()) or ()),
+            # how a served image becomes the views: its preprocessing and each view's region
+            "image": {
+                "preprocessing": dict(getattr(build.data, "preprocessing", {}) or {}),
+                "regions": [dict(r) for r in build.data.regions],
+            },
             "fusion": {"mode": build.model.mode, "tflite": "segments/fusion.tflite"},
             "devices": [s.to_dict() for s in slots],
             "plan": chosen.to_dict(),

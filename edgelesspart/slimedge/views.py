@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,10 @@ class MultiViewData:
         train, val, test: one float32 ``(N, H, W, C)`` array per view.
         y_train, y_val, y_test: int64 labels.
         num_classes: number of classes.
-        regions: how each view was made (crop box and noise), for the record.
+        regions: how each view was made (crop box and noise); a served image is cut the same
+            way (without the noise, which emulates the sensors).
+        preprocessing: how a 0-255 image becomes the full input the views are cut from.
+        classes: class names (empty: numbered).
     """
 
     name: str
@@ -40,6 +43,8 @@ class MultiViewData:
     y_test: np.ndarray
     num_classes: int
     regions: tuple[dict, ...] = ()
+    preprocessing: dict = field(default_factory=dict)
+    classes: tuple[str, ...] = ()
 
     @property
     def n_views(self) -> int:
@@ -120,6 +125,8 @@ def digits_views(
         y_test=data.y_test,
         num_classes=data.num_classes,
         regions=regions,
+        preprocessing=dict(data.preprocessing),
+        classes=tuple(str(c) for c in data.classes),
     )
 
 

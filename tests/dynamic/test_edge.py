@@ -128,8 +128,11 @@ def test_edge_app_needs_the_token_refuses_bad_input_and_answers(width_bundle) ->
         health = requests.get(f"{server.url}/healthz", timeout=30)
     # THEN 401, 422, and an answer equal to the in-process one; /healthz stays public
     assert no_token.status_code == 401 and wrong.status_code == 422, wrong.text
-    assert good.status_code == 200 and good.json()["widths"] == [1.0]
-    np.testing.assert_allclose(good.json()["probs"], edge.infer(width_bundle.x[:1]).probs)
+    row = good.json()["answers"][0]  # the shared contract's answer row, with the widths
+    assert good.status_code == 200 and row["widths"] == {"stage0": 1.0, "stage1": 1.0}
+    probs = np.asarray(edge.infer(width_bundle.x[:1]).probs)[0]
+    assert row["label"] == int(probs.argmax())
+    assert abs(row["confidence"] - float(probs.max())) < 1e-6
     assert health.status_code == 200
 
 
