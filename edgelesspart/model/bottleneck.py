@@ -35,8 +35,9 @@ from edgelesspart.errors import ConfigError
 
 NONE = "none"
 AUTO = "auto"
-#: Channel reductions ``auto`` tries (boundary channels divided by these, at least 1).
-AUTO_DIVISORS = (4, 8, 16)
+#: What ``auto`` trains: (channel divisor, stride) pairs; the strided one only where allowed
+#: (C/8 and C/16 at every position, C/4 at a quarter of them: 32x, 64x and 64x fewer values).
+AUTO_CANDIDATES = ((8, 1), (16, 1), (4, 2))
 #: Noise of one int8 step of the code's range, added while training (see the module docstring).
 QUANT_LEVELS = 255.0
 
@@ -85,15 +86,19 @@ def candidate_shapes(boundary_shape: tuple[int, ...], choice: str | int) -> list
     """The candidates to train: the given channel count, or ``auto``'s reductions.
 
     A rank-3 boundary whose height and width are even and >= 8 also gets strided candidates
-    (stride 2 keeps a quarter of the positions).
+    (stride 2 keeps a quarter of the positions); ``auto`` trains :data:`AUTO_CANDIDATES`.
     """
     channels = int(boundary_shape[-1])
     strides = [1]
     if len(boundary_shape) == 3 and all(d >= 8 and d % 2 == 0 for d in boundary_shape[:2]):
         strides.append(2)
     if choice == AUTO:
-        counts = sorted({max(1, channels // d) for d in AUTO_DIVISORS}, reverse=True)
-        return [BottleneckShape(c, s) for s in strides for c in counts if c < channels]
+        shapes = [
+            BottleneckShape(max(1, channels // divisor), stride)
+            for divisor, stride in AUTO_CANDIDATES
+            if stride in strides and max(1, channels // divisor) < channels
+        ]
+        return list(dict.fromkeys(shapes))
     if not isinstance(choice, int):
         raise ConfigError(f"candidate_shapes takes auto or a channel count, got {choice!r}.")
     if choice >= channels:
@@ -192,13 +197,17 @@ class _QuantNoise:
         ops = k.ops
 
         class QuantNoise(k.layers.Layer):
+            def __init__(self, **kwargs: Any) -> None:
+                super().__init__(**kwargs)
+                self.seeds = k.random.SeedGenerator(1)
+
             def call(self, x: Any, training: Any = None) -> Any:
                 if not training:
                     return x
                 axes = tuple(range(1, len(x.shape)))
                 span = ops.max(x, axis=axes, keepdims=True) - ops.min(x, axis=axes, keepdims=True)
                 step = span / QUANT_LEVELS
-                noise = k.random.uniform(ops.shape(x), minval=-0.5, maxval=0.5)
+                noise = k.random.uniform(ops.shape(x), minval=-0.5, maxval=0.5, seed=self.seeds)
                 return x + ops.stop_gradient(noise * step)
 
         return QuantNoise(name="int8_noise")
@@ -312,7 +321,7 @@ def host_ms(model: Any, sample: np.ndarray, repeats: int = 30) -> float:
 
 __all__ = [
     "AUTO",
-    "AUTO_DIVISORS",
+    "AUTO_CANDIDATES",
     "NONE",
     "BottleneckShape",
     "TrainedBottleneck",
