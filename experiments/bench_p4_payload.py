@@ -31,6 +31,7 @@ Usage::
 
     .venv/bin/python experiments/bench_p4_payload.py [--quick] [--bundle DIR]
     .venv/bin/python experiments/bench_p4_payload.py --bottleneck auto [--quick]
+    .venv/bin/python experiments/bench_p4_payload.py --bottleneck auto --dataset digits-hard
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ def _args(argv: list[str] | None) -> Any:
         )
         parser.add_argument(
             "--bottleneck-bundle", type=Path, default=None, help="a bundle built with one"
+        )
+        parser.add_argument(
+            "--dataset", default="digits", help="bottleneck mode: dataset of both bundles"
         )
 
     return benchlib.parse_args(__doc__.splitlines()[0], argv, extra)

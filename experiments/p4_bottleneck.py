@@ -29,10 +29,30 @@ def bottleneck_bundle(args: Any) -> tuple[Path, dict[str, Any]]:
     """The bundle measured: ``--bottleneck-bundle``, else the shared options + the bottleneck."""
     if args.bottleneck_bundle is not None:
         return args.bottleneck_bundle, {"path": str(args.bottleneck_bundle), "reused": True}
-    base = benchlib.QUICK_BUNDLE_OPTIONS if args.quick else benchlib.SHARED_BUNDLE_OPTIONS
-    name = "p4-bottleneck-quick" if args.quick else "p4-bottleneck"
+    base = _base_options(args)
+    name = "p4-bottleneck" + _suffix(args)
     options = {**base, "bottleneck": str(args.bottleneck), "link": "3g"}
     return benchlib.ensure_bundle(args.out / "bundles" / name, **options)
+
+
+def _base_options(args: Any) -> dict[str, Any]:
+    base = benchlib.QUICK_BUNDLE_OPTIONS if args.quick else benchlib.SHARED_BUNDLE_OPTIONS
+    return {**base, "dataset": args.dataset}
+
+
+def _suffix(args: Any) -> str:
+    """``-quick`` and ``-<dataset>`` (not for digits) in bundle and result names."""
+    return ("" if args.dataset == "digits" else f"-{args.dataset}") + (
+        "-quick" if args.quick else ""
+    )
+
+
+def generic_bundle(args: Any) -> tuple[Path, dict[str, Any]]:
+    """The bundle without a bottleneck: the shared one for digits, else the same options."""
+    if args.dataset == "digits" or args.bundle is not None:
+        return benchlib.shared_bundle(args.out, args.quick, args.bundle)
+    path = args.out / "bundles" / f"p4-generic{_suffix(args)}"
+    return benchlib.ensure_bundle(path, **_base_options(args))
 
 
 def png_bytes(x: np.ndarray, preprocessing: dict[str, Any]) -> float:
@@ -163,7 +183,7 @@ def _figures(bn: dict[str, Any], generic: dict[str, Any]) -> dict[str, Any]:
 def run(args: Any, start: float) -> int:
     """Measure the bottleneck bundle and the shared bundle; write ``p4-bottleneck.json``."""
     bn_path, bn_info = bottleneck_bundle(args)
-    shared_path, shared_info = benchlib.shared_bundle(args.out, args.quick, args.bundle)
+    shared_path, shared_info = generic_bundle(args)
     bn = measure_bottleneck(bn_path)
     generic = measure(shared_path, None)
     x, _ = benchlib.eval_split(shared_path)
@@ -181,11 +201,11 @@ def run(args: Any, start: float) -> int:
     print(_report(bn, figures))
     label = bn["bottleneck"]["label"] if used else "no bottleneck (auto declined)"
     result = benchlib.BenchResult(
-        bench="P4-bottleneck",
+        bench="P4-bottleneck" + ("" if args.dataset == "digits" else f"-{args.dataset}"),
         what="learned bottleneck: bytes per sample, accuracy lost on test, e2e latency on 3g/lte",
         baseline="raw float32 split tensor payload; best generic codec; the input as PNG",
         headline=benchlib.Headline(
-            "P4-bottleneck",
+            "P4-bottleneck" + ("" if args.dataset == "digits" else f"-{args.dataset}"),
             f"raw fp32 split / {label}+{bn['served']['codec']} bytes "
             f"({figures['vs_best_generic']:.1f}x vs {bn['best_generic']['codec']}, loss "
             f"{loss if loss is None else round(loss, 2)} pts)",
