@@ -27,6 +27,9 @@ PLACEMENTS = ("linear", "pareto")
 SEARCHES = ("exhaustive", "placement")
 #: Validation samples the codec table is measured on (all of them up to this many).
 CODEC_MAX_SAMPLES = 1000
+#: Most distillation epochs per bottleneck candidate unless --bottleneck-epochs says (early
+#: stopping on the validation loss ends most runs sooner).
+BOTTLENECK_EPOCHS = 30
 #: Validation samples whose boundary bytes per codec are recorded at every profiled cut point.
 PROFILE_SAMPLES = 8
 
@@ -390,7 +393,7 @@ def _bottleneck(
         max_loss_pp=config.bottleneck_max_loss, link=links.load_link(config.link),
         cloud_device=devices.load_device(config.cloud_device),
         factors=(summary["edge_full_model_ms"] / host_ms, summary["cloud_full_model_ms"] / host_ms),
-        epochs=config.bottleneck_epochs or config.exit_epochs or config.epochs,
+        epochs=config.bottleneck_epochs or BOTTLENECK_EPOCHS,
         batch_size=config.batch_size, seed=config.seed, max_samples=CODEC_MAX_SAMPLES,
         host=_host(), log=log,
     )  # fmt: skip

@@ -100,7 +100,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     },
     "--bottleneck-epochs": {
         "type": int,
-        "help": "bottleneck: most distillation epochs per candidate (default: the exit epochs)",
+        "help": "bottleneck: most distillation epochs per candidate (30; early stopping)",
     },
     "--out": {"help": "bundle directory (default bundles/<model>-<constraint>-<placement>)"},
 }

@@ -240,7 +240,7 @@ def train_bottleneck(
         shape: channels and stride.
         x_train: training inputs (targets are the unmodified model's outputs on them).
         x_val: validation inputs for early stopping.
-        epochs: most epochs (early stopping on the validation loss, patience 2).
+        epochs: most epochs (early stopping on the validation loss, patience 3).
         batch_size: samples per step.
         seed: random seed.
         learning_rate: Adam's.
@@ -273,7 +273,7 @@ def train_bottleneck(
             loss={"restored": "mse", "probs": k.losses.KLDivergence()},
             loss_weights={"restored": 1.0 / power, "probs": 1.0},
         )
-        stop = k.callbacks.EarlyStopping(patience=2, restore_best_weights=True)
+        stop = k.callbacks.EarlyStopping(patience=3, restore_best_weights=True)
         history = student.fit(
             b_train,
             {"restored": b_train, "probs": p_train},
