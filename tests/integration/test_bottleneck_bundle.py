@@ -138,8 +138,8 @@ def test_a_bottleneck_bundle_served_over_loopback_http(bn_bundle, digits):
                                      timeout=TIMEOUT)  # fmt: skip
             sent = metric(edge.url, SENT)
             # AND one row with every exit allowed to answer
-            early = requests.post(f"{edge.url}/v1/infer?threshold=0",
-                                  json={"inputs": digits[:1].tolist()}, timeout=TIMEOUT)  # fmt: skip
+            one = {"inputs": digits[:1].tolist()}
+            early = requests.post(f"{edge.url}/v1/infer?threshold=0", json=one, timeout=TIMEOUT)
     # THEN the cloud's final classifier answered every row from the decoded code
     assert response.status_code == 200, response.text
     answers = response.json()["answers"]
