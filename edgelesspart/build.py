@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgelesspart.errors import ConfigError
 from edgelesspart.runtime.manifest import Manifest
 from edgelesspart.runtime.plan import Plan
@@ -25,6 +27,9 @@ PLACEMENTS = ("linear", "pareto")
 SEARCHES = ("exhaustive", "placement")
 #: Validation samples the codec table is measured on (all of them up to this many).
 CODEC_MAX_SAMPLES = 1000
+#: Most distillation epochs per bottleneck candidate unless --bottleneck-epochs says (early
+#: stopping on the validation loss ends most runs sooner).
+BOTTLENECK_EPOCHS = 30
 #: Validation samples whose boundary bytes per codec are recorded at every profiled cut point.
 PROFILE_SAMPLES = 8
 
@@ -63,6 +68,9 @@ class BuildConfig:
     profile_method: str = "litert"
     codec: str = "auto"
     max_codec_loss: float = 0.5
+    bottleneck: str = "none"
+    bottleneck_max_loss: float = 1.0
+    bottleneck_epochs: int | None = None
     out: str | None = None
     overwrite: bool = False
 
@@ -93,6 +101,7 @@ class BuildConfig:
                 f"train_backbone must be auto, yes or no; got {self.train_backbone!r}."
             )
         _check_codec_options(self.codec, self.max_codec_loss)
+        _check_bottleneck_options(self)
 
     @property
     def bundle_dir(self) -> Path:
@@ -172,6 +181,24 @@ def _check_codec_options(codec: Any, max_loss: Any) -> None:
         )
 
 
+def _check_bottleneck_options(config: BuildConfig) -> None:
+    from edgelesspart.model.bottleneck import NONE, parse_bottleneck
+
+    choice = parse_bottleneck(config.bottleneck)
+    object.__setattr__(config, "bottleneck", str(choice))
+    value = config.bottleneck_max_loss
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ConfigError(
+            f"bottleneck_max_loss must be a number of accuracy percentage points >= 0 (e.g. 1), "
+            f"got {value!r}."
+        )
+    if choice != NONE and config.exit_training == "joint":
+        raise ConfigError(
+            "--bottleneck needs the backbone fixed after it is trained, but --exit-training "
+            "joint fine-tunes the backbone; use --exit-training distill or frozen."
+        )
+
+
 def parse_exits_per_part(value: Any) -> tuple[int, int]:
     """``2`` -> (2, 2); ``"2,1"`` or ``[2, 1]`` -> (2, 1) (edge, cloud)."""
     if isinstance(value, str):
@@ -225,11 +252,14 @@ def make_plan(
     host_profile: Any,
     model_name: str,
     heads: tuple[dict[str, Any], int] | None = None,
+    crossings: dict[str, Any] | None = None,
 ) -> tuple[Plan, dict]:
     """Scale the host profile to both devices and apply the configured planning rule.
 
     ``heads`` = (cut point -> :class:`~edgelesspart.exits.cost.HeadCost`, backbone MACs): the
-    objective modes then charge each exit head's estimated time on its device.
+    objective modes then charge each exit head's estimated time on its device. ``crossings``
+    (split -> :class:`~edgelesspart.planning.bottleneck.Crossing` in device ms): measured
+    bottlenecks the planner may use where they win.
     """
     from edgelesspart.planning import planner
     from edgelesspart.profiling import devices, links
@@ -253,6 +283,8 @@ def make_plan(
             cloud_profile,
             constraint=config.constraint,
             memory_fraction=config.memory_fraction,
+            crossings=crossings,
+            link=links.load_link(config.link) if crossings else None,
             **common,
         )
     else:
@@ -263,6 +295,7 @@ def make_plan(
             link=links.load_link(config.link),
             search=config.search,
             exit_head_ms=_head_ms(heads, edge_profile, cloud_profile),
+            crossings=crossings,
             **common,
         )
     if heads is not None:
@@ -327,29 +360,149 @@ def _exit_heads(
     return definition, exit_cuts, exit_tensors
 
 
+def _host() -> str:
+    import os
+    import platform
+
+    return f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, batch 1"
+
+
+def _bottleneck(
+    config: BuildConfig,
+    model: Any,
+    plan: Plan,
+    data: Any,
+    host_profile: Any,
+    summary: dict,
+    heads: Any,
+    log: Any,
+) -> tuple[Plan, Any]:
+    """Train and measure bottlenecks at the split, then re-plan with the winner as a crossing.
+
+    The planner sees the chosen bottleneck as one more way across the link at the split and
+    keeps it only where it wins (``auto``); a channel count given by the user is kept as asked.
+    """
+    from edgelesspart.planning.bottleneck_stage import fit_bottleneck
+    from edgelesspart.profiling import devices, links
+
+    host_ms = max(host_profile.total.latency_ms, 1e-9)
+    neck = fit_bottleneck(
+        model, plan.split, data,
+        choice=config.bottleneck if config.bottleneck == "auto" else int(config.bottleneck),
+        codec=config.codec, max_codec_loss=config.max_codec_loss,
+        max_loss_pp=config.bottleneck_max_loss, link=links.load_link(config.link),
+        cloud_device=devices.load_device(config.cloud_device),
+        factors=(summary["edge_full_model_ms"] / host_ms, summary["cloud_full_model_ms"] / host_ms),
+        epochs=config.bottleneck_epochs or BOTTLENECK_EPOCHS,
+        batch_size=config.batch_size, seed=config.seed, max_samples=CODEC_MAX_SAMPLES,
+        host=_host(), log=log,
+    )  # fmt: skip
+    if neck.decision.warning:
+        log(f"warning: {neck.decision.warning}")
+    log(f"bottleneck: {neck.decision.reason}")
+    if neck.crossing is None:
+        return plan, neck
+    replanned, _ = make_plan(
+        config, host_profile, summary["model"], heads, crossings={plan.split: neck.crossing}
+    )
+    if replanned.split == plan.split and replanned.parameters.get("bottleneck"):
+        return replanned, neck
+    if config.bottleneck != "auto" and replanned.split == plan.split:
+        log(f"bottleneck: the planner would not use {neck.crossing.name}; kept as asked")
+        return _force_crossing(replanned, neck.crossing, config), neck
+    log(f"bottleneck: the planner keeps the codec at {replanned.split}; no bottleneck")
+    neck.decision = replace(neck.decision, used=None, reason=neck.decision.reason + "; the "
+                            "planner found it no better for the objective")  # fmt: skip
+    neck.crossing = None
+    return replanned, neck
+
+
+def _force_crossing(plan: Plan, crossing: Any, config: BuildConfig) -> Plan:
+    """Record a user-fixed bottleneck crossing in the plan's parameters."""
+    from edgelesspart.planning import payload
+    from edgelesspart.planning.planner import crossing_payload
+    from edgelesspart.profiling import devices
+
+    cloud = devices.load_device(config.cloud_device)
+    chosen = crossing_payload(plan.split, crossing)
+    parameters = {
+        **plan.parameters,
+        **payload.payload_parameters(chosen, config.codec, cloud),
+        "bottleneck": crossing.name,
+        "bottleneck_forced": True,
+        "crossing_edge_ms": crossing.edge_ms,
+        "crossing_cloud_ms": crossing.cloud_ms,
+        "crossing_loss_pp": crossing.loss_pp,
+    }
+    return replace(plan, parameters=parameters)
+
+
+def _bottleneck_codec(config: BuildConfig, neck: Any, plan: Plan) -> tuple[dict, dict, Plan]:
+    """The manifest ``codec`` entry, ``codecs.json`` and plan for a bundle using a bottleneck."""
+    from edgelesspart.planning import payload
+    from edgelesspart.profiling import devices
+
+    option, pair = neck.decision.used, neck.used
+    cloud = devices.load_device(config.cloud_device)
+    code_raw = 4 * int(np.prod(pair.code_shape))
+    table = neck.table
+    entry = {
+        "name": option.codec,
+        "params": {},
+        "size_ratio": round(option.bytes_per_sample / code_raw, 6),
+        "bytes_per_sample": option.bytes_per_sample,
+        "accuracy_delta_pp": option.accuracy_delta_pp,
+        "max_loss_pp": float(config.bottleneck_max_loss),
+        "selected_by": "bottleneck-auto" if config.bottleneck == "auto" else "bottleneck-fixed",
+        "cut_point": table.cut_point,
+        "samples": table.samples,
+        "raw_accuracy": table.raw_accuracy,
+        "table": [r.to_dict() for r in table.rows],
+        "bottleneck": {
+            **pair.describe(),
+            **{k: v for k, v in option.to_dict().items() if k not in ("label", "channels")},
+            "boundary_size_ratio": option.size_ratio,
+            "reason": neck.decision.reason,
+            "test": neck.test,
+        },
+    }
+    nbytes = int(round(option.bytes_per_sample))
+    parameters = {
+        **plan.parameters,
+        "planning_codec": plan.parameters.get("codec"),
+        "codec": option.codec,
+        "codec_reason": neck.decision.reason,
+        "boundary_encoded_bytes": nbytes,
+        "boundary_wire_bytes": payload.wire_bytes(nbytes, cloud),
+        "boundary_bytes_measured": True,
+    }
+    codecs_json = {**table.to_dict(), "bottleneck": neck.record()}
+    return entry, codecs_json, replace(plan, parameters=parameters)
+
+
 def choose_codec(
-    config: BuildConfig, model: Any, plan: Plan, data: Any, log: Any = print
+    config: BuildConfig, model: Any, plan: Plan, data: Any, log: Any = print, neck: Any = None
 ) -> tuple[dict[str, Any], dict[str, Any], Plan]:
     """Measure every codec at the plan's split on validation data and pick one.
 
     Returns the manifest ``codec`` entry, the ``codecs.json`` table and the plan with the chosen
     codec and its measured bytes recorded in ``parameters`` (the planner's own pick, made
-    before accuracy was known, stays as ``planning_codec``).
+    before accuracy was known, stays as ``planning_codec``). With a bottleneck step's result
+    (``neck``), its table is reused; when it chose a bottleneck the entry describes the code.
     """
-    import os
-    import platform
-
     from edgelesspart.planning import codec_selection, payload
     from edgelesspart.profiling import devices
 
+    if neck is not None and neck.used is not None:
+        return _bottleneck_codec(config, neck, plan)
     cloud = devices.load_device(config.cloud_device)
     x_val, y_val = data.x_val[:CODEC_MAX_SAMPLES], data.y_val[:CODEC_MAX_SAMPLES]
-    host = f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, batch 1"
-    table = codec_selection.measure_at_split(model, plan.split, x_val, y_val, host=host)
+    if neck is not None and neck.table.cut_point == plan.split:
+        table = neck.table
+    else:
+        table = codec_selection.measure_at_split(model, plan.split, x_val, y_val, host=_host())
     limit = payload.payload_limit(cloud)
-    entry = codec_selection.codec_entry(
-        table, config.codec, config.max_codec_loss, max_bytes=limit
-    )
+    entry = codec_selection.codec_entry(table, config.codec, config.max_codec_loss, max_bytes=limit)
     chosen = table.row(entry["name"])
     if limit is not None and chosen.largest_bytes > limit:
         raise ConfigError(
@@ -376,7 +529,11 @@ def choose_codec(
         "boundary_wire_bytes": payload.wire_bytes(int(round(chosen.bytes_per_sample)), cloud),
         "boundary_bytes_measured": True,
     }
-    return entry, table.to_dict(), replace(plan, parameters=parameters)
+    table_json = table.to_dict()
+    if neck is not None:  # a bottleneck was considered and not used: say why
+        table_json["bottleneck"] = neck.record()
+        entry = {**entry, "bottleneck": None, "bottleneck_reason": neck.decision.reason}
+    return entry, table_json, replace(plan, parameters=parameters)
 
 
 def _train(
@@ -451,17 +608,22 @@ def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = pri
     clock.lap("profile")
     heads = _head_costs(config, model, definition, host_profile, data.num_classes)
     plan, profile_summary = make_plan(config, host_profile, model_info["name"], heads)
+    neck = None
+    if config.bottleneck != "none":
+        plan, neck = _bottleneck(config, model, plan, data, host_profile, profile_summary, heads,
+                                 log)  # fmt: skip
+        clock.lap("bottleneck")
     definition, exit_cuts, exit_tensors = _exit_heads(
         model, plan, definition, data.num_classes, config.exit_head
     )
     joint, exit_epochs, exit_training = _train_exits(config, model, exit_tensors, data,
                                                      train_config, log)  # fmt: skip
     clock.lap("train_exits")
-    codec, codec_table, plan = choose_codec(config, model, plan, data, log)
+    codec, codec_table, plan = choose_codec(config, model, plan, data, log, neck=neck)
     log(
         f"codec: {codec['name']} ({codec['selected_by']}), {1 / codec['size_ratio']:.2f}x fewer "
-        f"bytes than raw fp32, accuracy delta {codec['accuracy_delta_pp']:+.2f} pp on "
-        f"{codec['samples']} validation samples"
+        f"bytes than raw fp32 {'code' if neck and neck.used else 'boundary'}, accuracy delta "
+        f"{codec['accuracy_delta_pp']:+.2f} pp on {codec['samples']} validation samples"
     )
     clock.lap("codec")
     accuracy = {
@@ -493,6 +655,7 @@ def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = pri
         },
         codec=codec,
         codec_table=codec_table,
+        bottleneck=None if neck is None else neck.used,
     )
     manifest = export.export_bundle(
         request, config.bundle_dir, probe=data.x_val[:4], overwrite=config.overwrite

@@ -10,9 +10,28 @@ raw float32. Accuracy delta = raw accuracy - codec accuracy, in points.
 The headline codec is always the bundle's build-time codec (``manifest.codec``, chosen on the
 validation split), ``raw`` included; never a codec picked here on the test samples.
 
+With ``--bottleneck SPEC`` (``auto`` or a channel count) P4 measures the learned bottleneck
+instead (``p4-bottleneck.json``): it builds the shared bundle's options with ``--bottleneck SPEC
+--link 3g`` (or uses ``--bottleneck-bundle``), runs the TF-free edge stage on every test sample
+(its boundary is the code), sends each code through the bundle's codec and the cloud stages
+(no early exits) and reports, on the test split:
+
+* bytes per sample vs the raw float32 split tensor's payload (goal >= 20x);
+* vs the best generic codec on the same backbone's split tensor: the codec ``auto`` would pick
+  within ``--max-codec-loss`` in the build's codec table (validation; goal >= 3x), and, for
+  reference, the shared bundle's build-time codec measured on test;
+* accuracy lost against the unmodified model on test (the build records the unmodified final
+  classifier's test accuracy on the same backbone; goal <= 1 point);
+* the ratio to the input image as PNG (what a camera client would otherwise send);
+* end-to-end latency on the ``3g`` and ``lte`` links: this host's LiteRT batch-1 compute of the
+  edge and cloud stages plus codec time plus the link's transfer time, vs the shared bundle
+  (no bottleneck) with its build-time codec.
+
 Usage::
 
     .venv/bin/python experiments/bench_p4_payload.py [--quick] [--bundle DIR]
+    .venv/bin/python experiments/bench_p4_payload.py --bottleneck auto [--quick]
+    .venv/bin/python experiments/bench_p4_payload.py --bottleneck auto --dataset digits-hard
 """
 
 from __future__ import annotations
@@ -38,6 +57,15 @@ def _args(argv: list[str] | None) -> Any:
     def extra(parser: Any) -> None:
         parser.add_argument("--bundle", type=Path, default=None, help="bundle to run")
         parser.add_argument("--samples", type=int, default=None, help="test samples to use")
+        parser.add_argument(
+            "--bottleneck", default=None, help="measure a learned bottleneck: auto or CHANNELS"
+        )
+        parser.add_argument(
+            "--bottleneck-bundle", type=Path, default=None, help="a bundle built with one"
+        )
+        parser.add_argument(
+            "--dataset", default="digits", help="bottleneck mode: dataset of both bundles"
+        )
 
     return benchlib.parse_args(__doc__.splitlines()[0], argv, extra)
 
@@ -134,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run P4 and print its headline last."""
     start = time.perf_counter()
     args = _args(argv)
+    if args.bottleneck is not None or args.bottleneck_bundle is not None:
+        import p4_bottleneck
+
+        return p4_bottleneck.run(args, start)
     bundle_path, bundle_info = benchlib.shared_bundle(args.out, args.quick, args.bundle)
     details = measure(bundle_path, args.samples or (60 if args.quick else None))
     details["bundle"] = bundle_info

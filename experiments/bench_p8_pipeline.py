@@ -26,6 +26,15 @@ throughput and -63 % energy per node at 8 nodes. Goal: >= 3x at 8 nodes with the
 choice (``auto``); the headline is the median of ``--repeats`` (3) runs of that 8-node chain, as
 this shared host moves single runs by +-20 %. Every run's figures are in the JSON.
 
+Learned bottleneck as a link codec (planned, not run): at every candidate cut point an
+encoder/decoder pair of ``--bottleneck-divisor`` (8) times fewer channels (1x1 convolutions,
+**untrained**: ResNet50 has random weights here, so no accuracy can be measured) is timed with
+LiteRT on this host and its int8 code's bytes measured on the photos' activations; the chain
+planner then gets it as one more codec choice per link (``ChainCosts.crossings``) and the JSON
+reports, per node count, the plan's link codecs and predicted throughput with it vs ``auto``
+without it. The chains run on Ray use the codecs only: exporting a bottleneck into chain segments
+is not implemented (see the issue 25 note). ``--bottleneck-divisor 0`` skips this part.
+
 Usage::
 
     .venv/bin/python experiments/bench_p8_pipeline.py [--quick] [--nodes 1,2,4,8]
@@ -84,6 +93,10 @@ def _args(argv: list[str] | None) -> Any:
             default=None,
             help="runs of the headline pair (1 and 8 nodes; 3, quick 1)",
         )
+        parser.add_argument(
+            "--bottleneck-divisor", type=int, default=8,
+            help="plan with a learned-bottleneck link codec of C/divisor channels (0: skip)",
+        )  # fmt: skip
 
     return benchlib.parse_args(__doc__.splitlines()[0], argv, extra)
 
@@ -163,7 +176,8 @@ def host_profile(bundle: Path, images: np.ndarray, codecs: tuple[str, ...]) -> d
     cps, cumulative = [], 0.0
     codec_ms: dict[str, dict[str, tuple[float, float]]] = {}
     rows = images[:4]
-    inputs = {}
+    inputs: dict[str, np.ndarray] = {}
+    boundaries: dict[str, np.ndarray] = {}
     for i, seg in enumerate(loaded.manifest.segments):
         runner = loaded.runner(seg.name)
         inputs[seg.name] = rows[:1]
@@ -181,6 +195,7 @@ def host_profile(bundle: Path, images: np.ndarray, codecs: tuple[str, ...]) -> d
         encoded: dict[str, int] = {}
         if boundary is not None:
             encoded, codec_ms[seg.end] = _codec_costs(rows, codecs)
+            boundaries[seg.end] = rows[:2]
         cps.append(
             CutPointProfile(
                 name=seg.end,
@@ -196,7 +211,69 @@ def host_profile(bundle: Path, images: np.ndarray, codecs: tuple[str, ...]) -> d
     profile = ModelProfile(
         "resnet50", "host", tuple(images.shape[1:]), tuple(cps), method="litert thread CPU"
     )
-    return {"profile": profile, "codec_ms": codec_ms, "inputs": inputs}
+    return {"profile": profile, "codec_ms": codec_ms, "inputs": inputs, "boundaries": boundaries}
+
+
+def bottleneck_crossings(boundaries: dict[str, np.ndarray], divisor: int) -> dict[str, Any]:
+    """Per cut point, an untrained C/divisor-channel 1x1 bottleneck with int8 on its code:
+    LiteRT host ms of encoder and decoder, int8 encode/decode ms and bytes (planning only)."""
+    from edgelesspart.model.bottleneck import BottleneckShape, build_pair, host_ms
+    from edgelesspart.planning.bottleneck import Crossing
+    from edgelesspart.runtime.codecs import decode_tensor, encode_tensor
+
+    out = {}
+    for cut, rows in boundaries.items():
+        if rows.ndim != 4 or rows.shape[-1] < 2 * divisor:
+            continue
+        shape = BottleneckShape(max(1, rows.shape[-1] // divisor), 1)
+        encoder, decoder = build_pair(tuple(rows.shape[1:]), shape, bool(rows.min() >= 0))
+        code = np.asarray(encoder(rows, training=False), np.float32)
+        sizes, enc, dec = [], [], []
+        for row in code:
+            t0 = time.perf_counter()
+            frame = encode_tensor(row[None], "int8")
+            t1 = time.perf_counter()
+            decode_tensor(frame)
+            enc.append((t1 - t0) * 1000)
+            dec.append((time.perf_counter() - t1) * 1000)
+            sizes.append(len(frame))
+        out[cut] = Crossing(
+            f"{shape.label}+int8", "int8", float(np.mean(sizes)), float(max(sizes)),
+            host_ms(encoder, rows) + statistics.median(enc),
+            statistics.median(dec) + host_ms(decoder, code), float("nan"),
+        )  # fmt: skip
+    return out
+
+
+def plan_with_bottleneck(
+    rpi: Any, nodes: list[int], base: dict[str, Any], crossings: dict[str, Any], input_bytes: int
+) -> dict[str, Any]:
+    """Per node count: the chain plan with the bottleneck as a link codec vs ``auto`` without."""
+    from edgelesspart.planning.chain import ChainCosts, plan_chain
+    from edgelesspart.profiling.links import Link
+
+    link = Link("lan100", LINK_MBPS, LINK_MBPS, LINK_RTT_MS, source="emulated 100 Mbit/s")
+    plans = {}
+    for n in nodes:
+        row = {}
+        for name, extra in (("auto", {}), ("auto+bottleneck", {"crossings": crossings})):
+            costs = ChainCosts((rpi,) * n, link=link, codecs=AUTO_CHOICES, **base, **extra)
+            plan = plan_chain(costs, input_bytes=input_bytes)
+            row[name] = {
+                "cuts": [s.end for s in plan.stages[:-1]],
+                "link_codecs": plan.parameters["link_codecs"],
+                "predicted_per_s": plan.parameters["throughput_per_s"],
+                "bottleneck_ms": plan.parameters["bottleneck_ms"],
+                "out_bytes": [s.options["cost"]["out_bytes"] for s in plan.stages[:-1]],
+            }
+        plans[str(n)] = row
+        benchlib.log(
+            f"P8 planned n={n}: auto {row['auto']['predicted_per_s']:.2f}/s "
+            f"{row['auto']['link_codecs']}; with a bottleneck choice "
+            f"{row['auto+bottleneck']['predicted_per_s']:.2f}/s "
+            f"{row['auto+bottleneck']['link_codecs']}"
+        )
+    return plans
 
 
 def calibrate_overhead(bundle: Path, measured: dict[str, Any]) -> dict:
@@ -361,6 +438,17 @@ def measure(args: Any) -> dict[str, Any]:
             "input_decode_ms": input_ms[INPUT_CODEC][1],
             "stage_overhead_ms": overhead["stage_overhead_ms"],
         }
+        planned = None
+        if args.bottleneck_divisor:
+            crossings = bottleneck_crossings(measured["boundaries"], args.bottleneck_divisor)
+            planned = {
+                "divisor": args.bottleneck_divisor,
+                "executed": False,
+                "crossings": {cut: c.to_dict() for cut, c in crossings.items()},
+                "plans": plan_with_bottleneck(
+                    rpi, nodes, base, crossings, input_bytes[INPUT_CODEC]
+                ),
+            }
         runs = {
             codec: run_codec(
                 args, bundle, rpi, codec, nodes, images, base, input_bytes[INPUT_CODEC]
@@ -388,6 +476,7 @@ def measure(args: Any) -> dict[str, Any]:
         "overhead": overhead,
         "bundle": str(bundle),
         "segments": len(host.cut_points),
+        "bottleneck_planned": planned,
     }
 
 

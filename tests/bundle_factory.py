@@ -32,8 +32,14 @@ def tiny_model(keras, input_shape=(32, 32, 3), num_classes=10):
     return keras.Model(inputs, outputs, name="tiny_cnn")
 
 
-def build_tiny_bundle(out: Path, *, epochs: int = 8, seed: int = 0) -> Path:
-    """Train the tiny model briefly and export it as a bundle at ``out``."""
+def build_tiny_bundle(
+    out: Path, *, epochs: int = 8, seed: int = 0, bottleneck: int | None = None
+) -> Path:
+    """Train the tiny model briefly and export it as a bundle at ``out``.
+
+    ``bottleneck``: also train a learned bottleneck of that many channels (stride 2) at the
+    split by distillation and export it inside the edge and cloud segments (codec int8).
+    """
     from edgelesspart._lazy import keras
     from edgelesspart.exits import heads as exits
     from edgelesspart.export import bundle as export
@@ -73,6 +79,17 @@ def build_tiny_bundle(out: Path, *, epochs: int = 8, seed: int = 0) -> Path:
         "val": training.classifier_accuracy(joint, data.x_val, data.y_val),
         "test": training.classifier_accuracy(joint, data.x_test, data.y_test),
     }
+    neck, codec = None, {"name": "raw"}
+    if bottleneck is not None:
+        from edgelesspart.model.bottleneck import BottleneckShape, train_bottleneck
+        from edgelesspart.model.graph import split_model
+
+        head, tail = split_model(model, SPLIT_CUT)
+        neck = train_bottleneck(head, tail, SPLIT_CUT, BottleneckShape(bottleneck, 2),
+                                data.x_train, data.x_val, epochs=epochs, seed=seed)  # fmt: skip
+        code_raw = 4 * int(np.prod(neck.code_shape))
+        codec = {"name": "int8", "size_ratio": (code_raw / 4 + 40) / code_raw,
+                 "selected_by": "bottleneck-fixed", "bottleneck": neck.describe()}  # fmt: skip
     request = export.ExportRequest(
         backbone=model,
         exit_tensors=exit_tensors,
@@ -85,6 +102,8 @@ def build_tiny_bundle(out: Path, *, epochs: int = 8, seed: int = 0) -> Path:
         model_info={"name": "tiny_cnn", "source": "test", "params": int(model.count_params())},
         training={"accuracy": accuracy},
         extra={"dataset": {"spec": "digits", "seed": seed, "image_size": None, "limit": None}},
+        codec=codec,
+        bottleneck=neck,
     )
     export.export_bundle(request, out, probe=np.asarray(data.x_val[:4]))
     return out

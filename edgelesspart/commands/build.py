@@ -88,6 +88,20 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "type": float,
         "help": "auto codec: most validation accuracy loss allowed, in percentage points (0.5)",
     },
+    "--bottleneck": {
+        "help": "learned bottleneck at the split: none (default), auto (train a few channel "
+        "counts, use one only where its crossing of --link wins within --bottleneck-max-loss) "
+        "or a channel count (e.g. 4)",
+    },
+    "--bottleneck-max-loss": {
+        "type": float,
+        "help": "bottleneck: most validation accuracy loss allowed against the unmodified "
+        "model, in percentage points (1.0)",
+    },
+    "--bottleneck-epochs": {
+        "type": int,
+        "help": "bottleneck: most distillation epochs per candidate (30; early stopping)",
+    },
     "--out": {"help": "bundle directory (default bundles/<model>-<constraint>-<placement>)"},
 }
 

@@ -58,6 +58,10 @@ class ExportRequest:
         extra: anything else worth recording (dataset spec and seed, devices, ...).
         codec: the manifest ``codec`` entry (boundary codec, its size ratio, measured table).
         codec_table: the full codec measurement, written to ``codecs.json`` when given.
+        bottleneck: a trained learned bottleneck at the split
+            (:class:`~edgelesspart.model.bottleneck.TrainedBottleneck`) or ``None``: its encoder
+            ends the segment that ends at its cut point (whose ``boundary`` becomes the code),
+            its decoder starts the segment that starts there (whose input is the code).
     """
 
     backbone: Any
@@ -74,6 +78,7 @@ class ExportRequest:
     extra: dict[str, Any] = field(default_factory=dict)
     codec: dict[str, Any] = field(default_factory=lambda: {"name": "raw"})
     codec_table: dict[str, Any] = field(default_factory=dict)
+    bottleneck: Any = None
 
 
 @dataclass
@@ -91,7 +96,23 @@ def _segment_outputs(request: ExportRequest, end: str, exit_name: str | None) ->
     if exit_name is not None:
         outputs["probs"] = request.exit_tensors[exit_name]
     outputs["boundary"] = cut_tensor(backbone, end)
+    neck = request.bottleneck
+    if neck is not None and end == neck.cut_point:
+        outputs["boundary"] = neck.encoder(outputs["boundary"])
     return outputs
+
+
+def _segment_model(request: ExportRequest, start: str, outputs: dict, name: str) -> Any:
+    """The Keras segment from ``start``; one starting at the bottleneck takes the code."""
+    from edgelesspart._lazy import keras
+
+    model = extract(request.backbone, start, outputs, name=name)
+    neck = request.bottleneck
+    if neck is None or start != neck.cut_point:
+        return model
+    k = keras()
+    code = k.Input(tuple(neck.code_shape), name=f"{name}_code")
+    return k.Model(code, model(neck.decoder(code)), name=name)
 
 
 def _tensor_spec(tensor: Any) -> TensorSpec:
@@ -117,11 +138,17 @@ def plan_segments(request: ExportRequest) -> list[tuple[str, str, str, str | Non
 
 def build_segments(request: ExportRequest, probe: np.ndarray) -> list[_Built]:
     """Build, convert and check every segment; nothing is written."""
+    neck = request.bottleneck
+    if neck is not None and neck.cut_point not in {s.end for s in request.plan.stages[:-1]}:
+        raise BundleError(
+            f"The bottleneck sits at {neck.cut_point!r}, which is not where a stage hands its "
+            f"boundary on ({[s.end for s in request.plan.stages[:-1]]}); retrain it at the split."
+        )
     built: list[_Built] = []
     x = probe.astype(np.float32)
     for name, stage, start, end, exit_name in plan_segments(request):
         outputs = _segment_outputs(request, end, exit_name)
-        model = extract(request.backbone, start, outputs, name=name)
+        model = _segment_model(request, start, outputs, name)
         spec = SegmentSpec(
             name=name,
             stage=stage,

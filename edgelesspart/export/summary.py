@@ -91,15 +91,28 @@ def format_codec_table(codec: dict[str, Any]) -> list[str]:
         f"  {'codec':<10} {'bytes/sample':>12} {'vs raw':>7} {'dAcc pp':>8} {'enc ms':>7} "
         f"{'dec ms':>7}",
     ]
+    neck = codec.get("bottleneck")
     for row in rows:
         ratio = float(row.get("size_ratio", 0.0))
         factor = 1.0 / ratio if ratio else 0.0
-        mark = "  *" if row.get("codec") == codec.get("name") else ""
+        mark = "  *" if row.get("codec") == codec.get("name") and not neck else ""
         lines.append(
             f"  {row.get('codec', '?'):<10} {float(row.get('bytes_per_sample', 0)):>12,.0f} "
             f"{factor:>6.2f}x {float(row.get('accuracy_delta_pp', 0)):>+8.2f} "
             f"{float(row.get('encode_ms', 0)):>7.3f} {float(row.get('decode_ms', 0)):>7.3f}{mark}"
         )
+    if neck:
+        lines.append(
+            f"  {neck.get('label', '?') + '+' + str(codec.get('name')):<10} "
+            f"{float(neck.get('bytes_per_sample', 0)):>12,.0f} "
+            f"{_factor({'size_ratio': neck.get('boundary_size_ratio', 0)}):>6.2f}x "
+            f"{float(neck.get('accuracy_delta_pp', 0)):>+8.2f} "
+            f"{float(neck.get('encoder_ms', 0)) + float(neck.get('encode_ms', 0)):>7.3f} "
+            f"{float(neck.get('decoder_ms', 0)) + float(neck.get('decode_ms', 0)):>7.3f}  * "
+            f"learned bottleneck {neck.get('boundary_shape')} -> code {neck.get('code_shape')}"
+        )
+    elif codec.get("bottleneck_reason"):
+        lines.append(f"  no bottleneck: {codec['bottleneck_reason']}")
     return lines
 
 

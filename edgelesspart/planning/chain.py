@@ -112,6 +112,12 @@ class ChainCosts:
         overlap_link: a node sends one input while it computes the next (the runtime does:
             each stage actor has a compute thread and a link thread), so its pace is
             ``max(cpu, transfer)``; ``False`` charges ``cpu + transfer``.
+        crossings: cut point -> a measured learned bottleneck
+            (:class:`~edgelesspart.planning.bottleneck.Crossing`, host ms): one more codec
+            choice on a link leaving that cut point, named by the crossing (``bn4s1+int8``),
+            sending its bytes, its encoder + encode charged to the sending node and its decode
+            + decoder to the receiving one (each scaled by the node's latency factor). Pass only
+            crossings within the accuracy bound: the planner minimises time, not loss.
     """
 
     profiles: tuple[ModelProfile, ...]
@@ -122,6 +128,7 @@ class ChainCosts:
     input_decode_ms: float = 0.0
     overlap_link: bool = True
     stage_overhead_ms: float = 0.0
+    crossings: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.profiles:
@@ -147,9 +154,22 @@ class ChainCosts:
             return MODEL_INPUT
         return MODEL_OUTPUT if pos == self.last else self.profiles[0].cut_points[pos].name
 
+    def _crossing(self, pos: int, codec: str | None) -> Any:
+        """The learned bottleneck named ``codec`` at boundary ``pos``, or ``None``."""
+        crossing = (self.crossings or {}).get(self.profiles[0].cut_points[pos].name)
+        return crossing if crossing is not None and crossing.name == codec else None
+
+    def link_codecs(self, pos: int) -> tuple[str, ...]:
+        """The codec choices on a link leaving boundary ``pos``: the codecs, then a bottleneck."""
+        crossing = (self.crossings or {}).get(self.profiles[0].cut_points[pos].name)
+        return self.codecs if crossing is None else (*self.codecs, crossing.name)
+
     def encoded(self, pos: int, codec: str) -> tuple[int, bool]:
         """(bytes per sample, measured?) of boundary ``pos`` encoded with ``codec``."""
         cp = self.profiles[0].cut_points[pos]
+        crossing = self._crossing(pos, codec)
+        if crossing is not None:
+            return int(round(crossing.nbytes)), True
         if codec in cp.encoded_bytes:
             return int(cp.encoded_bytes[codec]), True
         return int(cp.boundary_bytes), codec == "raw"
@@ -161,6 +181,9 @@ class ChainCosts:
         """(encode ms, decode ms) of boundary ``pos`` on ``node``'s device."""
         profile = self.profiles[node]
         factor = self._factor(node)
+        crossing = self._crossing(pos, codec)
+        if crossing is not None:
+            return crossing.edge_ms * factor, crossing.cloud_ms * factor
         measured = (self.codec_ms or {}).get(profile.cut_points[pos].name, {}).get(codec)
         if measured is not None:
             return measured[0] * factor, measured[1] * factor
@@ -230,7 +253,7 @@ def min_bottleneck(
         ends = [last] if node == n - 1 else range(node, last - (n - 1 - node) + 1)
         row: dict[tuple[int, str | None], State] = {}
         for j in ends:
-            outs: Sequence[str | None] = [None] if j == costs.last else costs.codecs
+            outs: Sequence[str | None] = [None] if j == costs.last else costs.link_codecs(j)
             if node == n - 1 and end is not None and tail_codecs is not None:
                 outs = tuple(tail_codecs)
             for c_out in outs:
@@ -352,6 +375,7 @@ def plan_chain(
         "devices": [p.device for p in costs.profiles],
         "link": None if costs.link is None else costs.link.to_dict(),
         "codecs": list(costs.codecs),
+        "bottlenecks": sorted(c.name for c in (costs.crossings or {}).values()),
         "overlap_link": costs.overlap_link,
         "link_codecs": [c for _, c in cuts],
         "bottleneck_ms": bottleneck,

@@ -391,12 +391,105 @@ def codec_entry(
     }
 
 
+#: Codecs a bottleneck's code is measured with: the int8 path (the issue's) and its entropy-coded
+#: variants, plus fp16 for a comparison that keeps more precision.
+BOTTLENECK_CODECS = ("int8", "int8+lz4", "int8+zstd", "fp16")
+
+
+def boundary_tensors(head: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """The ``head``'s ``boundary`` output on ``x`` (inference mode, in batches)."""
+    parts = [
+        np.asarray(head(x[i : i + batch], training=False)["boundary"], dtype=np.float32)
+        for i in range(0, len(x), batch)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0,), np.float32)
+
+
+def measure_bottleneck(
+    trained: Any,
+    tail: Any,
+    boundary: np.ndarray,
+    labels: np.ndarray,
+    reference: np.ndarray,
+    *,
+    codecs: Sequence[str] = BOTTLENECK_CODECS,
+) -> list[Any]:
+    """Measure a trained bottleneck with each of ``codecs`` on its code (validation, batch 1).
+
+    Args:
+        trained: a :class:`~edgelesspart.model.bottleneck.TrainedBottleneck`.
+        tail: the unmodified Keras tail (boundary -> ``probs``).
+        boundary: exact float32 boundary tensors of the samples.
+        labels: their integer labels.
+        reference: the tail's top-1 predictions on the exact ``boundary`` (the unmodified model).
+
+    Returns:
+        One :class:`~edgelesspart.planning.bottleneck.BottleneckOption` per codec that can
+        carry the code (others are skipped).
+    """
+    from edgelesspart.model.bottleneck import host_ms
+    from edgelesspart.planning.bottleneck import BottleneckOption
+
+    code = np.concatenate(
+        [
+            np.asarray(trained.encoder(boundary[i : i + 256], training=False), np.float32)
+            for i in range(0, len(boundary), 256)
+        ]
+    )
+    encoder_ms = host_ms(trained.encoder, boundary)
+    decoder_ms = host_ms(trained.decoder, code)
+    labels = np.asarray(labels).reshape(-1)
+    raw_acc = float(np.mean(reference == labels))
+    usable = set(available_codecs())
+    options = []
+    for codec in codecs:
+        if codec not in usable:
+            continue
+        try:
+            decoded, sizes, enc, dec = _round_trip(code, codec)
+        except CodecError:
+            continue
+        restored = np.concatenate(
+            [
+                np.asarray(trained.decoder(decoded[i : i + 256], training=False), np.float32)
+                for i in range(0, len(decoded), 256)
+            ]
+        )
+        predicted = predict_classes(tail, restored)
+        accuracy = float(np.mean(predicted == labels))
+        broken = float(np.mean((reference == labels) & (predicted != labels))) * 100.0
+        options.append(
+            BottleneckOption(
+                label=trained.shape.label,
+                channels=trained.shape.channels,
+                stride=trained.shape.stride,
+                codec=codec,
+                code_shape=tuple(trained.code_shape),
+                boundary_raw_bytes=int(boundary[0].nbytes),
+                bytes_per_sample=round(float(np.mean(sizes)), 2),
+                max_bytes_per_sample=float(max(sizes)),
+                accuracy=accuracy,
+                accuracy_delta_pp=round((accuracy - raw_acc) * 100.0, 6),
+                broken_pp=round(broken, 6),
+                encode_ms=_median_ms(enc),
+                decode_ms=_median_ms(dec),
+                encoder_ms=encoder_ms,
+                decoder_ms=decoder_ms,
+                samples=len(labels),
+            )
+        )
+    return options
+
+
 __all__ = [
+    "BOTTLENECK_CODECS",
     "DEFAULT_MAX_LOSS_PP",
     "CodecMeasurement",
     "CodecTable",
     "codec_entry",
+    "boundary_tensors",
     "measure_at_split",
+    "measure_bottleneck",
     "measure_codec",
     "measure_codecs",
     "predict_classes",

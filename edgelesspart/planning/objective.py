@@ -70,6 +70,10 @@ class Objective:
         edge_exit_ms: the exit head's time per cut point on the edge device (added to
             ``exit_overhead_ms`` for an exit in the edge part; 0 where not listed).
         cloud_exit_ms: the same on the cloud device, for exits in the cloud part.
+        crossing_ms: per split, ``(edge ms, cloud ms)`` one offload adds on top of the link
+            (a learned bottleneck's encoder + codec encode on the edge device, codec decode +
+            decoder on the cloud device; see :mod:`edgelesspart.planning.bottleneck`); 0 where
+            not listed.
     """
 
     name: str
@@ -81,6 +85,7 @@ class Objective:
     wire_bytes: Mapping[str, int] = field(default_factory=dict)
     edge_exit_ms: Mapping[str, float] = field(default_factory=dict)
     cloud_exit_ms: Mapping[str, float] = field(default_factory=dict)
+    crossing_ms: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.name not in OBJECTIVES:
@@ -186,7 +191,8 @@ def outcomes(
 def _offload_ms(edge: ModelProfile, split: str, objective: Objective) -> float:
     nbytes = objective.wire_bytes.get(split, edge.at(split).boundary_bytes)
     link_ms = objective.link.transfer_ms(nbytes) if objective.link else 0.0
-    return link_ms + objective.offload_overhead_ms
+    edge_ms, cloud_ms = objective.crossing_ms.get(split, (0.0, 0.0))
+    return link_ms + objective.offload_overhead_ms + edge_ms + cloud_ms
 
 
 def objective_value(
@@ -205,7 +211,17 @@ def objective_value(
             for p, edge_ms, cloud_ms in events
         )
     cost_fn = objective.cost_fn
-    return sum(p * cost_fn(cloud_ms) for p, _, cloud_ms in events if cloud_ms is not None)
+    extra = objective.crossing_ms.get(split, (0.0, 0.0))[1]
+    return sum(p * cost_fn(cloud_ms + extra) for p, _, cloud_ms in events if cloud_ms is not None)
+
+
+def _plan_crossing(plan: Plan) -> dict[str, tuple[float, float]]:
+    """The plan's recorded per-offload crossing time (a bottleneck's), if any."""
+    edge = plan.parameters.get("crossing_edge_ms")
+    cloud = plan.parameters.get("crossing_cloud_ms")
+    if edge is None and cloud is None:
+        return {}
+    return {plan.split: (float(edge or 0.0), float(cloud or 0.0))}
 
 
 def _two_stages(plan: Plan) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
@@ -250,6 +266,7 @@ def expected_latency(
         exit_overhead_ms=exit_overhead_ms,
         offload_overhead_ms=offload_overhead_ms,
         wire_bytes={split: int(wire)} if isinstance(wire, int) else {},
+        crossing_ms=_plan_crossing(plan),
     )
     return objective_value(edge_profile, cloud_profile, split, (edge_exits, cloud_exits), objective)
 
@@ -273,6 +290,7 @@ def expected_cost(
         check_rates(edge_profile, exit_rates),
         cost_fn=cost_fn,
         exit_overhead_ms=exit_overhead_ms,
+        crossing_ms=_plan_crossing(plan),
     )
     return objective_value(edge_profile, cloud_profile, split, (edge_exits, cloud_exits), objective)
 

@@ -25,11 +25,12 @@ objective arithmetic (exit rates, expected latency/cost, the exact search) in
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from edgelesspart.errors import PlanError
 from edgelesspart.planning import objective as _obj
+from edgelesspart.planning.bottleneck import Crossing
 from edgelesspart.planning.objective import (
     CostFn,
     LinkLike,
@@ -42,8 +43,10 @@ from edgelesspart.planning.objective import (
 )
 from edgelesspart.planning.payload import (
     AUTO,
+    BoundaryPayload,
     boundary_payload,
     check_plan_codec,
+    payload_limit,
     payload_parameters,
     split_payloads,
     wire_bytes,
@@ -280,6 +283,8 @@ def plan_split(
     cloud_device: DeviceProfile | None = None,
     depth: str = "latency",
     codec: str = AUTO,
+    crossings: Mapping[str, Crossing] | None = None,
+    link: LinkLike | None = None,
 ) -> Plan:
     """Split by the paper's latency or memory rule and place the exits inside each part.
 
@@ -298,6 +303,12 @@ def plan_split(
         depth: ``"latency"`` or ``"index"`` relative depth for exit placement.
         codec: the boundary codec (a name, or ``"auto"``); recorded with its encoded bytes in
             ``parameters``.
+        crossings: per split, a measured learned bottleneck (:class:`Crossing`, device ms). At
+            the chosen split it replaces the codec when its crossing on ``link`` is faster,
+            it fits the payload limit and, under the latency rule, the edge part plus its
+            encoder still fits the rule's budget (a split the codec cannot carry within the
+            Lambda limit takes it whenever it fits).
+        link: the link the crossing is compared on (no link: the bottleneck is never used).
 
     Returns:
         A two-stage :class:`Plan` (``edge``, ``cloud``) with predicted latency and memory.
@@ -313,7 +324,11 @@ def plan_split(
     else:
         split = split_by_memory(edge_profile, memory_fraction)
     check_device_memory(edge_profile, split, edge_device)
-    payload = boundary_payload(edge_profile.at(split), codec, cloud_device)
+    crossing = (crossings or {}).get(split)
+    budget = cloud_profile.total.latency_ms if constraint == "latency" else None
+    payload, chosen = _split_crossing(
+        edge_profile, split, codec, cloud_device, crossing, link, budget
+    )
     exits = (
         place_exits(edge_profile, MODEL_INPUT, split, n_edge, placement, depth=depth),
         place_exits(cloud_profile, split, MODEL_OUTPUT, n_cloud, placement, depth=depth),
@@ -322,6 +337,7 @@ def plan_split(
         "exits_per_part": [n_edge, n_cloud],
         "depth": depth,
         **payload_parameters(payload, codec, cloud_device),
+        **_crossing_parameters(chosen, crossing),
     }
     if constraint == "memory":
         parameters["memory_fraction"] = memory_fraction
@@ -339,6 +355,60 @@ def plan_split(
         rationale=_split_rationale(edge_profile, cloud_profile, split, constraint, memory_fraction),
         devices=(edge_device, cloud_device),
     )
+
+
+def crossing_payload(cut_point: str, crossing: Crossing) -> BoundaryPayload:
+    """A bottleneck crossing as the payload the plan records."""
+    return BoundaryPayload(
+        cut_point,
+        crossing.codec,
+        int(round(crossing.nbytes)),
+        True,
+        f"learned bottleneck {crossing.name} (fewer bytes, faster crossing)",
+    )
+
+
+def _crossing_parameters(chosen: bool, crossing: Crossing | None) -> dict[str, Any]:
+    """Plan parameters recording whether the split's bottleneck crossing is used."""
+    if crossing is None:
+        return {}
+    if not chosen:
+        return {"bottleneck": None, "bottleneck_considered": crossing.name}
+    return {
+        "bottleneck": crossing.name,
+        "crossing_edge_ms": crossing.edge_ms,
+        "crossing_cloud_ms": crossing.cloud_ms,
+        "crossing_loss_pp": crossing.loss_pp,
+    }
+
+
+def _split_crossing(
+    edge: ModelProfile,
+    split: str,
+    codec: str,
+    cloud_device: DeviceProfile | None,
+    crossing: Crossing | None,
+    link: LinkLike | None,
+    budget_ms: float | None,
+) -> tuple[BoundaryPayload, bool]:
+    """The split's payload under the split rules: the codec's, or the bottleneck's if it wins."""
+    limit = payload_limit(cloud_device)
+    fits = crossing is not None and (limit is None or crossing.max_bytes <= limit)
+    try:
+        payload = boundary_payload(edge.at(split), codec, cloud_device)
+    except PlanError:
+        if not fits:
+            raise
+        return crossing_payload(split, crossing), True  # type: ignore[arg-type]
+    if not fits or link is None:
+        return payload, False
+    if budget_ms is not None and edge.at(split).latency_ms + crossing.edge_ms > budget_ms:
+        return payload, False
+    generic_ms = link.transfer_ms(wire_bytes(payload.nbytes, cloud_device))
+    ours = link.transfer_ms(wire_bytes(int(round(crossing.nbytes)), cloud_device))
+    if ours + crossing.edge_ms + crossing.cloud_ms < generic_ms:
+        return crossing_payload(split, crossing), True
+    return payload, False
 
 
 def plan_pipeline(
@@ -384,13 +454,17 @@ def _payload_splits(
     cloud_device: DeviceProfile | None,
     max_boundary_bytes: int | None,
     codec: str,
+    rescue: Collection[str] = (),
 ) -> tuple[tuple[str, ...], dict[str, Any]]:
-    """Feasible splits (memory, raw size, payload limit) and each one's planned payload."""
+    """Feasible splits (memory, raw size, payload limit) and each one's planned payload.
+
+    ``rescue``: splits a bottleneck can carry within the limit (no error when only they fit).
+    """
     check_plan_codec(codec)
     candidates = _obj.feasible_splits(edge_profile, edge_device, max_boundary_bytes)
     payloads, refused = split_payloads(edge_profile, candidates, codec, cloud_device)
     splits = tuple(name for name in candidates if name in payloads)
-    if splits:
+    if splits or any(name in rescue for name in refused):
         return splits, payloads
     if refused:
         last = list(refused)[-1]
@@ -403,6 +477,47 @@ def _payload_splits(
         f"No split fits: every cut point of {edge_profile.model!r} exceeds the edge memory "
         f"budget or max_boundary_bytes={max_boundary_bytes}."
     )
+
+
+def _fitting_crossings(
+    crossings: Mapping[str, Crossing] | None, cloud: DeviceProfile | None
+) -> dict[str, Crossing]:
+    """The crossings whose largest payload fits the cloud's limit."""
+    limit = payload_limit(cloud)
+    return {s: c for s, c in (crossings or {}).items() if limit is None or c.max_bytes <= limit}
+
+
+def _crossing_spec(spec: Any, split: str, crossing: Crossing, cloud: DeviceProfile | None) -> Any:
+    """The objective with the bottleneck's bytes and ms charged at ``split``."""
+    from dataclasses import replace
+
+    nbytes = wire_bytes(int(round(crossing.nbytes)), cloud)
+    return replace(
+        spec,
+        wire_bytes={**spec.wire_bytes, split: nbytes},
+        crossing_ms={**spec.crossing_ms, split: (crossing.edge_ms, crossing.cloud_ms)},
+    )
+
+
+def _split_value(
+    edge: ModelProfile,
+    cloud: ModelProfile,
+    split: str,
+    spec: Any,
+    search: str,
+    limits: tuple[int, int],
+    placement: str,
+    depth: str,
+) -> tuple[float, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """The objective value of ``split`` and its exits (placement rule or exact search)."""
+    if search == "placement":
+        exits = (
+            place_exits(edge, MODEL_INPUT, split, limits[0], placement, depth=depth),
+            place_exits(cloud, split, MODEL_OUTPUT, limits[1], placement, depth=depth),
+        )
+        return _obj.objective_value(edge, cloud, split, exits, spec), exits
+    value, edge_exits, cloud_exits = _obj.best_split_exits(edge, cloud, split, limits, spec)
+    return value, (edge_exits, cloud_exits)
 
 
 def _link_bytes(payloads: Mapping[str, Any], cloud: DeviceProfile | None) -> dict[str, int]:
@@ -418,11 +533,12 @@ def _objective_setup(
     cloud_device: DeviceProfile | None,
     max_boundary_bytes: int | None,
     codec: str,
+    rescue: Collection[str] = (),
     **objective_options: Any,
 ) -> tuple[tuple[str, ...], dict[str, Any], Any]:
     """Feasible splits, their planned payloads and the objective that charges those bytes."""
     splits, payloads = _payload_splits(
-        edge_profile, edge_device, cloud_device, max_boundary_bytes, codec
+        edge_profile, edge_device, cloud_device, max_boundary_bytes, codec, rescue
     )
     spec = _obj.make_objective(
         edge_profile,
@@ -471,6 +587,7 @@ def plan_objective(
     max_boundary_bytes: int | None = None,
     codec: str = AUTO,
     exit_head_ms: tuple[Mapping[str, float], Mapping[str, float]] | None = None,
+    crossings: Mapping[str, Crossing] | None = None,
 ) -> Plan:
     """The split (and exits) minimising expected latency or expected cloud cost per request.
 
@@ -499,6 +616,12 @@ def plan_objective(
         exit_head_ms: ``(edge, cloud)`` maps cut point -> the exit head's ms on each device
             (:func:`edgelesspart.exits.cost.device_head_ms`), charged per exit evaluated on top
             of ``exit_overhead_ms``; ``None``: heads cost only ``exit_overhead_ms``.
+        crossings: per split, a measured learned bottleneck (:class:`Crossing`, with ms on
+            the devices): one more way across the link. At that split the plan is valued both
+            with the codec and with the bottleneck (its bytes on the link, its encoder and
+            decoder time per offload, the payload limit), and the better one is kept; a split
+            the codec cannot carry within the Lambda limit becomes feasible if the bottleneck
+            fits.
 
     Returns:
         A two-stage plan; ``parameters["objective_value"]`` holds the minimised value. Ties are
@@ -519,25 +642,26 @@ def plan_objective(
         cloud_device=cloud_device,
         max_boundary_bytes=max_boundary_bytes,
         codec=codec,
+        rescue=tuple(_fitting_crossings(crossings, cloud_device)),
         edge_exit_ms=(exit_head_ms or ({}, {}))[0],
         cloud_exit_ms=(exit_head_ms or ({}, {}))[1],
     )
-    best: tuple[float, str, tuple[tuple[str, ...], tuple[str, ...]]] | None = None
+    crossings = _fitting_crossings(crossings, cloud_device)
+    feasible = _obj.feasible_splits(edge_profile, edge_device, max_boundary_bytes)
+    splits = tuple(n for n in feasible if n in payloads or n in crossings)
+    best: tuple[float, str, tuple[tuple[str, ...], tuple[str, ...]], bool] | None = None
     for split in splits:
-        if search == "placement":
-            exits = (
-                place_exits(edge_profile, MODEL_INPUT, split, limits[0], placement, depth=depth),
-                place_exits(cloud_profile, split, MODEL_OUTPUT, limits[1], placement, depth=depth),
+        ways = ([False] if split in payloads else []) + ([True] if split in crossings else [])
+        for use in ways:
+            way = _crossing_spec(spec, split, crossings[split], cloud_device) if use else spec
+            value, exits = _split_value(
+                edge_profile, cloud_profile, split, way, search, limits, placement, depth
             )
-            value = _obj.objective_value(edge_profile, cloud_profile, split, exits, spec)
-        else:
-            value, edge_exits, cloud_exits = _obj.best_split_exits(
-                edge_profile, cloud_profile, split, limits, spec
-            )
-            exits = (edge_exits, cloud_exits)
-        if best is None or _obj.is_better(value, best[0]):
-            best = (value, split, exits)
-    value, split, exits = best
+            if best is None or _obj.is_better(value, best[0]):
+                best = (value, split, exits, use)
+    value, split, exits, use = best
+    crossing = crossings.get(split)
+    payload = crossing_payload(split, crossing) if use else payloads[split]  # type: ignore[arg-type]
     parameters = {
         "objective_value": value,
         "search": search,
@@ -549,7 +673,8 @@ def plan_objective(
         "exit_head_ms": "charged per cut point" if exit_head_ms else "not charged",
         "offload_overhead_ms": offload_overhead_ms,
         "feasible_splits": len(splits),
-        **payload_parameters(payloads[split], codec, cloud_device),
+        **payload_parameters(payload, codec, cloud_device),
+        **_crossing_parameters(use, crossing),
     }
     return two_stage_plan(
         edge_profile,

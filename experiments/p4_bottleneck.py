@@ -1,0 +1,255 @@
+"""P4 with a learned bottleneck (``bench_p4_payload.py --bottleneck SPEC``); see that docstring.
+
+Everything served is measured through the TF-free runtime (LiteRT segments, runtime codecs) on
+the test split; the build's records (codec table on validation, unmodified test accuracy) come
+from the same backbone and are read from the bundle.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import benchlib
+import numpy as np
+from bench_p4_payload import NO_EXITS, boundaries, codec_row, measure
+
+GOAL_VS_RAW = 20.0
+GOAL_VS_CODEC = 3.0
+GOAL_LOSS_POINTS = 1.0
+LINKS = ("3g", "lte")
+TIMED_SAMPLES = 40
+
+
+def bottleneck_bundle(args: Any) -> tuple[Path, dict[str, Any]]:
+    """The bundle measured: ``--bottleneck-bundle``, else the shared options + the bottleneck."""
+    if args.bottleneck_bundle is not None:
+        return args.bottleneck_bundle, {"path": str(args.bottleneck_bundle), "reused": True}
+    base = _base_options(args)
+    name = "p4-bottleneck" + _suffix(args)
+    options = {**base, "bottleneck": str(args.bottleneck), "link": "3g"}
+    return benchlib.ensure_bundle(args.out / "bundles" / name, **options)
+
+
+def _base_options(args: Any) -> dict[str, Any]:
+    base = benchlib.QUICK_BUNDLE_OPTIONS if args.quick else benchlib.SHARED_BUNDLE_OPTIONS
+    return {**base, "dataset": args.dataset}
+
+
+def _suffix(args: Any) -> str:
+    """``-quick`` and ``-<dataset>`` (not for digits) in bundle and result names."""
+    return ("" if args.dataset == "digits" else f"-{args.dataset}") + (
+        "-quick" if args.quick else ""
+    )
+
+
+def generic_bundle(args: Any) -> tuple[Path, dict[str, Any]]:
+    """The bundle without a bottleneck: the shared one for digits, else the same options."""
+    if args.dataset == "digits" or args.bundle is not None:
+        return benchlib.shared_bundle(args.out, args.quick, args.bundle)
+    path = args.out / "bundles" / f"p4-generic{_suffix(args)}"
+    return benchlib.ensure_bundle(path, **_base_options(args))
+
+
+def png_bytes(x: np.ndarray, preprocessing: dict[str, Any]) -> float:
+    """Mean PNG file size of the inputs, un-preprocessed to 8-bit at the model's input size."""
+    from PIL import Image
+
+    scale = float(preprocessing.get("scale", 1.0 / 255.0))
+    offset = float(preprocessing.get("offset", 0.0))
+    sizes = []
+    for row in x:
+        pixels = np.clip(np.rint((row - offset) / scale), 0, 255).astype(np.uint8)
+        image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", optimize=True)
+        sizes.append(len(buffer.getvalue()))
+    return float(np.mean(sizes))
+
+
+def stage_ms(bundle_path: Path, x: np.ndarray) -> dict[str, float]:
+    """Median batch-1 ms of the first stage's segments and of the others' (no early exit)."""
+    from edgelesspart.runtime.bundle import Bundle
+
+    bundle = Bundle.load(bundle_path)
+    first, rest = bundle.stages[0], bundle.stages[1:]
+    edge, cloud = [], []
+    for i in range(min(TIMED_SAMPLES, len(x))):
+        current = x[i : i + 1]
+        t0 = time.perf_counter()
+        for seg in bundle.segments(first):
+            _, current = bundle.runner(seg.name)(current)
+        t1 = time.perf_counter()
+        for stage in rest:
+            for seg in bundle.segments(stage):
+                _, current = bundle.runner(seg.name)(current)
+        t2 = time.perf_counter()
+        edge.append((t1 - t0) * 1000.0)
+        cloud.append((t2 - t1) * 1000.0)
+    return {"edge_ms": statistics.median(edge), "cloud_ms": statistics.median(cloud)}
+
+
+def best_generic(bundle_path: Path, manifest: Any) -> dict[str, Any]:
+    """The codec ``auto`` picks in the build's table at the split (same backbone, validation)."""
+    from edgelesspart.planning.codec_selection import CodecTable, select_codec
+
+    table = CodecTable.from_dict(json.loads((bundle_path / "codecs.json").read_text()))
+    bound = float(manifest.extra.get("build_config", {}).get("max_codec_loss", 0.5))
+    row = select_codec(table, bound)
+    raw = table.row("raw")
+    return {
+        "codec": row.codec,
+        "bytes_per_sample": row.bytes_per_sample,
+        "raw_bytes_per_sample": raw.bytes_per_sample,
+        "loss_pp_validation": row.loss_pp,
+        "max_codec_loss": bound,
+        "samples": table.samples,
+    }
+
+
+def measure_bottleneck(bundle_path: Path) -> dict[str, Any]:
+    """The bottleneck bundle on the whole test split through the TF-free runtime."""
+    from edgelesspart.runtime.bundle import Bundle
+    from edgelesspart.runtime.cloud import CloudPart
+    from edgelesspart.runtime.codecs import encode_tensor
+    from edgelesspart.runtime.manifest import load_manifest
+
+    manifest = load_manifest(bundle_path)
+    x, y = benchlib.eval_split(bundle_path)
+    bundle = Bundle.load(bundle_path, stages=[manifest.stage_names[0]])
+    codes = boundaries(bundle, x)
+    row = codec_row(manifest.codec["name"], codes, CloudPart(bundle_path), y)
+    row.pop("predictions")
+    neck = manifest.codec.get("bottleneck")
+    shape = neck["boundary_shape"] if neck else list(codes.shape[1:])
+    meta = {"bundle_id": manifest.bundle_id}
+    raw_payload = len(encode_tensor(np.zeros((1, *shape), np.float32), "raw", meta=meta))
+    return {
+        "manifest_codec": {k: v for k, v in manifest.codec.items() if k != "table"},
+        "bottleneck": neck,
+        "split": manifest.plan.split,
+        "samples": len(x),
+        "served": row,
+        "raw_split_payload_bytes": raw_payload,
+        "best_generic": best_generic(bundle_path, manifest),
+        "png_bytes_mean": png_bytes(x, manifest.input.preprocessing),
+        "input_shape": list(x.shape[1:]),
+        "compute": stage_ms(bundle_path, x),
+        "unmodified_test": (neck or {}).get("test"),
+    }
+
+
+def latency(side: dict[str, Any], codec_ms: float, nbytes: float) -> dict[str, float]:
+    """End-to-end ms per link: edge compute + codec + transfer + cloud compute."""
+    from edgelesspart.profiling.links import load_link
+
+    out = {}
+    for name in LINKS:
+        link = load_link(name)
+        out[name] = side["edge_ms"] + codec_ms + link.transfer_ms(int(nbytes)) + side["cloud_ms"]
+    return out
+
+
+def _figures(bn: dict[str, Any], generic: dict[str, Any]) -> dict[str, Any]:
+    served = bn["served"]
+    ours = served["payload_bytes_mean"]
+    best = bn["best_generic"]
+    unmodified = (bn["unmodified_test"] or {}).get("unmodified_accuracy")
+    shared_row = next(r for r in generic["codecs"] if r["codec"] == generic["headline_codec"])
+    generic_compute = generic["compute"]
+    return {
+        "bytes_per_sample": ours,
+        "vs_raw_fp32": bn["raw_split_payload_bytes"] / ours,
+        "vs_best_generic": best["bytes_per_sample"] / ours,
+        "vs_shared_bundle_codec_on_test": shared_row["payload_bytes_mean"] / ours,
+        "vs_png_input": bn["png_bytes_mean"] / ours,
+        "accuracy_test": served["accuracy"],
+        "unmodified_accuracy_test": unmodified,
+        "loss_points": None if unmodified is None else 100.0 * (unmodified - served["accuracy"]),
+        "latency_ms_bottleneck": latency(bn["compute"], served["encode_decode_ms_median"], ours),
+        "latency_ms_best_codec": latency(
+            generic_compute,
+            shared_row["encode_decode_ms_median"],
+            shared_row["payload_bytes_mean"],
+        ),  # fmt: skip
+        "best_codec_shared_bundle": shared_row["codec"],
+    }
+
+
+def run(args: Any, start: float) -> int:
+    """Measure the bottleneck bundle and the shared bundle; write ``p4-bottleneck.json``."""
+    bn_path, bn_info = bottleneck_bundle(args)
+    shared_path, shared_info = generic_bundle(args)
+    bn = measure_bottleneck(bn_path)
+    generic = measure(shared_path, None)
+    x, _ = benchlib.eval_split(shared_path)
+    generic["compute"] = stage_ms(shared_path, x)
+    figures = _figures(bn, generic)
+    used = bn["bottleneck"] is not None
+    loss = figures["loss_points"]
+    met = (
+        used
+        and figures["vs_raw_fp32"] >= GOAL_VS_RAW
+        and figures["vs_best_generic"] >= GOAL_VS_CODEC
+        and loss is not None
+        and loss <= GOAL_LOSS_POINTS
+    )
+    print(_report(bn, figures))
+    label = bn["bottleneck"]["label"] if used else "no bottleneck (auto declined)"
+    result = benchlib.BenchResult(
+        bench="P4-bottleneck" + ("" if args.dataset == "digits" else f"-{args.dataset}"),
+        what="learned bottleneck: bytes per sample, accuracy lost on test, e2e latency on 3g/lte",
+        baseline="raw float32 split tensor payload; best generic codec; the input as PNG",
+        headline=benchlib.Headline(
+            "P4-bottleneck" + ("" if args.dataset == "digits" else f"-{args.dataset}"),
+            f"raw fp32 split / {label}+{bn['served']['codec']} bytes "
+            f"({figures['vs_best_generic']:.1f}x vs {bn['best_generic']['codec']}, loss "
+            f"{loss if loss is None else round(loss, 2)} pts)",
+            figures["vs_raw_fp32"],
+            "x",
+            f">= {GOAL_VS_RAW:g}x raw, >= {GOAL_VS_CODEC:g}x best codec, <= "
+            f"{GOAL_LOSS_POINTS:g} pt",
+            bool(met),
+            ours=f"{figures['bytes_per_sample']:.0f} B/sample, accuracy "
+            f"{100 * figures['accuracy_test']:.1f}%",
+            reference=f"{bn['raw_split_payload_bytes']} B/sample raw fp32, "
+            f"{bn['best_generic']['bytes_per_sample']:.0f} B/sample "
+            f"{bn['best_generic']['codec']}",
+        ),
+        quick=args.quick,
+        reduced=["quick bundle (1 epoch, 200 samples)"] if args.quick else [],
+        details={
+            "bottleneck_bundle": {**bn_info, **bn},
+            "shared_bundle": {**shared_info, **generic},
+            "figures": figures,
+            "no_exits_threshold": NO_EXITS,
+        },
+        seconds=round(time.perf_counter() - start, 1),
+    )
+    return benchlib.finish(result, args.out)
+
+
+def _report(bn: dict[str, Any], f: dict[str, Any]) -> str:
+    lat_bn, lat_gen = f["latency_ms_bottleneck"], f["latency_ms_best_codec"]
+    base = f["unmodified_accuracy_test"]
+    unmodified = "n/a" if base is None else f"{100 * base:.2f}%"
+    lines = [
+        f"split {bn['split']}, {bn['samples']} test samples, bottleneck "
+        f"{(bn['bottleneck'] or {}).get('label', 'none')} code {bn['served']['codec']}",
+        f"bytes/sample {f['bytes_per_sample']:.0f}: {f['vs_raw_fp32']:.1f}x fewer than raw fp32, "
+        f"{f['vs_best_generic']:.2f}x fewer than {bn['best_generic']['codec']} (build table), "
+        f"{f['vs_shared_bundle_codec_on_test']:.2f}x fewer than the shared bundle's "
+        f"{f['best_codec_shared_bundle']} (test), {f['vs_png_input']:.2f}x fewer than the "
+        f"input as PNG ({bn['png_bytes_mean']:.0f} B)",
+        f"accuracy on test {100 * f['accuracy_test']:.2f}% vs unmodified {unmodified}",
+    ]
+    for link in LINKS:
+        lines.append(
+            f"{link}: {lat_bn[link]:.1f} ms end to end with the bottleneck vs "
+            f"{lat_gen[link]:.1f} ms with {f['best_codec_shared_bundle']}"
+        )
+    return "\n".join(lines)
