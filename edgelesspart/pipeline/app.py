@@ -2,10 +2,13 @@
 
 Routes: ``POST /v1/infer`` (an encoded tensor, ``application/x-edgelesspart-tensor``, or JSON
 ``{"inputs": nested lists}``), ``GET /metrics`` (Prometheus text: per-stage busy seconds, queue
-length, bytes in/out, restarts seen; dispatcher counters), ``GET /v1/metrics`` (the same as
-JSON), ``GET /v1/pipeline`` (stages, segments, codecs, placement), ``GET /healthz``. A full
-in-flight window answers 429 with ``Retry-After``; a stage that still fails after Ray's
-restarts and retries answers 503 -- never a silent loss. Errors are the shared JSON errors of
+length, bytes in/out; per-stage health: up, restarts, re-placements, failures; dispatcher
+counters), ``GET /v1/metrics`` (the same as JSON, with each stage's state and last failure
+reason), ``GET /v1/pipeline`` (stages, segments, codecs, placement), ``GET /healthz`` (liveness:
+the dispatcher answers) and ``GET /readyz`` (readiness: 503 while any stage is down). A full
+in-flight window answers 429 with ``Retry-After``; a stage still down at the request's deadline
+answers 503 with ``Retry-After``; stages that are up but too slow answer 504 -- every request
+gets an answer. Errors are the shared JSON errors of
 :mod:`service_http.errors`. Nothing happens at import; :func:`create_app` wires a started
 :class:`~edgelesspart.pipeline.dispatcher.Pipeline`.
 """
@@ -16,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgelesspart.errors import PipelineBusy, PipelineError
+from edgelesspart.errors import DeadlineExceeded, PipelineBusy, PipelineError, StageUnavailable
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -24,7 +27,7 @@ if TYPE_CHECKING:
 EXTENSION = "edgelesspart_pipeline"
 TENSOR_TYPES = ("application/x-edgelesspart-tensor", "application/octet-stream")
 DEFAULT_MAX_BODY = 32 * 2**20
-PUBLIC_ROUTES = ("/healthz",)
+PUBLIC_ROUTES = ("/healthz", "/readyz")
 
 
 def _read_input(request: Any) -> np.ndarray:
@@ -72,7 +75,26 @@ def prometheus_text(metrics: dict[str, Any]) -> str:
         lines.append(f"# TYPE edgelesspart_stage_{metric} {kind}")
         for stage, values in metrics["stages"].items():
             lines.append(f'edgelesspart_stage_{metric}{{stage="{stage}"}} {values[field]}')
+    lines += health_lines("stage", metrics["stages"])
+    for key in ("retried", "late", "unavailable", "deadline_exceeded"):
+        lines.append(f"# TYPE edgelesspart_pipeline_{key}_total counter")
+        lines.append(f"edgelesspart_pipeline_{key}_total {metrics.get(key, 0)}")
+    lines.append("# TYPE edgelesspart_pipeline_ready gauge")
+    lines.append(f"edgelesspart_pipeline_ready {int(bool(metrics.get('ready')))}")
     return "\n".join(lines) + "\n"
+
+
+def health_lines(label: str, stages: dict[str, dict[str, Any]]) -> list[str]:
+    """Prometheus lines of the supervisor's per-stage health (up, restarts, re-placements,
+    re-creations, failures); the last failure reason is in the JSON metrics."""
+    lines = []
+    for key, kind in (("up", "gauge"), ("restarts", "counter"), ("replacements", "counter"),
+                      ("recreations", "counter"), ("failures", "counter")):  # fmt: skip
+        metric = f"edgelesspart_{label}_{key}" + ("_total" if kind == "counter" else "")
+        lines.append(f"# TYPE {metric} {kind}")
+        for name, values in stages.items():
+            lines.append(f'{metric}{{{label}="{name}"}} {int(values.get(key) or 0)}')
+    return lines
 
 
 def base_app(name: str, service: Any, *, token: str | None, max_body: int) -> Flask:
@@ -97,15 +119,34 @@ def base_app(name: str, service: Any, *, token: str | None, max_body: int) -> Fl
 
 
 def answer_or_refuse(call: Any, x: np.ndarray) -> Any:
-    """``call(x)``, with a full window as 429 and a failed stage as 503 ``pipeline_unavailable``."""
+    """``call(x)``, with a full window as 429, a stage down past the deadline as 503
+    ``stage_unavailable`` (with ``Retry-After``), a missed deadline as 504 ``deadline_exceeded``
+    and any other chain failure as 503 ``pipeline_unavailable``."""
     from service_http.errors import ServiceError, TooManyRequests
 
     try:
         return call(x)
     except PipelineBusy as exc:
         raise TooManyRequests(str(exc)) from exc
+    except StageUnavailable as exc:
+        retry = str(max(1, round(exc.retry_after_s)))
+        raise ServiceError(
+            str(exc), status=503, code="stage_unavailable", headers={"Retry-After": retry}
+        ) from exc
+    except DeadlineExceeded as exc:
+        raise ServiceError(str(exc), status=504, code="deadline_exceeded") from exc
     except PipelineError as exc:
         raise ServiceError(str(exc), status=503, code="pipeline_unavailable") from exc
+
+
+def readiness(ready: bool, stages: dict[str, dict[str, Any]]) -> tuple[Any, int]:
+    """The ``/readyz`` body and status: 200 when every stage is up, else 503."""
+    from flask import jsonify
+
+    down = {n: v.get("state") for n, v in stages.items() if not v.get("up")}
+    body = {"ready": bool(ready), "down": down,
+            "stages": {n: v.get("state") for n, v in stages.items()}}  # fmt: skip
+    return jsonify(body), 200 if ready else 503
 
 
 def create_app(
@@ -151,7 +192,12 @@ def create_app(
         )
 
     @app.get("/healthz")
-    def healthz():
-        return jsonify({"status": "ok", "stages": len(pipeline.actors)})
+    def healthz():  # liveness: the dispatcher process answers; readiness is /readyz
+        return jsonify({"status": "ok", "ready": pipeline.ready()})
+
+    @app.get("/readyz")
+    def readyz():
+        health = pipeline.supervisor.metrics() if pipeline.supervisor is not None else {}
+        return readiness(pipeline.ready(), health)
 
     return app
