@@ -169,6 +169,7 @@ def create_app(
                 "top1": probs.argmax(axis=-1).tolist(),
                 "probs": probs.tolist(),
                 "latency_ms": round(result.latency_ms, 3),
+                "attempts": result.attempts,
             }
         )
 

@@ -69,13 +69,15 @@ STAT_KEYS = ("host_wall_s", "host_cpu_s", "pad_s", "busy_s", "link_s", "bytes_in
 
 @dataclass(frozen=True)
 class PipelineResult:
-    """One answer: the probabilities, which exit answered, and the end-to-end latency."""
+    """One answer: the probabilities, which exit answered, the end-to-end latency, and how many
+    times the chain was sent (more than 1: a stage failed and the answer came late)."""
 
     seq: int
     probs: np.ndarray
     exit: str | None
     stage: str | None
     latency_ms: float
+    attempts: int = 1
 
 
 @dataclass
@@ -254,9 +256,9 @@ class Pipeline:
         handles = {name: self.blobs.handles(f) for name, f in files.items()}
         by_name = {s.name: s for s in self.stages}
 
-        def factory(name: str, resource: str | None) -> Any:
+        def factory(name: str, resource: str | None, node_id: str | None) -> Any:
             spec = by_name[name].with_(resource=resource)
-            options = raykit.actor_options(resource=resource, **self._restart_opts)
+            options = raykit.actor_options(resource=resource, node_id=node_id, **self._restart_opts)
             return remote_cls.options(**options).remote(manifest, spec.to_dict(), handles[name])
 
         self.reaper = Reaper()
@@ -470,7 +472,9 @@ class Pipeline:
             self._counters["completed"] += 1
             self._counters["late"] += int(ticket.attempts > 1)
         latency = (time.perf_counter() - ticket.submitted) * 1000
-        return PipelineResult(ticket.seq, probs, meta.get("exit"), meta.get("by"), latency)
+        return PipelineResult(
+            ticket.seq, probs, meta.get("exit"), meta.get("by"), latency, ticket.attempts
+        )
 
     def infer(self, x: np.ndarray) -> PipelineResult:
         """Submit one input without waiting for a slot and wait for its answer."""

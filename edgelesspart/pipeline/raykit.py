@@ -62,7 +62,7 @@ class RaySession:
         return self.owned
 
 
-def _loopback_only() -> None:
+def loopback_only() -> None:
     """Make Ray address this machine as 127.0.0.1 (before or after ``import ray``)."""
     os.environ[LOOPBACK_ENV] = "0"
     try:
@@ -102,7 +102,7 @@ def connect(
     if address != "local":
         context = ray.init(address=address, **kwargs)
         return RaySession(True, None, context.address_info.get("gcs_address"))
-    _loopback_only()
+    loopback_only()
     tmp = temp_dir or private_temp_dir()
     if num_cpus is not None:
         kwargs["num_cpus"] = int(num_cpus)
@@ -127,6 +127,7 @@ def actor_options(
     max_restarts: int = DEFAULT_MAX_RESTARTS,
     max_task_retries: int = DEFAULT_MAX_TASK_RETRIES,
     name: str | None = None,
+    node_id: str | None = None,
 ) -> dict[str, Any]:
     """Options for ``ActorClass.options(**...)``: restartable, pinned by a custom resource.
 
@@ -143,6 +144,10 @@ def actor_options(
         options["resources"] = {resource: 1}
     if name:
         options["name"] = name
+    if node_id:  # a replacement node: prefer it, but let Ray place it elsewhere if it must
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=True)
     return options
 
 

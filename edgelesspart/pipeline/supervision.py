@@ -231,6 +231,7 @@ class StageHealth:
     last_recovery_s: float | None = None
     probe: Any = field(default=None, repr=False)
     probe_sent: float = 0.0
+    nodes_seen: set[str] = field(default_factory=set, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready state for metrics."""
@@ -253,18 +254,40 @@ class StageHealth:
         }
 
 
-#: ``factory(name, resource) -> actor handle``: creates one stage actor placed by ``resource``.
-Factory = Callable[[str, "str | None"], Any]
+#: ``factory(name, resource, node_id) -> actor handle``: creates one stage actor placed by
+#: ``resource`` (and, when given, on the node ``node_id``).
+Factory = Callable[[str, "str | None", "str | None"], Any]
+#: A stage down this long whose resource appears on a node it never ran on is re-created there
+#: at once, without waiting for Ray to declare its old node dead (about 15 s by default).
+REPLACEMENT_GRACE_S = 1.0
 
 
 def alive_resources() -> set[str]:
     """Custom resources advertised by the nodes Ray currently believes alive."""
-    ray = raykit.require_ray()
     out: set[str] = set()
-    for node in ray.nodes():
-        if node.get("Alive"):
-            out.update(node.get("Resources", {}))
+    for resources in alive_nodes().values():
+        out.update(resources)
     return out
+
+
+def alive_nodes() -> dict[str, set[str]]:
+    """Node id -> resources, for the nodes Ray currently believes alive."""
+    ray = raykit.require_ray()
+    return {
+        str(node["NodeID"]): set(node.get("Resources", {}))
+        for node in ray.nodes()
+        if node.get("Alive")
+    }
+
+
+def newer_node(resource: str | None, known: set[str]) -> str | None:
+    """An alive node offering ``resource`` whose id is not in ``known`` (a replacement)."""
+    if not resource:
+        return None
+    for node_id, resources in alive_nodes().items():
+        if resource in resources and node_id not in known:
+            return node_id
+    return None
 
 
 class Supervisor:
@@ -317,7 +340,7 @@ class Supervisor:
         ray = raykit.require_ray()
         for name in self.order:
             st = self.stages[name]
-            st.actor = self.factory(name, st.resource)
+            st.actor = self.factory(name, st.resource, None)
             st.placed_on = st.resource
         infos = ray.get(
             [getattr(self.stages[n].actor, self.ready_method).remote() for n in self.order],
@@ -400,6 +423,8 @@ class Supervisor:
         if recovered and st.pid is not None and pid != st.pid:
             st.restarts += 1
         st.pid, st.node_id = pid, node
+        if node:
+            st.nodes_seen.add(str(node))
         if recovered and st.down_since is not None:
             st.last_recovery_s = round(time.monotonic() - st.down_since, 3)
         st.state, st.down_since, st.probe = "up", None, None
@@ -470,7 +495,21 @@ class Supervisor:
             LOG.warning("%s %s up again %s after %.1f s (pid %s)", self.label, st.name, where,
                         st.last_recovery_s or 0.0, st.pid)  # fmt: skip
             return
-        self._maybe_spare(st)
+        if not self._maybe_replacement(st):
+            self._maybe_spare(st)
+
+    def _maybe_replacement(self, st: StageHealth) -> bool:
+        """Re-create a down stage on a node that newly offers its resource; True when it did."""
+        if st.state != "down" or st.down_since is None:
+            return False
+        if time.monotonic() - st.down_since < REPLACEMENT_GRACE_S:
+            return False
+        node = newer_node(st.placed_on, st.nodes_seen)
+        if node is None:
+            return False
+        self._replace(st, st.placed_on, why=f"replacement node {node[:8]} joined", spare=False,
+                      node_id=node)  # fmt: skip
+        return True
 
     def _abandon_probe(self, st: StageHealth) -> None:
         probe, st.probe = st.probe, None
@@ -494,18 +533,30 @@ class Supervisor:
             return False
         if time.monotonic() - st.down_since < self.spare_after_s:
             return False
-        if self.spare not in alive_resources():
+        nodes = alive_nodes()
+        spare_node = next((n for n, r in nodes.items() if self.spare in r), None)
+        if spare_node is None:
             return False
-        self._replace(st, self.spare, why="down for "
-                      f"{time.monotonic() - st.down_since:.1f} s", spare=True)  # fmt: skip
+        why = f"down for {time.monotonic() - st.down_since:.1f} s"
+        self._replace(st, self.spare, why=why, spare=True, node_id=spare_node)
         return True
 
-    def _replace(self, st: StageHealth, resource: str | None, *, why: str, spare: bool) -> None:
+    def _replace(
+        self,
+        st: StageHealth,
+        resource: str | None,
+        *,
+        why: str,
+        spare: bool,
+        node_id: str | None = None,
+    ) -> None:
         old = st.actor
         raykit.kill_actors([old])
         if st.probe is not None:
             self._abandon_probe(st)
-        actor = self.factory(st.name, resource)
+        actor = self.factory(st.name, resource, node_id)
+        if node_id:
+            st.nodes_seen.add(node_id)
         with self._cond:
             st.actor, st.placed_on, st.state = actor, resource, "replacing"
             st.generation += 1
