@@ -4,8 +4,10 @@ Routes: ``POST /v1/infer`` (JSON ``{"views": [view0, view1, ...]}``: one sample,
 a nested ``(H, W, C)`` list; the answer names the views that were fused), ``GET /metrics``
 (Prometheus text: per device alive, ratio, missed deadlines and swaps; failures, re-plans,
 answers and degraded answers), ``GET /v1/metrics`` (the same as JSON, with every re-plan),
-``GET /v1/deployment`` (devices, plan, failure plans) and ``GET /healthz`` (503 once every
-device is lost). Errors are the shared JSON errors of :mod:`service_http.errors` through
+``GET /v1/deployment`` (devices, plan, failure plans), ``GET /healthz`` (liveness: 503 only
+once every device is lost) and ``GET /readyz`` (503 while any device is lost or the aggregator is
+down; answers continue, degraded, from the survivors). A lost device rejoins once a node offers
+its resource again. Errors are the shared JSON errors of :mod:`service_http.errors` through
 :func:`edgelesspart.pipeline.app.base_app`. :func:`service_from_deployment` starts the
 :class:`~edgelesspart.slimedge.ray_runtime.SlimEdgeService` of an exported deployment directory.
 """
@@ -49,6 +51,8 @@ def service_from_deployment(
     emulate: bool = False,
     deadline_s: float = 2.0,
     max_missed: int = 2,
+    request_deadline_s: float = 30.0,
+    revive: bool = True,
 ) -> Any:
     """Start the Ray service of a deployment (Ray must be connected): the chosen plan's
     segments, the precomputed single-failure plans, NSGA-II for several failures."""
@@ -76,6 +80,8 @@ def service_from_deployment(
         deadline_s=deadline_s,
         max_missed=max_missed,
         resources=resources,
+        request_deadline_s=request_deadline_s,
+        revive=revive,
     )
 
 
@@ -111,12 +117,19 @@ def metrics(service: Any, manifest: dict[str, Any]) -> dict[str, Any]:
         state = states.get(v, {})
         devices.append({"view": v, "device": slot["name"], "alive": v in service.alive,
                         "ratio": service.ratios[v], "missed": service.missed[v],
-                        "swaps": state.get("swaps", 0)})  # fmt: skip
+                        "swaps": state.get("swaps", 0),
+                        "state": "up" if v in service.alive else "lost",
+                        "failures": stats.lost_devices.count(v),
+                        "rejoins": stats.rejoined_devices.count(v),
+                        "last_failure": stats.last_failure.get(v)})  # fmt: skip
     return {
         "answered": stats.answered,
         "degraded_answers": stats.degraded_answers,
         "failures": len(stats.lost_devices),
         "lost_devices": list(stats.lost_devices),
+        "rejoined_devices": list(stats.rejoined_devices),
+        "aggregator_retries": stats.aggregator_retries,
+        "ready": service.ready(),
         "replans": list(stats.replans),
         "devices": devices,
     }
@@ -131,8 +144,10 @@ def prometheus_text(m: dict[str, Any]) -> str:
                   f"edgelesspart_slimedge_{name}_total {m[key]}"]  # fmt: skip
     lines += ["# TYPE edgelesspart_slimedge_replans_total counter",
               f"edgelesspart_slimedge_replans_total {len(m['replans'])}"]  # fmt: skip
+    lines += ["# TYPE edgelesspart_slimedge_ready gauge",
+              f"edgelesspart_slimedge_ready {int(bool(m.get('ready')))}"]  # fmt: skip
     for field, kind in (("alive", "gauge"), ("ratio", "gauge"), ("missed", "gauge"),
-                        ("swaps", "counter")):  # fmt: skip
+                        ("swaps", "counter"), ("rejoins", "counter")):  # fmt: skip
         metric = f"edgelesspart_slimedge_device_{field}" + ("_total" if kind == "counter" else "")
         lines.append(f"# TYPE {metric} {kind}")
         for d in m["devices"]:
@@ -151,6 +166,7 @@ def create_app(
     """The Flask app over a started :class:`SlimEdgeService` (kept in ``app.extensions``)."""
     from flask import Response, jsonify, request
 
+    from edgelesspart.errors import StageUnavailable
     from edgelesspart.pipeline.app import base_app
     from service_http.errors import ServiceError
 
@@ -164,8 +180,15 @@ def create_app(
             degraded = service.stats.degraded_answers
             try:
                 probs = np.asarray(service.infer(views))
+            except StageUnavailable as exc:
+                retry = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+                raise ServiceError(
+                    str(exc), status=503, code="aggregator_unavailable", headers=retry
+                ) from exc
             except PlanError as exc:
-                raise ServiceError(str(exc), status=503, code="views_unavailable") from exc
+                raise ServiceError(
+                    str(exc), status=503, code="views_unavailable", headers={"Retry-After": "5"}
+                ) from exc
             answer = {"degraded": service.stats.degraded_answers > degraded,
                       "alive": list(service.alive), "ratios": list(service.ratios)}  # fmt: skip
         return jsonify(
@@ -193,5 +216,13 @@ def create_app(
         if not service.alive:
             return jsonify({"status": "down", "alive": []}), 503
         return jsonify({"status": "ok", "alive": list(service.alive)})
+
+    @app.get("/readyz")
+    def readyz():
+        with lock:
+            ready, alive = service.ready(), list(service.alive)
+        lost = [v for v in range(len(service.workers)) if v not in alive]
+        body = {"ready": ready, "alive": alive, "lost": lost}
+        return jsonify(body), 200 if ready else 503
 
     return app

@@ -24,9 +24,11 @@ VIEWS, CLASSES, FEATURES, SHAPE = 3, 4, 8, (10, 10, 1)
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from edgelesspart.pipeline import raykit
+
+    session = raykit.connect("local", num_cpus=2)  # private: own temp dir, loopback
     yield
-    ray.shutdown()
+    raykit.disconnect(session)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,11 @@ def test_device_loss_is_replanned_and_no_request_is_lost(ray_local, segments):
     plans = {1: [0.0, 0.0, 0.0]}  # precomputed: after losing view 1, survivors run unpruned
     # GIVEN a deployment on Ray, every device at ratio 0.5
     service = SlimEdgeService(
-        library, fusion, [0.5] * VIEWS, lambda alive: plans[({0, 1, 2} - set(alive)).pop()]
+        library,
+        fusion,
+        [0.5] * VIEWS,
+        lambda alive: plans[({0, 1, 2} - set(alive)).pop()],
+        revive=False,  # the lost device stays lost (rejoining is tested on a cluster)
     )
     answers = []
     for i, views in enumerate(requests):
@@ -107,6 +113,7 @@ def test_a_device_that_misses_its_deadlines_is_dropped_and_answers_continue(ray_
         factors=[1.0, 1.0, 200_000.0],
         deadline_s=0.5,
         max_missed=2,
+        revive=False,
     )
     answers = [
         service.infer([rng.random((1, *SHAPE), dtype=np.float32) for _ in range(VIEWS)])

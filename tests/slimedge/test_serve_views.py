@@ -15,9 +15,11 @@ VIEWS, CLASSES, FEATURES = 2, 3, 8
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from edgelesspart.pipeline import raykit
+
+    session = raykit.connect("local", num_cpus=2)  # private: own temp dir, loopback
     yield
-    ray.shutdown()
+    raykit.disconnect(session)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +73,7 @@ def test_serve_views_answers_and_replans_a_lost_device_over_http(ray_local, depl
 
     path, data = deployment
     manifest = load_deployment(path)
-    service = service_from_deployment(manifest, deadline_s=10.0)
+    service = service_from_deployment(manifest, deadline_s=10.0, revive=False)
     sample = {"views": [data.test[v][0].tolist() for v in range(VIEWS)]}
     with BackgroundServer(create_app(service, manifest)) as server:
         url = server.url
