@@ -73,6 +73,19 @@ def loopback_only() -> None:
         pass
 
 
+#: Ray's fixed default metric ports (autoscaler 44217, dashboard 44227), read from the
+#: environment by the processes ray.init starts: a private instance gets free ones.
+METRIC_PORT_ENV = ("AUTOSCALER_METRIC_PORT", "DASHBOARD_METRIC_PORT")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
 def private_temp_dir() -> str:
     """A fresh, short directory for a private Ray (its sockets need paths under 108 bytes)."""
     base = "/tmp" if os.path.isdir("/tmp") else None
@@ -103,10 +116,17 @@ def connect(
         context = ray.init(address=address, **kwargs)
         return RaySession(True, None, context.address_info.get("gcs_address"))
     loopback_only()
+    for name in METRIC_PORT_ENV:
+        os.environ.setdefault(name, str(_free_port()))
     tmp = temp_dir or private_temp_dir()
     if num_cpus is not None:
         kwargs["num_cpus"] = int(num_cpus)
-    context = ray.init(address="local", _node_ip_address=LOOPBACK, _temp_dir=tmp, **kwargs)
+    try:
+        context = ray.init(address="local", _node_ip_address=LOOPBACK, _temp_dir=tmp, **kwargs)
+    except BaseException:
+        if not temp_dir:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return RaySession(True, None if temp_dir else tmp, context.address_info.get("gcs_address"))
 
 
