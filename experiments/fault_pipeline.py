@@ -84,6 +84,8 @@ class ScenarioResult:
     readyz_went_false: bool = False
     readyz_true_at_end: bool = False
     max_latency_s: float = 0.0
+    answers_per_s_before: float = 0.0
+    answers_per_s_after_recovery: float = 0.0
     stage_metrics: dict[str, Any] = field(default_factory=dict)
     log_lines: dict[str, int] = field(default_factory=dict)
 
@@ -367,6 +369,18 @@ def _summarise(r: ScenarioResult, replies: list[Reply], changes: list, deadline:
     trues = [t for t, ok in changes if ok and falses and t > falses[0]]
     r.ready_true_again_s = round(trues[0] - r.fault_at_s, 3) if trues else None
     r.readyz_true_at_end = bool(changes) and changes[-1][1]
+    r.answers_per_s_before = _rate(replies, 1.0, r.fault_at_s)
+    back = r.fault_at_s + (r.ready_true_again_s or 0.0)
+    end = max((x.done for x in replies), default=back)
+    r.answers_per_s_after_recovery = _rate(replies, back + 0.5, end)
+
+
+def _rate(replies: list[Reply], start: float, end: float) -> float:
+    """200 answers per second completed in ``[start, end]``."""
+    if end - start < 0.5:
+        return 0.0
+    n = sum(x.status == 200 and start <= x.done <= end for x in replies)
+    return round(n / (end - start), 2)
 
 
 # ----------------------------------------------------------------------------------- main
@@ -423,7 +437,8 @@ def _row(r: ScenarioResult) -> str:
         f"{r.scenario:13s} sent {r.sent:4d} answered {r.answered:4d} late {r.late:3d} "
         f"clear {r.clear_errors:3d} lost {r.lost:2d} | 200 in deadline "
         f"{r.answered_200_within_deadline_pct:5.1f} % | recovery {rec} | readyz false "
-        f"{r.readyz_went_false} -> true {r.ready_true_again_s}"
+        f"{r.readyz_went_false} -> true {r.ready_true_again_s} | "
+        f"{r.answers_per_s_before}/s -> {r.answers_per_s_after_recovery}/s"
     )
 
 
