@@ -1,10 +1,12 @@
 """Fault experiment for the Ray services: do stages of realistic size come back, and does every
 request get an answer?
 
-Starts a multi-node Ray cluster on this machine (``ray.cluster_utils.Cluster``: a head without
-stages plus one node per stage, each advertising its own resource ``n0``, ``n1``, ...; one CPU
-each), serves a 3-stage bundle whose **stage files are several MB** (a dense chain built here, about
-6.5 MB per stage by default) through ``serve-pipeline``'s app (``Pipeline`` + Flask over real
+Starts a multi-node Ray cluster on this machine (``ray.cluster_utils.Cluster``, loopback, private
+temp dir, one CPU per node): the head runs the dispatcher and stages 0 and 2 (resources ``n0``,
+``n2``), a second node runs stage 1 (``n1``), and a third the spare where a scenario has one.
+The host has 2 cores shared with other work, hence no more nodes than the faults need. It
+serves a 3-stage bundle whose **stage files are several MB** (a dense chain built here, 6.3 to
+10 MiB per stage file by default) through ``serve-pipeline``'s app (``Pipeline`` + Flask over real
 loopback HTTP), and streams requests from ``--clients`` closed-loop clients while a fault hits
 the node of stage 1:
 
@@ -255,6 +257,36 @@ class LogCounter(logging.Handler):
 # ----------------------------------------------------------------------------------- scenarios
 
 
+def start_cluster(
+    resources: list[dict[str, float]], head: dict[str, float] | None = None, tries: int = 3
+) -> tuple[Any, list, dict]:
+    """A loopback ``Cluster`` (a head advertising ``head`` + one node per ``resources`` entry,
+    one CPU each) in a private temp dir. Ray gives a node 30 s to start; on a crowded host that
+    is sometimes not enough, so a failed start is retried."""
+    from ray.cluster_utils import Cluster
+
+    from edgelesspart.pipeline import raykit
+
+    raykit.loopback_only()
+    for attempt in range(tries):
+        tmp = raykit.private_temp_dir()
+        node = {"num_cpus": 1, "node_ip_address": raykit.LOOPBACK, "temp_dir": tmp}
+        cluster = None
+        try:
+            head_args = {**node, "include_dashboard": False, "resources": dict(head or {})}
+            cluster = Cluster(initialize_head=True, head_node_args=head_args)
+            nodes = [cluster.add_node(**node, resources=r) for r in resources]
+            return cluster, nodes, node
+        except Exception as exc:  # noqa: BLE001 - Ray's start-up timeout on a busy host
+            print(f"cluster start failed ({exc}); attempt {attempt + 1} of {tries}", flush=True)
+            if cluster is not None:
+                cluster.shutdown()
+            shutil.rmtree(tmp, ignore_errors=True)
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _settings(args: argparse.Namespace) -> dict[str, float]:
     return {
         "before_s": 4.0 if args.quick else 6.0,
@@ -267,22 +299,20 @@ def _settings(args: argparse.Namespace) -> dict[str, float]:
 def run_scenario(name: str, bundle: Path, args: argparse.Namespace) -> ScenarioResult:
     """One scenario on a fresh cluster (see the module docstring)."""
     import ray
-    from ray.cluster_utils import Cluster
 
-    from edgelesspart.pipeline import raykit
     from edgelesspart.pipeline.app import create_app
     from edgelesspart.pipeline.dispatcher import Pipeline, default_stages, stages_with
     from edgelesspart.runtime.manifest import load_manifest
     from service_http.wsgi import BackgroundServer
 
     cfg = _settings(args)
-    raykit.loopback_only()
-    tmp = raykit.private_temp_dir()
-    node = {"num_cpus": 1, "node_ip_address": raykit.LOOPBACK, "temp_dir": tmp}
-    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
-    nodes = {f"n{k}": cluster.add_node(**node, resources={f"n{k}": 1}) for k in range(STAGES)}
+    wanted = [{f"n{VICTIM}": 1.0}]
     if name == "node_spare":
-        cluster.add_node(**node, resources={"spare": 1})
+        wanted.append({"spare": 1.0})
+    others = {f"n{k}": 1.0 for k in range(STAGES) if k != VICTIM}
+    cluster, added, node = start_cluster(wanted, head=others)
+    tmp = node["temp_dir"]
+    nodes = {f"n{VICTIM}": added[0]}
     ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
     counter = LogCounter("edgelesspart.pipeline").__enter__()
     unhandled = LogCounter("ray").__enter__()
@@ -383,13 +413,152 @@ def _rate(replies: list[Reply], start: float, end: float) -> float:
     return round(n / (end - start), 2)
 
 
+# ----------------------------------------------------------------------------------- SlimEdge
+
+VIEW_SCENARIOS = ("actor_kill", "node_replace")
+
+
+def build_views_deployment(out: Path, width: int) -> dict[str, Any]:
+    """A 2-view SlimEdge deployment (untrained backbones with a ``width``-channel conv pair, so
+    the unpruned view segment is several MB), exported through the real path."""
+    import keras
+
+    from edgelesspart.pruning import prune_model
+    from edgelesspart.slimedge import deploy, optimize
+    from edgelesspart.slimedge.curves import CurveModel, ViewCurves
+    from edgelesspart.slimedge.model import MultiViewModel, build_backbone, build_fusion
+    from edgelesspart.slimedge.views import digits_views
+
+    keras.utils.set_random_seed(0)
+    data = digits_views(2, limit=60)
+    backbones = [build_backbone(data.view_shape, widths=(16, width, width), features=16,
+                                name=f"bb{v}") for v in range(2)]  # fmt: skip
+    model = MultiViewModel(backbones, build_fusion(2, data.num_classes, features=16))
+    pruned = {(v, r): bb if r == 0 else prune_model(bb, r).model
+              for v, bb in enumerate(backbones) for r in (0.0, 0.5)}  # fmt: skip
+    curves = ViewCurves(
+        ratios=(0.0, 0.5), accuracy=((0.9, 0.89), (0.9, 0.85)), latency_ms=(1.0, 0.4),
+        params=(1e3, 3e2), memory_bytes=(1e5, 4e4), fusion_latency_ms=0.01, base_accuracy=0.9,
+        importance=(0.02, 0.05), subsets={"11": 0.9, "10": 0.88, "01": 0.85},
+    )  # fmt: skip
+    build = deploy.MultiViewBuild(model, data, curves, pruned)
+    slots = [optimize.DeviceSlot("rpi4", 1.0, 1e9), optimize.DeviceSlot("jetson-nano", 1.0, 1e9)]
+    cm = CurveModel(curves)
+    chosen = optimize.nsga2_plan(cm, slots, optimize.Bound(accuracy_floor=0.88))
+    failures = optimize.failure_plans(cm, slots)
+    deploy.export_deployment(out, build, slots, chosen, baselines={}, failures=failures,
+                             max_accuracy_drop=0.02, overwrite=True)  # fmt: skip
+    sample = [data.test[v][0].tolist() for v in range(2)]
+    (out / "fault_sample.json").write_text(json.dumps(sample), "utf-8")
+    sizes = sorted(p.stat().st_size for p in (out / "segments").glob("view*.tflite"))
+    return {"width": width, "view_file_bytes": sizes}
+
+
+class ViewsLoad(Load):
+    """:class:`Load` for ``serve-views``: a 200 is an answer (``degraded`` when views were
+    missing); a 503 with ``Retry-After`` a clear error; anything else lost."""
+
+    def _client(self) -> None:
+        import requests
+
+        session = requests.Session()
+        while not self._stop.is_set():
+            sent = time.monotonic() - self.t0
+            status, kind, attempts, pause = None, "lost", 0, 0.05
+            try:
+                r = session.post(self.url, json=self.body, timeout=self.http_timeout_s)
+                status = r.status_code
+                if status == 200:
+                    body = r.json()
+                    kind = "late" if body.get("degraded") else "answered"
+                    attempts = len(body.get("alive", []))
+                elif status == 503 and "Retry-After" in r.headers and "error" in r.json():
+                    kind, pause = "clear_error", min(5.0, float(r.headers["Retry-After"]))
+            except Exception:  # noqa: BLE001 - no reply is "lost"
+                kind = "lost"
+            with self._lock:
+                self.replies.append(Reply(sent, time.monotonic() - self.t0, status, kind, attempts))
+            self._stop.wait(pause)
+
+
+def run_views_scenario(name: str, deployment: Path, args: argparse.Namespace) -> ScenarioResult:
+    """One SlimEdge scenario: views 0 and 1 on nodes ``v0`` and ``v1``; view 1 fails."""
+    import ray
+
+    from edgelesspart.slimedge.app import create_app, load_deployment, service_from_deployment
+    from service_http.wsgi import BackgroundServer
+
+    cfg = _settings(args)
+    cluster, added, node = start_cluster([{"v0": 1.0}, {"v1": 1.0}])
+    tmp = node["temp_dir"]
+    nodes = {"v0": added[0], "v1": added[1]}
+    ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+    counter = LogCounter("edgelesspart.slimedge").__enter__()
+    unhandled = LogCounter("ray").__enter__()
+    result = ScenarioResult(f"views_{name}")
+    try:
+        manifest = load_deployment(deployment)
+        service = service_from_deployment(manifest, resources=["v0", "v1"],
+                                          request_deadline_s=args.deadline)  # fmt: skip
+        sample = json.loads((deployment / "fault_sample.json").read_text("utf-8"))
+        try:
+            with BackgroundServer(create_app(service, manifest), threads=args.clients + 4) as srv:
+                load = ViewsLoad(srv.url + "/v1/infer", np.zeros(1), args.clients,
+                                 args.deadline + 15)  # fmt: skip
+                load.body = {"views": sample}
+                poller = ReadyPoller(srv.url + "/readyz", load.t0)
+                load.start()
+                poller.start()
+                time.sleep(cfg["before_s"])
+                result.fault_at_s = time.monotonic() - load.t0
+                if name == "actor_kill":
+                    service.kill(1)
+                    result.replacement_at_s = result.fault_at_s
+                else:
+                    cluster.remove_node(nodes["v1"])
+                    time.sleep(cfg["replace_after_s"])
+                    nodes["v1"] = cluster.add_node(**node, resources={"v1": 1})
+                    result.replacement_at_s = time.monotonic() - load.t0
+                time.sleep(cfg["after_s"])
+                end = time.monotonic() + 60
+                while not service.ready() and time.monotonic() < end:
+                    time.sleep(0.2)
+                time.sleep(2.0)
+                load.stop()
+                poller.stop()
+                result.stage_metrics = {"rejoined": service.stats.rejoined_devices,
+                                        "lost": service.stats.lost_devices,
+                                        "last_failure": service.stats.last_failure}  # fmt: skip
+        finally:
+            service.close()
+        _summarise(result, load.replies, poller.changes, args.deadline)
+        full = [x.done for x in load.replies
+                if x.status == 200 and x.kind == "answered" and x.done >= result.replacement_at_s
+                and x.sent >= result.replacement_at_s]  # fmt: skip
+        result.recovery_s = round(min(full) - result.replacement_at_s, 3) if full else None
+        result.log_lines = {
+            "dispatcher_warnings": len(counter.lines),
+            "ray_unhandled_errors": sum("Unhandled error" in line for line in unhandled.lines),
+            "sample": counter.lines[:8],
+        }
+    finally:
+        counter.__exit__()
+        unhandled.__exit__()
+        ray.shutdown()
+        cluster.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
 # ----------------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1.6 MB stages, short phases")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--quick", action="store_true", help="smaller files, shorter phases")
+    parser.add_argument("--service", choices=("pipeline", "views", "both"), default="both")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="pipeline scenarios")
+    parser.add_argument("--view-scenarios", default=",".join(VIEW_SCENARIOS))
     parser.add_argument("--width", type=int, default=None, help="dense width (stage file size)")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--deadline", type=float, default=30.0, help="request deadline (s)")
@@ -403,31 +572,50 @@ def main(argv: list[str] | None = None) -> int:
     args.outage = args.outage or (20.0 if args.quick else 60.0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    bundle, info = ensure_bundle(out / "bundles", args.width)
-    mib = [round(b / 2**20, 2) for b in info["stage_file_bytes"]]
-    print(f"bundle {bundle}: stage files {mib} MiB")
-    results = []
-    for name in [s for s in args.scenarios.split(",") if s]:
-        load0 = os.getloadavg()[0]
-        t = time.monotonic()
-        res = run_scenario(name, bundle, args)
-        print(_row(res), f"({time.monotonic() - t:.0f} s, load {load0:.2f})", flush=True)
-        results.append({**asdict(res), "loadavg_1min_at_start": load0})
-    report = {
+    report: dict[str, Any] = {
         "experiment": "fault_pipeline",
         "quick": args.quick,
-        "stage_file_bytes": info["stage_file_bytes"],
         "deadline_s": args.deadline,
         "clients": args.clients,
         "replace_after_s": args.replace_after,
         "outage_s": args.outage,
         "cpu_count": os.cpu_count(),
-        "scenarios": results,
     }
-    path = out / ("fault_pipeline_quick.json" if args.quick else "fault_pipeline.json")
+    runs: list[tuple[str, Any, Path, str]] = []
+    if args.service in ("pipeline", "both"):
+        bundle, info = ensure_bundle(out / "bundles", args.width)
+        report["stage_file_bytes"] = info["stage_file_bytes"]
+        mib = [round(b / 2**20, 2) for b in info["stage_file_bytes"]]
+        print(f"pipeline bundle {bundle}: stage files {mib} MiB")
+        runs += [("pipeline", run_scenario, bundle, n) for n in args.scenarios.split(",") if n]
+    if args.service in ("views", "both"):
+        width = 256 if args.quick else 512
+        dep = out / "bundles" / f"views-{width}"
+        if not (dep / "fault_info.json").exists():
+            meta = build_views_deployment(dep, width)
+            (dep / "fault_info.json").write_text(json.dumps(meta), "utf-8")
+        info = json.loads((dep / "fault_info.json").read_text("utf-8"))
+        report["view_file_bytes"] = info["view_file_bytes"]
+        mib = [round(b / 2**20, 2) for b in info["view_file_bytes"]]
+        print(f"views deployment {dep}: view segment files {mib} MiB")
+        runs += [("views", run_views_scenario, dep, n) for n in args.view_scenarios.split(",") if n]
+    results: dict[str, list] = {"pipeline": [], "views": []}
+    for service, runner, path, name in runs:
+        load0 = os.getloadavg()[0]
+        t = time.monotonic()
+        res = runner(name, path, args)
+        print(_row(res), f"({time.monotonic() - t:.0f} s, load {load0:.2f})", flush=True)
+        results[service].append({**asdict(res), "loadavg_1min_at_start": load0})
+    report["scenarios"] = results["pipeline"]
+    report["views_scenarios"] = results["views"]
+    report["note_views"] = "for views, 'late' counts degraded answers (fused without a lost view)"
+    suffix = "_quick" if args.quick else ""
+    path = out / (f"fault_pipeline{suffix}.json" if args.service == "both"
+                  else f"fault_pipeline_{args.service}{suffix}.json")  # fmt: skip
     path.write_text(json.dumps(report, indent=2) + "\n", "utf-8")
-    lost = sum(r["lost"] for r in results)
-    print(f"wrote {path}; lost {lost} of {sum(r['sent'] for r in results)} requests")
+    every = results["pipeline"] + results["views"]
+    lost = sum(r["lost"] for r in every)
+    print(f"wrote {path}; lost {lost} of {sum(r['sent'] for r in every)} requests")
     return 0 if lost == 0 else 1
 
 
