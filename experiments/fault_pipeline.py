@@ -270,7 +270,8 @@ def start_cluster(
     raykit.loopback_only()
     for attempt in range(tries):
         tmp = raykit.private_temp_dir()
-        node = {"num_cpus": 1, "node_ip_address": raykit.LOOPBACK, "temp_dir": tmp}
+        node = {"num_cpus": 1, "node_ip_address": raykit.LOOPBACK, "temp_dir": tmp,
+                "include_log_monitor": False}  # fmt: skip
         cluster = None
         try:
             head_args = {**node, "include_dashboard": False, "resources": dict(head or {})}
@@ -566,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outage", type=float, default=None, help="s of the long outage")
     parser.add_argument("--spare-after", type=float, default=5.0)
     parser.add_argument("--out", default=str(ROOT / "results" / "reliability"))
+    parser.add_argument("--tag", default="", help="suffix of the JSON file name")
     args = parser.parse_args(argv)
     args.width = args.width or (640 if args.quick else 1280)
     args.replace_after = args.replace_after or (8.0 if args.quick else 15.0)
@@ -600,18 +602,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"views deployment {dep}: view segment files {mib} MiB")
         runs += [("views", run_views_scenario, dep, n) for n in args.view_scenarios.split(",") if n]
     results: dict[str, list] = {"pipeline": [], "views": []}
-    for service, runner, path, name in runs:
-        load0 = os.getloadavg()[0]
-        t = time.monotonic()
-        res = runner(name, path, args)
-        print(_row(res), f"({time.monotonic() - t:.0f} s, load {load0:.2f})", flush=True)
-        results[service].append({**asdict(res), "loadavg_1min_at_start": load0})
     report["scenarios"] = results["pipeline"]
     report["views_scenarios"] = results["views"]
+    report["not_run"] = []
     report["note_views"] = "for views, 'late' counts degraded answers (fused without a lost view)"
     suffix = "_quick" if args.quick else ""
-    path = out / (f"fault_pipeline{suffix}.json" if args.service == "both"
-                  else f"fault_pipeline_{args.service}{suffix}.json")  # fmt: skip
+    stem = "fault_pipeline" if args.service == "both" else f"fault_pipeline_{args.service}"
+    path = out / f"{stem}{suffix}{args.tag}.json"
+    for service, runner, bundle_path, name in runs:
+        load0 = os.getloadavg()[0]
+        t = time.monotonic()
+        try:
+            res = runner(name, bundle_path, args)
+        except Exception as exc:  # noqa: BLE001 - a cluster that cannot start on a busy host
+            print(f"{service} {name}: not run ({type(exc).__name__}: {exc})", flush=True)
+            report["not_run"].append({"service": service, "scenario": name, "error": str(exc),
+                                      "loadavg_1min_at_start": load0})  # fmt: skip
+            continue
+        print(_row(res), f"({time.monotonic() - t:.0f} s, load {load0:.2f})", flush=True)
+        results[service].append({**asdict(res), "loadavg_1min_at_start": load0})
+        path.write_text(json.dumps(report, indent=2) + "\n", "utf-8")  # after every scenario
     path.write_text(json.dumps(report, indent=2) + "\n", "utf-8")
     every = results["pipeline"] + results["views"]
     lost = sum(r["lost"] for r in every)
