@@ -456,8 +456,11 @@ def build_views_deployment(out: Path, width: int) -> dict[str, Any]:
 
 
 class ViewsLoad(Load):
-    """:class:`Load` for ``serve-views``: a 200 is an answer (``degraded`` when views were
-    missing); a 503 with ``Retry-After`` a clear error; anything else lost."""
+    """:class:`Load` for ``serve-views``: a 200 is an answer -- counted as ``late`` (partial)
+    when it was fused from fewer than ``views`` views (a lost or late device); a 503 with
+    ``Retry-After`` a clear error; anything else lost."""
+
+    views = 2
 
     def _client(self) -> None:
         import requests
@@ -471,7 +474,8 @@ class ViewsLoad(Load):
                 status = r.status_code
                 if status == 200:
                     body = r.json()
-                    kind = "late" if body.get("degraded") else "answered"
+                    partial = body.get("degraded") or len(body.get("alive", [])) < self.views
+                    kind = "late" if partial else "answered"
                     attempts = len(body.get("alive", []))
                 elif status == 503 and "Retry-After" in r.headers and "error" in r.json():
                     kind, pause = "clear_error", min(5.0, float(r.headers["Retry-After"]))
@@ -533,10 +537,13 @@ def run_views_scenario(name: str, deployment: Path, args: argparse.Namespace) ->
         finally:
             service.close()
         _summarise(result, load.replies, poller.changes, args.deadline)
-        full = [x.done for x in load.replies
-                if x.status == 200 and x.kind == "answered" and x.done >= result.replacement_at_s
-                and x.sent >= result.replacement_at_s]  # fmt: skip
-        result.recovery_s = round(min(full) - result.replacement_at_s, 3) if full else None
+        # recovery: from the replacement joining (the kill) -- or the first degraded answer, if
+        # later -- to the first answer fused from every view again
+        degraded = [x.done for x in load.replies if x.kind == "late"]
+        mark = max(result.replacement_at_s, min(degraded, default=result.replacement_at_s))
+        full = [x.done for x in load.replies if x.kind == "answered" and x.sent >= mark]
+        result.recovery_s = round(min(full) - mark, 3) if full else None
+        result.replacement_at_s = mark
         result.log_lines = {
             "dispatcher_warnings": len(counter.lines),
             "ray_unhandled_errors": sum("Unhandled error" in line for line in unhandled.lines),
@@ -605,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     report["scenarios"] = results["pipeline"]
     report["views_scenarios"] = results["views"]
     report["not_run"] = []
-    report["note_views"] = "for views, 'late' counts degraded answers (fused without a lost view)"
+    report["note_views"] = "for views, 'late' counts partial answers (fused without every view)"
     suffix = "_quick" if args.quick else ""
     stem = "fault_pipeline" if args.service == "both" else f"fault_pipeline_{args.service}"
     path = out / f"{stem}{suffix}{args.tag}.json"
