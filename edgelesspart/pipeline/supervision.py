@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -73,10 +74,17 @@ def is_actor_failure(exc: BaseException) -> bool:
 
 
 def failure_reason(exc: BaseException, limit: int = 160) -> str:
-    """A one-line reason for logs and metrics: the error class and its first line."""
-    text = str(exc).strip().splitlines()
+    """A one-line reason for logs and metrics: the error class and its first line (for a task
+    error wrapping an actor failure, the underlying failure), without terminal colours."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException) and cause is not exc:
+        exc = cause
+    text = _ANSI.sub("", str(exc)).strip().splitlines()
     first = text[0] if text else ""
     return f"{type(exc).__name__}: {first[:limit]}"
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 # ---------------------------------------------------------------------------------- bytes
