@@ -188,7 +188,7 @@ class Reaper:
                 continue
             try:
                 ready, _ = ray.wait([r for _, r in batch], num_returns=len(batch), timeout=0.2)
-            except Exception:  # noqa: BLE001 - Ray shutting down
+            except BaseException:  # noqa: BLE001 - Ray shutting down (it may raise SystemExit)
                 return
             ready_ids = {id(r) for r in ready}
             keep = []
@@ -196,7 +196,7 @@ class Reaper:
                 if id(ref) in ready_ids or time.monotonic() - born > self.max_wait_s:
                     try:
                         ray.get(ref, timeout=0)
-                    except Exception:  # noqa: BLE001 - reading the error is the point
+                    except BaseException:  # noqa: BLE001 - reading the error is the point
                         pass
                     self.consumed += 1
                 else:

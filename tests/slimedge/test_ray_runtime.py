@@ -125,3 +125,38 @@ def test_a_device_that_misses_its_deadlines_is_dropped_and_answers_continue(ray_
     assert service.stats.lost_devices == [2] and service.stats.degraded_answers == 2
     assert service.stats.replans[0]["alive"] == [0, 1]
     assert [s["ratio"] for s in service.states()] == [0.5, 0.5]
+
+
+def test_a_killed_device_rejoins_and_the_views_are_replanned_with_it(ray_local, segments):
+    import time
+
+    library, fusion = segments
+    rng = np.random.default_rng(2)
+    plans = {(0, 1, 2): [0.5] * 3, (0, 2): [0.0, 0.0, 0.0]}
+    # GIVEN a deployment that re-creates lost devices (the default) on this one-node Ray
+    service = SlimEdgeService(library, fusion, [0.5] * VIEWS, lambda alive: plans[tuple(alive)])
+    try:
+        views = [rng.random((1, *SHAPE), dtype=np.float32) for _ in range(VIEWS)]
+        service.infer(views)
+        # WHEN device 1's actor dies and requests keep coming
+        service.kill(1)
+        end = time.monotonic() + 120
+        answers = 0
+        while service.alive != [0, 1, 2] or not service.stats.lost_devices:
+            assert time.monotonic() < end, "device 1 did not rejoin within 120 s"
+            probs = service.infer(views)
+            assert probs.shape == (1, CLASSES)
+            answers += 1
+            time.sleep(0.1)
+        # THEN it was lost, answered around, re-created from the owned bytes and re-planned in
+        assert service.stats.lost_devices == [1] and service.stats.rejoined_devices == [1]
+        assert service.ready() and answers >= 1
+        assert service.stats.replans[-1]["rejoined"] == [1]
+        assert [s["ratio"] for s in service.states()] == [0.5, 0.5, 0.5]
+        np.testing.assert_allclose(
+            service.infer(views),
+            local_answer(library, fusion, [0.5] * 3, [0, 1, 2], views),
+            atol=1e-5,
+        )
+    finally:
+        service.close()
