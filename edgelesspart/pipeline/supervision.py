@@ -186,6 +186,8 @@ class Reaper:
                 batch, self._refs = self._refs, []
             if not batch:
                 continue
+            if not ray.is_initialized():  # Ray shut down under us: nothing left to read
+                return
             try:
                 ready, _ = ray.wait([r for _, r in batch], num_returns=len(batch), timeout=0.2)
             except BaseException:  # noqa: BLE001 - Ray shutting down (it may raise SystemExit)

@@ -98,6 +98,7 @@ def test_serve_views_answers_and_replans_a_lost_device_over_http(ray_local, depl
         metrics = requests.get(url + "/v1/metrics", timeout=30).json()
         text = requests.get(url + "/metrics", timeout=30).text
         health = requests.get(url + "/healthz", timeout=10).json()
+    service.close()
     assert metrics["answered"] == 4 and metrics["failures"] == 1 and metrics["lost_devices"] == [0]
     assert len(metrics["replans"]) == 1 and metrics["replans"][0]["alive"] == [1]
     dead, alive = metrics["devices"]
