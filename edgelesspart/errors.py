@@ -25,7 +25,9 @@ one-line message and a non-zero exit code, never a traceback::
     │   ├── OffloadUnavailable           circuit breaker open / connection refused
     │   └── OffloadRejected              the cloud answered with an error status
     └── PipelineError                    a multi-node chain could not answer (after Ray's retries)
-        └── PipelineBusy                 the in-flight window is full (HTTP 429)
+        ├── PipelineBusy                 the in-flight window is full (HTTP 429)
+        ├── StageUnavailable             a stage is down and no node can host it in time (503)
+        └── DeadlineExceeded             the stages are up but the answer missed its deadline (504)
 """
 
 from __future__ import annotations
@@ -125,3 +127,18 @@ class PipelineError(EdgeLessPartError):
 
 class PipelineBusy(PipelineError):
     """Every slot of the pipeline's in-flight window is taken (HTTP 429); retry shortly."""
+
+
+class StageUnavailable(PipelineError):
+    """A stage is down and no node could host it within the request's deadline (HTTP 503).
+
+    ``retry_after_s`` is the caller's hint for ``Retry-After``.
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = float(retry_after_s)
+
+
+class DeadlineExceeded(PipelineError):
+    """Every stage is up but the answer did not come within the request's deadline (HTTP 504)."""

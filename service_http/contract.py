@@ -444,9 +444,8 @@ def contract_app(
         return jsonify({"kind": backend.kind, **backend.bundle_summary()})
 
     @app.get("/healthz")
-    def healthz():  # as serve-edge's: alive, and 503 while not ready
-        body = health_body(backend, live=True)
-        return jsonify(body), 200 if body["ready"] else 503
+    def healthz():  # liveness: the process answers (readiness, with its reasons, is /readyz)
+        return jsonify(health_body(backend, live=True)), 200
 
     @app.get("/readyz")
     def readyz():

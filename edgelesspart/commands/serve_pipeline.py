@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from edgelesspart.commands.ray_args import add_ray_server_args
+from edgelesspart.commands.ray_args import add_ray_server_args, add_spare_args
 
 
 def register(sub: Any) -> None:
@@ -43,9 +43,26 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--emulate-link", default=None, help="emulate a link between nodes (name or JSON file)"
     )
-    parser.add_argument("--max-restarts", type=int, default=3, help="restarts of a stage actor")
     parser.add_argument(
-        "--max-task-retries", type=int, default=3, help="retries of calls of a dead actor"
+        "--deadline",
+        type=float,
+        default=30.0,
+        help="seconds a request may take, retries after a lost stage included; then 503 with "
+        "Retry-After while a stage is down, else 504 (default 30)",
+    )
+    add_spare_args(parser)
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=-1,
+        help="Ray restarts of a stage actor (-1, default: unlimited; a restart waits for a node)",
+    )
+    parser.add_argument(
+        "--max-task-retries",
+        type=int,
+        default=0,
+        help="Ray-level retries of a dead actor's calls (default 0: the dispatcher retries "
+        "within --deadline)",
     )
     add_cloud_tail_args(parser)
     parser.add_argument(
@@ -162,13 +179,18 @@ def run_serve(args: argparse.Namespace) -> int:
             args.bundle,
             stages,
             window=args.window,
+            deadline_s=args.deadline,
             input_emulation=emulation,
             max_restarts=args.max_restarts,
             max_task_retries=args.max_task_retries,
+            spare=args.spare,
+            spare_after_s=args.spare_after,
         ).start()
         try:
             for worker in pipeline.workers:
                 print(f"stage {worker['stage']}: ready (pid {worker['pid']})")
+            if args.ray_address == "local":
+                print(f"private local Ray at {owned.address} (temp dir {owned.temp_dir})")
             offloader = None
             if args.cloud:
                 from edgelesspart.pipeline.contract import make_offloader

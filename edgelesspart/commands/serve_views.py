@@ -36,6 +36,18 @@ def register(sub: Any) -> None:
         "--max-missed", type=int, default=2, help="missed deadlines before a device is lost"
     )
     parser.add_argument(
+        "--request-deadline",
+        type=float,
+        default=30.0,
+        help="seconds a request may wait for the aggregator to come back after a failure; "
+        "then 503 with Retry-After (default 30)",
+    )
+    parser.add_argument(
+        "--no-rejoin",
+        action="store_true",
+        help="keep a lost device lost (default: re-create it once a node offers its resource)",
+    )
+    parser.add_argument(
         "--emulate-devices",
         action="store_true",
         help="sleep each device's latency factor (from the deployment) to emulate it",
@@ -73,12 +85,17 @@ def run_serve(args: argparse.Namespace) -> int:
             emulate=args.emulate_devices,
             deadline_s=args.deadline,
             max_missed=args.max_missed,
+            request_deadline_s=args.request_deadline,
+            revive=not args.no_rejoin,
         )
         for v, slot in enumerate(manifest["devices"]):
             where = resources[v] or "anywhere"
             print(f"view {v}: {slot['name']} at ratio {service.ratios[v]:.2f} ({where})")
-        serve(create_app(service, manifest, token=args.token), host=args.host, port=args.port,
-              threads=args.threads)  # fmt: skip
+        try:
+            serve(create_app(service, manifest, token=args.token), host=args.host,
+                  port=args.port, threads=args.threads)  # fmt: skip
+        finally:
+            service.close()
     finally:
         raykit.disconnect(owned)
     return 0

@@ -1,7 +1,10 @@
 """A chain of width-switching stage actors on Ray, with the controller in the dispatcher.
 
 :class:`WidthWorker` (a plain class; Ray makes it an actor) holds *every* width's LiteRT segment
-of its stage, received as bytes and checked against the width manifest's SHA-256. ``forward``
+of its stage, checked against the width manifest's SHA-256. The dispatcher puts the files into
+Ray's object store once and owns them (:class:`~edgelesspart.pipeline.supervision.BlobStore`);
+the actor receives references and fetches them in its constructor, so Ray can restart it
+(unlimited restarts, calls retried by Ray) after a crash or on a replacement node. ``forward``
 (frames in and out, never pickled objects, as in :mod:`edgelesspart.pipeline.stage`) runs in
 the actor's default concurrency group, one call at a time as a device would; ``set_width``,
 ``set_slowdown`` and ``state`` run in a separate ``control`` group, so a width change reaches a
@@ -69,7 +72,8 @@ class WidthWorker:
     Args:
         manifest: the width manifest as a dict.
         index: the stage this worker runs.
-        files: relative path -> bytes of its segments (:func:`stage_files`).
+        files: relative path -> bytes of its segments (:func:`stage_files`), or their
+            :meth:`~edgelesspart.pipeline.supervision.BlobStore.handles`.
         scale: emulated device time = ``scale`` x build-host latency (1: no emulation).
         width: the initial width.
     """
@@ -78,10 +82,13 @@ class WidthWorker:
         self,
         manifest: dict[str, Any],
         index: int,
-        files: dict[str, bytes],
+        files: dict[str, Any],
         scale: float = 1.0,
         width: float = 1.0,
     ) -> None:
+        from edgelesspart.pipeline.supervision import resolve_files
+
+        files = resolve_files(files)
         if not scale >= 1.0:
             raise ConfigError(f"scale must be >= 1 (emulated devices are slower), got {scale!r}.")
         self.manifest = DynamicManifest.from_dict(manifest)
@@ -155,7 +162,6 @@ class WidthWorker:
                 "switches": self.stage.switches,
                 "rows_by_width": dict(self.stage.rows_by_width),
             }
-
 
 
 def remote_worker_class() -> Any:
@@ -234,6 +240,7 @@ class DynamicPipeline:
         self.window = int(window)
         self.timeout_s = float(timeout_s)
         self.actors: list[Any] = []
+        self.blobs: Any = None
         self._seq = itertools.count()
         self._lock = threading.Lock()
         self._submitted = 0
@@ -254,14 +261,18 @@ class DynamicPipeline:
 
     def start(self, ready_timeout_s: float = 120.0) -> DynamicPipeline:
         """Create one actor per stage, wait until each loaded its widths, start the loop."""
+        from edgelesspart.pipeline.supervision import BlobStore
+
         ray = raykit.require_ray()
         cls = remote_worker_class()
         manifest = self.manifest.to_dict()
+        self.blobs = BlobStore()
         try:  # a later stage's files may be unreadable: kill the actors already created
+            files = [stage_files(self.bundle, self.manifest, k) for k in range(self.stages)]
             for k in range(self.stages):
-                opts = raykit.actor_options(max_restarts=0, max_task_retries=0)
-                files = stage_files(self.bundle, self.manifest, k)
-                self.actors.append(cls.options(**opts).remote(manifest, k, files, self.scale))
+                opts = raykit.actor_options(max_restarts=-1, max_task_retries=-1)
+                handles = self.blobs.handles(files[k])
+                self.actors.append(cls.options(**opts).remote(manifest, k, handles, self.scale))
         except BaseException:
             self.close()
             raise
@@ -282,6 +293,8 @@ class DynamicPipeline:
             self._thread.join(timeout=5)
         actors, self.actors = self.actors, []
         raykit.kill_actors(actors)
+        if self.blobs is not None:
+            self.blobs.release()
 
     def __enter__(self) -> DynamicPipeline:
         return self.start() if not self.actors else self

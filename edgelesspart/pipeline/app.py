@@ -1,12 +1,15 @@
 """HTTP front of the dispatcher: the shared serving contract (Flask app factory).
 
 Routes: those of :mod:`service_http.contract` (``POST /v1/infer`` with tensors, JSON, base64
-or images, one answer per row naming its exit, stage and node; ``/v1/bundle``, ``/readyz``,
-``/openapi.json``), ``GET /metrics`` (Prometheus text: per-stage busy seconds, queue
-length, bytes in/out, restarts seen; dispatcher counters), ``GET /v1/metrics`` (the same as
-JSON), ``GET /v1/pipeline`` (stages, segments, codecs, placement), ``GET /healthz``. A full
-in-flight window answers 429 with ``Retry-After``; a stage that still fails after Ray's
-restarts and retries answers 503 -- never a silent loss. Errors are the shared JSON errors of
+or images, one answer per row naming its exit, stage and node; ``/v1/bundle``, ``/openapi.json``,
+``GET /healthz`` (liveness: the dispatcher answers) and ``GET /readyz`` (readiness: 503 while any
+stage is down)), ``GET /metrics`` (Prometheus text: per-stage busy seconds, queue length, bytes
+in/out; per-stage health: up, restarts, re-placements, failures; dispatcher counters),
+``GET /v1/metrics`` (the same as JSON, with each stage's state and last failure reason),
+``GET /v1/pipeline`` (stages, segments, codecs, placement). A full in-flight window answers 429
+with ``Retry-After``; a stage still down at the request's deadline answers 503 with
+``Retry-After``; stages that are up but too slow answer 504 -- every request gets an answer.
+Errors are the shared JSON errors of
 :mod:`service_http.errors`. Nothing happens at import; :func:`create_app` wires a started
 :class:`~edgelesspart.pipeline.dispatcher.Pipeline`.
 """
@@ -17,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgelesspart.errors import PipelineBusy, PipelineError
+from edgelesspart.errors import DeadlineExceeded, PipelineBusy, PipelineError, StageUnavailable
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -50,17 +53,67 @@ def prometheus_text(metrics: dict[str, Any]) -> str:
         lines.append(f"# TYPE edgelesspart_stage_{metric} {kind}")
         for stage, values in metrics["stages"].items():
             lines.append(f'edgelesspart_stage_{metric}{{stage="{stage}"}} {values[field]}')
+    lines += health_lines("stage", metrics["stages"])
+    for key in ("retried", "late", "unavailable", "deadline_exceeded"):
+        lines.append(f"# TYPE edgelesspart_pipeline_{key}_total counter")
+        lines.append(f"edgelesspart_pipeline_{key}_total {metrics.get(key, 0)}")
+    lines.append("# TYPE edgelesspart_pipeline_ready gauge")
+    lines.append(f"edgelesspart_pipeline_ready {int(bool(metrics.get('ready')))}")
     return "\n".join(lines) + "\n"
 
 
+def health_lines(label: str, stages: dict[str, dict[str, Any]]) -> list[str]:
+    """Prometheus lines of the supervisor's per-stage health (up, restarts, re-placements,
+    re-creations, failures); the last failure reason is in the JSON metrics."""
+    lines = []
+    for key, kind in (("up", "gauge"), ("restarts", "counter"), ("replacements", "counter"),
+                      ("recreations", "counter"), ("failures", "counter")):  # fmt: skip
+        metric = f"edgelesspart_{label}_{key}" + ("_total" if kind == "counter" else "")
+        lines.append(f"# TYPE {metric} {kind}")
+        for name, values in stages.items():
+            lines.append(f'{metric}{{{label}="{name}"}} {int(values.get(key) or 0)}')
+    return lines
+
+
+def base_app(name: str, service: Any, *, token: str | None, max_body: int) -> Flask:
+    """A Flask app with the shared JSON errors, a body limit and the bearer token on every route
+    but :data:`PUBLIC_ROUTES`; ``service`` is kept in ``app.extensions[name]``."""
+    from flask import Flask, request
+
+    from service_http.auth import check_bearer
+    from service_http.contract import PUBLIC_ROUTES
+    from service_http.errors import register_error_handlers
+
+    app = Flask(name)
+    app.config["MAX_CONTENT_LENGTH"] = int(max_body)
+    app.extensions[name] = service
+    register_error_handlers(app)
+
+    @app.before_request
+    def _auth() -> None:
+        if token and request.path not in PUBLIC_ROUTES:
+            check_bearer(token, request.headers.get("Authorization"))
+
+    return app
+
+
 def answer_or_refuse(call: Any, x: np.ndarray) -> Any:
-    """``call(x)``, with a full window as 429 and a failed stage as 503 ``pipeline_unavailable``."""
+    """``call(x)``, with a full window as 429, a stage down past the deadline as 503
+    ``stage_unavailable`` (with ``Retry-After``), a missed deadline as 504 ``deadline_exceeded``
+    and any other chain failure as 503 ``pipeline_unavailable``."""
     from service_http.errors import ServiceError, TooManyRequests
 
     try:
         return call(x)
     except PipelineBusy as exc:
         raise TooManyRequests(str(exc)) from exc
+    except StageUnavailable as exc:
+        retry = str(max(1, round(exc.retry_after_s)))
+        raise ServiceError(
+            str(exc), status=503, code="stage_unavailable", headers={"Retry-After": retry}
+        ) from exc
+    except DeadlineExceeded as exc:
+        raise ServiceError(str(exc), status=504, code="deadline_exceeded") from exc
     except PipelineError as exc:
         raise ServiceError(str(exc), status=503, code="pipeline_unavailable") from exc
 

@@ -196,11 +196,13 @@ class PipelineBackend:
         return results
 
     def _row(self, res: Any, **extra: Any) -> dict[str, Any]:
-        return answer_row(
+        row = answer_row(
             res.probs, self.classes, exit=res.exit, stage=res.stage,
             timings={"chain": res.latency_ms, "total": res.latency_ms},
             node=self._nodes.get(res.stage) or res.stage, **extra,
         )  # fmt: skip
+        row["attempts"] = int(getattr(res, "attempts", 1))  # > 1: answered late, after a fault
+        return row
 
     def _degraded(self, res: Any, reason: str) -> dict[str, Any]:
         best = res.meta.get("best")
@@ -284,16 +286,21 @@ class PipelineBackend:
         }
 
     def health(self) -> dict[str, Any]:
-        """Stages up and the cloud tail's breaker."""
+        """Stages up (``down``: the stages that are not, with their state) and the cloud tail's
+        breaker."""
         ready = bool(self.pipeline.actors)
         ready_fn = getattr(self.pipeline, "ready", None)
         if callable(ready_fn):
             ready = bool(ready_fn())
         breaker = getattr(self.offloader, "breaker", None)
         state = getattr(breaker, "state", None)
+        supervisor = getattr(self.pipeline, "supervisor", None)
+        health = supervisor.metrics() if supervisor is not None else {}
         return {
             "ready": ready,
             "stages": len(self.pipeline.actors),
+            "stage_states": {n: v.get("state") for n, v in health.items()},
+            "down": {n: v.get("state") for n, v in health.items() if not v.get("up")},
             "cloud": {"kind": _cloud_kind(self.cloud),
                       "breaker": None if state is None else str(getattr(state, "value", state))},
         }  # fmt: skip

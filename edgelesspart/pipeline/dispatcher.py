@@ -1,19 +1,29 @@
 """The dispatcher: streams inputs through a chain of stage actors and returns answers in order.
 
 One long-lived Ray actor per stage (:class:`~edgelesspart.pipeline.stage.StageWorker`), pinned by
-a custom resource, restarted by Ray when it dies (``max_restarts``) with the calls it was running
-or had queued retried (``max_task_retries``). An input becomes a wire frame; stage ``k``'s
-``forward`` returns two objects, the frame for stage ``k+1`` (passed on as an ObjectRef, so it
-moves between nodes through Ray's object store without touching the dispatcher) and its stats
-(collected here). At most ``window`` inputs are in flight: :meth:`Pipeline.submit` raises
-:class:`PipelineBusy` when the window is full (HTTP 429), :meth:`Pipeline.run_many` waits for a
-slot. A call that still fails after the retries raises :class:`PipelineError`: no request is
-silently lost.
+a custom resource. Its segment files are put into Ray's object store once and owned here
+(:class:`~edgelesspart.pipeline.supervision.BlobStore`), so Ray can restart it (``max_restarts``,
+unlimited by default) after a kill or on a replacement node; a
+:class:`~edgelesspart.pipeline.supervision.Supervisor` tracks each stage's health, re-creates an
+actor that is dead for good and, with ``spare``, re-places a stage that stays down on a spare
+node. An input becomes a wire frame; stage ``k``'s ``forward`` returns two objects, the frame for
+stage ``k+1`` (passed on as an ObjectRef, so it moves between nodes through Ray's object store
+without touching the dispatcher) and its stats (collected here).
+
+Every input has a deadline (``deadline_s``). A chain that fails because an actor or its node is
+gone is sent again from the input frame the dispatcher kept, with backoff, as long as the deadline
+allows -- after waiting for the stages to be up again -- so a request that spans a node's loss and
+its replacement is answered late rather than refused. At the deadline the answer is
+:class:`StageUnavailable` (a stage is still down: HTTP 503 with ``Retry-After``) or
+:class:`DeadlineExceeded` (every stage is up but slow: HTTP 504): no request is left unanswered.
+At most ``window`` inputs are in flight: :meth:`Pipeline.submit` raises :class:`PipelineBusy`
+when the window is full (HTTP 429), :meth:`Pipeline.run_many` waits for a slot.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,28 +33,51 @@ from typing import Any
 
 import numpy as np
 
-from edgelesspart.errors import ConfigError, PipelineBusy, PipelineError
+from edgelesspart.errors import (
+    ConfigError,
+    DeadlineExceeded,
+    PipelineBusy,
+    PipelineError,
+    StageUnavailable,
+)
 from edgelesspart.pipeline import raykit
 from edgelesspart.pipeline.emulation import DeviceEmulation, sleep_s
 from edgelesspart.pipeline.stage import CONCURRENCY_GROUPS, StageSpec, StageWorker, stage_files
+from edgelesspart.pipeline.supervision import (
+    DEFAULT_SPARE_AFTER_S,
+    BlobStore,
+    Reaper,
+    Supervisor,
+    failure_reason,
+    is_actor_failure,
+)
 from edgelesspart.runtime.codecs import decode_tensor, encode_tensor
 from edgelesspart.runtime.manifest import Manifest, load_manifest
 from edgelesspart.runtime.preprocess import validate_input
 
+LOG = logging.getLogger("edgelesspart.pipeline")
 DEFAULT_WINDOW = 8
-DEFAULT_TIMEOUT_S = 120.0
+#: Seconds an input may take, retries included; long enough to span Ray's detection of a lost
+#: node (about 15 s) and a replacement joining, short enough that no client waits for minutes.
+DEFAULT_DEADLINE_S = 30.0
+DEFAULT_TIMEOUT_S = DEFAULT_DEADLINE_S  # the former name
+#: First pause before a failed chain is sent again; doubled up to BACKOFF_MAX_S.
+BACKOFF_S = 0.05
+BACKOFF_MAX_S = 1.0
 STAT_KEYS = ("host_wall_s", "host_cpu_s", "pad_s", "busy_s", "link_s", "bytes_in", "bytes_out")
 
 
 @dataclass(frozen=True)
 class PipelineResult:
-    """One answer: the probabilities, which exit answered, and the end-to-end latency."""
+    """One answer: the probabilities, which exit answered, the end-to-end latency, and how many
+    times the chain was sent (more than 1: a stage failed and the answer came late)."""
 
     seq: int
     probs: np.ndarray
     exit: str | None
     stage: str | None
     latency_ms: float
+    attempts: int = 1
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -56,9 +89,14 @@ class PipelineResult:
 @dataclass
 class _Ticket:
     seq: int
-    result: Any
-    stats: list[Any]
+    frame: bytes
     submitted: float
+    deadline: float
+    result: Any = None
+    stats: list[Any] = field(default_factory=list)
+    refs: list[Any] = field(default_factory=list)
+    generations: list[int] = field(default_factory=list)
+    attempts: int = 0
 
 
 @dataclass
@@ -122,10 +160,13 @@ class Pipeline:
         bundle_dir: the bundle directory (read on this machine only; stages get bytes).
         stages: what each stage runs (default: the bundle plan's stages).
         window: most inputs in flight at once.
-        timeout_s: how long :meth:`result` waits for one answer.
+        deadline_s: how long one input may take, retries included (see the module docstring).
         input_emulation: emulated link of the dispatcher's own sends to the first stage.
         input_codec: codec of the input frames.
-        max_restarts / max_task_retries: Ray's fault tolerance for the stage actors.
+        max_restarts / max_task_retries: Ray's fault tolerance for the stage actors (unlimited
+            restarts; no Ray-level retries, the dispatcher retries within the deadline).
+        spare: resource of spare nodes a stage moves to when down for ``spare_after_s``.
+        timeout_s: former name of ``deadline_s``.
     """
 
     def __init__(
@@ -134,14 +175,21 @@ class Pipeline:
         stages: Sequence[StageSpec] | None = None,
         *,
         window: int = DEFAULT_WINDOW,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
+        deadline_s: float | None = None,
         input_emulation: DeviceEmulation | None = None,
         input_codec: str = "raw",
         max_restarts: int = raykit.DEFAULT_MAX_RESTARTS,
         max_task_retries: int = raykit.DEFAULT_MAX_TASK_RETRIES,
+        spare: str | None = None,
+        spare_after_s: float = DEFAULT_SPARE_AFTER_S,
+        timeout_s: float | None = None,
     ) -> None:
         if int(window) < 1:
             raise ConfigError(f"The in-flight window must be >= 1, got {window!r}.")
+        deadline = deadline_s if deadline_s is not None else timeout_s
+        deadline = DEFAULT_DEADLINE_S if deadline is None else float(deadline)
+        if not deadline > 0:
+            raise ConfigError(f"The request deadline must be > 0 seconds, got {deadline!r}.")
         self.bundle_dir = Path(bundle_dir)
         self.manifest = load_manifest(self.bundle_dir, verify=True)
         self.stages = list(stages) if stages is not None else default_stages(self.manifest)
@@ -151,9 +199,11 @@ class Pipeline:
         by_name = {seg.name: seg for seg in self.manifest.segments}
         self.input_spec = by_name[first].input if first in by_name else self.manifest.input.tensor
         self.window = int(window)
-        self.timeout_s = float(timeout_s)
+        self.deadline_s = deadline
         self.input_emulation = input_emulation or DeviceEmulation()
         self.input_codec = input_codec
+        self.spare = spare
+        self.spare_after_s = float(spare_after_s)
         self._restart_opts = {"max_restarts": max_restarts, "max_task_retries": max_task_retries}
         self._slots = threading.BoundedSemaphore(self.window)
         self._send_lock = threading.Lock()
@@ -161,9 +211,25 @@ class Pipeline:
         self._seq = itertools.count()
         self._inflight: dict[int, _Ticket] = {}
         self._totals = {s.name: _StageTotals() for s in self.stages}
-        self._counters = dict.fromkeys(("submitted", "completed", "failed", "rejected"), 0)
-        self.actors: list[Any] = []
+        self._counters = dict.fromkeys(
+            ("submitted", "completed", "failed", "rejected", "retried", "late", "unavailable",
+             "deadline_exceeded"), 0)  # fmt: skip
+        self.supervisor: Supervisor | None = None
+        self.reaper: Reaper | None = None
+        self.blobs: BlobStore | None = None
         self.workers: list[dict[str, Any]] = []
+
+    @property
+    def timeout_s(self) -> float:
+        """Former name of :attr:`deadline_s`."""
+        return self.deadline_s
+
+    @property
+    def actors(self) -> list[Any]:
+        """The current actor of every stage (empty when not started)."""
+        if self.supervisor is None:
+            return []
+        return [self.supervisor.actor(s.name)[0] for s in self.stages]
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -185,23 +251,33 @@ class Pipeline:
             )
 
     def start(self, ready_timeout_s: float = 120.0) -> Pipeline:
-        """Create one actor per stage and wait until each has loaded its segments."""
+        """Put the segment files into the object store, create one actor per stage and wait
+        until each has loaded its segments."""
         ray = raykit.require_ray()
         self._check_resources()
         remote_cls = ray.remote(concurrency_groups=CONCURRENCY_GROUPS)(StageWorker)
         manifest = self.manifest.to_dict()
-        try:  # a later stage's files may be missing: kill the actors already created
-            for spec in self.stages:
-                options = raykit.actor_options(resource=spec.resource, **self._restart_opts)
-                files = stage_files(self.bundle_dir, self.manifest, spec)
-                self.actors.append(
-                    remote_cls.options(**options).remote(manifest, spec.to_dict(), files)
-                )
-        except BaseException:
-            self.close()
-            raise
+        files = {s.name: stage_files(self.bundle_dir, self.manifest, s) for s in self.stages}
+        self.blobs = BlobStore()
+        handles = {name: self.blobs.handles(f) for name, f in files.items()}
+        by_name = {s.name: s for s in self.stages}
+
+        def factory(name: str, resource: str | None, node_id: str | None) -> Any:
+            spec = by_name[name].with_(resource=resource)
+            options = raykit.actor_options(resource=resource, node_id=node_id, **self._restart_opts)
+            return remote_cls.options(**options).remote(manifest, spec.to_dict(), handles[name])
+
+        self.reaper = Reaper()
+        self.supervisor = Supervisor(
+            [s.name for s in self.stages],
+            [s.resource for s in self.stages],
+            factory,
+            spare=self.spare,
+            spare_after_s=self.spare_after_s,
+            reaper=self.reaper,
+        )
         try:
-            self.workers = ray.get([a.ready.remote() for a in self.actors], timeout=ready_timeout_s)
+            self.workers = self.supervisor.start(ready_timeout_s)
         except Exception as exc:
             self.close()
             raise PipelineError(
@@ -211,15 +287,25 @@ class Pipeline:
         return self
 
     def close(self) -> None:
-        """Kill the stage actors (without restart)."""
-        actors, self.actors = self.actors, []
-        raykit.kill_actors(actors)
+        """Kill the stage actors (without restart) and release the segment bytes."""
+        supervisor, self.supervisor = self.supervisor, None
+        if supervisor is not None:
+            supervisor.close()
+        if self.reaper is not None:
+            self.reaper.close()
+            self.reaper = None
+        if self.blobs is not None:
+            self.blobs.release()
 
     def __enter__(self) -> Pipeline:
-        return self.start() if not self.actors else self
+        return self.start() if self.supervisor is None else self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def ready(self) -> bool:
+        """True when every stage is up (``/readyz``)."""
+        return self.supervisor is not None and self.supervisor.ready()
 
     # ------------------------------------------------------------------ streaming
 
@@ -240,7 +326,7 @@ class Pipeline:
                 checked here, before it takes a slot, so a bad request never reaches a stage.
             PipelineBusy: the window is full (and ``block`` is False, or ``timeout`` passed).
         """
-        if not self.actors:
+        if self.supervisor is None:
             raise PipelineError("The pipeline is not started; call start() first.")
         x = validate_input(np.asarray(x), self.input_spec)  # 4xx, not a stage failure
         if not self._slots.acquire(blocking=block, timeout=timeout if block else None):
@@ -263,33 +349,129 @@ class Pipeline:
         frame = encode_tensor(x, self.input_codec, meta=meta)
         with self._send_lock:  # the dispatcher's own (emulated) link is one at a time
             sleep_s(self.input_emulation.link_s(len(frame)))
-        ref: Any = frame
-        stats = []
-        for actor, spec in zip(self.actors, self.stages):
-            ref, st = actor.forward.options(num_returns=2, concurrency_group="compute").remote(ref)
-            if spec.emulation.link_mbps is not None:
-                ref = actor.send.options(concurrency_group="link").remote(ref)
-            stats.append(st)
-        ticket = _Ticket(seq, ref, stats, time.perf_counter())
+        now = time.perf_counter()
+        ticket = _Ticket(seq, frame, now, time.monotonic() + self.deadline_s)
         with self._lock:
             self._inflight[seq] = ticket
             self._counters["submitted"] += 1
+        if self.supervisor is not None and self.supervisor.ready():
+            self._launch(ticket)  # else result() launches it once the stages are up
         return ticket
+
+    def _launch(self, ticket: _Ticket) -> None:
+        """Send the ticket's input frame through the current actors (one attempt)."""
+        assert self.supervisor is not None
+        ref: Any = ticket.frame
+        ticket.stats, ticket.refs, ticket.generations = [], [], []
+        for spec in self.stages:
+            actor, generation = self.supervisor.actor(spec.name)
+            ref, st = actor.forward.options(num_returns=2, concurrency_group="compute").remote(ref)
+            ticket.refs += [ref, st]
+            if spec.emulation.link_mbps is not None:
+                ref = actor.send.options(concurrency_group="link").remote(ref)
+                ticket.refs.append(ref)
+            ticket.stats.append(st)
+            ticket.generations.append(generation)
+        ticket.result = ref
+        ticket.attempts += 1
+
+    def _blame(self, ticket: _Ticket, exc: BaseException) -> None:
+        """Report the first stage whose call of this attempt failed to the supervisor."""
+        ray = raykit.require_ray()
+        assert self.supervisor is not None
+        for spec, st_ref, gen in zip(self.stages, ticket.stats, ticket.generations):
+            ready, _ = ray.wait([st_ref], timeout=0)
+            if not ready:
+                continue
+            try:
+                ray.get(st_ref, timeout=0)
+            except Exception as stage_exc:  # noqa: BLE001 - classify
+                if is_actor_failure(stage_exc):
+                    self.supervisor.report_failure(spec.name, gen, stage_exc)
+                    return
+        # the failure was on a link call (send) or not visible per stage: blame the last stage
+        # whose generation is current, so the supervisor probes it
+        spec = self.stages[-1]
+        self.supervisor.report_failure(spec.name, ticket.generations[-1], exc)
+
+    def _discard_attempt(self, ticket: _Ticket) -> None:
+        if self.reaper is not None:
+            self.reaper.add(ticket.refs)
+        ticket.result, ticket.stats, ticket.refs = None, [], []
+
+    def _unanswered(self, ticket: _Ticket, last: BaseException | None) -> PipelineError:
+        """The error for a ticket whose deadline passed: 503 while a stage is down, else 504."""
+        down = self.supervisor.down() if self.supervisor is not None else []
+        reason = f" (last failure: {failure_reason(last)})" if last is not None else ""
+        if down:
+            with self._lock:
+                self._counters["unavailable"] += 1
+            return StageUnavailable(
+                f"Input {ticket.seq} was not answered: stage(s) {', '.join(down)} down and not "
+                f"back within the {self.deadline_s:g} s deadline{reason}; retry later.",
+                retry_after_s=max(1.0, min(self.deadline_s, 10.0)),
+            )
+        with self._lock:
+            self._counters["deadline_exceeded"] += 1
+        return DeadlineExceeded(
+            f"Input {ticket.seq} was not answered within its {self.deadline_s:g} s deadline "
+            f"after {ticket.attempts} attempt(s){reason}."
+        )
+
+    def _await(self, ticket: _Ticket, deadline: float) -> tuple[bytes, list[Any]]:
+        """Attempts of one ticket until an answer or the deadline (see the module docstring)."""
+        ray = raykit.require_ray()
+        assert self.supervisor is not None
+        backoff, last = BACKOFF_S, None
+        while True:
+            if ticket.result is None:
+                if not self.supervisor.wait_ready(deadline):
+                    raise self._unanswered(ticket, last)
+                self._launch(ticket)
+            left = deadline - time.monotonic()
+            ready, _ = ray.wait([ticket.result], timeout=max(0.0, left))
+            if not ready:
+                self._discard_attempt(ticket)
+                raise self._unanswered(ticket, last)
+            try:
+                frame = ray.get(ticket.result, timeout=0)
+                stats = ray.get(ticket.stats, timeout=max(1.0, deadline - time.monotonic()))
+                return frame, stats
+            except Exception as exc:  # noqa: BLE001 - classify below
+                if not is_actor_failure(exc):
+                    self._discard_attempt(ticket)
+                    raise PipelineError(
+                        f"Input {ticket.seq} was not answered: {failure_reason(exc)}"
+                    ) from exc
+                last = exc
+                self._blame(ticket, exc)
+                self._discard_attempt(ticket)
+                with self._lock:
+                    self._counters["retried"] += 1
+                LOG.debug("input %s: attempt %s failed (%s)", ticket.seq, ticket.attempts,
+                          failure_reason(exc))  # fmt: skip
+                time.sleep(max(0.0, min(backoff, deadline - time.monotonic())))
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     def result(self, ticket: _Ticket, timeout: float | None = None) -> PipelineResult:
         """Wait for a ticket's answer (and free its window slot).
 
         Raises:
-            PipelineError: a stage failed after Ray's restarts and retries, or the answer took
-                longer than ``timeout`` (default: the pipeline's ``timeout_s``).
+            StageUnavailable: a stage was down until the deadline (HTTP 503, ``Retry-After``).
+            DeadlineExceeded: every stage was up but the answer was too slow (HTTP 504).
+            PipelineError: a stage raised on this input (not a fault of Ray or a node).
         """
-        ray = raykit.require_ray()
+        deadline = ticket.deadline
+        if timeout is not None:
+            deadline = min(deadline, time.monotonic() + timeout)
         try:
-            frame = ray.get(ticket.result, timeout=self.timeout_s if timeout is None else timeout)
-            stats = ray.get(ticket.stats, timeout=self.timeout_s)
+            frame, stats = self._await(ticket, deadline)
         except Exception as exc:
             with self._lock:
                 self._counters["failed"] += 1
+            if isinstance(exc, PipelineError):
+                LOG.warning("%s", exc)
+                raise
             raise PipelineError(
                 f"Input {ticket.seq} was not answered: {type(exc).__name__}: {exc}"
             ) from exc
@@ -306,8 +488,11 @@ class Pipeline:
             for st in stats:
                 self._totals[st["stage"]].add(st)
             self._counters["completed"] += 1
+            self._counters["late"] += int(ticket.attempts > 1)
         latency = (time.perf_counter() - ticket.submitted) * 1000
-        return PipelineResult(ticket.seq, probs, meta.get("exit"), meta.get("by"), latency, meta)
+        return PipelineResult(
+            ticket.seq, probs, meta.get("exit"), meta.get("by"), latency, ticket.attempts, meta
+        )
 
     def infer(self, x: np.ndarray) -> PipelineResult:
         """Submit one input without waiting for a slot and wait for its answer."""
@@ -336,6 +521,7 @@ class Pipeline:
             if self._inflight.pop(ticket.seq, None) is None:
                 return  # already collected
             self._counters["failed"] += 1
+        self._discard_attempt(ticket)
         self._slots.release()
 
     # ------------------------------------------------------------------ metrics
@@ -347,30 +533,39 @@ class Pipeline:
             tickets = list(self._inflight.values())
         queued = dict.fromkeys((s.name for s in self.stages), 0)
         for ticket in tickets:
-            _, not_ready = ray.wait(ticket.stats, num_returns=len(ticket.stats), timeout=0)
+            refs = list(ticket.stats)
+            if not refs:  # waiting for a stage to come back: queued at the dispatcher
+                continue
+            _, not_ready = ray.wait(refs, num_returns=len(refs), timeout=0)
             pending = set(not_ready)
-            for spec, ref in zip(self.stages, ticket.stats):
+            for spec, ref in zip(self.stages, refs):
                 queued[spec.name] += int(ref in pending)
         return queued
 
     def metrics(self) -> dict[str, Any]:
-        """Dispatcher counters and per-stage busy time, queue length, bytes in/out, restarts."""
+        """Dispatcher counters; per stage: health (state, restarts, re-placements, last failure
+        reason), busy time, queue length and bytes in/out."""
         queued = self._queue_lengths()
+        health = self.supervisor.metrics() if self.supervisor is not None else {}
         with self._lock:
-            stages = {
-                name: {
+            stages = {}
+            for name, t in self._totals.items():
+                h = health.get(name, {})
+                stages[name] = {
+                    **h,
                     "items": t.items,
                     "queue": queued[name],
                     "host_bound_items": t.host_bound,
-                    "restarts_seen": max(0, len(t.pids) - 1),
+                    "restarts_seen": max(len(t.pids) - 1, int(h.get("restarts", 0))),
                     **{k: round(v, 6) for k, v in t.sums.items()},
                 }
-                for name, t in self._totals.items()
-            }
             return {
                 **self._counters,
+                "ready": self.ready(),
                 "in_flight": len(self._inflight),
                 "window": self.window,
+                "deadline_s": self.deadline_s,
+                "spare": self.spare,
                 "stages": stages,
             }
 

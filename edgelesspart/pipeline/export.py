@@ -82,6 +82,19 @@ def measure_boundaries(
     return times, sizes
 
 
+def measure_result_bytes(model: Any, stages: int) -> int:
+    """Bytes per sample of the frame the last stage sends back: the model's output tensor
+    encoded as the runtime sends it (:data:`~edgelesspart.pipeline.stage.RESULT_CODEC`, with the
+    header fields a stage adds)."""
+    from edgelesspart.pipeline.stage import RESULT_CODEC
+    from edgelesspart.runtime.codecs import encode_tensor
+
+    shape = tuple(int(d) for d in model.outputs[0].shape[1:])
+    probs = np.zeros((1, *shape), dtype=np.float32)
+    meta = {"seq": 10**6, "final": True, "exit": "final", "by": f"stage{stages - 1}"}
+    return len(encode_tensor(probs, RESULT_CODEC, meta=meta))
+
+
 def layer_positions(model: Any, cuts: Sequence[str]) -> dict[str, int]:
     """Index of each cut point's layer in ``model.layers`` (``output``: the layer count)."""
     index = {layer.name: i for i, layer in enumerate(model.layers)}
@@ -197,6 +210,7 @@ def _chain_plan(
         link=links.load_link(config.link),
         codecs=codecs,
         codec_ms=extra["codec_ms"],
+        result_bytes=extra.get("result_bytes"),
     )
     if cloud_device is not None:  # N edge stages + a cloud tail, costed like the two-part build
         from edgelesspart.planning.chain_cloud import plan_chain_with_cloud
@@ -291,7 +305,11 @@ def build_pipeline_bundle(
     codec_ms, sizes = measure_boundaries(model, cuts, data.x_val[:1], codecs)
     host = with_encoded_bytes(host, sizes)
     clock["profile"] = round(time.perf_counter() - t0 - sum(clock.values()), 2)
-    extra = {"codec_ms": codec_ms, "layers": layer_positions(model, cuts)}
+    extra = {
+        "codec_ms": codec_ms,
+        "layers": layer_positions(model, cuts),
+        "result_bytes": measure_result_bytes(model, len(devices)),
+    }
     plan = _chain_plan(config, host, devices, extra, cloud_device)
     tail = f" + cloud tail on {cloud_device}" if cloud_device else ""
     log(f"pipeline: {len(devices)} nodes ({', '.join(devices)}){tail} on link {config.link}")

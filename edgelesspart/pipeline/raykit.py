@@ -5,19 +5,33 @@ Ray is the optional ``pipeline`` extra: :func:`require_ray` imports it or raises
 cluster (``auto``: the one ``ray start --head`` runs on this machine) or starts a private local
 instance; :func:`disconnect` shuts down only what :func:`connect` started. :func:`actor_options`
 builds the options of a long-lived, restartable actor pinned by a custom resource.
+
+A ``local`` instance is private: its own temporary directory (so it never joins, nor is joined
+by, another Ray on the machine) and every Ray process bound to 127.0.0.1. Ray rewrites
+``127.0.0.1`` to the host's address unless ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, which Ray
+reads when it is imported; :func:`connect` sets it (and Ray's copy of it) for a local instance.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from edgelesspart.errors import ConfigError, DependencyError
 
 INSTALL_HINT = "pip install 'edgelesspart[pipeline]'"
-#: Restarts of a crashed stage actor and retries of the calls it was running or had queued.
-DEFAULT_MAX_RESTARTS = 3
-DEFAULT_MAX_TASK_RETRIES = 3
+#: Ray restarts a crashed stage actor without limit (-1): on a lost node the restart waits until
+#: a node offers the stage's resource again. Calls are not retried by Ray (0): the dispatcher
+#: retries them itself within each request's deadline, so every failure is seen and counted.
+DEFAULT_MAX_RESTARTS = -1
+DEFAULT_MAX_TASK_RETRIES = 0
+LOOPBACK = "127.0.0.1"
+#: Ray's switch between "cluster" (node IP) and "loopback only" addressing.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def require_ray() -> Any:
@@ -35,36 +49,95 @@ def require_ray() -> Any:
     return ray
 
 
-def connect(address: str = "local", *, num_cpus: int | None = None) -> bool:
-    """Attach this process to Ray; return True when this call started (and owns) it.
+@dataclass(frozen=True)
+class RaySession:
+    """What :func:`connect` did: whether it started (owns) Ray, and the private temp dir of a
+    ``local`` instance. Truthy when owned."""
+
+    owned: bool
+    temp_dir: str | None = None
+    address: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.owned
+
+
+def loopback_only() -> None:
+    """Make Ray address this machine as 127.0.0.1 (before or after ``import ray``)."""
+    os.environ[LOOPBACK_ENV] = "0"
+    try:
+        from ray._private import ray_constants  # Ray reads the variable once, at import
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    except (ImportError, AttributeError):  # pragma: no cover - other Ray versions
+        pass
+
+
+#: Ray's fixed default metric ports (autoscaler 44217, dashboard 44227), read from the
+#: environment by the processes ray.init starts: a private instance gets free ones.
+METRIC_PORT_ENV = ("AUTOSCALER_METRIC_PORT", "DASHBOARD_METRIC_PORT")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def private_temp_dir() -> str:
+    """A fresh, short directory for a private Ray (its sockets need paths under 108 bytes)."""
+    base = "/tmp" if os.path.isdir("/tmp") else None
+    return tempfile.mkdtemp(prefix="elp-ray-", dir=base)
+
+
+def connect(
+    address: str = "local", *, num_cpus: int | None = None, temp_dir: str | None = None
+) -> RaySession:
+    """Attach this process to Ray; the session is truthy when this call started (owns) it.
 
     Args:
-        address: ``local`` starts a private instance on this machine; ``auto`` joins the cluster
-            started by ``ray start --head`` here; ``HOST:PORT`` or ``ray://...`` joins that one.
+        address: ``local`` starts a private instance on this machine (own temp dir, bound to
+            127.0.0.1, never joining another cluster); ``auto`` joins the cluster started by
+            ``ray start --head`` here; ``HOST:PORT`` or ``ray://...`` joins that one.
         num_cpus: CPUs a ``local`` instance advertises (default: Ray's, all of them).
+        temp_dir: the private instance's directory (default: a new one, removed on disconnect).
     """
     ray = require_ray()
     if ray.is_initialized():
-        return False
+        return RaySession(False)
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": False,
         "configure_logging": False,
     }
-    if address == "local":
-        if num_cpus is not None:
-            kwargs["num_cpus"] = int(num_cpus)
-        ray.init(**kwargs)
-    else:
-        ray.init(address=address, **kwargs)
-    return True
+    if address != "local":
+        context = ray.init(address=address, **kwargs)
+        return RaySession(True, None, context.address_info.get("gcs_address"))
+    loopback_only()
+    for name in METRIC_PORT_ENV:
+        os.environ.setdefault(name, str(_free_port()))
+    tmp = temp_dir or private_temp_dir()
+    if num_cpus is not None:
+        kwargs["num_cpus"] = int(num_cpus)
+    try:
+        context = ray.init(address="local", _node_ip_address=LOOPBACK, _temp_dir=tmp, **kwargs)
+    except BaseException:
+        if not temp_dir:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return RaySession(True, None if temp_dir else tmp, context.address_info.get("gcs_address"))
 
 
-def disconnect(owned: bool) -> None:
-    """Shut Ray down if :func:`connect` started it (``owned``)."""
+def disconnect(session: RaySession | bool) -> None:
+    """Shut Ray down if :func:`connect` started it, and remove its private temp dir."""
     ray = require_ray()
-    if owned and ray.is_initialized():
+    if session and ray.is_initialized():
         ray.shutdown()
+    temp_dir = getattr(session, "temp_dir", None)
+    if session and temp_dir:
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def actor_options(
@@ -74,6 +147,7 @@ def actor_options(
     max_restarts: int = DEFAULT_MAX_RESTARTS,
     max_task_retries: int = DEFAULT_MAX_TASK_RETRIES,
     name: str | None = None,
+    node_id: str | None = None,
 ) -> dict[str, Any]:
     """Options for ``ActorClass.options(**...)``: restartable, pinned by a custom resource.
 
@@ -90,6 +164,10 @@ def actor_options(
         options["resources"] = {resource: 1}
     if name:
         options["name"] = name
+    if node_id:  # a replacement node: prefer it, but let Ray place it elsewhere if it must
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=True)
     return options
 
 

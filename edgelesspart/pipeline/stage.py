@@ -2,9 +2,12 @@
 
 :class:`StageWorker` is a plain class; the dispatcher turns it into a long-lived Ray actor
 (``ray.remote(StageWorker)``), so this module needs neither Ray nor TensorFlow. The worker
-receives the manifest and *its own* segment files as bytes (so a device needs no copy of the
-bundle), checks each file against the SHA-256 the manifest lists, and writes them to a private
-temporary directory for the LiteRT interpreters. Between stages only wire frames
+receives the manifest and *its own* segment files (so a device needs no copy of the bundle):
+as references into Ray's object store that the dispatcher owns
+(:class:`~edgelesspart.pipeline.supervision.BlobStore`), fetched in the constructor so that a
+restart -- after a kill or on a replacement node -- fetches them again, or as plain bytes
+in-process. It checks each file against the SHA-256 the manifest lists and writes them to a
+private temporary directory for the LiteRT interpreters. Between stages only wire frames
 (:mod:`edgelesspart.runtime.codecs`: JSON header + tensor bytes) travel, never pickled objects.
 
 A frame whose header says ``final`` (an early exit already answered) passes through untouched.
@@ -126,14 +129,18 @@ class StageWorker:
     Args:
         manifest: the bundle manifest as a dict (``Manifest.to_dict()``).
         spec: the :class:`StageSpec` as a dict.
-        files: relative path -> bytes of the segment files (see :func:`stage_files`).
+        files: relative path -> bytes of the segment files (see :func:`stage_files`), or the
+            :meth:`~edgelesspart.pipeline.supervision.BlobStore.handles` of those bytes.
     """
 
     def __init__(
-        self, manifest: dict[str, Any], spec: dict[str, Any], files: dict[str, bytes]
+        self, manifest: dict[str, Any], spec: dict[str, Any], files: dict[str, Any]
     ) -> None:
+        from edgelesspart.pipeline.supervision import resolve_files
         from edgelesspart.runtime.confidence import scorer_for
         from edgelesspart.runtime.segments import SegmentRunner
+
+        files = resolve_files(files)
 
         self.manifest = Manifest.from_dict(manifest)
         self.scorer = scorer_for(self.manifest.serving)  # the exits' calibration, as the edge

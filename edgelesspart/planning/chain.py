@@ -14,8 +14,19 @@ Encode/decode times are host measurements (or the documented estimates in
 :data:`ESTIMATED_CODEC_MBPS`) multiplied by the node's latency factor. :func:`plan_chain` finds the
 exact optimum by dynamic programming over (cut point, codec) pairs -- ``O(N·M²·C²)`` for N nodes,
 M cut points and C candidate codecs -- and reports, with the same cost model, DEFER's split into
-stages of equal layer counts. Pure functions, no TensorFlow; ties go to shallower cuts and to the
-codec listed first.
+stages of equal layer counts. Pure functions, no TensorFlow.
+
+**Determinism.** Two builds of the same model profile it twice, and the profiles differ by
+timing noise; an exact optimum then flips between near-equal partitions from run to run.
+:func:`plan_chain` therefore compares bottlenecks and processor times on a logarithmic grid of
+relative step ``tolerance`` (default :data:`DEFAULT_TOLERANCE`, 5 %, recorded in the plan):
+partitions whose bottlenecks fall in the same step are equal, and among equals the one with the
+shallowest cuts wins, then less processor time, then the codec listed first. The plan records
+the tolerance and the exact optimum it was compared with. ``tolerance=0`` is the exact optimum.
+
+**Result bytes.** The last node sends the model's output back to the dispatcher; its size is
+measured (the output tensor encoded as the runtime sends it, ``result_bytes``) or, failing that,
+taken from the profile's output tensor plus :data:`FRAME_HEADER_BYTES` and marked unmeasured.
 """
 
 from __future__ import annotations
@@ -45,9 +56,11 @@ ESTIMATED_CODEC_MBPS: dict[str, tuple[float, float]] = {
     "fp16+zstd": (240.0, 1600.0),
     "int8+zstd": (250.0, 500.0),
 }
-#: Bytes the last node sends back per sample when the profile does not say (probabilities of
-#: 1,000 classes as float32 plus a frame header).
-DEFAULT_RESULT_BYTES = 4_200
+#: Bytes of a wire frame's JSON header (dtype, shape, codec, meta), an estimate used only when
+#: the result frame was not measured.
+FRAME_HEADER_BYTES = 200
+#: Relative step within which two bottlenecks (or processor times) count as equal.
+DEFAULT_TOLERANCE = 0.05
 CodecTimes = Mapping[str, Mapping[str, tuple[float, float]]]
 
 
@@ -105,7 +118,9 @@ class ChainCosts:
         link: the link between consecutive nodes (``None``: transfers are free).
         codecs: candidate codecs for every link between nodes.
         codec_ms: cut point -> codec -> (encode ms, decode ms) measured on the host.
-        result_bytes: bytes the last node returns to the dispatcher per sample.
+        result_bytes: bytes the last node returns to the dispatcher per sample, measured (the
+            output tensor encoded as the runtime sends it); ``None``: the profile's output
+            tensor plus :data:`FRAME_HEADER_BYTES`, marked unmeasured.
         input_decode_ms: host ms the first node spends decoding the dispatcher's input frame.
         stage_overhead_ms: host ms every stage call costs beyond decode, compute and encode
             (frame checksums, copies, input validation); measured by calibrating a stage.
@@ -124,7 +139,7 @@ class ChainCosts:
     link: Any = None
     codecs: tuple[str, ...] = ("raw",)
     codec_ms: CodecTimes | None = None
-    result_bytes: int = DEFAULT_RESULT_BYTES
+    result_bytes: int | None = None
     input_decode_ms: float = 0.0
     overlap_link: bool = True
     stage_overhead_ms: float = 0.0
@@ -174,6 +189,15 @@ class ChainCosts:
             return int(cp.encoded_bytes[codec]), True
         return int(cp.boundary_bytes), codec == "raw"
 
+    def result(self) -> tuple[int, bool]:
+        """(bytes per sample the last node sends back, measured?)."""
+        if self.result_bytes is not None:
+            return int(self.result_bytes), True
+        out = self.profiles[0].cut_points[self.last]
+        if "raw" in out.encoded_bytes:
+            return int(out.encoded_bytes["raw"]), True
+        return int(out.boundary_bytes) + FRAME_HEADER_BYTES, False
+
     def _factor(self, node: int) -> float:
         return float(self.profiles[node].extra.get("latency_factor", 1.0))
 
@@ -204,7 +228,8 @@ class ChainCosts:
         else:
             decode = self.codec_time(i, c_in, node)[1] if c_in else 0.0
         if j == self.last:
-            encode, out_bytes, measured = 0.0, self.result_bytes, True
+            encode = 0.0
+            out_bytes, measured = self.result()
         else:
             encode = self.codec_time(j, c_out, node)[0]
             out_bytes, measured = self.encoded(j, c_out)
@@ -226,15 +251,30 @@ class ChainCosts:
         )
 
 
+def _step(value: float, tolerance: float) -> float:
+    """``value`` on a logarithmic grid of relative step ``tolerance`` (itself when 0)."""
+    if tolerance <= 0:
+        return value
+    if value <= 0:
+        return -math.inf
+    return math.floor(math.log(value) / math.log1p(tolerance))
+
+
 def min_bottleneck(
-    costs: ChainCosts, *, end: int | None = None, tail_codecs: Sequence[str] | None = None
+    costs: ChainCosts,
+    tolerance: float = 0.0,
+    *,
+    end: int | None = None,
+    tail_codecs: Sequence[str] | None = None,
 ) -> tuple[float, tuple[tuple[int, str], ...]]:
-    """The exact minimum over partitions of the slowest stage, and its ``(cut, codec)`` list.
+    """The minimum over partitions of the slowest stage, and its ``(cut, codec)`` list.
 
     ``best[j, c]`` holds, for the nodes placed so far, the smallest bottleneck of a chain whose
-    last node ends at position ``j`` and sends with codec ``c``. Among chains with the same
-    bottleneck the one with the least processor time in all (so the least energy, and no
-    compression where the link has slack) is kept, then the shallowest cuts.
+    last node ends at position ``j`` and sends with codec ``c``. With ``tolerance`` 0 it is the
+    exact optimum; among chains with the same bottleneck the one with the least processor time
+    in all (so the least energy, and no compression where the link has slack) is kept, then the
+    shallowest cuts. With a ``tolerance`` bottlenecks in the same relative step are equal and
+    the shallowest cuts win before processor time (see the module docstring).
 
     ``end``: the chain stops at this cut point instead of the model output, and its last node
     encodes and sends the boundary there (to a cloud tail); the last ``(cut, codec)`` of the
@@ -264,10 +304,22 @@ def min_bottleneck(
                         link = ((j, c_out),) if c_out else ()
                         options.append((max(prev, stage.pace_ms), cpu + stage.cpu_ms, cuts + link))
                 if options:
-                    row[(j, c_out)] = min(options, key=lambda o: (o[0], o[1], [p for p, _ in o[2]]))
+                    row[(j, c_out)] = min(options, key=lambda o: _order(o, costs, tolerance))
         best = row
-    bottleneck, _, cuts = min(best.values(), key=lambda o: (o[0], o[1]))
+    bottleneck, _, cuts = min(best.values(), key=lambda o: _order(o, costs, tolerance))
     return bottleneck, cuts
+
+
+def _order(option: tuple, costs: ChainCosts, tolerance: float) -> tuple:
+    """Sort key of a partial chain ``(bottleneck, processor ms, cuts)``."""
+    bottleneck, cpu, cuts = option
+    positions = [p for p, _ in cuts]
+    # a learned bottleneck (ChainCosts.link_codecs) sorts after every generic codec
+    order = {c: i for i, c in enumerate(costs.codecs)}
+    codecs = [order.get(c, len(order)) for _, c in cuts]
+    if tolerance <= 0:
+        return (bottleneck, cpu, positions, codecs)
+    return (_step(bottleneck, tolerance), positions, _step(cpu, tolerance), cpu, codecs)
 
 
 def equal_layer_cuts(
@@ -334,6 +386,7 @@ def plan_chain(
     layer_positions: Mapping[str, int] | None = None,
     stage_prefix: str = "stage",
     input_bytes: int = 0,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> Plan:
     """The bottleneck-minimising N-stage plan, compared with DEFER's equal-layer split.
 
@@ -343,20 +396,26 @@ def plan_chain(
         stage_prefix: stage names are ``f"{stage_prefix}{k}"``.
         input_bytes: bytes the dispatcher sends the first node per sample (its own pipeline
             step; it bounds throughput too and is reported, not optimised).
+        tolerance: relative step within which bottlenecks are equal (see the module docstring).
 
     Returns:
         A :class:`Plan` with ``constraint="pipeline"``; each stage's ``options`` holds its cost
         breakdown and ``codec_out`` (the codec of the link it sends on).
     """
     n = len(costs.profiles)
-    bottleneck, cuts = min_bottleneck(costs)
+    if not 0.0 <= tolerance < 1.0:
+        raise PlanError(f"The plan tolerance must be in [0, 1), got {tolerance!r}.")
+    exact, _ = min_bottleneck(costs)
+    _, cuts = min_bottleneck(costs, tolerance)
+    bottleneck = max(s.pace_ms for s in chain_stage_costs(costs, cuts))
     stages_cost = chain_stage_costs(costs, cuts)
     equal, equal_cost = _equal_layer_partition(
         costs, equal_layer_cuts(costs.profiles[0], n, layer_positions)
     )
     equal_bottleneck = max(s.pace_ms for s in equal_cost)
     dispatch_ms = costs.transfer(input_bytes) if input_bytes else 0.0
-    single_ms = costs.profiles[0].total.latency_ms + costs.transfer(costs.result_bytes)
+    result_bytes, result_measured = costs.result()
+    single_ms = costs.profiles[0].total.latency_ms + costs.transfer(result_bytes)
     stages = tuple(
         Stage(
             name=f"{stage_prefix}{k}",
@@ -379,6 +438,10 @@ def plan_chain(
         "overlap_link": costs.overlap_link,
         "link_codecs": [c for _, c in cuts],
         "bottleneck_ms": bottleneck,
+        "exact_bottleneck_ms": exact,
+        "tolerance": tolerance,
+        "result_bytes": result_bytes,
+        "result_bytes_measured": result_measured,
         "dispatcher_send_ms": dispatch_ms,
         "throughput_per_s": 1000.0 / pace if pace > 0 else math.inf,
         "single_node_ms": single_ms,

@@ -6,9 +6,10 @@ the build cut them, or JSON ``{"views": [view0, view1, ...]}`` (one sample, ever
 ``(H, W, C)`` list); each answer names the views that were fused. ``GET /metrics``
 (Prometheus text: per device alive, ratio, missed deadlines and swaps; failures, re-plans,
 answers and degraded answers), ``GET /v1/metrics`` (the same as JSON, with every re-plan),
-``GET /v1/deployment`` (devices, plan, failure plans) and ``GET /healthz`` (503 once every
-device is lost; ``/readyz`` likewise). Errors are the shared JSON errors.
-:func:`service_from_deployment` starts the
+``GET /v1/deployment`` (devices, plan, failure plans), ``GET /healthz`` (liveness) and
+``GET /readyz`` (503 while any device is lost or the aggregator is down; answers continue,
+degraded, from the survivors). A lost device rejoins once a node offers its resource again.
+Errors are the shared JSON errors. :func:`service_from_deployment` starts the
 :class:`~edgelesspart.slimedge.ray_runtime.SlimEdgeService` of an exported deployment directory.
 """
 
@@ -52,6 +53,8 @@ def service_from_deployment(
     emulate: bool = False,
     deadline_s: float = 2.0,
     max_missed: int = 2,
+    request_deadline_s: float = 30.0,
+    revive: bool = True,
 ) -> Any:
     """Start the Ray service of a deployment (Ray must be connected): the chosen plan's
     segments, the precomputed single-failure plans, NSGA-II for several failures."""
@@ -79,6 +82,8 @@ def service_from_deployment(
         deadline_s=deadline_s,
         max_missed=max_missed,
         resources=resources,
+        request_deadline_s=request_deadline_s,
+        revive=revive,
     )
 
 
@@ -143,12 +148,19 @@ def metrics(service: Any, manifest: dict[str, Any]) -> dict[str, Any]:
         state = states.get(v, {})
         devices.append({"view": v, "device": slot["name"], "alive": v in service.alive,
                         "ratio": service.ratios[v], "missed": service.missed[v],
-                        "swaps": state.get("swaps", 0)})  # fmt: skip
+                        "swaps": state.get("swaps", 0),
+                        "state": "up" if v in service.alive else "lost",
+                        "failures": stats.lost_devices.count(v),
+                        "rejoins": stats.rejoined_devices.count(v),
+                        "last_failure": stats.last_failure.get(v)})  # fmt: skip
     return {
         "answered": stats.answered,
         "degraded_answers": stats.degraded_answers,
         "failures": len(stats.lost_devices),
         "lost_devices": list(stats.lost_devices),
+        "rejoined_devices": list(stats.rejoined_devices),
+        "aggregator_retries": stats.aggregator_retries,
+        "ready": service.ready(),
         "replans": list(stats.replans),
         "devices": devices,
     }
@@ -163,8 +175,10 @@ def prometheus_text(m: dict[str, Any]) -> str:
                   f"edgelesspart_slimedge_{name}_total {m[key]}"]  # fmt: skip
     lines += ["# TYPE edgelesspart_slimedge_replans_total counter",
               f"edgelesspart_slimedge_replans_total {len(m['replans'])}"]  # fmt: skip
+    lines += ["# TYPE edgelesspart_slimedge_ready gauge",
+              f"edgelesspart_slimedge_ready {int(bool(m.get('ready')))}"]  # fmt: skip
     for field, kind in (("alive", "gauge"), ("ratio", "gauge"), ("missed", "gauge"),
-                        ("swaps", "counter")):  # fmt: skip
+                        ("swaps", "counter"), ("rejoins", "counter")):  # fmt: skip
         metric = f"edgelesspart_slimedge_device_{field}" + ("_total" if kind == "counter" else "")
         lines.append(f"# TYPE {metric} {kind}")
         for d in m["devices"]:
@@ -282,6 +296,7 @@ class ViewsBackend:
         """Fuse each row from the views whose devices answer (503 once every device is lost)."""
         import time
 
+        from edgelesspart.errors import StageUnavailable
         from service_http.contract import Served, answer_row
         from service_http.errors import ServiceError
 
@@ -295,8 +310,15 @@ class ViewsBackend:
                 alive = list(self.service.alive)
                 try:
                     probs = np.asarray(self.service.infer(views))
+                except StageUnavailable as exc:
+                    retry = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+                    raise ServiceError(
+                        str(exc), status=503, code="aggregator_unavailable", headers=retry
+                    ) from exc
                 except PlanError as exc:
-                    raise ServiceError(str(exc), status=503, code="views_unavailable") from exc
+                    raise ServiceError(
+                        str(exc), status=503, code="views_unavailable", headers={"Retry-After": "5"}
+                    ) from exc
                 short = self.service.stats.degraded_answers > before
                 now = list(self.service.alive)
             ms = (time.perf_counter() - t0) * 1000.0
@@ -336,9 +358,12 @@ class ViewsBackend:
         }  # fmt: skip
 
     def health(self) -> dict[str, Any]:
-        """Ready while at least one device is alive."""
-        alive = list(self.service.alive)
-        return {"ready": bool(alive), "alive": alive}
+        """Ready while every device and the aggregator are up (answers go on, degraded, from
+        the survivors while not ready); ``lost`` names the lost views."""
+        with self.lock:
+            ready, alive = self.service.ready(), list(self.service.alive)
+        lost = [v for v in range(len(self.service.workers)) if v not in alive]
+        return {"ready": bool(ready), "alive": alive, "lost": lost}
 
     def metrics_text(self) -> str:
         """Per device alive, ratio, missed deadlines, swaps; failures and re-plans."""

@@ -170,3 +170,21 @@ def test_the_timeline_keeps_only_the_latest_ticks(width_bundle) -> None:
         pipe._record(Observation(float(t), 1.0, (stage, stage)), None)
     # THEN only the last 3 are kept, oldest first
     assert [row["t"] for row in pipe.timeline] == [2.0, 3.0, 4.0]
+
+
+def test_a_killed_width_stage_restarts_from_the_owned_segment_bytes(ray_local, width_bundle):
+    from edgelesspart.dynamic.pipeline import DynamicPipeline
+
+    # GIVEN a running chain whose stage files sit in the object store, owned by the dispatcher
+    x = width_bundle.x
+    with DynamicPipeline(width_bundle.path, scale=1.0) as pipe:
+        assert len(pipe.blobs) == sum(len(s.segments) for s in pipe.manifest.stages)
+        before = pipe.result(pipe.submit(x[0]))
+        # WHEN stage 1's actor is killed (Ray restarts it: its constructor fetches the files)
+        ray.kill(pipe.actors[1], no_restart=False)
+        answers = [pipe.result(pipe.submit(x[i])) for i in range(len(x))]
+    # THEN every later input is answered, exactly as before the kill
+    np.testing.assert_array_equal(answers[0].probs, before.probs)
+    np.testing.assert_array_equal(
+        np.concatenate([a.probs for a in answers]), expected(width_bundle.path, x, (1.0, 1.0))
+    )

@@ -50,3 +50,31 @@ def test_pipeline_and_nodes_must_agree(capsys):
     code = main(["build", "--pipeline", "rpi4,rpi4", "--nodes", "3", "--quiet"])
     assert code == 2
     assert "--nodes 3 disagrees with --pipeline (2 nodes)" in capsys.readouterr().err
+
+
+def test_two_identical_builds_give_the_same_plan(tmp_path, capsys):
+    # GIVEN the same 3-node chain build run twice (each profiles the model anew: timing noise)
+    def build(out):
+        argv = [
+            "build", "--pipeline", "rpi4,rpi4,rpi4", "--link", "wifi", "--model", "small_cnn",
+            "--epochs", "1", "--limit", "150", "--max-cut-points", "6", "--codec", "auto",
+            "--out", str(out), "--quiet",
+        ]  # fmt: skip
+        assert main(argv) == 0
+        return load_manifest(out).plan
+
+    first, second = build(tmp_path / "a"), build(tmp_path / "b")
+    capsys.readouterr()
+
+    # THEN both plans cut at the same points with the same link codecs
+    def shape(plan):
+        return [(s.start, s.end, s.options["codec_out"]) for s in plan.stages]
+
+    assert shape(first) == shape(second)
+    # AND each records the tolerance it used and a measured result size: 10 float32
+    # probabilities in a frame, not 1,000 classes' 4,200 bytes
+    for plan in (first, second):
+        assert plan.parameters["tolerance"] == 0.05
+        assert plan.parameters["result_bytes_measured"] is True
+        assert 40 < plan.parameters["result_bytes"] < 1000
+        assert plan.stages[-1].options["cost"]["out_bytes"] == plan.parameters["result_bytes"]

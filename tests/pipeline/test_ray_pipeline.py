@@ -25,9 +25,11 @@ ray = pytest.importorskip("ray")
 @pytest.fixture(scope="module")
 def ray_local():
     """A private local Ray (2 CPUs, no dashboard) for this module."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from edgelesspart.pipeline import raykit
+
+    session = raykit.connect("local", num_cpus=2)  # private: own temp dir, loopback
     yield ray
-    ray.shutdown()
+    raykit.disconnect(session)
 
 
 def test_three_stage_chain_returns_the_full_models_outputs_in_order(ray_local, chain_bundle):

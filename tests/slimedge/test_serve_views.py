@@ -15,11 +15,11 @@ VIEWS, CLASSES, FEATURES = 2, 3, 8
 
 @pytest.fixture(scope="module")
 def ray_local():
-    from bundle_factory import start_local_ray
+    from edgelesspart.pipeline import raykit
 
-    start_local_ray()  # private (address="local"), one per module
+    session = raykit.connect("local", num_cpus=2)  # private: own temp dir, loopback
     yield
-    ray.shutdown()
+    raykit.disconnect(session)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_serve_views_answers_and_replans_a_lost_device_over_http(ray_local, depl
 
     path, data = deployment
     manifest = load_deployment(path)
-    service = service_from_deployment(manifest, deadline_s=10.0)
+    service = service_from_deployment(manifest, deadline_s=10.0, revive=False)
     sample = {"views": [data.test[v][0].tolist() for v in range(VIEWS)]}
     with BackgroundServer(create_app(service, manifest)) as server:
         url = server.url
@@ -99,6 +99,7 @@ def test_serve_views_answers_and_replans_a_lost_device_over_http(ray_local, depl
         metrics = requests.get(url + "/v1/metrics", timeout=30).json()
         text = requests.get(url + "/metrics", timeout=30).text
         health = requests.get(url + "/healthz", timeout=10).json()
+    service.close()
     assert metrics["answered"] == 4 and metrics["failures"] == 1 and metrics["lost_devices"] == [0]
     assert len(metrics["replans"]) == 1 and metrics["replans"][0]["alive"] == [1]
     dead, alive = metrics["devices"]
