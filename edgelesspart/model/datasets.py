@@ -4,6 +4,9 @@ Sources (the ``spec`` of :func:`load_dataset`):
 
 * ``digits`` (default) - scikit-learn's bundled 1,797 real 8x8 handwritten digits, upscaled
   (bilinear) to 32x32 RGB; works offline.
+* ``digits-hard`` - the same digits rendered MNIST-M style (colour, natural-image
+  backgrounds, affine jitter, clutter, occlusion, blur, noise), three renderings per digit, split
+  by source digit; offline, deterministic and cached (:mod:`edgelesspart.model.hard_digits`).
 * ``cifar10`` - Keras' CIFAR-10 loader, only from the Keras cache or when the download host
   answers within a few seconds; otherwise a :class:`DatasetError` says how to provide the file.
 * a path to an ``.npz`` with ``x_train, y_train, x_test, y_test`` (and optional ``classes``),
@@ -30,7 +33,7 @@ from edgelesspart._lazy import BUILD_HINT, optional
 from edgelesspart._lazy import keras as _keras
 from edgelesspart.errors import DatasetError
 
-DATASETS = ("digits", "cifar10")
+DATASETS = ("digits", "digits-hard", "cifar10")
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
@@ -92,7 +95,8 @@ def load_dataset(
     """Load a dataset by name or path and split it with ``seed``.
 
     Args:
-        spec: ``digits``, ``cifar10``, a path to an ``.npz`` file or to an image folder.
+        spec: ``digits``, ``digits-hard``, ``cifar10``, or the path to an ``.npz`` file or
+            an image folder.
         seed: seed of the (stratified) split; same seed, same split.
         val_fraction: share of the training data held out for validation.
         test_fraction: share held out for testing (digits and folders; CIFAR-10 and ``.npz``
@@ -108,6 +112,8 @@ def load_dataset(
     rng = np.random.default_rng(seed)
     if spec == "digits":
         return _load_digits(rng, val_fraction, test_fraction, image_size, limit)
+    if spec == "digits-hard":
+        return _load_hard_digits(rng, val_fraction, test_fraction, image_size, limit)
     if spec == "cifar10":
         return _load_cifar10(rng, val_fraction, image_size, limit)
     path = Path(spec).expanduser()
@@ -236,6 +242,28 @@ def _load_digits(
     }
     classes = tuple(str(c) for c in digits.target_names)
     return _assemble("digits", splits, classes, None, limit)
+
+
+def _load_hard_digits(
+    rng: np.random.Generator,
+    val_fraction: float,
+    test_fraction: float,
+    image_size: int | None,
+    limit: int | None,
+) -> Dataset:
+    """``digits-hard``: split the *source* digits with ``rng``, then take all their renderings."""
+    from edgelesspart.model import hard_digits
+
+    images, labels, sources = hard_digits.load_rendered()
+    source_labels = np.zeros(int(sources.max()) + 1, dtype=np.int64)
+    source_labels[sources] = labels
+    parts = _stratified_split(source_labels, (val_fraction, test_fraction), rng)
+    splits = {}
+    for split, chosen in zip(("train", "val", "test"), parts):
+        rows = rng.permutation(np.flatnonzero(np.isin(sources, chosen)))
+        splits[split] = (images[rows], labels[rows])
+    classes = tuple(str(c) for c in range(10))
+    return _assemble(hard_digits.NAME, splits, classes, image_size, limit)
 
 
 # --- CIFAR-10 ------------------------------------------------------------------------------
