@@ -51,7 +51,7 @@ class BuildConfig:
     edge_device: str = "rpi4"
     cloud_device: str = "gcf-2gb"
     link: str = "wifi"
-    epochs: int = 8
+    epochs: int = 60
     exit_epochs: int | None = None
     batch_size: int = 64
     train_backbone: str = "auto"
@@ -347,9 +347,7 @@ def choose_codec(
     host = f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, batch 1"
     table = codec_selection.measure_at_split(model, plan.split, x_val, y_val, host=host)
     limit = payload.payload_limit(cloud)
-    entry = codec_selection.codec_entry(
-        table, config.codec, config.max_codec_loss, max_bytes=limit
-    )
+    entry = codec_selection.codec_entry(table, config.codec, config.max_codec_loss, max_bytes=limit)
     chosen = table.row(entry["name"])
     if limit is not None and chosen.largest_bytes > limit:
         raise ConfigError(
@@ -379,7 +377,9 @@ def choose_codec(
     return entry, table.to_dict(), replace(plan, parameters=parameters)
 
 
-def _train(config: BuildConfig, model: Any, data: Any, untrained: bool) -> tuple[Any, bool, int]:
+def _train(
+    config: BuildConfig, model: Any, data: Any, untrained: bool, log: Any = print
+) -> tuple[Any, bool, Any]:
     """Train the backbone when asked (or, with ``auto``, when it came untrained from the zoo)."""
     from edgelesspart.model import training
 
@@ -390,8 +390,36 @@ def _train(config: BuildConfig, model: Any, data: Any, untrained: bool) -> tuple
         seed=config.seed,
     )
     do_train = config.train_backbone == "yes" or (config.train_backbone == "auto" and untrained)
-    epochs = training.train_backbone(model, data, train_config) if do_train else 0
-    return train_config, do_train, epochs
+    run = training.fit_backbone(model, data, train_config) if do_train else None
+    if run is not None:
+        log(f"backbone: {run.epochs} epochs, {run.reason(train_config.patience)}")
+    return train_config, do_train, run
+
+
+def _training_check(
+    joint: Any, data: Any, accuracy: dict, run: Any, train_config: Any, log: Any
+) -> dict[str, Any]:
+    """Reference accuracy, train accuracy and the undertrained warnings; printed and recorded."""
+    from edgelesspart.model import training
+
+    reference = training.reference_accuracy(data, seed=train_config.seed)
+    subset = slice(0, 1024)
+    train_acc = training.classifier_accuracy(joint, data.x_train[subset], data.y_train[subset])
+    warnings = training.undertrained_warnings(
+        accuracy,
+        reference=reference,
+        train_accuracy=train_acc.get("final"),
+        run=run,
+        patience=train_config.patience,
+    )
+    for warning in warnings:
+        log(f"warning: {warning}")
+    return {
+        "reference_val_accuracy": round(reference, 5),
+        "reference_model": "logistic regression on 16x16 downscaled images",
+        "train_accuracy_final": train_acc.get("final"),
+        "warnings": warnings,
+    }
 
 
 def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = print) -> BuildResult:
@@ -419,9 +447,10 @@ def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = pri
     sizes = f"{len(data.x_train)}/{len(data.x_val)}/{len(data.x_test)}"
     log(f"data: {data.name}, train/val/test = {sizes}; model: {model_info['name']}")
     clock.lap("load")
-    train_config, trained, backbone_epochs = _train(
-        config, model, data, model_info.get("source") == "zoo"
+    train_config, trained, backbone_run = _train(
+        config, model, data, model_info.get("source") == "zoo", log
     )
+    backbone_epochs = backbone_run.epochs if backbone_run is not None else 0
     clock.lap("train_backbone")
     host_profile = profiler.profile_model(
         model,
@@ -465,7 +494,12 @@ def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = pri
         "test": training.classifier_accuracy(joint, data.x_test, data.y_test),
     }
     report = training.TrainingReport(trained, backbone_epochs, exit_epochs, accuracy)
-    training_record = {**report.to_dict(), "exit_training": exit_training}
+    training_record = {
+        **report.to_dict(),
+        "exit_training": exit_training,
+        "backbone_run": backbone_run.to_dict(train_config.patience) if backbone_run else None,
+        "check": _training_check(joint, data, accuracy, backbone_run, train_config, log),
+    }
     request = export.ExportRequest(
         backbone=model,
         exit_tensors=exit_tensors,

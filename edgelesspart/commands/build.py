@@ -18,7 +18,10 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "--model": {
         "help": "zoo name (small_cnn, resnet50, mobilenetv2, inceptionv3) or a .keras file"
     },
-    "--dataset": {"help": "digits (default, offline), cifar10, an .npz file or an image folder"},
+    "--dataset": {
+        "help": "digits (default, offline), digits-hard (offline, MNIST-M style), cifar10, an "
+        ".npz file or an image folder"
+    },
     "--memory-fraction": {"type": float, "help": "memory rule: edge share of model memory (0.7)"},
     "--placement": {"choices": ["linear", "pareto"], "help": "exit spacing inside each part"},
     "--exits-per-part": {"help": "0..3, or EDGE,CLOUD such as 2,1 (default 2)"},
@@ -57,7 +60,11 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "--edge-device": {"help": "edge device profile (rpi4, jetson-orin-nano, host, or a JSON)"},
     "--cloud-device": {"help": "cloud device profile (gcf-2gb, lambda-2gb, host, or a JSON)"},
     "--link": {"help": "link for objective modes: wifi, lte, 5g, 3g, loopback or a JSON"},
-    "--epochs": {"type": int, "help": "backbone epochs (exits too unless --exit-epochs)"},
+    "--epochs": {
+        "type": int,
+        "help": "most backbone epochs (60; training stops earlier when validation loss stops "
+        "improving, with the learning rate halved on plateaus); exits too unless --exit-epochs",
+    },
     "--exit-epochs": {"type": int, "help": "exit-training epochs"},
     "--batch-size": {"type": int, "help": "training batch size"},
     "--train-backbone": {
