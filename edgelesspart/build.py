@@ -55,6 +55,8 @@ class BuildConfig:
     exit_epochs: int | None = None
     batch_size: int = 64
     train_backbone: str = "auto"
+    weights: str = "none"
+    freeze_epochs: int = 5
     seed: int = 0
     limit: int | None = None
     image_size: int | None = None
@@ -93,6 +95,10 @@ class BuildConfig:
                 f"train_backbone must be auto, yes or no; got {self.train_backbone!r}."
             )
         _check_codec_options(self.codec, self.max_codec_loss)
+        if self.weights not in ("none", "imagenet"):
+            raise ConfigError(f"weights must be none or imagenet; got {self.weights!r}.")
+        if self.freeze_epochs < 0:
+            raise ConfigError(f"freeze_epochs must be >= 0; got {self.freeze_epochs}.")
 
     @property
     def bundle_dir(self) -> Path:
@@ -383,11 +389,14 @@ def _train(
     """Train the backbone when asked (or, with ``auto``, when it came untrained from the zoo)."""
     from edgelesspart.model import training
 
+    pretrained = getattr(model, "_edgelesspart_pretrained", None) is not None
     train_config = training.TrainingConfig(
         epochs=config.epochs,
         exit_epochs=config.exit_epochs,
         batch_size=config.batch_size,
         seed=config.seed,
+        freeze_epochs=config.freeze_epochs if pretrained else 0,
+        learning_rate=1e-3 if pretrained else training.TrainingConfig.learning_rate,
     )
     do_train = config.train_backbone == "yes" or (config.train_backbone == "auto" and untrained)
     run = training.fit_backbone(model, data, train_config) if do_train else None
@@ -441,7 +450,7 @@ def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = pri
         config.exit_spec, config.exit_template, head=config.exit_head
     )
     model, model_info = zoo.resolve_model(
-        config.model, data.input_shape, data.num_classes, seed=config.seed
+        config.model, data.input_shape, data.num_classes, seed=config.seed, weights=config.weights
     )
     model = functional_model(model)
     sizes = f"{len(data.x_train)}/{len(data.x_val)}/{len(data.x_test)}"

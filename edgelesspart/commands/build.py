@@ -71,6 +71,15 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "choices": ["auto", "yes", "no"],
         "help": "auto: train zoo models, keep .keras weights",
     },
+    "--weights": {
+        "choices": ["none", "imagenet"],
+        "help": "zoo model start: none (random, default) or imagenet (ResNet50, MobileNetV2: "
+        "from the Keras cache, or downloaded; fine-tuned head first, then every layer)",
+    },
+    "--freeze-epochs": {
+        "type": int,
+        "help": "--weights imagenet: epochs training only the new head before unfreezing (5)",
+    },
     "--seed": {"type": int, "help": "seed for data split, weights and training"},
     "--limit": {"type": int, "help": "at most N samples per split (quick runs)"},
     "--image-size": {"type": int, "help": "input side for digits/image folders (32)"},

@@ -40,6 +40,8 @@ class TrainingConfig:
     lr_patience: int = 2
     lr_factor: float = 0.5
     min_learning_rate: float = 1e-5
+    freeze_epochs: int = 0
+    finetune_learning_rate: float = 1e-4
     seed: int = 0
     verbose: int = 0
 
@@ -176,22 +178,67 @@ def train_backbone(model: Any, data: Any, config: TrainingConfig) -> int:
 
 
 def fit_backbone(model: Any, data: Any, config: TrainingConfig) -> BackboneRun:
-    """Train ``model`` to convergence on ``data``'s validation split (see the module doc)."""
+    """Train ``model`` to convergence on ``data``'s validation split (see the module doc).
+
+    With ``config.freeze_epochs > 0`` (pre-trained weights) it fine-tunes in two phases: first
+    only the classifier head (the layer named ``predictions``) for ``freeze_epochs`` at
+    ``learning_rate``, then every layer at ``finetune_learning_rate`` to convergence; the
+    epochs of both phases count against ``epochs``.
+    """
     if config.epochs == 0:
         return BackboneRun(0, 0, "none", False, config.learning_rate)
     k = keras()
     k.utils.set_random_seed(config.seed)
+    settle = np.asarray(data.x_train[:SETTLE_IMAGES], dtype=np.float32)
+    logs: dict[str, list[float]] = {}
+    frozen = min(config.freeze_epochs, config.epochs)
+    if frozen > 0:
+        for layer in model.layers:
+            layer.trainable = layer.name == "predictions"
+        _fit_phase(model, data, config, frozen, config.learning_rate, settle, logs)
+        for layer in model.layers:
+            layer.trainable = True
+    rest = config.epochs - frozen
+    if rest > 0:
+        rate = config.finetune_learning_rate if frozen else config.learning_rate
+        _fit_phase(model, data, config, rest, rate, settle, logs)
+    val_loss = logs.get("val_loss", [])
+    ran = len(logs.get("loss", []))
+    best = int(np.argmin(val_loss)) + 1 if val_loss else ran
+    converged = ran < config.epochs
+    if frozen:  # the head-only phase may stop early on its own; judge the last phase
+        converged = ran < config.epochs and (ran > frozen or rest == 0)
+    return BackboneRun(
+        epochs=ran,
+        best_epoch=best,
+        stop="converged" if converged else "cap",
+        still_improving=not converged and ran - best < config.patience,
+        final_learning_rate=float(k.ops.convert_to_numpy(model.optimizer.learning_rate)),
+        history=logs,
+    )
+
+
+def _fit_phase(
+    model: Any,
+    data: Any,
+    config: TrainingConfig,
+    epochs: int,
+    rate: float,
+    settle: np.ndarray,
+    logs: dict[str, list[float]],
+) -> None:
+    """One ``fit`` to convergence at ``rate``; its history is appended to ``logs``."""
+    k = keras()
     model.compile(
-        optimizer=k.optimizers.Adam(config.learning_rate),
+        optimizer=k.optimizers.Adam(rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    settle = np.asarray(data.x_train[:SETTLE_IMAGES], dtype=np.float32)
     history = model.fit(
         data.x_train,
         data.y_train,
         validation_data=(data.x_val, data.y_val),
-        epochs=config.epochs,
+        epochs=epochs,
         batch_size=config.batch_size,
         # settle first, so early stopping compares epochs by their real inference-mode loss
         callbacks=[
@@ -202,19 +249,8 @@ def fit_backbone(model: Any, data: Any, config: TrainingConfig) -> BackboneRun:
         shuffle=True,
         verbose=config.verbose,
     )
-    logs = {key: [float(v) for v in values] for key, values in history.history.items()}
-    val_loss = logs.get("val_loss", [])
-    ran = len(logs.get("loss", []))
-    best = int(np.argmin(val_loss)) + 1 if val_loss else ran
-    converged = ran < config.epochs
-    return BackboneRun(
-        epochs=ran,
-        best_epoch=best,
-        stop="converged" if converged else "cap",
-        still_improving=not converged and ran - best < config.patience,
-        final_learning_rate=float(k.ops.convert_to_numpy(model.optimizer.learning_rate)),
-        history=logs,
-    )
+    for key, values in history.history.items():
+        logs.setdefault(key, []).extend(float(v) for v in values)
 
 
 def _lr_schedule(config: TrainingConfig) -> Any:
