@@ -570,7 +570,7 @@ def _train_exits(
 
 def _choose_serving(config: BuildConfig, manifest: Manifest, data: Any, log: Any) -> Manifest:
     """Fit exit temperatures and the default threshold on validation; record them; print them."""
-    from edgelesspart.evaluation.serving import choose_serving, format_serving
+    from edgelesspart.evaluation.serving import choose_serving, format_serving, payoff_warnings
     from edgelesspart.runtime.manifest import write_manifest
 
     serving = choose_serving(
@@ -581,4 +581,15 @@ def _choose_serving(config: BuildConfig, manifest: Manifest, data: Any, log: Any
     manifest = replace(manifest, serving=serving)
     write_manifest(config.bundle_dir, manifest)
     log(format_serving(serving))
+    net = serving["payoff"]["net"]
+    log(
+        f"compute: {net['served_host_ms']:.3f} ms per sample at the serving threshold against "
+        f"{net['full_model_host_ms']:.3f} ms without exits (host, measured on validation): "
+        f"net saving {net['saving']:.2f}x, exit heads and per-segment overhead included"
+    )
+    edge_share = float(serving["validation"]["edge_share"])
+    for warning in payoff_warnings(
+        serving["payoff"], config.constraint, edge_share, manifest.plan.split
+    ):
+        log(f"warning: {warning}")
     return manifest

@@ -112,7 +112,9 @@ def choose_serving(
     test = _calibrated(test_raw, temperatures, measure)
     (on_test,) = sweep(test, data.y_test, [chosen.threshold], **kwargs)
     ece = expected_calibration_error
+    payoff = exit_payoff(bundle_path, val, chosen.threshold)
     return {
+        "payoff": {**payoff, "split": "validation"},
         "threshold": chosen.threshold,
         "confidence": measure,
         "temperatures": {name: round(t, 5) for name, t in temperatures.items()},
@@ -223,3 +225,90 @@ def accuracy_change(accuracy: float, final_accuracy: float) -> str:
     if delta > 0.05:
         return f"+{delta:.1f} pt above the final classifier"
     return "no loss"
+
+
+#: below this validation edge share, the latency rule's edge exits are called useless
+USELESS_EDGE_SHARE = 0.3
+
+
+def exit_payoff(bundle_path: str | Path, trace: Any, threshold: float) -> dict[str, Any]:
+    """Whether each early exit pays for itself at ``threshold``, from measured host times.
+
+    Per exit: its measured head cost is the traced time of the segment ending in it minus the
+    backbone stretch of that segment in the host profile; it costs that on every sample that
+    reaches it, and saves the rest of the backbone (full minus its cut's cumulative latency) on
+    every sample it answers. The net saving is the full model's host ms over the mean served
+    host ms (:func:`~edgelesspart.evaluation.pipeline.measured_compute`), every head included.
+    """
+    from edgelesspart.evaluation.pipeline import load_backbone, measured_compute
+    from edgelesspart.evaluation.sweep import StageMemory, answering_exit, confidences
+    from edgelesspart.profiling.profile import ModelProfile
+    from edgelesspart.runtime.manifest import load_manifest
+
+    manifest = load_manifest(bundle_path, verify=False)
+    profile = ModelProfile.load(Path(bundle_path) / "profile.json")
+    cumulative = {cp.name: cp.latency_ms for cp in profile.cut_points}
+    full_ms = profile.total.latency_ms
+    conf, _ = confidences(trace)
+    idx = answering_exit(conf, threshold)
+    exits: dict[str, Any] = {}
+    for k, name in enumerate(trace.exits[:-1]):
+        segment = next((s for s in manifest.segments if s.exit == name), None)
+        if segment is None or segment.end not in cumulative:
+            continue
+        stretch = cumulative[segment.end] - cumulative.get(segment.start, 0.0)
+        head_ms = max(0.0, float(trace.segment_ms[segment.name]) - stretch)
+        reach = float((idx >= k).mean())
+        answered = float((idx == k).mean())
+        saves = answered * max(0.0, full_ms - cumulative[segment.end])
+        costs = reach * head_ms
+        exits[name] = {
+            "cut_point": segment.end,
+            "head_ms": round(head_ms, 4),
+            "reach": round(reach, 4),
+            "answered": round(answered, 4),
+            "expected_saving_ms": round(saves, 4),
+            "expected_cost_ms": round(costs, 4),
+            "pays_off": bool(saves > costs),
+        }
+    memory = StageMemory()
+    backbone = load_backbone(_BundleView(manifest, Path(bundle_path)), trace, memory)
+    return {"exits": exits, "net": measured_compute(trace, threshold, backbone)}
+
+
+class _BundleView:
+    """What :func:`load_backbone` reads of a bundle (its manifest and path)."""
+
+    def __init__(self, manifest: Any, path: Path) -> None:
+        self.manifest, self.path = manifest, path
+
+
+def payoff_warnings(
+    payoff: dict[str, Any], constraint: str, edge_share: float, split: str
+) -> list[str]:
+    """Warnings: exits that cost more than they save, a net loss, useless latency-rule exits."""
+    out = []
+    for name, row in payoff["exits"].items():
+        if not row["pays_off"]:
+            out.append(
+                f"exit {name} at {row['cut_point']} does not pay off: its measured head costs "
+                f"{row['head_ms']:.3f} ms on the {100 * row['reach']:.0f}% of samples that reach "
+                f"it ({row['expected_cost_ms']:.3f} ms per sample) but saves "
+                f"{row['expected_saving_ms']:.3f} ms per sample"
+            )
+    net = payoff["net"].get("saving")
+    if net is not None and net < 1.0:
+        out.append(
+            f"with its exits the model needs {1 / net:.2f}x MORE host compute than without them "
+            f"at the serving threshold ({payoff['net']['served_host_ms']:.3f} vs "
+            f"{payoff['net']['full_model_host_ms']:.3f} ms, measured): fewer exits "
+            "(--exits-per-part) or --constraint expected-latency would do better"
+        )
+    if constraint == "latency" and edge_share < USELESS_EDGE_SHARE:
+        out.append(
+            f"the latency rule splits at {split}, where the edge exits answer only "
+            f"{100 * edge_share:.1f}% of validation samples: they are nearly useless. "
+            "--constraint expected-latency (or expected-cost) places the split and exits by their "
+            "measured answer rates and does better here"
+        )
+    return out
