@@ -246,6 +246,11 @@ def exit_payoff(bundle_path: str | Path, trace: Any, threshold: float) -> dict[s
     from edgelesspart.runtime.manifest import load_manifest
 
     manifest = load_manifest(bundle_path, verify=False)
+    memory = StageMemory()
+    backbone = load_backbone(_BundleView(manifest, Path(bundle_path)), trace, memory)
+    net = measured_compute(trace, threshold, backbone)
+    if not (Path(bundle_path) / "profile.json").is_file():  # no host profile: no per-exit split
+        return {"exits": {}, "net": net}
     profile = ModelProfile.load(Path(bundle_path) / "profile.json")
     cumulative = {cp.name: cp.latency_ms for cp in profile.cut_points}
     full_ms = profile.total.latency_ms
@@ -271,9 +276,7 @@ def exit_payoff(bundle_path: str | Path, trace: Any, threshold: float) -> dict[s
             "expected_cost_ms": round(costs, 4),
             "pays_off": bool(saves > costs),
         }
-    memory = StageMemory()
-    backbone = load_backbone(_BundleView(manifest, Path(bundle_path)), trace, memory)
-    return {"exits": exits, "net": measured_compute(trace, threshold, backbone)}
+    return {"exits": exits, "net": net}
 
 
 class _BundleView:
