@@ -411,12 +411,13 @@ def _training_check(
     """Reference accuracy, train accuracy and the undertrained warnings; printed and recorded."""
     from edgelesspart.model import training
 
-    reference = training.reference_accuracy(data, seed=train_config.seed)
+    reference, reference_name = training.reference_for(data, seed=train_config.seed)
     subset = slice(0, 1024)
     train_acc = training.classifier_accuracy(joint, data.x_train[subset], data.y_train[subset])
     warnings = training.undertrained_warnings(
         accuracy,
         reference=reference,
+        reference_name=reference_name,
         train_accuracy=train_acc.get("final"),
         run=run,
         patience=train_config.patience,
@@ -425,7 +426,7 @@ def _training_check(
         log(f"warning: {warning}")
     return {
         "reference_val_accuracy": round(reference, 5),
-        "reference_model": "logistic regression on 16x16 downscaled images",
+        "reference_model": reference_name,
         "train_accuracy_final": train_acc.get("final"),
         "warnings": warnings,
     }

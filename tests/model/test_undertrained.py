@@ -18,11 +18,13 @@ def test_warns_when_far_below_the_reference_and_below_its_own_exits() -> None:
     # GIVEN the issue's ResNet50: 48 % final, an exit 15 points above it, a 60 % reference
     accuracy = {"val": {"exit_1": 0.63, "exit_2": 0.55, "final": 0.48}}
     run = BackboneRun(8, 8, "cap", True, 3e-3)
-    warnings = undertrained_warnings(accuracy, reference=0.60, train_accuracy=0.52, run=run)
+    warnings = undertrained_warnings(
+        accuracy, reference=0.60, reference_name="the reference", train_accuracy=0.52, run=run
+    )
     text = "\n".join(warnings)
     # THEN every rule that applies says so, with the figures
     assert len(warnings) == 3
-    assert "12.0 pt below a logistic-regression reference (60.0%)" in text
+    assert "12.0 pt below the reference (60.0%)" in text
     assert "exit exit_1 (63.0%) beats the final classifier (48.0%) by 15.0 pt" in text
     assert "still improving: raise --epochs" in text
 
@@ -73,5 +75,17 @@ def test_fit_backbone_stops_on_validation_and_the_build_check_warns_when_cut_sho
     assert len(converged.history["val_loss"]) == converged.epochs
     short = fit_backbone(model(), Data, TrainingConfig(epochs=1, learning_rate=1e-4))
     assert short.stop == "cap" and short.epochs == 1 and short.still_improving
-    # the quick reference separates these classes easily
+    # the quick linear reference separates these classes easily
     assert reference_accuracy(Data) > 0.9
+
+
+def test_builtin_hard_dataset_uses_its_measured_reference() -> None:
+    """A linear model is meaningless on digits-hard; its reference is the measured small CNN."""
+    from types import SimpleNamespace
+
+    from edgelesspart.model.training import BUILTIN_REFERENCES, reference_for
+
+    data = SimpleNamespace(name="digits-hard", input_shape=(32, 32, 3))
+    accuracy, what = reference_for(data)
+    assert (accuracy, what) == BUILTIN_REFERENCES["digits-hard"]
+    assert "small CNN" in what and 0.5 < accuracy < 1.0
