@@ -176,9 +176,7 @@ def run(args: argparse.Namespace) -> int:
 
         return run_pipeline_build(args, config)
     result = run_build(config, show_progress=not args.quiet)
-    print(format_plan(result.plan))
-    for role, source in result.plan.parameters.get("latency_sources", {}).items():
-        print(f"  {role} latencies: {source['summary']}")
+    print(format_plan(result.plan))  # with the device latencies evaluate and inspect reuse
     accuracy = result.manifest.training.get("accuracy", {}).get("test", {})
     if accuracy:
         print("test accuracy: " + ", ".join(f"{k}={v:.3f}" for k, v in accuracy.items()))
