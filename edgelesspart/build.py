@@ -56,10 +56,12 @@ class BuildConfig:
     edge_device: str = "rpi4"
     cloud_device: str = "gcf-2gb"
     link: str = "wifi"
-    epochs: int = 8
+    epochs: int = 60
     exit_epochs: int | None = None
     batch_size: int = 64
     train_backbone: str = "auto"
+    weights: str = "none"
+    freeze_epochs: int = 5
     seed: int = 0
     limit: int | None = None
     image_size: int | None = None
@@ -102,6 +104,10 @@ class BuildConfig:
             )
         _check_codec_options(self.codec, self.max_codec_loss)
         _check_bottleneck_options(self)
+        if self.weights not in ("none", "imagenet"):
+            raise ConfigError(f"weights must be none or imagenet; got {self.weights!r}.")
+        if self.freeze_epochs < 0:
+            raise ConfigError(f"freeze_epochs must be >= 0; got {self.freeze_epochs}.")
 
     @property
     def bundle_dir(self) -> Path:
@@ -537,22 +543,59 @@ def choose_codec(
 
 
 def _train(
-    config: BuildConfig, model: Any, data: Any, untrained: bool, progress: bool = True
-) -> tuple[Any, bool, int]:
+    config: BuildConfig,
+    model: Any,
+    data: Any,
+    untrained: bool,
+    log: Any = print,
+    progress: bool = True,
+) -> tuple[Any, bool, Any]:
     """Train the backbone when asked (or, with ``auto``, when it came untrained from the zoo);
     ``progress`` reports every epoch (of this and of the exit training) on stderr."""
     from edgelesspart.model import training
 
+    pretrained = getattr(model, "_edgelesspart_pretrained", None) is not None
     train_config = training.TrainingConfig(
         epochs=config.epochs,
         exit_epochs=config.exit_epochs,
         batch_size=config.batch_size,
         seed=config.seed,
         progress=progress,
+        freeze_epochs=config.freeze_epochs if pretrained else 0,
+        learning_rate=1e-3 if pretrained else training.TrainingConfig.learning_rate,
     )
     do_train = config.train_backbone == "yes" or (config.train_backbone == "auto" and untrained)
-    epochs = training.train_backbone(model, data, train_config) if do_train else 0
-    return train_config, do_train, epochs
+    run = training.fit_backbone(model, data, train_config) if do_train else None
+    if run is not None:
+        log(f"backbone: {run.epochs} epochs, {run.reason(train_config.patience)}")
+    return train_config, do_train, run
+
+
+def _training_check(
+    joint: Any, data: Any, accuracy: dict, run: Any, train_config: Any, log: Any
+) -> dict[str, Any]:
+    """Reference accuracy, train accuracy and the undertrained warnings; printed and recorded."""
+    from edgelesspart.model import training
+
+    reference, reference_name = training.reference_for(data, seed=train_config.seed)
+    subset = slice(0, 1024)
+    train_acc = training.classifier_accuracy(joint, data.x_train[subset], data.y_train[subset])
+    warnings = training.undertrained_warnings(
+        accuracy,
+        reference=reference,
+        reference_name=reference_name,
+        train_accuracy=train_acc.get("final"),
+        run=run,
+        patience=train_config.patience,
+    )
+    for warning in warnings:
+        log(f"warning: {warning}")
+    return {
+        "reference_val_accuracy": round(reference, 5),
+        "reference_model": reference_name,
+        "train_accuracy_final": train_acc.get("final"),
+        "warnings": warnings,
+    }
 
 
 def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = print) -> BuildResult:
@@ -574,15 +617,16 @@ def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = pri
         config.exit_spec, config.exit_template, head=config.exit_head
     )
     model, model_info = zoo.resolve_model(
-        config.model, data.input_shape, data.num_classes, seed=config.seed
+        config.model, data.input_shape, data.num_classes, seed=config.seed, weights=config.weights
     )
     model = functional_model(model)
     sizes = f"{len(data.x_train)}/{len(data.x_val)}/{len(data.x_test)}"
     log(f"data: {data.name}, train/val/test = {sizes}; model: {model_info['name']}")
     clock.lap("load")
-    train_config, trained, backbone_epochs = _train(
-        config, model, data, model_info.get("source") == "zoo", show_progress
+    train_config, trained, backbone_run = _train(
+        config, model, data, model_info.get("source") == "zoo", log, show_progress
     )
+    backbone_epochs = backbone_run.epochs if backbone_run is not None else 0
     clock.lap("train_backbone")
     host_profile = profiler.profile_model(
         model,
@@ -631,7 +675,12 @@ def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = pri
         "test": training.classifier_accuracy(joint, data.x_test, data.y_test),
     }
     report = training.TrainingReport(trained, backbone_epochs, exit_epochs, accuracy)
-    training_record = {**report.to_dict(), "exit_training": exit_training}
+    training_record = {
+        **report.to_dict(),
+        "exit_training": exit_training,
+        "backbone_run": backbone_run.to_dict(train_config.patience) if backbone_run else None,
+        "check": _training_check(joint, data, accuracy, backbone_run, train_config, log),
+    }
     request = export.ExportRequest(
         backbone=model,
         exit_tensors=exit_tensors,
@@ -694,7 +743,7 @@ def _train_exits(
 
 def _choose_serving(config: BuildConfig, manifest: Manifest, data: Any, log: Any) -> Manifest:
     """Fit exit temperatures and the default threshold on validation; record them; print them."""
-    from edgelesspart.evaluation.serving import choose_serving, format_serving
+    from edgelesspart.evaluation.serving import choose_serving, format_serving, payoff_warnings
     from edgelesspart.runtime.manifest import write_manifest
 
     serving = choose_serving(
@@ -705,4 +754,15 @@ def _choose_serving(config: BuildConfig, manifest: Manifest, data: Any, log: Any
     manifest = replace(manifest, serving=serving)
     write_manifest(config.bundle_dir, manifest)
     log(format_serving(serving))
+    net = serving["payoff"]["net"]
+    log(
+        f"compute: {net['served_host_ms']:.3f} ms per sample at the serving threshold against "
+        f"{net['full_model_host_ms']:.3f} ms without exits (host, measured on validation): "
+        f"net saving {net['saving']:.2f}x, exit heads and per-segment overhead included"
+    )
+    edge_share = float(serving["validation"]["edge_share"])
+    for warning in payoff_warnings(
+        serving["payoff"], config.constraint, edge_share, manifest.plan.split
+    ):
+        log(f"warning: {warning}")
     return manifest

@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--deployment", type=Path, default=None)
         parser.add_argument("--verify", type=int, default=20)
         parser.add_argument("--epochs", type=int, default=10)
+        parser.add_argument("--dataset", default="digits", help="digits or digits-hard")
 
     args = benchlib.parse_args(__doc__.splitlines()[0], argv, extra)
     if args.quick:
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     sim_args = slimedge_sim._args(_sim_argv(args))
     record = slimedge_sim.simulate(sim_args)
     record["path"] = str(sim_args.out / "sim.json")
+    record["dataset"] = args.dataset
     (args.out / SIM_JSON).write_text(
         benchlib.json.dumps(benchlib.to_json_ready({k: record[k] for k in record
                                                     if k != "scenarios"}), indent=1) + "\n"
@@ -117,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _sim_argv(args: Any) -> list[str]:
     argv = ["--scenarios", str(args.scenarios), "--verify", str(args.verify),
-            "--epochs", str(args.epochs), "--seed", str(args.seed)]  # fmt: skip
+            "--epochs", str(args.epochs), "--seed", str(args.seed),
+            "--dataset", args.dataset]  # fmt: skip
     if args.deployment:
         argv += ["--deployment", str(args.deployment)]
     return argv + (["--quick"] if args.quick else [])

@@ -79,6 +79,7 @@ def _args(argv: list[str] | None) -> Any:
             default=None,
             help=f"comma-separated models (default {','.join(MODELS)}; quick {QUICK_MODELS})",
         )
+        parser.add_argument("--dataset", default="digits", help="digits or digits-hard")
         parser.add_argument("--epochs", type=int, default=None, help="backbone/exit epochs")
         parser.add_argument("--samples", type=int, default=None, help="timed test samples")
         parser.add_argument("--repeats", type=int, default=None, help="timed rounds per sample")
@@ -88,7 +89,9 @@ def _args(argv: list[str] | None) -> Any:
     return benchlib.parse_args(__doc__.splitlines()[0], argv, extra)
 
 
-def train_backbone(model_name: str, folder: Path, quick: bool, seed: int = 0) -> tuple[Path, dict]:
+def train_backbone(
+    model_name: str, folder: Path, quick: bool, seed: int = 0, dataset: str = "digits"
+) -> tuple[Path, dict]:
     """Train (or reuse) the zoo model on digits until its validation accuracy reaches the target.
 
     One epoch at a time (Adam, batch 64); BatchNorm statistics are settled on training images
@@ -102,16 +105,17 @@ def train_backbone(model_name: str, folder: Path, quick: bool, seed: int = 0) ->
     from edgelesspart.model.training import SETTLE_IMAGES, settle_batchnorm
 
     limit = 120 if quick else None
-    tag = f"p1-{model_name}{'-quick' if quick else ''}"
+    suffix = ("" if dataset == "digits" else f"-{dataset}") + ("-quick" if quick else "")
+    tag = f"p1-{model_name}{suffix}"
     path, sidecar = folder / f"{tag}.keras", folder / f"{tag}.json"
-    options = {"model": model_name, "dataset": "digits", "limit": limit, "seed": seed,
+    options = {"model": model_name, "dataset": dataset, "limit": limit, "seed": seed,
                "val_target": BACKBONE_VAL_TARGET,
                "max_epochs": BACKBONE_MAX_EPOCHS.get(model_name, 40)}  # fmt: skip
     if path.is_file() and sidecar.is_file():
         info = json.loads(sidecar.read_text())
         if info.get("options") == options:
             return path, {**info, "reused": True}
-    data = datasets.load_dataset("digits", seed=seed, limit=limit)
+    data = datasets.load_dataset(dataset, seed=seed, limit=limit)
     model = zoo.build_model(model_name, data.input_shape, data.num_classes, seed=seed)
     model.compile(optimizer=keras().optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
     settle = data.x_train[:SETTLE_IMAGES]
@@ -162,7 +166,7 @@ def finetune_backbone(model_name: str, path: Path, info: dict, seed: int = 0) ->
         stored = json.loads(sidecar.read_text())
         if stored.get("options") == options:
             return ft_path, {**stored, "reused": True}
-    data = datasets.load_dataset("digits", seed=seed, limit=None)
+    data = datasets.load_dataset(info["options"].get("dataset", "digits"), seed=seed, limit=None)
     model = keras().models.load_model(path, safe_mode=True)
     model.compile(optimizer=keras().optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy")
 
@@ -193,14 +197,16 @@ def finetune_backbone(model_name: str, path: Path, info: dict, seed: int = 0) ->
     return ft_path, {**ft, "reused": False}
 
 
-def build_options(model: str, backbone: Path, quick: bool, epochs: int | None) -> dict:
+def build_options(
+    model: str, backbone: Path, quick: bool, epochs: int | None, dataset: str = "digits"
+) -> dict:
     """Build settings of a P1 bundle: the trained backbone as it is, the product's default exits
     (sdn head, distillation, temperature scaling), the paper's memory rule."""
     n = epochs if epochs is not None else (1 if quick else EXIT_EPOCHS)
     options = {
         "model": str(backbone),
         "train_backbone": "no",
-        "dataset": "digits",
+        "dataset": dataset,
         "constraint": "memory",
         "epochs": n,
         "exit_epochs": n,
@@ -221,11 +227,13 @@ def find_bundle(out: Path, model: str, options: dict[str, Any]) -> tuple[Path, d
 
 
 def choose_threshold(bundle: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """Trace a split once; the fastest threshold within 1 point of the final exit there.
+    """Trace a split once; the fastest threshold whose one-sided 95 % upper bound of the paired
+    accuracy drop against the final exit is within 1 point there (the build's serving rule).
 
     Called on the validation split: the threshold is chosen there and judged on test.
     """
     from edgelesspart.evaluation import LatencyModel, exit_accuracy, select_threshold, sweep
+    from edgelesspart.evaluation.calibration import threshold_drop_bounds
     from edgelesspart.evaluation.serving import SERVING_THRESHOLDS
     from edgelesspart.runtime.executor import ProgressiveExecutor
 
@@ -235,9 +243,14 @@ def choose_threshold(bundle: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any
         trace, y, SERVING_THRESHOLDS, latency_model=LatencyModel(), price_fn=lambda ms: 0.0
     )
     final = exit_accuracy(trace, y)[trace.exits[-1]]
-    chosen = select_threshold(rows, final, MAX_DROP)
+    bounds = threshold_drop_bounds(trace, y, SERVING_THRESHOLDS)
+    chosen = select_threshold(rows, final, MAX_DROP, bounds)
+    point = select_threshold(rows, final, MAX_DROP)
     return {
         "threshold": chosen.threshold,
+        "point_estimate_threshold": point.threshold,
+        "validation_samples": len(y),
+        "drop_upper_pp": round(100 * bounds[chosen.threshold][1], 3),
         "final_exit_accuracy": final,
         "sweep_accuracy": chosen.accuracy,
         "sweep_exit_mix": chosen.exit_mix,
@@ -309,9 +322,11 @@ def measure_model(args: Any, model: str, samples: int, repeats: int) -> dict[str
     from edgelesspart.runtime.bundle import Bundle
     from edgelesspart.runtime.executor import ProgressiveExecutor
 
-    backbone_path, backbone = train_backbone(model, args.out / "backbones", args.quick, args.seed)
+    backbone_path, backbone = train_backbone(
+        model, args.out / "backbones", args.quick, args.seed, args.dataset
+    )
     backbone_path, backbone = finetune_backbone(model, backbone_path, backbone, args.seed)
-    options = build_options(model, backbone_path, args.quick, args.epochs)
+    options = build_options(model, backbone_path, args.quick, args.epochs, args.dataset)
     path, bundle_info = find_bundle(args.out, model, options)
     bundle = Bundle.load(path, pool_size=1)
     x_val, y_val = benchlib.eval_split(path, split="val")
@@ -361,7 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (2 if args.quick else 3)
     if args.backbones_only:
         for model in models:
-            path, info = train_backbone(model, args.out / "backbones", args.quick, args.seed)
+            path, info = train_backbone(
+                model, args.out / "backbones", args.quick, args.seed, args.dataset
+            )
             path, info = finetune_backbone(model, path, info, args.seed)
             print(f"{model}: {path} test accuracy {info['accuracy']['test']:.3f}")
         return 0
@@ -381,10 +398,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     head = "resnet50" if "resnet50" in results else models[0]
     speedup = results[head]["speedup"]
-    opts = build_options(head, Path("backbone.keras"), args.quick, args.epochs)
+    opts = build_options(head, Path("backbone.keras"), args.quick, args.epochs, args.dataset)
     epochs = {m: r["backbone"]["epochs"] for m, r in results.items()}
     reduced = [
-        f"digits at 32x32, backbones trained {epochs} epochs (to 98.5 % validation or 40), "
+        f"{args.dataset} at 32x32, backbones trained {epochs} epochs (to 98.5 % validation or 40), "
         f"{opts['exit_epochs']} exit epochs, {opts['max_cut_points']} cut points, "
         f"{samples} timed samples x {repeats}"
     ]

@@ -48,6 +48,7 @@ SLO_GOAL, THROUGHPUT_GOAL, ACCURACY_POINTS = 3.0, 1.5, 2.0
 def _args(argv: list[str] | None) -> Any:
     def extra(parser: Any) -> None:
         parser.add_argument("--retrain", action="store_true", help="ignore cached bundles")
+        parser.add_argument("--dataset", default="digits", help="digits or digits-hard")
         parser.add_argument("--slowdown", type=float, default=2.5, help="injected factor")
         parser.add_argument("--stage-ms", type=float, default=40.0, help="slowest stage, ms")
         parser.add_argument("--load", type=float, default=0.65, help="share of capacity")
@@ -301,12 +302,13 @@ def measure(args: Any) -> dict[str, Any]:
     from edgelesspart.dynamic.widths import DEFAULT_WIDTHS
     from edgelesspart.model.datasets import load_dataset
 
-    data = load_dataset("digits", image_size=32, seed=args.seed)
+    data = load_dataset(args.dataset, image_size=32, seed=args.seed)
     epochs = QUICK_EPOCHS if args.quick else EPOCHS
     manifests = {}
     for name in STRATEGIES:
         root = args.bundles or args.out / "bundles"
-        out = root / f"p9-{name}{'-quick' if args.quick else ''}"
+        tag = "" if args.dataset == "digits" else f"-{args.dataset}"
+        out = root / f"p9-{name}{tag}{'-quick' if args.quick else ''}"
         widths = QUICK_WIDTHS if args.quick else DEFAULT_WIDTHS
         manifest = train_and_export(name, data, out, epochs[name], args.retrain, widths)
         manifests[name] = (out, manifest)

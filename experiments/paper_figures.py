@@ -112,7 +112,15 @@ def reductions(settings: PaperSettings) -> list[str]:
     ]
     if settings.dataset != "cifar10":
         notes.append(
-            f"dataset {settings.dataset} (32x32 upscaled 8x8 digits, 1,797 images) "
+            f"dataset {settings.dataset} ("
+            + (
+                "upscaled 8x8 digits, 1,797 images"
+                if settings.dataset == "digits"
+                else "digits rendered MNIST-M style, 5,391 images"
+                if settings.dataset == "digits-hard"
+                else "a user dataset"
+            )
+            + ") "
             "instead of CIFAR-10"
         )
     if settings.epochs < CIFAR10["epochs"]:
@@ -583,7 +591,8 @@ def parse_args(argv: Sequence[str] | None = None) -> PaperSettings:
     p.add_argument(
         "--dataset",
         default=d.dataset,
-        help="digits (default, offline) or cifar10 (needs the CIFAR-10 files; "
+        help="digits (default, offline), digits-hard (offline, MNIST-M style) or cifar10 (needs "
+        "the CIFAR-10 files; "
         f"defaults become {CIFAR10})",
     )
     p.add_argument("--epochs", type=int, help=f"backbone and exit epochs (default {d.epochs})")

@@ -64,6 +64,7 @@ def _args(argv: list[str] | None) -> Any:
         parser.add_argument("--epochs", type=int, default=10)
         parser.add_argument("--workers", type=int, default=2, help="scenario processes")
         parser.add_argument("--z", type=float, default=None, help="verification confidence")
+        parser.add_argument("--dataset", default="digits", help="digits or digits-hard")
 
     args = benchlib.parse_args(__doc__.splitlines()[0], argv, extra)
     if args.out == benchlib.RESULTS_DIR:
@@ -86,7 +87,10 @@ def cpu_times() -> tuple[float, float] | None:
 
 def ensure_deployment(args: Any) -> Path:
     """The measured deployment: reuse ``--deployment``/the cache, or build it (minutes)."""
-    path = args.deployment or (args.out / ("deployment-quick" if args.quick else "deployment-fine"))
+    name = "deployment-quick" if args.quick else "deployment-fine"
+    if args.dataset != "digits":
+        name += f"-{args.dataset}"
+    path = args.deployment or (args.out / name)
     if (path / "deployment.json").is_file():
         benchlib.log(f"slimedge_sim: reusing the measured deployment {path}")
         return path
@@ -96,7 +100,9 @@ def ensure_deployment(args: Any) -> Path:
     from edgelesspart.slimedge.views import digits_views
 
     benchlib.log(f"slimedge_sim: training the {VIEWS}-view model and measuring its curves")
-    data = digits_views(VIEWS, seed=args.seed, limit=400 if args.quick else None)
+    data = digits_views(
+        VIEWS, seed=args.seed, limit=400 if args.quick else None, dataset=args.dataset
+    )
     build = deploy.build_multiview(data, epochs=args.epochs, seed=args.seed,
                                    ratios=deploy.DEFAULT_RATIOS if args.quick else LIBRARY_RATIOS,
                                    finetune_epochs=1 if args.quick else 3)  # fmt: skip
@@ -110,9 +116,13 @@ def ensure_deployment(args: Any) -> Path:
     baselines = {"uniform": optimize.uniform_plan(model, slots, bound),
                  "unpruned": optimize.unpruned_plan(model, slots, bound)}  # fmt: skip
     failures = verify.verified_failure_plans(model, slots, verifier, max_drop=MAX_DROP)
-    return deploy.export_deployment(path, build, slots, chosen, baselines=baselines,
-                                    failures=failures, overwrite=True,
-                                    max_accuracy_drop=MAX_DROP)  # fmt: skip
+    out = deploy.export_deployment(path, build, slots, chosen, baselines=baselines,
+                                   failures=failures, overwrite=True,
+                                   max_accuracy_drop=MAX_DROP)  # fmt: skip
+    record = json.loads((path / "deployment.json").read_text())
+    record["dataset"] = args.dataset  # verify() and split_verifier() rebuild the same views
+    (path / "deployment.json").write_text(json.dumps(record, indent=1) + "\n")
+    return out
 
 
 def draw_scenario(rng: np.random.Generator, catalogue: list[Any], unpruned_memory: float) -> dict:
@@ -193,7 +203,7 @@ def verify(deployment: Path, rows: list[dict], count: int, seed: int) -> dict:
 
     fusion_layers()
     manifest = json.loads((deployment / "deployment.json").read_text())
-    data = digits_views(manifest["views"], seed=seed)
+    data = digits_views(manifest["views"], seed=seed, dataset=manifest.get("dataset", "digits"))
     load = lambda rel: keras.saving.load_model(deployment / rel, safe_mode=True)  # noqa: E731
     library = {(s["view"], s["ratio"]): s["tflite"].replace(".tflite", ".keras")
                for s in manifest["segments"].values()}  # fmt: skip
@@ -326,7 +336,7 @@ def split_verifier(deployment: Path, seed: int, split: str) -> Any:
 
     fusion_layers()
     manifest = json.loads((deployment / "deployment.json").read_text())
-    data = digits_views(manifest["views"], seed=seed)
+    data = digits_views(manifest["views"], seed=seed, dataset=manifest.get("dataset", "digits"))
     load = lambda rel: keras.saving.load_model(deployment / rel, safe_mode=True)  # noqa: E731
     pruned = {(s["view"], s["ratio"]): load(s["tflite"].replace(".tflite", ".keras"))
               for s in manifest["segments"].values()}  # fmt: skip

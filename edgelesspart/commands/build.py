@@ -18,7 +18,10 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "--model": {
         "help": "zoo name (small_cnn, resnet50, mobilenetv2, inceptionv3) or a .keras file"
     },
-    "--dataset": {"help": "digits (default, offline), cifar10, an .npz file or an image folder"},
+    "--dataset": {
+        "help": "digits (default, offline), digits-hard (offline, MNIST-M style), cifar10, an "
+        ".npz file or an image folder"
+    },
     "--memory-fraction": {"type": float, "help": "memory rule: edge share of model memory (0.7)"},
     "--placement": {"choices": ["linear", "pareto"], "help": "exit spacing inside each part"},
     "--exits-per-part": {"help": "0..3, or EDGE,CLOUD such as 2,1 (default 2)"},
@@ -57,12 +60,25 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "--edge-device": {"help": "edge device profile (rpi4, jetson-orin-nano, host, or a JSON)"},
     "--cloud-device": {"help": "cloud device profile (gcf-2gb, lambda-2gb, host, or a JSON)"},
     "--link": {"help": "link for objective modes: wifi, lte, 5g, 3g, loopback or a JSON"},
-    "--epochs": {"type": int, "help": "backbone epochs (exits too unless --exit-epochs)"},
+    "--epochs": {
+        "type": int,
+        "help": "most backbone epochs (60; training stops earlier when validation loss stops "
+        "improving, with the learning rate halved on plateaus); exits too unless --exit-epochs",
+    },
     "--exit-epochs": {"type": int, "help": "exit-training epochs"},
     "--batch-size": {"type": int, "help": "training batch size"},
     "--train-backbone": {
         "choices": ["auto", "yes", "no"],
         "help": "auto: train zoo models, keep .keras weights",
+    },
+    "--weights": {
+        "choices": ["none", "imagenet"],
+        "help": "zoo model start: none (random, default) or imagenet (ResNet50, MobileNetV2: "
+        "from the Keras cache, or downloaded; fine-tuned head first, then every layer)",
+    },
+    "--freeze-epochs": {
+        "type": int,
+        "help": "--weights imagenet: epochs training only the new head before unfreezing (5)",
     },
     "--seed": {"type": int, "help": "seed for data split, weights and training"},
     "--limit": {"type": int, "help": "at most N samples per split (quick runs)"},
@@ -189,9 +205,7 @@ def run(args: argparse.Namespace) -> int:
 
         return run_pipeline_build(args, config)
     result = run_build(config, show_progress=not args.quiet)
-    print(format_plan(result.plan))
-    for role, source in result.plan.parameters.get("latency_sources", {}).items():
-        print(f"  {role} latencies: {source['summary']}")
+    print(format_plan(result.plan))  # with the device latencies evaluate and inspect reuse
     accuracy = result.manifest.training.get("accuracy", {}).get("test", {})
     if accuracy:
         print("test accuracy: " + ", ".join(f"{k}={v:.3f}" for k, v in accuracy.items()))

@@ -122,8 +122,8 @@ def run_views(args: argparse.Namespace) -> int:
 def _data(s: dict[str, Any]) -> Any:
     from edgelesspart.slimedge.views import digits_views, load_npz_views
 
-    if s["dataset"] == "digits":
-        return digits_views(int(s["views"]), seed=int(s["seed"]))
+    if s["dataset"] in ("digits", "digits-hard"):
+        return digits_views(int(s["views"]), seed=int(s["seed"]), dataset=s["dataset"])
     data = load_npz_views(s["dataset"], seed=int(s["seed"]))
     if data.n_views != int(s["views"]):
         raise ConfigError(f"{s['dataset']} holds {data.n_views} views, not --views {s['views']}.")

@@ -20,8 +20,11 @@ from edgelesspart.evaluation.sweep import (
     LatencyModel,
     MeasuredSegment,
     StageMemory,
+    answering_exit,
     concat_traces,
+    confidences,
     exit_accuracy,
+    exit_costs,
     parse_thresholds,
     sweep,
 )
@@ -66,6 +69,29 @@ def device_factor(name: str, model_name: str) -> tuple[float, str, Any]:
     else:
         factor, reason = devices.latency_factor(device, model_name), "latency_factor"
     return float(factor), str(reason), device
+
+
+def plan_factor(
+    manifest: Any, role: str, device_name: str, factor: float, reason: str
+) -> tuple[float, str]:
+    """The latency factor the build recorded for ``role`` when ``device_name`` is that device.
+
+    ``build`` scales its host profile by a factor measured at build time (``host-reference``:
+    the device's published latency over this host's); deriving it again here would price the
+    same bundle on another device speed. A device measured with ``profile-device`` (factor 1,
+    own latencies) and a device other than the plan's keep ``(factor, reason)``.
+    """
+    if reason == "measured-profile":
+        return factor, reason
+    sources = manifest.plan.parameters.get("latency_sources") or {}
+    entry = sources.get(role)
+    if not isinstance(entry, dict) or entry.get("device") != device_name:
+        return factor, reason
+    recorded = entry.get("factor")
+    if not isinstance(recorded, (int, float)) or not recorded > 0:
+        return factor, reason
+    how = str(entry.get("source", "scaled")).removeprefix("scaled (").removesuffix(")")
+    return float(recorded), f"{how}, recorded in the plan"
 
 
 def codec_size_ratio(codec: dict[str, Any]) -> float:
@@ -140,6 +166,32 @@ def load_backbone(bundle: Any, trace: Any, memory: StageMemory) -> Backbone:
         except EdgeLessPartError:
             pass
     return backbone_from_trace(trace, input_bytes=input_bytes, memory=memory)
+
+
+def measured_compute(trace: Any, threshold: float, backbone: Backbone) -> dict[str, Any]:
+    """Host compute per sample at ``threshold`` against the full model without exits, measured.
+
+    The served cost of a sample is the measured host time of every segment it runs (exit heads
+    and per-call overhead included) up to its answering exit; the reference is the whole
+    backbone without exits (the bundle's host profile, or the trace). ``saving`` is their ratio
+    (> 1: the exits pay off); ``exit_overhead_ms`` is what running every segment costs beyond
+    the backbone alone.
+    """
+    host = LatencyModel()  # factor 1, no link: host compute only
+    costs = exit_costs(trace, host)
+    conf, _ = confidences(trace)
+    served = costs.latency_ms[answering_exit(conf, threshold)]
+    every = float(sum(trace.segment_ms[s] for s in trace.segments))
+    mean = float(served.mean())
+    return {
+        "threshold": threshold,
+        "full_model_host_ms": round(backbone.full_ms, 4),
+        "full_model_source": backbone.source,
+        "served_host_ms": round(mean, 4),
+        "all_segments_host_ms": round(every, 4),
+        "exit_overhead_ms": round(every - backbone.full_ms, 4),
+        "saving": round(backbone.full_ms / mean, 3) if mean > 0 else None,
+    }
 
 
 def _settings(config: EvaluationConfig, manifest: Any, model: LatencyModel, **more: Any) -> dict:
@@ -227,6 +279,12 @@ def build_latency_model(
     cloud_name = config.cloud_device or stages[-1].device
     edge_factor, edge_reason, edge_device = device_factor(edge_name, model_name)
     cloud_factor, cloud_reason, cloud_device = device_factor(cloud_name, model_name)
+    # one device model per bundle: the plan's own devices keep the factors the build planned
+    # with (recorded in plan.parameters["latency_sources"]), not a re-derivation
+    edge_factor, edge_reason = plan_factor(manifest, "edge", edge_name, edge_factor, edge_reason)
+    cloud_factor, cloud_reason = plan_factor(
+        manifest, "cloud", cloud_name, cloud_factor, cloud_reason
+    )
     measured: dict[str, MeasuredSegment] = {}
     cumulative: dict[str, dict[str, float]] = {"edge": {}, "cloud": {}}
     for role, device in (("edge", edge_device), ("cloud", cloud_device)):
@@ -339,13 +397,21 @@ def evaluate_bundle(
         val = calibration.calibrate_trace(val, temps)
         test = calibration.calibrate_trace(test, temps)
     kwargs = {"latency_model": latency_model, "price_fn": price_fn, "memory": memory}
-    rows = sweep(test, data.y_test, config.thresholds, **kwargs)
+    serving = getattr(manifest, "serving", None) or {}
+    thresholds = tuple(config.thresholds)
+    if serving.get("threshold") is not None:  # always show the threshold the services use
+        thresholds = tuple(sorted({*thresholds, float(serving["threshold"])}))
+    rows = sweep(test, data.y_test, thresholds, **kwargs)
     selection = None
     if config.max_accuracy_drop is not None and val is not None:
         selection = _select(config, val, data.y_val, rows, **kwargs)
     per_exit = exit_accuracy(test, data.y_test)
     full = per_exit[test.exits[-1]]
     backbone = load_backbone(bundle, test, memory)
+    if serving.get("threshold") is not None:
+        saving = measured_compute(test, float(serving["threshold"]), backbone)
+        selection = {**(selection or {}), "serving_threshold": float(serving["threshold"]),
+                     "compute": saving}  # fmt: skip
     return Evaluation(
         bundle_id=manifest.bundle_id,
         placement=manifest.plan.placement,

@@ -93,10 +93,14 @@ def write_outputs(evaluation: Evaluation, directory: str | Path) -> tuple[Path, 
             mix = [row["exit_mix"].get(e, 0.0) for e in exits]
             writer.writerow(["threshold", "", r.threshold, *(row[m] for m in _CSV_METRICS), *mix])
         for b in evaluation.baselines.values():
-            row = {**b.to_dict(), "expected_memory_bytes": b.edge_memory_bytes
-                   + b.offload_rate * b.cloud_memory_bytes}
-            writer.writerow(["baseline", b.name, "", *(row[m] for m in _CSV_METRICS),
-                             *([""] * len(exits))])
+            row = {
+                **b.to_dict(),
+                "expected_memory_bytes": b.edge_memory_bytes
+                + b.offload_rate * b.cloud_memory_bytes,
+            }
+            writer.writerow(
+                ["baseline", b.name, "", *(row[m] for m in _CSV_METRICS), *([""] * len(exits))]
+            )
     return json_path, csv_path
 
 
@@ -106,9 +110,7 @@ def load_evaluation(path: str | Path) -> dict[str, Any]:
     if target.is_dir():
         target = target / JSON_NAME
     if not target.is_file():
-        raise BundleError(
-            f"No evaluation at {target}. Run `edgelesspart evaluate BUNDLE` first."
-        )
+        raise BundleError(f"No evaluation at {target}. Run `edgelesspart evaluate BUNDLE` first.")
     try:
         data = json.loads(target.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -133,13 +135,18 @@ def _size(nbytes: float) -> str:
 
 def format_table(evaluation: Evaluation) -> str:
     """A fixed-width summary: one line per threshold, then the baselines."""
-    head = (f"{'thr':>6} {'acc':>6} {'offload':>7} {'E[lat]':>8} {'p50':>8} {'p95':>8} "
-            f"{'edge':>7} {'E[cloud]':>8} {'$/1M':>8}  exit mix")
+    head = (
+        f"{'thr':>6} {'acc':>6} {'offload':>7} {'E[lat]':>8} {'p50':>8} {'p95':>8} "
+        f"{'edge':>7} {'E[cloud]':>8} {'$/1M':>8}  exit mix"
+    )
     lines = [head, "-" * len(head)]
     chosen = (evaluation.selection or {}).get("threshold")
+    serving = (evaluation.selection or {}).get("serving_threshold")
     for r in evaluation.results:
         mix = " ".join(f"{k}:{v:.2f}" for k, v in r.exit_mix.items())
         mark = "*" if chosen is not None and r.threshold == chosen else " "
+        if serving is not None and r.threshold == serving:
+            mark = "S"
         cloud_in_use = r.expected_memory_bytes - r.edge_memory_bytes
         lines.append(
             f"{r.threshold:>5.2f}{mark} {r.accuracy:>6.3f} {r.offload_rate:>7.2f} "
@@ -154,14 +161,31 @@ def format_table(evaluation: Evaluation) -> str:
             f"latency {b.latency_mean_ms:.2f} ms  edge {_size(b.edge_memory_bytes)}  "
             f"cloud {_size(b.cloud_memory_bytes)}  ${b.cloud_cost_per_million:.3f}/1M"
         )
-    if evaluation.selection and evaluation.selection["threshold"] is not None:
+    compute = (evaluation.selection or {}).get("compute")
+    if compute:
+        saving = compute["saving"]
+        verdict = (
+            "less compute"
+            if saving and saving >= 1
+            else "MORE compute (the exits cost more than they save)"
+        )
+        lines.append(
+            f"S serving threshold {compute['threshold']:g} (the manifest's, which the services "
+            f"use): measured host compute {compute['served_host_ms']:.3f} ms per sample against "
+            f"{compute['full_model_host_ms']:.3f} ms for the full model without exits "
+            f"({compute['full_model_source']}): {saving:.2f}x "
+            f"{verdict}"
+            f"; running every segment costs {compute['exit_overhead_ms']:+.3f} ms over the "
+            "backbone alone (exit heads and per-segment overhead)"
+        )
+    if evaluation.selection and evaluation.selection.get("threshold") is not None:
         s = evaluation.selection
         lines.append(
             f"* chosen threshold {s['threshold']:.2f}: validation accuracy within "
             f"{s['max_accuracy_drop']:.3f} of the full model; "
             f"test accuracy {s['test']['accuracy']:.3f}"
         )
-    elif evaluation.selection:
+    elif evaluation.selection and "max_accuracy_drop" in evaluation.selection:
         lines.append(
             "no threshold kept validation accuracy within "
             f"{evaluation.selection['max_accuracy_drop']:.3f} of the full model; add a threshold "

@@ -65,6 +65,10 @@ def format_plan(plan: Plan) -> str:
             lines.append(f"    boundary to next stage: {_kib(plan.boundary_bytes[i])} raw fp32")
     if plan.constraint == "pipeline":
         lines.extend(_pipeline_lines(plan))
+    sources = plan.parameters.get("latency_sources") or {}
+    for role, entry in sources.items():  # the device model build and evaluate both use
+        if isinstance(entry, dict) and entry.get("summary"):
+            lines.append(f"  {role} latencies: {entry['summary']}")
     encoded = plan.parameters.get("boundary_encoded_bytes")
     if plan.parameters.get("codec") and isinstance(encoded, (int, float)):
         wire = plan.parameters.get("boundary_wire_bytes", encoded)

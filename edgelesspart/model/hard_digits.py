@@ -32,7 +32,7 @@ from edgelesspart.errors import DatasetError
 
 NAME = "digits-hard"
 #: bump when the rendering changes; part of the cache key and of the rendered pixels' identity
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 #: rendered side (pixels); ``load_dataset(image_size=...)`` resizes from here
 SIDE = 32
 #: renderings of each source digit (1,797 x 3 = 5,391 images; validation then holds ~540)
@@ -44,14 +44,15 @@ SKIMAGE_COLOUR = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field
 #: grey textures and photos, tinted with a random colour per patch
 SKIMAGE_GREY = ("brick", "grass", "gravel", "camera", "coins", "moon", "page", "text")
 #: tuning of the difficulty (calibrated so the small CNN reaches ~80-92 % on test)
-DIGIT_SIZE = (16.0, 26.0)  # side of the digit's 8x8 box after scaling, pixels
-ROTATION_DEG = 25.0
-SHEAR = 0.25
-MIN_CONTRAST = 0.35  # smallest mean colour distance between digit and background (0..1)
+DIGIT_SIZE = (18.0, 28.0)  # side of the digit's 8x8 box after scaling, pixels
+ROTATION_DEG = 20.0
+SHEAR = 0.2
+MIN_CONTRAST = 0.45  # smallest mean colour distance between digit and background (0..1)
 CLUTTER_P = 0.5
-OCCLUSION_P = 0.4
+OCCLUSION_P = 0.3
 BLUR_SIGMA = (0.0, 1.0)
-NOISE_SIGMA = (0.01, 0.08)
+NOISE_SIGMA = (0.01, 0.06)
+BACKGROUND_CONTRAST = (0.35, 1.0)  # background texture kept at this share of its contrast
 
 
 def cache_dir() -> Path:
@@ -198,6 +199,8 @@ def _patch(backgrounds: tuple[np.ndarray, ...], rng: np.random.Generator) -> np.
     patch = ndimage.zoom(crop, (zoom, zoom, 1), order=1)[:SIDE, :SIDE]
     if rng.random() < 0.5:
         patch = patch[:, ::-1]
+    mean = patch.mean(axis=(0, 1))
+    patch = mean + (patch - mean) * rng.uniform(*BACKGROUND_CONTRAST)
     return np.clip(patch, 0.0, 1.0).astype(np.float32)
 
 
@@ -257,7 +260,7 @@ def _render_one(
     colour = _digit_colour(image, rng)
     image = image * (1.0 - alpha[..., None]) + colour * alpha[..., None]
     if rng.random() < OCCLUSION_P:  # an opaque rectangle over part of the canvas
-        h, w = int(rng.integers(5, 13)), int(rng.integers(5, 13))
+        h, w = int(rng.integers(4, 11)), int(rng.integers(4, 11))
         top, left = int(rng.integers(0, SIDE - h + 1)), int(rng.integers(0, SIDE - w + 1))
         image[top : top + h, left : left + w] = rng.uniform(0.0, 1.0, size=3)
     sigma = rng.uniform(*BLUR_SIGMA)

@@ -1,5 +1,12 @@
 """Training: the backbone when it is untrained, then the exits with the backbone frozen.
 
+The backbone trains *to convergence on validation*: up to ``epochs`` (a cap, 60 by default),
+the learning rate halved after ``lr_patience`` epochs without a better validation loss, and
+stopped after ``patience`` such epochs with the best weights restored.
+:func:`fit_backbone` says how many epochs ran and why it stopped (converged, or the cap reached
+while still improving), and :func:`undertrained_warnings` flags a backbone that is far below a
+quick reference on the same data, far below its own exits, or overfitting.
+
 The backbone's BatchNormalization statistics are recomputed on training images before every
 validation pass (:func:`settle_batchnorm`), so short trainings of Keras applications answer in
 inference mode as well as they trained. Exits are trained jointly: one model with every exit
@@ -24,12 +31,17 @@ from edgelesspart.errors import TrainingError
 class TrainingConfig:
     """Hyper-parameters of both training phases (defaults suit the bundled digits data)."""
 
-    epochs: int = 8
+    epochs: int = 60
     exit_epochs: int | None = None
     batch_size: int = 64
     learning_rate: float = 3e-3
     exit_learning_rate: float = 1e-2
-    patience: int = 3
+    patience: int = 6
+    lr_patience: int = 2
+    lr_factor: float = 0.5
+    min_learning_rate: float = 1e-5
+    freeze_epochs: int = 0
+    finetune_learning_rate: float = 1e-4
     seed: int = 0
     verbose: int = 0
     progress: bool = True  # a line per epoch on stderr (a bar on a terminal)
@@ -134,34 +146,245 @@ def _early_stopping(patience: int) -> Any:
     )
 
 
+@dataclass(frozen=True)
+class BackboneRun:
+    """What backbone training did.
+
+    Attributes:
+        epochs: epochs run.
+        best_epoch: 1-based epoch of the lowest validation loss (its weights are kept).
+        stop: ``converged`` (no better validation loss for ``patience`` epochs), ``cap``
+            (``epochs`` reached) or ``none`` (not trained).
+        still_improving: the cap was reached within ``patience`` epochs of the best one.
+        final_learning_rate: the learning rate after the schedule's reductions.
+        history: per-epoch ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``.
+    """
+
+    epochs: int
+    best_epoch: int
+    stop: str
+    still_improving: bool
+    final_learning_rate: float
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+    def reason(self, patience: int) -> str:
+        """Why training stopped, in words."""
+        if self.stop == "none":
+            return "not trained"
+        if self.stop == "converged":
+            return (
+                f"converged: validation loss had not improved for {patience} epochs after its "
+                f"best at epoch {self.best_epoch} (best weights restored)"
+            )
+        tail = "still improving: raise --epochs" if self.still_improving else "plateaued"
+        return (
+            f"reached the --epochs cap of {self.epochs} ({tail}); best validation loss at "
+            f"epoch {self.best_epoch}"
+        )
+
+    def to_dict(self, patience: int) -> dict[str, Any]:
+        """JSON-ready dict (without the per-epoch history's floats rounded away)."""
+        return {
+            "epochs": self.epochs,
+            "best_epoch": self.best_epoch,
+            "stop": self.stop,
+            "still_improving": self.still_improving,
+            "reason": self.reason(patience),
+            "final_learning_rate": self.final_learning_rate,
+            "val_accuracy": [round(float(v), 5) for v in self.history.get("val_accuracy", [])],
+        }
+
+
 def train_backbone(model: Any, data: Any, config: TrainingConfig) -> int:
     """Train ``model`` on ``data`` (a ``Dataset``); return the number of epochs run."""
+    return fit_backbone(model, data, config).epochs
+
+
+def fit_backbone(model: Any, data: Any, config: TrainingConfig) -> BackboneRun:
+    """Train ``model`` to convergence on ``data``'s validation split (see the module doc).
+
+    With ``config.freeze_epochs > 0`` (pre-trained weights) it fine-tunes in two phases: first
+    only the classifier head (the layer named ``predictions``) for ``freeze_epochs`` at
+    ``learning_rate``, then every layer at ``finetune_learning_rate`` to convergence; the
+    epochs of both phases count against ``epochs``.
+    """
     if config.epochs == 0:
-        return 0
+        return BackboneRun(0, 0, "none", False, config.learning_rate)
     k = keras()
     k.utils.set_random_seed(config.seed)
+    settle = np.asarray(data.x_train[:SETTLE_IMAGES], dtype=np.float32)
+    logs: dict[str, list[float]] = {}
+    frozen = min(config.freeze_epochs, config.epochs)
+    if frozen > 0:
+        for layer in model.layers:
+            layer.trainable = layer.name == "predictions"
+        _fit_phase(model, data, config, frozen, config.learning_rate, settle, logs)
+        for layer in model.layers:
+            layer.trainable = True
+    rest = config.epochs - frozen
+    if rest > 0:
+        rate = config.finetune_learning_rate if frozen else config.learning_rate
+        _fit_phase(model, data, config, rest, rate, settle, logs)
+    val_loss = logs.get("val_loss", [])
+    ran = len(logs.get("loss", []))
+    best = int(np.argmin(val_loss)) + 1 if val_loss else ran
+    converged = ran < config.epochs
+    if frozen:  # the head-only phase may stop early on its own; judge the last phase
+        converged = ran < config.epochs and (ran > frozen or rest == 0)
+    return BackboneRun(
+        epochs=ran,
+        best_epoch=best,
+        stop="converged" if converged else "cap",
+        still_improving=not converged and ran - best < config.patience,
+        final_learning_rate=float(k.ops.convert_to_numpy(model.optimizer.learning_rate)),
+        history=logs,
+    )
+
+
+def _fit_phase(
+    model: Any,
+    data: Any,
+    config: TrainingConfig,
+    epochs: int,
+    rate: float,
+    settle: np.ndarray,
+    logs: dict[str, list[float]],
+) -> None:
+    """One ``fit`` to convergence at ``rate``; its history is appended to ``logs``."""
+    k = keras()
     model.compile(
-        optimizer=k.optimizers.Adam(config.learning_rate),
+        optimizer=k.optimizers.Adam(rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    settle = np.asarray(data.x_train[:SETTLE_IMAGES], dtype=np.float32)
     history = model.fit(
         data.x_train,
         data.y_train,
         validation_data=(data.x_val, data.y_val),
-        epochs=config.epochs,
+        epochs=epochs,
         batch_size=config.batch_size,
         # settle first, so early stopping compares epochs by their real inference-mode loss
         callbacks=[
             _settle_callback(settle),
+            _lr_schedule(config),
             _early_stopping(config.patience),
             progress_callback("backbone", config.epochs, config.progress),
         ],
         shuffle=True,
         verbose=config.verbose,
     )
-    return len(history.history.get("loss", []))
+    for key, values in history.history.items():
+        logs.setdefault(key, []).extend(float(v) for v in values)
+
+
+def _lr_schedule(config: TrainingConfig) -> Any:
+    return keras().callbacks.ReduceLROnPlateau(
+        monitor="val_loss",
+        factor=config.lr_factor,
+        patience=config.lr_patience,
+        min_lr=config.min_learning_rate,
+        verbose=0,
+    )
+
+
+#: undertrained rules: final validation accuracy this far (points) below the reference model,
+#: an exit this far above the final classifier, or a train/validation gap this large
+REFERENCE_GAP_PP = 10.0
+EXIT_GAP_PP = 5.0
+OVERFIT_GAP_PP = 20.0
+REFERENCE_SIDE = 16
+
+
+#: Measured references for built-in datasets where a linear model says nothing (``name ->
+#: (validation accuracy, what reached it)``), from ``experiments/digits_hard_calibration.py``.
+BUILTIN_REFERENCES: dict[str, tuple[float, str]] = {
+    "digits-hard": (
+        0.7728,
+        "the small CNN after 14 epochs, still improving (experiments/digits_hard_calibration.py)",
+    ),
+}
+
+
+def reference_accuracy(data: Any, seed: int = 0) -> float:
+    """Validation accuracy of a quick linear reference on the same data.
+
+    A ridge classifier (closed form, a few seconds) on the images downscaled to about 16x16,
+    standardised: any backbone worth splitting should beat it clearly, so a backbone far below
+    it is undertrained rather than limited by the data.
+    """
+    from sklearn.linear_model import RidgeClassifier
+
+    def features(x: np.ndarray) -> np.ndarray:
+        n, h, w, c = x.shape
+        fh, fw = max(1, h // REFERENCE_SIDE), max(1, w // REFERENCE_SIDE)
+        h2, w2 = (h // fh) * fh, (w // fw) * fw
+        pooled = x[:, :h2, :w2].reshape(n, h2 // fh, fh, w2 // fw, fw, c).mean(axis=(2, 4))
+        return pooled.reshape(n, -1)
+
+    x_train, x_val = features(np.asarray(data.x_train)), features(np.asarray(data.x_val))
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-6
+    clf = RidgeClassifier(alpha=10.0, random_state=seed)
+    clf.fit((x_train - mean) / std, data.y_train)
+    return float(clf.score((x_val - mean) / std, data.y_val))
+
+
+def reference_for(data: Any, seed: int = 0) -> tuple[float, str]:
+    """``(validation accuracy, what it is)``: a measured reference for a built-in dataset where a
+    linear model is meaningless (:data:`BUILTIN_REFERENCES`), else :func:`reference_accuracy`."""
+    name = getattr(data, "name", "")
+    if name in BUILTIN_REFERENCES and getattr(data, "input_shape", (32,))[0] == 32:
+        return BUILTIN_REFERENCES[name]
+    return reference_accuracy(data, seed), "a ridge classifier on 16x16 downscaled pixels"
+
+
+def undertrained_warnings(
+    accuracy: dict[str, dict[str, float]],
+    *,
+    reference: float | None = None,
+    reference_name: str = "a ridge-classifier reference",
+    train_accuracy: float | None = None,
+    run: BackboneRun | None = None,
+    patience: int = 6,
+) -> list[str]:
+    """Why the backbone looks undertrained (or overfit); empty when nothing is wrong.
+
+    Args:
+        accuracy: ``{"val": {exit or "final": accuracy}, ...}`` as the build measures it.
+        reference: :func:`reference_for` on the same data; ``reference_name`` says what it is.
+        train_accuracy: the final classifier's accuracy on the training split.
+        run: what :func:`fit_backbone` did (``None``: the backbone came pre-trained).
+        patience: the early-stopping patience, for the wording.
+    """
+    val = accuracy.get("val") or {}
+    final = val.get("final")
+    if final is None:
+        return []
+    out: list[str] = []
+    if reference is not None and 100.0 * (reference - final) >= REFERENCE_GAP_PP:
+        out.append(
+            f"the final classifier reaches {100 * final:.1f}% on validation, "
+            f"{100 * (reference - final):.1f} pt below {reference_name} "
+            f"({100 * reference:.1f}%) on the same data: the backbone is undertrained"
+        )
+    best_exit = max(((v, k) for k, v in val.items() if k != "final"), default=None)
+    if best_exit is not None and 100.0 * (best_exit[0] - final) >= EXIT_GAP_PP:
+        out.append(
+            f"exit {best_exit[1]} ({100 * best_exit[0]:.1f}%) beats the final classifier "
+            f"({100 * final:.1f}%) by {100 * (best_exit[0] - final):.1f} pt on validation: the "
+            "layers after it are undertrained, so 'within N points of the final classifier' "
+            "approves weak answers"
+        )
+    if train_accuracy is not None and 100.0 * (train_accuracy - final) >= OVERFIT_GAP_PP:
+        out.append(
+            f"train accuracy {100 * train_accuracy:.1f}% vs validation {100 * final:.1f}%: a "
+            f"{100 * (train_accuracy - final):.1f} pt gap (overfitting; more data or augmentation)"
+        )
+    if run is not None and run.stop == "cap" and run.still_improving:
+        out.append(
+            f"training stopped at the --epochs cap ({run.epochs}) while validation loss was "
+            "still improving: raise --epochs"
+        )
+    return out
 
 
 def train_exits(

@@ -8,6 +8,7 @@ tensors. Keras is imported lazily inside the functions.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,13 @@ MOBILENET_WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 
 INCEPTION_MIN_SIZE = 75
 
+#: ``--weights`` values: random initialisation, or ImageNet weights (ResNet50, MobileNetV2)
+WEIGHTS = ("none", "imagenet")
+IMAGENET_MODELS = ("resnet50", "mobilenetv2")
+#: the input sizes Keras publishes MobileNetV2 ImageNet weights for (others use 224's)
+MOBILENET_ROWS = (96, 128, 160, 192, 224)
+IMAGENET_PROBE_TIMEOUT_S = 3.0
+
 
 def build_model(
     name: str,
@@ -32,8 +40,9 @@ def build_model(
     *,
     seed: int = 0,
     width: float = 1.0,
+    weights: str | None = None,
 ) -> Any:
-    """Build a zoo model with random weights, sized for the dataset input.
+    """Build a zoo model, sized for the dataset input, with random or ImageNet weights.
 
     Args:
         name: one of :data:`ZOO_MODELS`.
@@ -41,13 +50,17 @@ def build_model(
         num_classes: number of output classes (softmax head).
         seed: seeds Keras, NumPy and Python so the same call builds the same weights.
         width: MobileNetV2's ``alpha`` (one of :data:`MOBILENET_WIDTHS`); ignored by the others.
+        weights: ``None``/``"none"`` (random) or ``"imagenet"`` (ResNet50 and MobileNetV2: the
+            convolutional base loaded from the Keras cache, or downloaded when the network
+            answers, under a fresh ``num_classes`` head; see :func:`imagenet_weights_file`).
 
     Returns:
         A flat functional ``keras.Model`` whose input is ``input_shape`` and whose output is
         ``(None, num_classes)`` probabilities.
 
     Raises:
-        ModelError: unknown name, bad shape, too-small input or unsupported width.
+        ModelError: unknown name, bad shape, too-small input, unsupported width, or ImageNet
+            weights that are neither cached nor downloadable (the message names the file).
     """
     if name not in ZOO_MODELS:
         raise ModelError(
@@ -62,8 +75,22 @@ def build_model(
             f"Unsupported MobileNetV2 width {width!r}. "
             f"Use one of {', '.join(str(w) for w in MOBILENET_WIDTHS)}."
         )
+    weights = None if weights in (None, "none") else weights
+    if weights is not None and (weights != "imagenet" or name not in IMAGENET_MODELS):
+        raise ModelError(
+            f"--weights {weights!r} is not available for {name!r}: 'imagenet' works for "
+            f"{', '.join(IMAGENET_MODELS)}; other models start from random weights (none)."
+        )
     keras = _keras()
     keras.utils.set_random_seed(seed)
+    if weights == "imagenet":
+        try:
+            return _imagenet(keras, name, shape, num_classes, width)
+        except ValueError as exc:
+            raise ModelError(
+                f"Keras could not build {name!r} with ImageNet weights for input shape "
+                f"{shape}: {exc}"
+            ) from exc
     builders = {
         "small_cnn": _small_cnn,
         "resnet50": _resnet50,
@@ -173,6 +200,94 @@ def _inceptionv3(keras: Any, shape: tuple[int, int, int], num_classes: int, _wid
     return _rewrap(keras, inputs, app)
 
 
+def imagenet_weights_file(name: str, shape: tuple[int, ...], width: float = 1.0) -> tuple:
+    """``(cache path, file name, URL, sha256 or None)`` of a model's ImageNet base weights.
+
+    The file is the one ``keras.applications`` itself downloads for ``include_top=False``, under
+    ``$KERAS_HOME/models`` (default ``~/.keras/models``).
+    """
+    from keras.src.applications import mobilenet_v2, resnet
+
+    if name == "resnet50":
+        file_name = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+        url = resnet.BASE_WEIGHTS_PATH + file_name
+        sha = resnet.WEIGHTS_HASHES["resnet50"][1]
+    elif name == "mobilenetv2":
+        rows = shape[0] if shape[0] == shape[1] and shape[0] in MOBILENET_ROWS else 224
+        file_name = (
+            f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(width)}_{rows}_no_top.h5"
+        )
+        url = mobilenet_v2.BASE_WEIGHT_PATH + file_name
+        sha = None
+    else:
+        raise ModelError(f"No ImageNet weights for {name!r}; use one of {IMAGENET_MODELS}.")
+    home = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser()
+    return home / "models" / file_name, file_name, url, sha
+
+
+def _imagenet_path(name: str, shape: tuple[int, ...], width: float) -> Path:
+    """The cached ImageNet weights file, downloaded first when missing and the network answers."""
+    from edgelesspart.model.datasets import _network_reachable
+
+    path, file_name, url, sha = imagenet_weights_file(name, shape, width)
+    if path.is_file():
+        return path
+    host = url.split("/")[2]
+    if _network_reachable(host, 443, IMAGENET_PROBE_TIMEOUT_S):
+        try:
+            fetched = _keras().utils.get_file(
+                file_name, url, cache_subdir="models", file_hash=sha, cache_dir=str(path.parents[1])
+            )
+            return Path(fetched)
+        except Exception as exc:  # network and hash errors come in many types
+            reason = f"downloading {url} failed ({type(exc).__name__}: {exc})"
+    else:
+        reason = f"it is not in the Keras cache and {host} cannot be reached"
+    raise ModelError(
+        f"ImageNet weights for {name!r} are not available: {reason}. Put the file {file_name} "
+        f"at {path} (download {url} on a machine with network; set KERAS_HOME to use another "
+        "cache folder), or build with --weights none to train from random weights."
+    )
+
+
+def _imagenet(
+    keras: Any, name: str, shape: tuple[int, int, int], num_classes: int, width: float
+) -> Any:
+    """The ImageNet convolutional base (with its input scaling) under a fresh softmax head.
+
+    Inputs stay in [0, 1]; a ``Rescaling`` layer maps them to the range the weights were
+    trained on ([-1, 1] for MobileNetV2, 0-255 minus the mean pixel for ResNet50, channel order
+    kept), so the bundle's preprocessing does not change.
+    """
+    path = _imagenet_path(name, shape, width)
+    inputs = keras.Input(shape=shape, name="input")
+    if name == "resnet50":
+        x = keras.layers.Rescaling(255.0, offset=-116.8, name="imagenet_scale")(inputs)
+        app = keras.applications.ResNet50(
+            include_top=False, weights=None, input_tensor=x, input_shape=shape, pooling="avg",
+            name="resnet50",
+        )  # fmt: skip
+    else:
+        x = keras.layers.Rescaling(2.0, offset=-1.0, name="imagenet_scale")(inputs)
+        app = keras.applications.MobileNetV2(
+            include_top=False, weights=None, input_tensor=x, input_shape=shape, alpha=width,
+            pooling="avg", name="mobilenetv2",
+        )  # fmt: skip
+    try:
+        app.load_weights(str(path))
+    except Exception as exc:  # h5py and layer-count errors come in many types
+        raise ModelError(
+            f"{path} does not hold {name} ImageNet base weights for this architecture "
+            f"({type(exc).__name__}: {exc}). Replace it with the Keras file of that name."
+        ) from exc
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(
+        app.outputs[0]
+    )
+    model = keras.Model(inputs, outputs, name=app.name)
+    model._edgelesspart_pretrained = "imagenet"  # noqa: SLF001 - read by the build's trainer
+    return model
+
+
 def _rewrap(keras: Any, inputs: Any, app: Any) -> Any:
     """Same layers, but a single-tensor input (applications take a one-element input list)."""
     return keras.Model(inputs, app.outputs[0], name=app.name)
@@ -214,6 +329,7 @@ def resolve_model(
     input_shape: tuple[int, int, int],
     num_classes: int,
     seed: int = 0,
+    weights: str | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Turn a zoo name or a ``.keras`` path into a model plus a JSON-ready description.
 
@@ -222,6 +338,7 @@ def resolve_model(
         input_shape: the dataset's ``(height, width, channels)``.
         num_classes: the dataset's number of classes.
         seed: seed for zoo models.
+        weights: ``None``/``"none"`` or ``"imagenet"`` for zoo models (see :func:`build_model`).
 
     Returns:
         ``(model, info)`` with ``info = {"name", "source": "zoo" | "file", "params", "path"?}``.
@@ -231,8 +348,12 @@ def resolve_model(
             does not match the dataset.
     """
     if spec in ZOO_MODELS:
-        model = build_model(spec, input_shape, num_classes, seed=seed)
-        return model, {"name": spec, "source": "zoo", "params": int(model.count_params())}
+        model = build_model(spec, input_shape, num_classes, seed=seed, weights=weights)
+        info = {"name": spec, "source": "zoo", "params": int(model.count_params())}
+        info["weights"] = "imagenet" if weights == "imagenet" else "random"
+        return model, info
+    if weights not in (None, "none"):
+        raise ModelError(f"--weights {weights} applies to zoo models only, not {spec!r}.")
     path = Path(spec).expanduser()
     if path.suffix.lower() != ".keras" and not path.exists():
         raise ModelError(

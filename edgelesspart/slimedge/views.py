@@ -79,6 +79,7 @@ def digits_views(
     noise: tuple[float, ...] | None = None,
     val_fraction: float = 0.25,
     limit: int | None = None,
+    dataset: str = "digits",
 ) -> MultiViewData:
     """Views of the bundled digits: distinct ``crop`` x ``crop`` regions, each with its own noise.
 
@@ -91,6 +92,7 @@ def digits_views(
         val_fraction: share of the training data held out for validation (the optimiser's
             curves are measured on it, so it is larger than the build's default).
         limit: at most this many samples per split (tests).
+        dataset: ``digits`` or ``digits-hard`` (its colour images become luminance views).
     """
     from edgelesspart.model.datasets import load_dataset
 
@@ -98,12 +100,14 @@ def digits_views(
     noise = tuple(noise) if noise is not None else tuple(np.linspace(0.05, 0.35, n_views))
     if len(noise) != n_views:
         raise DatasetError(f"noise needs one level per view ({n_views}), got {len(noise)}.")
-    data = load_dataset("digits", seed=seed, val_fraction=val_fraction, limit=limit)
+    if dataset not in ("digits", "digits-hard"):
+        raise DatasetError(f"Multi-view digits come from digits or digits-hard, not {dataset!r}.")
+    data = load_dataset(dataset, seed=seed, val_fraction=val_fraction, limit=limit)
     rng = np.random.default_rng(seed + 1)
     corners = view_regions(n_views, data.input_shape[0], crop)
 
     def cut(x: np.ndarray) -> tuple[np.ndarray, ...]:
-        gray = x[..., :1]
+        gray = x[..., :1] if dataset == "digits" else x.mean(axis=-1, keepdims=True)
         views = []
         for (top, left), sigma in zip(corners, noise):
             region = gray[:, top : top + crop, left : left + crop, :]
@@ -116,7 +120,7 @@ def digits_views(
         for (t, left), s in zip(corners, noise)
     )
     return MultiViewData(
-        name=f"digits-{n_views}views",
+        name=f"{dataset}-{n_views}views",
         train=cut(data.x_train),
         val=cut(data.x_val),
         test=cut(data.x_test),

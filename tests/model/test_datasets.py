@@ -126,7 +126,9 @@ def test_unknown_spec_lists_the_options():
     # GIVEN a name that is neither built in nor a path
     # WHEN loading it
     # THEN the error lists what is accepted
-    with pytest.raises(DatasetError, match=r"Unknown dataset 'mnist'.*digits, cifar10.*\.npz"):
+    with pytest.raises(
+        DatasetError, match=r"Unknown dataset 'mnist'.*digits, digits-hard, cifar10.*\.npz"
+    ):
         load_dataset("mnist")
 
 
