@@ -56,19 +56,25 @@ def serve(
     port: int = 8080,
     threads: int = 8,
     connection_limit: int = CONNECTION_LIMIT,
+    sock: Any = None,
 ) -> None:
     """Serve ``app`` with waitress until interrupted (blocking).
 
     ``threads`` should exceed the app's admission limit plus its waiting room, so there is
     always a thread free to answer 429 quickly; ``connection_limit`` bounds open connections.
+    ``sock``: an already bound socket to serve on instead of ``host:port`` (pre-forked
+    workers).
     """
     from waitress import serve as waitress_serve
 
     LOG.info("serving on http://%s:%s with %d threads", host, port, threads)
+    where: dict[str, Any] = {"host": host, "port": port}
+    if sock is not None:
+        sock.listen(1024)
+        where = {"sockets": [sock]}
     waitress_serve(
         app,
-        host=host,
-        port=port,
+        **where,
         threads=threads,
         connection_limit=connection_limit,
         recv_bytes=RECV_BYTES,

@@ -56,6 +56,14 @@ def _add_server_args(parser: argparse.ArgumentParser, port: int) -> None:
         "/healthz,/metrics for a scraper without a token); env EDGELESSPART_PUBLIC_ROUTES",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="pre-forked worker processes sharing the port (SO_REUSEPORT), each loading the "
+        "bundle itself with its own admission gate, batcher and breaker; /metrics sums all "
+        "(default 1)",
+    )
+    parser.add_argument(
         "--batch-max-rows",
         type=int,
         default=None,
@@ -85,6 +93,14 @@ def _register_edge(sub: Any) -> None:
         help="cloud part: http(s)://HOST:PORT or lambda://FUNCTION_NAME (default: edge only)",
     )
     parser.add_argument("--threshold", type=float, default=None, help="confidence threshold")
+    parser.add_argument(
+        "--server",
+        choices=("async", "waitress"),
+        default="async",
+        help="async (default): an event loop answers POST /v1/infer tensors and images and "
+        "queues them into the batcher, Flask on threads serves the rest; waitress: Flask "
+        "under waitress threads (the previous server)",
+    )
     parser.add_argument(
         "--lambda-endpoint", default=None, help="boto3 endpoint_url for lambda:// (local tests)"
     )
@@ -163,9 +179,9 @@ def run_edge(args: argparse.Namespace) -> int:
         from edgelesspart.commands.dynamic import run_width_edge
 
         return run_width_edge(args)
-    from edge_runtime.app import create_app
     from edge_runtime.config import EdgeConfig
-    from edge_runtime.wsgi import require_token_off_loopback, serve
+    from edge_runtime.wsgi import require_token_off_loopback
+    from service_http.prefork import check_workers
 
     config = EdgeConfig.from_env(
         cloud=args.cloud,
@@ -184,11 +200,57 @@ def run_edge(args: argparse.Namespace) -> int:
         batch_delay_us=args.batch_delay_us,
     )
     require_token_off_loopback(args.host, config.token, "serve-edge")
-    app = create_app(args.bundle, config)
-    threads = args.threads or config.max_inflight + config.max_queue + 4
-    print(f"edge service for {args.bundle} on http://{args.host}:{args.port} (cloud: {args.cloud})")
-    serve(app, host=args.host, port=args.port, threads=threads)
-    return 0
+    workers = check_workers(args.workers)
+    print(
+        f"edge service for {args.bundle} on http://{args.host}:{args.port} (cloud: {args.cloud}; "
+        f"{args.server} server, {workers} worker(s))",
+        flush=True,
+    )
+
+    def serve_one(sock: Any = None, _index: int = 0) -> None:
+        from edge_runtime.app import EXTENSION, create_app
+
+        app = create_app(args.bundle, config)
+        _share_metrics(app.extensions[EXTENSION].metrics.registry, workers)
+        if args.server == "waitress":
+            from service_http.wsgi import serve
+
+            threads = args.threads or config.max_inflight + config.max_queue + 4
+            serve(app, host=args.host, port=args.port, threads=threads, sock=sock)
+            return
+        from edge_runtime.fastpath import edge_server
+
+        where = {"sock": sock} if sock is not None else {"host": args.host, "port": args.port}
+        threads = args.threads or max(8, 2 * config.pool_size)
+        server = edge_server(app, threads=threads, multiprocess=workers > 1, **where)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            app.extensions[EXTENSION].close()
+
+    return _serve_workers(workers, args.host, args.port, serve_one)
+
+
+def _share_metrics(registry: Any, workers: int) -> None:
+    """In a pre-forked worker, publish its metrics where the other workers sum them."""
+    if workers > 1:
+        import os
+
+        from service_http.prefork import METRICS_DIR_ENV
+
+        registry.share(os.environ[METRICS_DIR_ENV])
+
+
+def _serve_workers(workers: int, host: str, port: int, serve_one: Any) -> int:
+    """Serve in this process (1 worker) or in ``workers`` pre-forked processes."""
+    if workers == 1:
+        serve_one()
+        return 0
+    from service_http.prefork import run_workers
+
+    return run_workers(workers, host, port, serve_one)
 
 
 def run_cloud(args: argparse.Namespace) -> int:
@@ -198,6 +260,7 @@ def run_cloud(args: argparse.Namespace) -> int:
     from cloud_functions.http_entry import CloudLimits
     from cloud_functions.local_server import create_app
     from edgelesspart.runtime.batching import BatchSettings
+    from service_http.prefork import check_workers
     from service_http.wsgi import require_token_off_loopback, serve
 
     env = os.environ
@@ -209,21 +272,27 @@ def run_cloud(args: argparse.Namespace) -> int:
         _int_setting(args.batch_max_rows, env, "EDGELESSPART_BATCH_MAX_ROWS"),
         _int_setting(args.batch_delay_us, env, "EDGELESSPART_BATCH_DELAY_US"),
     )
-    app = create_app(
-        args.bundle,
-        token=token,
-        function_name=args.function_name,
-        limits=limits,
-        public_routes=args.public_routes or env.get("EDGELESSPART_PUBLIC_ROUTES") or None,
-        batch=batch,
-    )
+    workers = check_workers(args.workers)
     threads = args.threads or limits.max_inflight + limits.max_queue + 4
     print(
         f"cloud part for {args.bundle} on http://{args.host}:{args.port} "
-        "(Lambda Invoke API + /v1/continue)"
+        f"(Lambda Invoke API + /v1/continue; {workers} worker(s))",
+        flush=True,
     )
-    serve(app, host=args.host, port=args.port, threads=threads)
-    return 0
+
+    def serve_one(sock: Any = None, _index: int = 0) -> None:
+        app = create_app(
+            args.bundle,
+            token=token,
+            function_name=args.function_name,
+            limits=limits,
+            public_routes=args.public_routes or env.get("EDGELESSPART_PUBLIC_ROUTES") or None,
+            batch=batch,
+        )
+        _share_metrics(app.extensions["edgelesspart"].registry, workers)
+        serve(app, host=args.host, port=args.port, threads=threads, sock=sock)
+
+    return _serve_workers(workers, args.host, args.port, serve_one)
 
 
 def _int_setting(value: int | None, env: Any, name: str) -> int:
