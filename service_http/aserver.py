@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import socket
 import sys
@@ -107,7 +108,7 @@ class _Connection(asyncio.Protocol):
         server = self.server
         if len(server.connections) >= server.connection_limit:
             self.keep_alive = False
-            body = b'{"code":"unavailable","message":"Too many connections.","status":503}\n'
+            body = error_body(503, "Too many connections; retry later.")
             self.respond(503, [("Content-Type", "application/json")], body)
             return
         server.connections.add(self)
@@ -156,7 +157,8 @@ class _Connection(asyncio.Protocol):
             self.head = _parse_head(bytes(self.buf[:end]), self.server.max_body)
             del self.buf[: end + 4]
             method, target, version, headers, length, chunked = self.head
-            if headers.get("expect", "").lower() == "100-continue" and self.transport:
+            waiting = chunked or len(self.buf) < length  # the client may wait for our go
+            if waiting and headers.get("expect", "").lower() == "100-continue" and self.transport:
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         method, target, version, headers, length, chunked = self.head
         if chunked:
@@ -210,9 +212,14 @@ class _HttpError(Exception):
         self.status, self.message = status, message
 
     def body(self) -> bytes:
-        code = _REASONS.get(self.status, "error").lower().replace(" ", "_")
-        text = self.message.replace('"', "'")
-        return f'{{"code":"{code}","message":"{text}","status":{self.status}}}\n'.encode()
+        return error_body(self.status, self.message)
+
+
+def error_body(status: int, message: str) -> bytes:
+    """The services' JSON error body (``{"error": {"code", "message", "status"}}``)."""
+    code = _REASONS.get(status, "error").lower().replace(" ", "_").replace("-", "_")
+    error = {"code": code, "message": message, "status": status}
+    return (json.dumps({"error": error}, separators=(",", ":")) + "\n").encode()
 
 
 def _parse_head(head: bytes, max_body: int) -> tuple:
@@ -405,7 +412,7 @@ class AsyncServer:
         except Exception:  # noqa: BLE001 - the app itself failed outside its handlers
             LOG.exception("WSGI app raised")
             status, headers = 500, [("Content-Type", "application/json")]
-            body = b'{"code":"internal_error","message":"Internal server error.","status":500}\n'
+            body = error_body(500, "Internal server error; the server log has the details.")
         reply.send(status, headers, body)
 
     def _run_app(self, request: Request) -> tuple[int, list[tuple[str, str]], bytes]:

@@ -5,8 +5,8 @@
 calls can overlap). One uvicorn worker, uvloop and httptools when installed, no access log.
 """
 
-from __future__ import annotations
-
+# No "from __future__ import annotations": FastAPI reads the endpoint's annotations at run
+# time, and Request is imported inside main().
 import sys
 from pathlib import Path
 
