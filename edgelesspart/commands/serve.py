@@ -208,25 +208,20 @@ def run_edge(args: argparse.Namespace) -> int:
     )
 
     def serve_one(sock: Any = None, _index: int = 0) -> None:
+        from edge_runtime import wsgi
         from edge_runtime.app import EXTENSION, create_app
 
         app = create_app(args.bundle, config)
         _share_metrics(app.extensions[EXTENSION].metrics.registry, workers)
         if args.server == "waitress":
-            from service_http.wsgi import serve
-
             threads = args.threads or config.max_inflight + config.max_queue + 4
-            serve(app, host=args.host, port=args.port, threads=threads, sock=sock)
-            return
-        from edge_runtime.fastpath import edge_server
-
-        where = {"sock": sock} if sock is not None else {"host": args.host, "port": args.port}
-        threads = args.threads or max(8, 2 * config.pool_size)
-        server = edge_server(app, threads=threads, multiprocess=workers > 1, **where)
+        else:
+            threads = args.threads or max(8, 2 * config.pool_size)
+        extra: dict[str, Any] = {} if args.server == "async" else {"server": args.server}
+        if sock is not None:
+            extra["sock"] = sock
         try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
+            wsgi.serve_edge(app, host=args.host, port=args.port, threads=threads, **extra)
         finally:
             app.extensions[EXTENSION].close()
 
