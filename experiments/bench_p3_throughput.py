@@ -319,7 +319,7 @@ def run_contender(
 ) -> dict[str, Any]:
     """Start one contender, measure it on both payloads, stop it."""
     contender = Contender(name, bundle_path, args.threshold)
-    why = contender.start(first_body(files["tensor"]), TENSOR_MEDIA)
+    why = contender.start(first_body(files["tensor"]), TENSOR_MEDIA, 300.0)
     if why is not None:
         contender.stop()
         return {"available": False, "why": why, "command": contender.command()}

@@ -28,8 +28,15 @@ def main() -> None:
     from starlette.responses import Response
 
     args = common.parse(__doc__.splitlines()[0])
-    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
-             _temp_dir=tempfile.mkdtemp(prefix="p3ray-"))  # fmt: skip
+    for attempt in range(3):  # Ray waits only 30 s for its raylet: a busy host needs retries
+        try:
+            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+                     _temp_dir=tempfile.mkdtemp(prefix="p3ray-"))  # fmt: skip
+            break
+        except Exception:  # noqa: BLE001 - "The current node timed out during startup"
+            ray.shutdown()
+            if attempt == 2:
+                raise
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
 
     @serve.deployment(num_replicas=1, max_ongoing_requests=64)
