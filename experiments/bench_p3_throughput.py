@@ -68,7 +68,7 @@ PAYLOADS = {"tensor": TENSOR_MEDIA, "png": "image/png"}
 GOALS = {"ray-serve": 2.0, "fastapi": 1.2, "flask-keras": 5.0}
 CONTENDERS = ("serve-edge", "serve-edge-nobatch", "ray-serve", "fastapi-async", "fastapi-thread",
               "flask-keras")  # fmt: skip
-QUICK_CONTENDERS = ("serve-edge", "serve-edge-nobatch", "fastapi-async", "fastapi-thread")
+QUICK_CONTENDERS = ("serve-edge", "fastapi-async")
 
 
 def _args(argv: list[str] | None) -> Any:
@@ -196,9 +196,19 @@ class Contender:
 # ------------------------------------------------------------------------- load
 
 
-def drive(args: Any, contender: Contender, bodies: Path, content_type: str, *, clients: int,
-          duration: float, rate: float = 0.0, warmup: float = 1.0) -> dict[str, Any]:  # fmt: skip
+def drive(
+    args: Any,
+    contender: Contender,
+    bodies: Path,
+    content_type: str,
+    *,
+    clients: int,
+    duration: float,
+    rate: float = 0.0,
+    warmup: float | None = None,
+) -> dict[str, Any]:
     """One load-generator run against ``contender``; adds the server's CPU per request."""
+    warmup = (0.5 if args.quick else 1.0) if warmup is None else warmup
     spec = {"url": contender.url, "path": "/v1/infer", "content_type": content_type,
             "bodies": str(bodies), "clients": clients, "duration": duration, "rate": rate,
             "warmup": warmup, "pin": args.pin_client}  # fmt: skip
@@ -474,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     if args.quick and args.models == "small,mobilenetv2":
         args.models = "small"
-    duration = args.duration or (1.5 if args.quick else 4.0)
+    duration = args.duration or (1.0 if args.quick else 4.0)
     rounds = args.rounds or (1 if args.quick else 2)
     load_before = benchlib.load_average()
     models: dict[str, Any] = {}
