@@ -335,6 +335,7 @@ class AsyncServer:
         self._server: asyncio.AbstractServer | None = None
         self._thread: threading.Thread | None = None
         self._stopped = threading.Event()
+        self._ready = threading.Event()
 
     @property
     def url(self) -> str:
@@ -352,11 +353,13 @@ class AsyncServer:
             loop.create_server(lambda: _Connection(self), sock=self.sock, backlog=1024)
         )
         loop.call_later(1.0, self._tick)
+        loop.call_soon(self._ready.set)  # listening now: start() may return
         try:
             loop.run_forever()
         finally:
             self._close_all()
             self._stopped.set()
+            self._ready.set()
 
     def _tick(self) -> None:
         """Once a second: refresh the Date header, close idle keep-alive connections."""
@@ -384,8 +387,9 @@ class AsyncServer:
         if self._thread is None:
             self._thread = threading.Thread(target=self.serve_forever, name="aserver", daemon=True)
             self._thread.start()
-            while self.loop_thread == -1 or not self.loop.is_running():
-                time.sleep(0.005)
+            while not self._ready.wait(0.05):
+                if not self._thread.is_alive():
+                    raise RuntimeError("The server thread stopped before it was listening.")
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
