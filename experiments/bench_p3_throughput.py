@@ -307,7 +307,11 @@ def measure_model(args: Any, bundle_path: Path, duration: float, rounds: int) ->
     results: dict[str, Any] = {}
     capacity: dict[str, float] = {}
     for name in names:
-        results[name] = run_contender(args, name, bundle_path, files, duration, rounds, capacity)
+        try:
+            results[name] = run_contender(args, name, bundle_path, files, duration, rounds,
+                                          capacity)  # fmt: skip
+        except (subprocess.SubprocessError, ValueError, KeyError) as exc:  # a peer that hangs
+            results[name] = {"available": False, "why": f"{type(exc).__name__}: {exc}"[:600]}
         benchlib.log(f"P3 {bundle_path.name} {name}: {_brief(results[name])}")
     return {"contenders": results, "raw": raw, **summarise(results, raw)}
 

@@ -57,7 +57,7 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def _drive(spec: dict[str, Any], payloads: list[bytes]) -> dict[str, Any]:
+async def _drive(spec: dict[str, Any], payloads: list[bytes]) -> dict[str, Any]:  # noqa: C901
     url = urlparse(spec["url"])
     clients, duration, rate = int(spec["clients"]), float(spec["duration"]), float(spec["rate"])
     warmup = float(spec.get("warmup", 1.0))
@@ -114,7 +114,13 @@ async def _drive(spec: dict[str, Any], payloads: list[bytes]) -> dict[str, Any]:
         tasks.append(asyncio.ensure_future(pace()))
     await asyncio.sleep(max(0.0, begin - loop.time()))
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    await asyncio.gather(*tasks)
+    # answers still outstanding 10 s after the window are abandoned (and counted): a server
+    # that hangs must not hang the benchmark
+    _, late = await asyncio.wait(tasks, timeout=max(0.0, end - loop.time()) + 10.0)
+    for task in late:
+        task.cancel()
+    if late:
+        errors.append(f"{len(late)} connection(s) still waiting 10 s after the window")
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     ordered = np.sort(np.asarray(latencies)) if latencies else None
 
