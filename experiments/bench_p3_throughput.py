@@ -567,7 +567,8 @@ def _print_model(name: str, details: dict[str, Any]) -> None:
         rows.append(f"  {contender:20s} " + " | ".join(cells))
         if "one_client" in result:
             rows.append(f"  {'':20s} 1 client: p50 {result['one_client']['p50']:.2f} ms")
-    ratios = {p: {k: (None if v is None else round(v["ratio"], 2)) for k, v in d.items()}
+    ratios = {p: {k: (None if v is None or v["ratio"] is None else round(v["ratio"], 2))
+                  for k, v in d.items()}
               for p, d in details["ratios"].items()}  # fmt: skip
     print(
         f"{name}: raw LiteRT {details['raw']['per_s']:.0f}/s; ours/peer {ratios}; "
