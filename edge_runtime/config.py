@@ -99,9 +99,10 @@ class EdgeConfig:
         public_routes: routes open without ``token`` (default ``/healthz`` only; ``/metrics``,
             ``/openapi.json`` and ``/v1/*`` then need the token). A comma-separated list in
             ``EDGELESSPART_PUBLIC_ROUTES``.
-        batch_max_rows: dynamic batching: most rows in one edge-stage run (default 32;
-            0 = off). On by default: it wins at 16 clients and costs nothing at 1 client
-            (``experiments/bench_p3_throughput.py``, ``details.light_load``).
+        batch_max_rows: dynamic batching: most rows in one edge-stage run (0 = off, the
+            default). Off by default because P3 measured it slower here: one batch worker runs
+            LiteRT on one core, while unbatched requests run on ``pool_size`` interpreters in
+            parallel (``experiments/bench_p3_throughput.py``, issue 24).
         batch_delay_us: dynamic batching: longest wait for more requests, in microseconds
             (0 = never wait on purpose; requests that queued meanwhile are still coalesced).
         batch_workers: dynamic batching: batches run at once.
@@ -135,7 +136,7 @@ class EdgeConfig:
     breaker_failures: int = 5
     breaker_reset_s: float = 10.0
     public_routes: tuple[str, ...] = DEFAULT_PUBLIC_ROUTES
-    batch_max_rows: int = 32
+    batch_max_rows: int = 0
     batch_delay_us: int = 0
     batch_workers: int = 1
     offload_max_bytes: int = 8 * MIB

@@ -33,7 +33,7 @@ import numpy as np
 
 from edge_runtime.config import DEFAULT_CODEC, EdgeConfig
 from edge_runtime.metrics import EdgeMetrics, bounded_label
-from edgelesspart.errors import EdgeLessPartError, OffloadError, OffloadRejected
+from edgelesspart.errors import EdgeLessPartError, OffloadError, OffloadRejected, QueueDeadline
 from edgelesspart.runtime.manifest import FINAL_EXIT
 
 LOG = logging.getLogger("edgelesspart.edge")
@@ -179,7 +179,18 @@ class EdgeService:
         start = time.perf_counter()
         thr = self.config.threshold if threshold is None else threshold
         if self.batcher is None:
-            executor.submit(_deliver, done, lambda: self.infer(x, threshold))
+            queued, deadline = time.monotonic(), self.config.queue_timeout_s
+
+            def run() -> InferenceResult:
+                waited = time.monotonic() - queued
+                if waited > deadline:  # the same queueing deadline as the batcher's
+                    raise QueueDeadline(
+                        f"The request waited {waited:.3f} s for a worker thread, more than its "
+                        f"{deadline:g} s queueing deadline; retry later or send elsewhere."
+                    )
+                return self.infer(x, threshold)
+
+            executor.submit(_deliver, done, run)
             return
         from edgelesspart.runtime.executor import check_threshold
         from edgelesspart.runtime.preprocess import validate_input

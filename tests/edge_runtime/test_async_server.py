@@ -41,7 +41,7 @@ def edge(tiny_bundle):
 
 
 def test_tensor_and_png_requests_answer_what_the_flask_route_answers(edge, digits, digit_png):
-    # GIVEN the edge served by the event-loop server (batching on by default)
+    # GIVEN the edge served by the event-loop server (default flags)
     app, server = edge
     client = app.test_client()
     # WHEN one row goes as a tensor frame and as a PNG over loopback, and as JSON through Flask
@@ -53,7 +53,6 @@ def test_tensor_and_png_requests_answer_what_the_flask_route_answers(edge, digit
     # THEN all three give the same answer, and the hot route served the two loopback requests
     assert tensor.status_code == png.status_code == flask.status_code == 200
     assert _stable(tensor.json()) == _stable(png.json()) == _stable(flask.json)
-    assert app.extensions["edgelesspart"].batcher.stats()["requests"] >= 2
     # AND they were counted under the route like Flask's hooks count
     metrics = requests.get(server.url + "/metrics", timeout=10).text
     assert 'edgelesspart_requests_total{route="/v1/infer",status="200"} 3' in metrics
