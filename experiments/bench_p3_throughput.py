@@ -559,14 +559,17 @@ def _print_model(name: str, details: dict[str, Any]) -> None:
             continue
         cells = []
         for kind in PAYLOADS:
-            r = result[kind]
+            r = {k: v for k, v in result[kind].items()}
+            half = {k: (float("nan") if v is None else v) for k, v in r["at_50pct"].items()}
+            r["at_50pct"] = half
+            r["server_cpu_ms_per_request"] = r["server_cpu_ms_per_request"] or float("nan")
             cells.append(f"{kind} {r['ok_per_s']:7.0f}/s cpu {r['server_cpu_ms_per_request']:.3f}"
                          f" ms/req p50/p99@50% {r['at_50pct']['p50_ms']:.1f}/"
                          f"{r['at_50pct']['p99_ms']:.1f} ms 429 {r['refused_share']:.1%} "
                          f"client {r['client_cpu_share']:.0%}")  # fmt: skip
         rows.append(f"  {contender:20s} " + " | ".join(cells))
         if "one_client" in result:
-            rows.append(f"  {'':20s} 1 client: p50 {result['one_client']['p50']:.2f} ms")
+            rows.append(f"  {'':20s} 1 client: p50 {result['one_client']['p50']} ms")
     ratios = {p: {k: (None if v is None or v["ratio"] is None else round(v["ratio"], 2))
                   for k, v in d.items()}
               for p, d in details["ratios"].items()}  # fmt: skip
