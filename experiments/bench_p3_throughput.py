@@ -66,7 +66,7 @@ TENSOR_MEDIA = "application/x-edgelesspart-tensor"
 PAYLOADS = {"tensor": TENSOR_MEDIA, "png": "image/png"}
 #: Goals (issue 24): our throughput / the peer's, per payload and model.
 GOALS = {"ray-serve": 2.0, "fastapi": 1.2, "flask-keras": 5.0}
-CONTENDERS = ("serve-edge", "serve-edge-nobatch", "ray-serve", "fastapi-async", "fastapi-thread",
+CONTENDERS = ("serve-edge", "serve-edge-batch", "ray-serve", "fastapi-async", "fastapi-thread",
               "flask-keras")  # fmt: skip
 QUICK_CONTENDERS = ("serve-edge", "fastapi-async")
 
@@ -143,8 +143,8 @@ class Contender:
         py, b, p, t = sys.executable, str(self.bundle), str(self.port), str(self.threshold)
         if self.name.startswith("serve-edge"):
             cmd = [py, "-m", "edgelesspart.cli", "serve-edge", b, "--port", p, "--threshold", t]
-            if self.name == "serve-edge-nobatch":
-                cmd += ["--batch-max-rows", "0"]
+            if self.name == "serve-edge-batch":
+                cmd += ["--batch-max-rows", "32"]
             return cmd + self.extra
         script = {
             "ray-serve": "ray_serve_peer.py",
