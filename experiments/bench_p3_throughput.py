@@ -5,8 +5,8 @@ flight per connection, in its own process), the same bundle's edge stage at the 
 (edge only: a row no exit is confident about gets its best exit), for every contender:
 
 * ``serve-edge``: ``edgelesspart serve-edge BUNDLE`` with **default flags** (event-loop server,
-  batching on, default admission), as a user starts it;
-* ``serve-edge-nobatch``: the same with ``--batch-max-rows 0``;
+  batching off, default admission), as a user starts it;
+* ``serve-edge-batch``: the same with dynamic batching, ``--batch-max-rows 32``;
 * ``ray-serve``: a Ray Serve deployment around the same executor with ``@serve.batch``;
 * ``fastapi-async`` / ``fastapi-thread``: FastAPI + uvicorn around the same executor (endpoint
   on the event loop / on the thread pool); the better one is "FastAPI + uvicorn";
