@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 
@@ -105,6 +106,14 @@ def run_workers(
 
 
 def _raise_exit(_signum: int, _frame: object) -> None:
+    """SIGTERM in a worker: unwind (close connections, stop the batcher), or exit within 5 s.
+
+    An event loop may run the handler inside its own callback and swallow the SystemExit, so
+    a timer makes sure the worker ends anyway.
+    """
+    timer = threading.Timer(5.0, os._exit, args=(0,))
+    timer.daemon = True
+    timer.start()
     raise SystemExit(0)
 
 
