@@ -105,6 +105,15 @@ def _register_hooks(app: Flask, service: EdgeService) -> None:
     admission = make_admission(service.config, service.metrics)
     app.extensions[EXTENSION + ".admission"] = admission
 
+    def live_gauges() -> None:  # before every /metrics rendering (and every publication)
+        service.metrics.inflight.set(admission.running, state="running")
+        service.metrics.inflight.set(admission.waiting, state="waiting")
+        breaker = getattr(service.offloader, "breaker", None)
+        if breaker is not None:
+            service.metrics.observe_breaker(breaker)
+
+    service.metrics.registry.on_render(live_gauges)
+
     @app.before_request
     def _start() -> None:
         g.edgelesspart_start = time.perf_counter()
@@ -163,12 +172,6 @@ def _register_routes(app: Flask, service: EdgeService) -> None:
     def metrics():
         from edge_runtime.metrics import CONTENT_TYPE
 
-        admission = app.extensions[EXTENSION + ".admission"]
-        service.metrics.inflight.set(admission.running, state="running")
-        service.metrics.inflight.set(admission.waiting, state="waiting")
-        breaker = getattr(service.offloader, "breaker", None)
-        if breaker is not None:
-            service.metrics.observe_breaker(breaker)
         return Response(service.metrics.render(), content_type=CONTENT_TYPE)
 
     @app.get("/openapi.json")
@@ -180,7 +183,11 @@ def _register_routes(app: Flask, service: EdgeService) -> None:
 
 def infer_body(service: EdgeService, x: np.ndarray, threshold: float | None) -> dict[str, Any]:
     """Run ``POST /v1/infer`` on a parsed batch; the JSON-ready 200 body."""
-    result = service.infer(x, threshold)
+    return answer_body(service, service.infer(x, threshold), threshold)
+
+
+def answer_body(service: EdgeService, result: Any, threshold: float | None) -> dict[str, Any]:
+    """The JSON-ready 200 body of ``POST /v1/infer`` for an :class:`InferenceResult`."""
     return {
         "answers": result.answers,
         "bundle_id": service.bundle.bundle_id,
@@ -193,28 +200,62 @@ def infer_body(service: EdgeService, x: np.ndarray, threshold: float | None) -> 
     }
 
 
-def _install_fast_infer(app: Flask, service: EdgeService) -> None:
-    """Serve well-formed tensor requests to ``/v1/infer`` without Flask's request machinery.
+def prepare_fast(
+    service: EdgeService, headers: Any, body: bytes
+) -> tuple[np.ndarray, float | None] | None:
+    """A well-formed tensor or image ``POST /v1/infer`` as ``(batch, threshold)``, else None.
 
-    Only a body in the tensor wire format, without a query string, is taken: JSON and image
-    bodies, and every request the checks below refuse, go to the Flask route, whose hooks and
-    handlers answer them as before (see :mod:`service_http.fastroute`).
+    ``headers`` maps lower-case header names to values. No side effects: a request this
+    refuses (``None``) or raises on is handed to the Flask route, which answers it. Checks:
+    media type, bearer token, threshold header, decoding, bundle id, batch size.
+    """
+    config = service.config
+    mimetype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if mimetype not in TENSOR_TYPES and mimetype not in IMAGE_TYPES:
+        return None
+    if guarded("/v1/infer", config.token, config.public_routes):
+        check_bearer(config.token, headers.get("authorization"))
+    if mimetype in TENSOR_TYPES:
+        x = _decode(body, service)
+    else:
+        from edgelesspart.runtime.preprocess import image_to_tensor
+
+        x = image_to_tensor(body, service.bundle.manifest.input)
+    threshold = _threshold(headers.get("x-edgelesspart-threshold"), service)
+    _check_bundle(headers.get("x-edgelesspart-bundle"), service)
+    _check_batch(x, service)
+    return x, threshold
+
+
+class _EnvironHeaders:
+    """The request headers of a WSGI environ, looked up by lower-case name."""
+
+    __slots__ = ("_environ",)
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        self._environ = environ
+
+    def get(self, name: str, default: Any = None) -> Any:
+        key = name.upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+        return self._environ.get(key, default)
+
+
+def _install_fast_infer(app: Flask, service: EdgeService) -> None:
+    """Serve well-formed tensor and image requests to ``/v1/infer`` without Flask's machinery.
+
+    Only a tensor-format or PNG/JPEG body, without a query string, is taken: JSON bodies, and
+    every request the checks refuse, go to the Flask route, whose hooks and handlers answer
+    them as before (see :mod:`service_http.fastroute`). Under the event-loop server the same
+    checks run in :func:`edge_runtime.fastpath.hot_route`.
     """
     from service_http.fastroute import FastRoute
 
-    config = service.config
-
     def prepare(environ: dict[str, Any], body: bytes) -> tuple[np.ndarray, float | None] | None:
-        mimetype = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
-        if mimetype not in TENSOR_TYPES or environ.get("QUERY_STRING"):
+        if environ.get("QUERY_STRING"):
             return None
-        if guarded("/v1/infer", config.token, config.public_routes):
-            check_bearer(config.token, environ.get("HTTP_AUTHORIZATION"))
-        threshold = _threshold(environ.get("HTTP_X_EDGELESSPART_THRESHOLD"), service)
-        x = _decode(body, service)
-        _check_bundle(environ.get("HTTP_X_EDGELESSPART_BUNDLE"), service)
-        _check_batch(x, service)
-        return x, threshold
+        return prepare_fast(service, _EnvironHeaders(environ), body)
 
     app.wsgi_app = FastRoute(  # type: ignore[method-assign]
         app,

@@ -88,16 +88,25 @@ class EdgeConfig:
         backend: segment engine, ``litert`` (default) or ``keras`` (TensorFlow, GPU when
             visible); see :mod:`edgelesspart.runtime.backends`.
         verify: check the bundle's file hashes at load time.
-        max_inflight: ``/v1/infer`` requests at work at once (admission control).
-        max_queue: further requests that may wait for a slot; beyond that 429 at once.
-        queue_timeout_s: longest wait for a slot before 429.
+        max_inflight: ``/v1/infer`` requests at work at once (admission control; default 32).
+        max_queue: further requests that may wait (default 96); beyond ``max_inflight +
+            max_queue`` a request gets 429 at once. Under the event-loop server a waiting
+            request waits in the batcher's queue, not in a thread.
+        queue_timeout_s: the queueing deadline (default 1 s): the longest a request may wait
+            for a slot, and for its batch to start; a request whose wait, estimated from the
+            rows queued ahead and the measured cost per row, exceeds it is refused with 429 at
+            once, as in Triton's queue policy. So the defaults queue instead of refusing: 429
+            only when the queue cannot be served in time.
         retry_after_s: the ``Retry-After`` seconds sent with a 429.
         breaker_failures: consecutive cloud failures that open the circuit breaker.
         breaker_reset_s: seconds the breaker stays open before one trial call (half-open).
         public_routes: routes open without ``token`` (default ``/healthz`` only; ``/metrics``,
             ``/openapi.json`` and ``/v1/*`` then need the token). A comma-separated list in
             ``EDGELESSPART_PUBLIC_ROUTES``.
-        batch_max_rows: dynamic batching: most rows in one edge-stage run (0 = off).
+        batch_max_rows: dynamic batching: most rows in one edge-stage run (0 = off, the
+            default). Off by default because P3 measured it slower here: one batch worker runs
+            LiteRT on one core, while unbatched requests run on ``pool_size`` interpreters in
+            parallel (``experiments/bench_p3_throughput.py``, issue 24).
         batch_delay_us: dynamic batching: longest wait for more requests, in microseconds
             (0 = never wait on purpose; requests that queued meanwhile are still coalesced).
         batch_workers: dynamic batching: batches run at once.
@@ -125,8 +134,8 @@ class EdgeConfig:
     pool_size: int = 4
     backend: str = "litert"
     verify: bool = True
-    max_inflight: int = 4
-    max_queue: int = 8
+    max_inflight: int = 32
+    max_queue: int = 96
     queue_timeout_s: float = 1.0
     retry_after_s: int = 1
     breaker_failures: int = 5

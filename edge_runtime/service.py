@@ -33,7 +33,7 @@ import numpy as np
 
 from edge_runtime.config import DEFAULT_CODEC, EdgeConfig
 from edge_runtime.metrics import EdgeMetrics, bounded_label
-from edgelesspart.errors import EdgeLessPartError, OffloadError, OffloadRejected
+from edgelesspart.errors import EdgeLessPartError, OffloadError, OffloadRejected, QueueDeadline
 from edgelesspart.runtime.manifest import FINAL_EXIT
 
 LOG = logging.getLogger("edgelesspart.edge")
@@ -150,11 +150,68 @@ class EdgeService:
 
         Raises:
             InputError: ``x`` does not match the bundle's input (shape, dtype, NaN/Inf).
+            QueueDeadline: batching is on and the request could not start within
+                ``queue_timeout_s`` (HTTP 429).
             EdgeLessPartError: a row was left without an answer (a server fault, never silent).
         """
         start = time.perf_counter()
         thr = self.config.threshold if threshold is None else threshold
-        result = self._run_edge(x, thr)
+        return self._complete(self._run_edge(x, thr), thr, start)
+
+    def infer_async(
+        self,
+        x: np.ndarray,
+        threshold: float | None,
+        done: Any,
+        executor: Any,
+    ) -> None:
+        """Answer ``x`` without blocking the caller; ``done(result, error)`` gets the outcome.
+
+        With batching on, the rows join the dynamic batcher's queue (deadline
+        ``queue_timeout_s``) and ``done`` runs on the batcher's thread, or on ``executor`` when
+        rows must wait for the cloud; with batching off the whole :meth:`infer` runs on
+        ``executor``. Invalid input raises here, before anything is queued.
+
+        Raises:
+            InputError: ``x`` does not match the bundle's input.
+            QueueDeadline: the rows queued ahead cannot be run within the deadline.
+            ServiceClosed: the service is shutting down.
+        """
+        start = time.perf_counter()
+        thr = self.config.threshold if threshold is None else threshold
+        if self.batcher is None:
+            queued, deadline = time.monotonic(), self.config.queue_timeout_s
+
+            def run() -> InferenceResult:
+                waited = time.monotonic() - queued
+                if waited > deadline:  # the same queueing deadline as the batcher's
+                    raise QueueDeadline(
+                        f"The request waited {waited:.3f} s for a worker thread, more than its "
+                        f"{deadline:g} s queueing deadline; retry later or send elsewhere."
+                    )
+                return self.infer(x, threshold)
+
+            executor.submit(_deliver, done, run)
+            return
+        from edgelesspart.runtime.executor import check_threshold
+        from edgelesspart.runtime.preprocess import validate_input
+
+        rows = validate_input(x, self.executor.input_spec)
+
+        def finish(result: Any, error: BaseException | None) -> None:
+            if error is not None:
+                done(None, error)
+            elif len(result.pending) and self.offloader is not None:  # blocking: off this thread
+                executor.submit(_deliver, done, lambda: self._complete(result, thr, start))
+            else:
+                _deliver(done, lambda: self._complete(result, thr, start))
+
+        self.batcher.submit_callback(
+            rows, check_threshold(thr), finish, deadline_s=self.config.queue_timeout_s
+        )
+
+    def _complete(self, result: Any, thr: float, start: float) -> InferenceResult:
+        """The answers of an edge-stage result: local ones, then the cloud's for pending rows."""
         edge_ms = (time.perf_counter() - start) * 1000.0
         answers: list[dict[str, Any] | None] = [a.to_dict() if a else None for a in result.answers]
         for answer in answers:
@@ -191,7 +248,9 @@ class EdgeService:
         from edgelesspart.runtime.preprocess import validate_input
 
         rows = validate_input(x, self.executor.input_spec)  # a bad request fails on its own
-        return self.batcher.submit(rows, check_threshold(threshold))
+        return self.batcher.submit(
+            rows, check_threshold(threshold), deadline_s=self.config.queue_timeout_s
+        )
 
     def _count_answer(self, answer: dict[str, Any]) -> None:
         """Count an answer; exit and stage labels come from the manifest, never from a reply."""
@@ -313,6 +372,16 @@ DEGRADED_KINDS = frozenset(
         "offload failed",
     }
 )
+
+
+def _deliver(done: Any, compute: Any) -> None:
+    """Call ``done(compute(), None)``, or ``done(None, error)`` when ``compute`` raises."""
+    try:
+        value = compute()
+    except BaseException as exc:  # noqa: BLE001 - handed to the caller, which renders it
+        done(None, exc)
+        return
+    done(value, None)
 
 
 def _make_batcher(executor: Any, config: EdgeConfig) -> Any:

@@ -22,6 +22,7 @@ from service_http.wsgi import (
 
 __all__ = [
     "CONNECTION_LIMIT",
+    "serve_edge",
     "DEFAULT_HOST",
     "BackgroundServer",
     "app_from_env",
@@ -44,3 +45,45 @@ def app_from_env() -> Any:
     if not bundle:
         raise ConfigError(f"Set {BUNDLE_ENV} to the bundle directory the edge service serves.")
     return create_app(bundle, EdgeConfig.from_env())
+
+
+def serve_edge(
+    app: Any,
+    host: str = DEFAULT_HOST,
+    port: int = 8080,
+    threads: int = 8,
+    *,
+    server: str = "async",
+    sock: Any = None,
+    announce: str | None = None,
+) -> None:
+    """Serve the edge app until interrupted (blocking): what ``serve-edge`` runs.
+
+    ``server`` ``async``: the event-loop server with the hot ``/v1/infer`` route
+    (:func:`edge_runtime.fastpath.edge_server`; ``threads`` WSGI threads for the other
+    routes); ``waitress``: Flask under waitress (``threads`` request threads). ``sock``: an
+    already bound socket (a pre-forked worker's) instead of ``host:port``. ``announce`` is
+    printed once the port is bound.
+
+    Raises:
+        ConfigError: ``host:port`` cannot be bound (port taken, no such interface), in one line.
+    """
+    if server == "waitress":
+        serve(app, host=host, port=port, threads=threads, sock=sock, announce=announce)
+        return
+    from edge_runtime.fastpath import edge_server
+
+    where = {"sock": sock} if sock is not None else {"host": host, "port": port}
+    try:
+        running = edge_server(app, threads=threads, multiprocess=sock is not None, **where)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}. Is another service on that "
+            "port? Choose another --port (or stop the other process)."
+        ) from exc
+    if announce:
+        print(announce, flush=True)
+    try:
+        running.serve_forever()
+    except KeyboardInterrupt:
+        pass

@@ -20,6 +20,7 @@ one-line message and a non-zero exit code, never a traceback::
     ├── InputError(ValueError)           a request tensor of the wrong shape/dtype/values
     ├── InferenceError                   a segment failed on validated input (a server fault)
     │   └── ServiceClosed                a request reached a service that is shutting down (503)
+    ├── QueueDeadline                    the queue ahead of a request cannot be served in time (429)
     ├── OffloadError                     the cloud part could not answer
     │   ├── OffloadTimeout               no answer within the timeout
     │   ├── OffloadUnavailable           circuit breaker open / connection refused
@@ -99,6 +100,10 @@ class InferenceError(EdgeLessPartError):
 
 class ServiceClosed(InferenceError):
     """The service (its batcher) is shutting down: not the caller's fault (HTTP 503); retry."""
+
+
+class QueueDeadline(EdgeLessPartError):
+    """A request could not start within its queueing deadline (HTTP 429 with Retry-After)."""
 
 
 class OffloadError(EdgeLessPartError):

@@ -30,8 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 import rawlite  # noqa: E402
 
-GOAL = 1.15  # issue 15: <= 1.15x on the small CNN, <= 1.03x on the ResNet50 bundle
+GOAL = 1.10  # issue 24: <= 1.10x on the small CNN, <= 1.03x on the ResNet50 bundle
 GOAL_LARGE = 1.03
+#: A ResNet50 bundle for speed only (1 epoch), when P1's trained one is not there: P2 measures
+#: the executor's cost over the bare invokes, which does not depend on accuracy.
+RESNET50_SPEED = {"model": "resnet50", "dataset": "digits", "constraint": "memory", "epochs": 1,
+                  "exit_epochs": 1, "max_cut_points": 12}  # fmt: skip
 
 
 def _args(argv: list[str] | None) -> Any:
@@ -40,6 +44,15 @@ def _args(argv: list[str] | None) -> Any:
         parser.add_argument("--threshold", type=float, default=0.8, help="exit threshold")
         parser.add_argument("--samples", type=int, default=None, help="test samples to use")
         parser.add_argument("--repeats", type=int, default=None, help="timed rounds per sample")
+        parser.add_argument("--resnet50", action="store_true",
+                            help="without P1's ResNet50 bundle, build (or reuse) a speed-only "
+                            "one (1 epoch) for the larger-bundle row")  # fmt: skip
+        parser.add_argument(
+            "--large-threshold",
+            type=float,
+            default=None,
+            help="threshold of the ResNet50 row (default: --threshold)",
+        )
 
     return benchlib.parse_args(__doc__.splitlines()[0], argv, extra)
 
@@ -86,10 +99,16 @@ def measure(bundle_path: Path, threshold: float, samples: int, repeats: int) -> 
 
 
 def _larger_bundle(args: Any) -> Path | None:
-    """P1's ResNet50 bundle when it exists and no bundle was given."""
+    """P1's ResNet50 bundle when it exists (else, with ``--resnet50``, a speed-only one)."""
+    if args.bundle is not None:
+        return None
     name = "p1-resnet50-quick" if args.quick else "p1-resnet50"
     path = args.out / "bundles" / name
-    return path if args.bundle is None and (path / "manifest.json").is_file() else None
+    if (path / "manifest.json").is_file():
+        return path
+    if args.resnet50:
+        return benchlib.ensure_bundle(args.out / "bundles" / "p2-resnet50", **RESNET50_SPEED)[0]
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     other = _larger_bundle(args)
     more: dict[str, Any] = {}
     if other is not None:  # the same fixed cost on larger segments (reported, not the headline)
-        more = measure(other, args.threshold, min(samples, 60), repeats)
+        threshold = args.threshold if args.large_threshold is None else args.large_threshold
+        more = measure(other, threshold, min(samples, 60), repeats)
         more.update(goal=GOAL_LARGE, met=more["ratio"] <= GOAL_LARGE)
         details["larger_bundle"] = {"path": str(other), **more}
         print(

@@ -87,6 +87,22 @@ class Admission:
                 reason = "wait_timeout"
         self._refuse(reason)
 
+    def try_enter(self) -> None:
+        """Take a slot without waiting: the event-loop server's gate.
+
+        There, a request that cannot run yet waits in the dynamic batcher's queue, bounded by
+        its queueing deadline, not in a thread; so ``limit + queue`` requests are admitted at
+        once and the next one is refused (``queue_full``).
+
+        Raises:
+            TooManyRequests: ``limit + queue`` requests are already in the service.
+        """
+        with self._cond:
+            if self._running < self.limit + self.queue:
+                self._take()
+                return
+        self._refuse("queue_full")
+
     def _take(self) -> None:
         self._running += 1
         self.peak = max(self.peak, self._running + self._waiting)

@@ -31,6 +31,7 @@ from edgelesspart.errors import (
     ConfigError,
     EdgeLessPartError,
     InputError,
+    QueueDeadline,
     ServiceClosed,
 )
 
@@ -157,6 +158,8 @@ def from_library_error(exc: EdgeLessPartError) -> ServiceError:
         return BundleMismatch(message)
     if isinstance(exc, ConfigError):
         return BadRequest(message, code="bad_parameter")
+    if isinstance(exc, QueueDeadline):  # the queue ahead cannot be served in time: shed load
+        return TooManyRequests(message)
     if isinstance(exc, ServiceClosed):  # shutting down: retry elsewhere, not a client error
         return ServiceError(message, status=503, code="stopping", headers={"Retry-After": "1"})
     return internal_error(exc)

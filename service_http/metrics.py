@@ -9,8 +9,10 @@ apps in one process (tests) do not share numbers. Label values must come from a 
 from __future__ import annotations
 
 import math
+import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 LabelKey = tuple[tuple[str, str], ...]
 
@@ -159,11 +161,26 @@ class Histogram:
 
 
 class Registry:
-    """The metrics of one service."""
+    """The metrics of one service (of one worker process, when :meth:`share` is called)."""
 
     def __init__(self) -> None:
         self._metrics: dict[str, Counter | Gauge | Histogram] = {}
         self._lock = threading.Lock()
+        self._hooks: list[Callable[[], None]] = []
+        self._shared: SharedMetrics | None = None
+
+    def on_render(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` before every rendering (e.g. to copy live gauges in)."""
+        self._hooks.append(hook)
+
+    def share(self, directory: str | Path, interval_s: float = 1.0) -> SharedMetrics:
+        """Publish this worker's metrics into ``directory``; :meth:`render` then sums all.
+
+        Pre-forked workers each call this with the same directory (see
+        :mod:`service_http.prefork`). Returns the publisher (already started).
+        """
+        self._shared = SharedMetrics(directory, self.render_local, interval_s).start()
+        return self._shared
 
     def counter(self, name: str, help_text: str) -> Counter:
         """Create (or return the existing) counter ``name``."""
@@ -182,7 +199,15 @@ class Registry:
             return self._metrics.setdefault(metric.name, metric)
 
     def render(self) -> str:
-        """The whole registry in the Prometheus text exposition format."""
+        """The Prometheus text of this registry, summed over every worker when shared."""
+        if self._shared is not None:
+            return self._shared.aggregate()
+        return self.render_local()
+
+    def render_local(self) -> str:
+        """This process's registry in the Prometheus text exposition format."""
+        for hook in self._hooks:
+            hook()
         with self._lock:
             metrics = list(self._metrics.values())
         lines: list[str] = []
@@ -191,6 +216,116 @@ class Registry:
             lines.append(f"# TYPE {metric.name} {metric.kind}")
             lines.extend(metric.samples())
         return "\n".join(lines) + "\n"
+
+
+class SharedMetrics:
+    """Metrics of several worker processes, published as files and summed on read.
+
+    Like ``prometheus_client``'s multiprocess mode, simplified: every worker writes its own
+    rendering to ``<directory>/<pid>.prom`` once per ``interval_s`` (and whenever it answers
+    ``/metrics``); :meth:`aggregate` sums the samples of all files: counters and histograms of
+    every worker that ever ran (so totals never go down when a worker is restarted), gauges
+    of the live workers only (an in-flight gauge is then the total over workers; a
+    breaker-state gauge is the number of workers in that state). Another worker's numbers
+    can be up to ``interval_s`` old.
+    """
+
+    def __init__(self, directory: str | Path, render: Callable[[], str], interval_s: float):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._render, self.interval_s = render, float(interval_s)
+        self._stop = threading.Event()
+
+    def start(self) -> SharedMetrics:
+        """Publish now and then every ``interval_s`` from a daemon thread."""
+        self.publish()
+        threading.Thread(target=self._loop, name="metrics-publish", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        """Stop publishing (the last file stays, so counters keep their totals)."""
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.publish()
+
+    def publish(self, text: str | None = None) -> str:
+        """Write this worker's rendering atomically; return it."""
+        text = self._render() if text is None else text
+        tmp = self.directory / f".{os.getpid()}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, self.directory / f"{os.getpid()}.prom")
+        return text
+
+    def aggregate(self) -> str:
+        """This worker's fresh numbers plus every other worker's file, summed."""
+        mine = self.publish()
+        texts = [(os.getpid(), mine)]
+        for path in sorted(self.directory.glob("*.prom")):
+            pid = int(path.stem) if path.stem.isdigit() else -1
+            if pid == os.getpid():
+                continue
+            try:
+                texts.append((pid, path.read_text()))
+            except OSError:  # a worker replacing its file right now: skip it this time
+                continue
+        return merge_texts([(text, _alive(pid)) for pid, text in texts])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - another user's pid: exists
+        return True
+    return True
+
+
+def merge_texts(texts: list[tuple[str, bool]]) -> str:
+    """Sum Prometheus text renderings ``(text, live)`` sample by sample.
+
+    Counters and histograms are summed over all texts, gauges over the live ones only.
+    """
+    meta: dict[str, list[str]] = {}
+    kinds: dict[str, str] = {}
+    values: dict[str, dict[str, float]] = {}
+    for text, live in texts:
+        for line in text.splitlines():
+            if line.startswith("# "):
+                parts = line.split(" ", 3)
+                name = parts[2] if len(parts) > 2 else ""
+                meta.setdefault(name, [])
+                if line not in meta[name]:
+                    meta[name].append(line)
+                if parts[1] == "TYPE" and len(parts) > 3:
+                    kinds[name] = parts[3]
+                    values.setdefault(name, {})
+                continue
+            key, _, raw = line.rpartition(" ")
+            if not key:
+                continue
+            name = _family(key.split("{", 1)[0], kinds)
+            if kinds.get(name) == "gauge" and not live:
+                continue
+            series = values.setdefault(name, {})
+            series[key] = series.get(key, 0.0) + float(raw)
+    lines: list[str] = []
+    for name, series in values.items():
+        lines.extend(meta.get(name, []))
+        lines.extend(f"{key} {_number(value)}" for key, value in series.items())
+    return "\n".join(lines) + "\n"
+
+
+def _family(sample: str, kinds: dict[str, str]) -> str:
+    """The metric a sample belongs to (``x_bucket``, ``x_sum``, ``x_count`` belong to ``x``)."""
+    if sample in kinds:
+        return sample
+    for suffix in ("_bucket", "_sum", "_count"):
+        if sample.endswith(suffix) and sample[: -len(suffix)] in kinds:
+            return sample[: -len(suffix)]
+    return sample
 
 
 OTHER = "other"

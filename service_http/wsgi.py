@@ -57,13 +57,15 @@ def serve(
     threads: int = 8,
     connection_limit: int = CONNECTION_LIMIT,
     announce: str | None = None,
+    sock: Any = None,
 ) -> None:
     """Serve ``app`` with waitress until interrupted (blocking).
 
     ``threads`` should exceed the app's admission limit plus its waiting room, so there is
     always a thread free to answer 429 quickly; ``connection_limit`` bounds open connections.
     The socket is bound first: ``announce`` (e.g. "edge service ... on http://HOST:PORT") is
-    printed only once the port is really listening.
+    printed only once the port is really listening. ``sock``: an already bound socket to serve
+    on instead of ``host:port`` (pre-forked workers).
 
     Raises:
         ConfigError: the address cannot be bound (port taken, no such interface, no
@@ -71,11 +73,14 @@ def serve(
     """
     from waitress.server import create_server
 
+    where: dict[str, Any] = {"host": host, "port": port}
+    if sock is not None:
+        sock.listen(1024)
+        where = {"sockets": [sock]}
     try:
         server = create_server(
             app,
-            host=host,
-            port=port,
+            **where,
             threads=threads,
             connection_limit=connection_limit,
             recv_bytes=RECV_BYTES,

@@ -258,7 +258,7 @@ def test_serve_edge_names_the_tampered_file_in_one_line(bundle_copy, capsys, mon
     import edge_runtime.wsgi
     from edgelesspart.cli import main
 
-    monkeypatch.setattr(edge_runtime.wsgi, "serve", lambda *a, **k: pytest.fail("served"))
+    monkeypatch.setattr(edge_runtime.wsgi, "serve_edge", lambda *a, **k: pytest.fail("served"))
     rel = _segment_file(bundle_copy, "edge")
     _tamper(bundle_copy, rel)
     assert main(["serve-edge", str(bundle_copy)]) == 2

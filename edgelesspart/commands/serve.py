@@ -56,6 +56,14 @@ def _add_server_args(parser: argparse.ArgumentParser, port: int) -> None:
         "/healthz,/metrics for a scraper without a token); env EDGELESSPART_PUBLIC_ROUTES",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="pre-forked worker processes sharing the port (SO_REUSEPORT), each loading the "
+        "bundle itself with its own admission gate, batcher and breaker; /metrics sums all "
+        "(default 1)",
+    )
+    parser.add_argument(
         "--batch-max-rows",
         type=int,
         default=None,
@@ -90,6 +98,14 @@ def _register_edge(sub: Any) -> None:
         default=None,
         help="confidence threshold (default: the bundle's serving threshold, chosen by the "
         "build; env EDGELESSPART_THRESHOLD)",
+    )
+    parser.add_argument(
+        "--server",
+        choices=("async", "waitress"),
+        default="async",
+        help="async (default): an event loop answers POST /v1/infer tensors and images and "
+        "queues them into the batcher, Flask on threads serves the rest; waitress: Flask "
+        "under waitress threads (the previous server)",
     )
     parser.add_argument(
         "--lambda-endpoint", default=None, help="boto3 endpoint_url for lambda:// (local tests)"
@@ -228,9 +244,9 @@ def run_edge(args: argparse.Namespace) -> int:
         from edgelesspart.commands.dynamic import run_width_edge
 
         return run_width_edge(args)
-    from edge_runtime.app import create_app
     from edge_runtime.config import EdgeConfig
-    from edge_runtime.wsgi import require_token_off_loopback, serve
+    from edge_runtime.wsgi import require_token_off_loopback
+    from service_http.prefork import check_workers
 
     config = EdgeConfig.from_env(
         cloud=args.cloud,
@@ -250,12 +266,59 @@ def run_edge(args: argparse.Namespace) -> int:
         batch_delay_us=args.batch_delay_us,
     )
     require_token_off_loopback(args.host, config.token, "serve-edge")
-    app = create_app(args.bundle, config)
-    threads = args.threads or config.max_inflight + config.max_queue + 4
+    workers = check_workers(args.workers)
     cloud = f"cloud: {config.cloud}" if config.cloud else "edge only: no cloud part"
-    announce = f"edge service for {args.bundle} on http://{args.host}:{args.port} ({cloud})"
-    serve(app, host=args.host, port=args.port, threads=threads, announce=announce)
-    return 0
+    announce = (
+        f"edge service for {args.bundle} on http://{args.host}:{args.port} ({cloud}; "
+        f"{args.server} server, {workers} worker(s))"
+    )
+
+    def serve_one(sock: Any = None, index: int = 0) -> None:
+        from edge_runtime import wsgi
+        from edge_runtime.app import EXTENSION, create_app
+
+        app = create_app(args.bundle, config)
+        _share_metrics(app.extensions[EXTENSION].metrics.registry, workers)
+        if args.server == "waitress":
+            threads = args.threads or config.max_inflight + config.max_queue + 4
+        else:
+            threads = args.threads or max(8, 2 * config.pool_size)
+        extra: dict[str, Any] = {} if args.server == "async" else {"server": args.server}
+        if sock is not None:
+            extra["sock"] = sock
+        try:
+            wsgi.serve_edge(
+                app,
+                host=args.host,
+                port=args.port,
+                threads=threads,
+                announce=announce if index == 0 else None,
+                **extra,
+            )
+        finally:
+            app.extensions[EXTENSION].close()
+
+    return _serve_workers(workers, args.host, args.port, serve_one)
+
+
+def _share_metrics(registry: Any, workers: int) -> None:
+    """In a pre-forked worker, publish its metrics where the other workers sum them."""
+    if workers > 1:
+        import os
+
+        from service_http.prefork import METRICS_DIR_ENV
+
+        registry.share(os.environ[METRICS_DIR_ENV])
+
+
+def _serve_workers(workers: int, host: str, port: int, serve_one: Any) -> int:
+    """Serve in this process (1 worker) or in ``workers`` pre-forked processes."""
+    if workers == 1:
+        serve_one()
+        return 0
+    from service_http.prefork import run_workers
+
+    return run_workers(workers, host, port, serve_one)
 
 
 #: ``serve-edge`` options that only an exit bundle (edge + cloud part) uses.
@@ -298,6 +361,7 @@ def run_cloud(args: argparse.Namespace) -> int:
     from cloud_functions.http_entry import CloudLimits
     from cloud_functions.local_server import create_app
     from edgelesspart.runtime.batching import BatchSettings
+    from service_http.prefork import check_workers
     from service_http.wsgi import require_token_off_loopback, serve
 
     env = os.environ
@@ -309,21 +373,33 @@ def run_cloud(args: argparse.Namespace) -> int:
         _int_setting(args.batch_max_rows, env, "EDGELESSPART_BATCH_MAX_ROWS"),
         _int_setting(args.batch_delay_us, env, "EDGELESSPART_BATCH_DELAY_US"),
     )
-    app = create_app(
-        args.bundle,
-        token=token,
-        function_name=args.function_name,
-        limits=limits,
-        public_routes=args.public_routes or env.get("EDGELESSPART_PUBLIC_ROUTES") or None,
-        batch=batch,
-    )
+    workers = check_workers(args.workers)
     threads = args.threads or limits.max_inflight + limits.max_queue + 4
     announce = (
         f"cloud part for {args.bundle} on http://{args.host}:{args.port} "
-        "(Lambda Invoke API + /v1/continue)"
+        f"(Lambda Invoke API + /v1/continue; {workers} worker(s))"
     )
-    serve(app, host=args.host, port=args.port, threads=threads, announce=announce)
-    return 0
+
+    def serve_one(sock: Any = None, index: int = 0) -> None:
+        app = create_app(
+            args.bundle,
+            token=token,
+            function_name=args.function_name,
+            limits=limits,
+            public_routes=args.public_routes or env.get("EDGELESSPART_PUBLIC_ROUTES") or None,
+            batch=batch,
+        )
+        _share_metrics(app.extensions["edgelesspart"].registry, workers)
+        serve(
+            app,
+            host=args.host,
+            port=args.port,
+            threads=threads,
+            sock=sock,
+            announce=announce if index == 0 else None,
+        )
+
+    return _serve_workers(workers, args.host, args.port, serve_one)
 
 
 def _int_setting(value: int | None, env: Any, name: str) -> int:

@@ -29,7 +29,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from edgelesspart.errors import ConfigError, EdgeLessPartError, ServiceClosed
+from edgelesspart.errors import ConfigError, EdgeLessPartError, QueueDeadline, ServiceClosed
 
 R = TypeVar("R")
 
@@ -82,14 +82,30 @@ class BatchSettings:
 
 
 class _Request:
-    __slots__ = ("x", "threshold", "done", "result", "error")
+    __slots__ = ("x", "threshold", "done", "result", "error", "callback", "deadline")
 
-    def __init__(self, x: np.ndarray, threshold: float) -> None:
+    def __init__(
+        self,
+        x: np.ndarray,
+        threshold: float,
+        callback: Callable[[Any, BaseException | None], None] | None = None,
+        deadline: float | None = None,
+    ) -> None:
         self.x = x
         self.threshold = threshold
-        self.done = threading.Event()
+        self.callback = callback
+        self.done = None if callback is not None else threading.Event()
+        self.deadline = deadline  # time.monotonic() by which its batch must start, or None
         self.result: Any = None
         self.error: BaseException | None = None
+
+    def finish(self, result: Any, error: BaseException | None) -> None:
+        """Hand the request its result (or error): wake the waiting thread or call back."""
+        if self.callback is not None:
+            self.callback(result, error)
+            return
+        self.result, self.error = result, error
+        self.done.set()  # type: ignore[union-attr]
 
 
 class DynamicBatcher(Generic[R]):
@@ -102,6 +118,13 @@ class DynamicBatcher(Generic[R]):
         name: thread name prefix.
 
     Thread-safe. :meth:`close` stops the workers after the queued requests.
+
+    Deadlines: a request submitted with ``deadline_s`` must *start* (its batch must begin to
+    run) within that many seconds, as in Triton's queue policy. One whose wait, estimated from
+    the rows queued ahead of it and the measured cost per row, is already longer is refused at
+    once, and one still queued when its deadline passes is refused then; both with
+    :class:`~edgelesspart.errors.QueueDeadline` (HTTP 429). Requests that can be served in
+    time are never refused, however many wait.
     """
 
     def __init__(
@@ -119,7 +142,9 @@ class DynamicBatcher(Generic[R]):
         self._queue: deque[_Request] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._stats = {"batches": 0, "requests": 0, "rows": 0, "largest": 0}
+        self._stats = {"batches": 0, "requests": 0, "rows": 0, "largest": 0, "expired": 0}
+        self._queued_rows = 0
+        self._row_s = 0.0  # moving average of run seconds per row (0 until the first batch)
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{k}", daemon=True)
             for k in range(settings.workers)
@@ -127,23 +152,61 @@ class DynamicBatcher(Generic[R]):
         for thread in self._threads:
             thread.start()
 
-    def submit(self, x: np.ndarray, threshold: float) -> R:
+    def submit(self, x: np.ndarray, threshold: float, deadline_s: float | None = None) -> R:
         """Queue ``x`` (validated rows) and block until its slice of a batch result is ready.
 
         Raises:
             ServiceClosed: the batcher is closed (the service is shutting down).
+            QueueDeadline: the request could not start within ``deadline_s``.
             Exception: whatever ``run`` raised for the batch this request was in.
         """
         request = _Request(x, float(threshold))
-        with self._cond:
-            if self._closed:
-                raise ServiceClosed("The batcher is closed; the service is shutting down.")
-            self._queue.append(request)
-            self._cond.notify()
-        request.done.wait()
+        self._enqueue(request, deadline_s)
+        request.done.wait()  # type: ignore[union-attr]
         if request.error is not None:
             raise request.error
         return request.result
+
+    def submit_callback(
+        self,
+        x: np.ndarray,
+        threshold: float,
+        callback: Callable[[Any, BaseException | None], None],
+        deadline_s: float | None = None,
+    ) -> None:
+        """Queue ``x`` without blocking; ``callback(result, error)`` runs on a worker thread.
+
+        For event-loop servers: the callback must be quick and thread-safe (e.g. schedule the
+        reply with ``loop.call_soon_threadsafe``).
+
+        Raises:
+            ServiceClosed: the batcher is closed.
+            QueueDeadline: the rows queued ahead cannot be run within ``deadline_s``.
+        """
+        self._enqueue(_Request(x, float(threshold), callback), deadline_s)
+
+    def expected_wait_s(self) -> float:
+        """Estimated seconds before a request queued now starts (queued rows x cost per row)."""
+        with self._cond:
+            return self._queued_rows * self._row_s / self.settings.workers
+
+    def _enqueue(self, request: _Request, deadline_s: float | None) -> None:
+        with self._cond:
+            if self._closed:
+                raise ServiceClosed("The batcher is closed; the service is shutting down.")
+            if deadline_s is not None:
+                wait = self._queued_rows * self._row_s / self.settings.workers
+                if wait > deadline_s:
+                    self._stats["expired"] += 1
+                    raise QueueDeadline(
+                        f"{self._queued_rows} rows are queued ahead (about {wait:.2f} s of work), "
+                        f"more than this request's {deadline_s:g} s queueing deadline; retry "
+                        "later or send to another replica."
+                    )
+                request.deadline = time.monotonic() + deadline_s
+            self._queue.append(request)
+            self._queued_rows += len(request.x)
+            self._cond.notify()
 
     def stats(self) -> dict[str, int]:
         """Batches run, requests and rows served, and the largest batch so far (rows)."""
@@ -176,6 +239,7 @@ class DynamicBatcher(Generic[R]):
                     return None
                 self._cond.wait()
             first = self._queue.popleft()
+            self._queued_rows -= len(first.x)
             batch, rows = [first], len(first.x)
             deadline = time.monotonic() + self._delay_s
             while rows < self.settings.max_rows:
@@ -195,6 +259,7 @@ class DynamicBatcher(Generic[R]):
             if request.threshold == threshold and rows + len(request.x) <= limit:
                 batch.append(request)
                 rows += len(request.x)
+                self._queued_rows -= len(request.x)
             else:
                 kept.append(request)
         self._queue.extend(kept)
@@ -202,8 +267,28 @@ class DynamicBatcher(Generic[R]):
             self._cond.notify()  # another worker may take what this batch cannot
         return rows
 
+    def _expire(self, batch: list[_Request]) -> list[_Request]:
+        """Refuse the requests whose queueing deadline has passed; return the others."""
+        now = time.monotonic()
+        late = [r for r in batch if r.deadline is not None and now > r.deadline]
+        if not late:
+            return batch
+        with self._cond:
+            self._stats["expired"] += len(late)
+        for request in late:
+            waited = now - request.deadline  # type: ignore[operator]
+            request.finish(None, QueueDeadline(
+                f"The request waited in the batch queue past its deadline (by {waited:.3f} s); "
+                "the service is saturated, retry later or send to another replica."
+            ))  # fmt: skip
+        return [r for r in batch if r.deadline is None or now <= r.deadline]
+
     def _execute(self, batch: list[_Request]) -> None:
+        batch = self._expire(batch)
+        if not batch:
+            return
         sizes = [len(r.x) for r in batch]
+        start = time.perf_counter()
         try:
             x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
             parts = self._split(self._run(x, batch[0].threshold), sizes)
@@ -213,18 +298,18 @@ class DynamicBatcher(Generic[R]):
                 )
         except BaseException as exc:  # every request of the batch gets the error
             for request in batch:
-                request.error = exc
-                request.done.set()
+                request.finish(None, exc)
             return
+        row_s = (time.perf_counter() - start) / sum(sizes)
         with self._cond:
             stats = self._stats
             stats["batches"] += 1
             stats["requests"] += len(batch)
             stats["rows"] += sum(sizes)
             stats["largest"] = max(stats["largest"], sum(sizes))
+            self._row_s = row_s if not self._row_s else 0.8 * self._row_s + 0.2 * row_s
         for request, part in zip(batch, parts):
-            request.result = part
-            request.done.set()
+            request.finish(part, None)
 
 
 def split_list(items: Sequence[Any], sizes: Sequence[int]) -> list[list[Any]]:

@@ -24,6 +24,7 @@ an old bundle without it scores exactly as before (``T = 1``, ``max-softmax``).
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +83,23 @@ def _scaled(probs: np.ndarray, temperature: float) -> np.ndarray:
     logits -= logits.max(axis=1, keepdims=True)
     scaled = np.exp(logits)
     return (scaled / scaled.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _top1_scaled(row: list[float], temperature: float) -> tuple[int, float] | None:
+    """(label, max-softmax confidence) of one row scaled as :func:`_scaled` does, in ``math``.
+
+    ``None`` when two classes are within 1e-6 of the top logit (float32 rounding could then
+    make numpy's ``argmax`` pick another index: the caller uses numpy).
+    """
+    logits = [math.log(v if v > _EPS else _EPS) / temperature for v in row]
+    top = max(logits)
+    if sum(1 for v in logits if v > top - 1e-6) > 1:
+        return None
+    total = sum(math.exp(v - top) for v in logits)
+    return logits.index(top), _STRUCT_F32.unpack(_STRUCT_F32.pack(1.0 / total))[0]
+
+
+_STRUCT_F32 = struct.Struct("f")
 
 
 def score(probs: np.ndarray, measure: str = MAX_SOFTMAX) -> np.ndarray:
@@ -204,20 +222,30 @@ class ExitScorer:
         """Per-row confidence of already calibrated probabilities."""
         return score(probs, self.measure)
 
-    def top1(self, exit_name: str, probs: np.ndarray) -> tuple[list[int], list[float]]:
+    def top1(
+        self, exit_name: str, probs: np.ndarray, threshold: float | None = None
+    ) -> tuple[list[int], list[float]]:
         """Per-row top-1 label and confidence of an exit's raw probabilities, as Python lists.
 
         The same numbers as ``argmax`` of :meth:`calibrate` and :meth:`confidence` of it (the
         served answers are defined by those), computed with fewer numpy calls: one sample
-        under uncalibrated max-softmax is read as one Python list (the executor's batch-1 case).
+        under max-softmax is read as one Python list (the executor's batch-1 case) and, with a
+        temperature, scaled with ``math`` in float64 as :meth:`calibrate` does. ``math`` and
+        numpy may round ``log``/``exp`` differently in the last float64 bit, so a confidence
+        within 1e-6 of ``threshold`` (where that could flip the decision) and a near-tie for
+        the top label are computed by :meth:`calibrate` itself.
         """
         if len(probs) == 1 and self.measure == MAX_SOFTMAX and probs.dtype == np.float32:
-            if self.temperatures.get(exit_name, 1.0) == 1.0:
-                row = probs[0].tolist()  # float32 -> float is exact, as is astype(float64)
-                total = sum(row)
-                if total == total:  # no NaN (nor +Inf with -Inf): max/index agree with numpy
+            row = probs[0].tolist()  # float32 -> float is exact, as is astype(float64)
+            total = sum(row)
+            if total == total and total != math.inf:  # no NaN/Inf: max/index agree with numpy
+                temperature = self.temperatures.get(exit_name, 1.0)
+                if temperature == 1.0:
                     best = max(row)
                     return [row.index(best)], [best]
+                fast = _top1_scaled(row, temperature)
+                if fast is not None and (threshold is None or abs(fast[1] - threshold) > 1e-6):
+                    return [fast[0]], [fast[1]]
         calibrated = self.calibrate(exit_name, probs)
         return calibrated.argmax(axis=1).tolist(), self.confidence(calibrated).tolist()
 

@@ -141,6 +141,18 @@ class Trace:
     measure: str = MAX_SOFTMAX  # how confidence is scored from ``probs`` (already calibrated)
 
 
+_ROW_0 = np.zeros(1, dtype=np.int64)
+_ROW_0.flags.writeable = False  # the pending rows of a batch of one that no exit answered
+
+
+def _bad_exit(exit_name: str, probs: np.ndarray | None, classes: int) -> None:
+    got = None if probs is None else probs.shape
+    raise BundleError(
+        f"Exit {exit_name!r} returned probabilities of shape {got}; the manifest lists "
+        f"{classes} classes."
+    )
+
+
 class _Rows:
     """Per-row bookkeeping while a batch moves through a stage.
 
@@ -240,6 +252,8 @@ class ProgressiveExecutor:
         """
         thr = self.threshold if threshold is None else check_threshold(threshold)
         current = x if trusted else validate_input(x, self.input_spec)
+        if current.shape[0] == 1:
+            return self._run_one(current, thr)
         rows = _Rows(current.shape[0])
         clock, times = time.perf_counter, rows.times
         for (name, exit_name), runner in zip(self._steps, self._runners):
@@ -261,18 +275,46 @@ class ProgressiveExecutor:
         pending = np.asarray(rows.active, dtype=np.int64)
         return StageResult(answers, pending, current, best)
 
+    def _run_one(self, current: np.ndarray, thr: float) -> StageResult:
+        """:meth:`run` for one row: the same decisions, without per-row bookkeeping.
+
+        A batch of one is the latency path (P2: the executor's cost over the bare invokes is a
+        fixed Python cost per segment), so the loop keeps one decision tuple instead of lists
+        per row, and the exit is scored on the row itself (:meth:`ExitScorer.top1`).
+        """
+        clock, times = time.perf_counter, []
+        top1, classes = self.scorer.top1, self._classes
+        best = answer = None
+        for (name, exit_name), runner in zip(self._steps, self._runners):
+            t0 = clock()
+            probs, boundary = runner(current, trusted=True)
+            times.append((name, (clock() - t0) * 1000.0))
+            if exit_name is not None:
+                if probs is None or probs.shape[1] != len(classes):
+                    _bad_exit(exit_name, probs, len(classes))
+                labels, conf = top1(exit_name, probs, thr)
+                decision = (labels[0], conf[0], exit_name, len(times))
+                if best is None or conf[0] > best[1]:
+                    best = decision
+                if exit_name == FINAL_EXIT or (thr <= 1.0 and conf[0] >= thr):
+                    answer = decision
+                    break
+            current = boundary
+        rows = _Rows(1)
+        rows.times, rows.answers, rows.best = times, [answer], [best]
+        answers, bests = rows.finish(classes, self.stage)
+        if answer is not None:
+            return StageResult(answers, _NO_ROWS, None, bests)
+        return StageResult(answers, _ROW_0, current, bests)
+
     def _exit(
         self, exit_name: str, probs: np.ndarray | None, rows: _Rows, thr: float
     ) -> list[bool]:
         """Record answers at an exit; return per active row whether it was answered here."""
         classes = self._classes
         if probs is None or probs.shape[1] != len(classes):
-            got = None if probs is None else probs.shape
-            raise BundleError(
-                f"Exit {exit_name!r} returned probabilities of shape {got}; the manifest lists "
-                f"{len(classes)} classes."
-            )
-        labels, conf = self.scorer.top1(exit_name, probs)
+            _bad_exit(exit_name, probs, len(classes))
+        labels, conf = self.scorer.top1(exit_name, probs, thr)
         if exit_name == FINAL_EXIT:
             answered = [True] * len(labels)
         elif thr <= 1.0:

@@ -27,7 +27,7 @@ def captured_serve(monkeypatch):
     import edge_runtime.wsgi
 
     calls: list[dict] = []
-    monkeypatch.setattr(edge_runtime.wsgi, "serve", lambda app, **kw: calls.append(kw))
+    monkeypatch.setattr(edge_runtime.wsgi, "serve_edge", lambda app, **kw: calls.append(kw))
     for name in ("EDGELESSPART_TOKEN", "EDGELESSPART_CLOUD_TOKEN", "EDGELESSPART_CLOUD"):
         monkeypatch.delenv(name, raising=False)
     return calls

@@ -227,8 +227,9 @@ def test_serve_edge_takes_its_admission_sizes_from_flags(tiny_bundle, monkeypatc
     from edgelesspart.cli import main
 
     served: list = []
-    monkeypatch.setattr(edge_runtime.wsgi, "serve", lambda app, **kw: served.append((app, kw)))
-    assert main(["serve-edge", str(tiny_bundle), "--max-inflight", "3", "--max-queue", "5"]) == 0
+    monkeypatch.setattr(edge_runtime.wsgi, "serve_edge", lambda app, **kw: served.append((app, kw)))
+    flags = ["--max-inflight", "3", "--max-queue", "5", "--server", "waitress"]
+    assert main(["serve-edge", str(tiny_bundle), *flags]) == 0
     app, kwargs = served[0]
     admission = app.extensions["edgelesspart.admission"]
     assert (admission.limit, admission.queue) == (3, 5)

@@ -122,7 +122,8 @@ def test_a_bad_request_among_batched_ones_fails_alone(tiny_bundle, digits):
     import threading
 
     # GIVEN a batching edge app with a wide window, and one NaN request among four good ones
-    app = _app(tiny_bundle, batch_max_rows=32, batch_delay_us=30_000, max_inflight=8)
+    app = _app(tiny_bundle, batch_max_rows=32, batch_delay_us=30_000, max_inflight=8,
+               queue_timeout_s=60.0)
     plain = _app(tiny_bundle).test_client()
     bad = digits[4:5].astype(np.float32)
     bad[0, 0, 0, 0] = np.nan

@@ -215,7 +215,7 @@ def test_batching_coalesces_concurrent_requests_with_per_row_exit_decisions(tiny
     # GIVEN two edge services, one batching with a wide window
     plain = make_app(tiny_bundle, max_queue=16)
     batched = make_app(tiny_bundle, max_queue=16, max_inflight=8, batch_max_rows=32,
-                       batch_delay_us=30_000)  # fmt: skip
+                       batch_delay_us=30_000, queue_timeout_s=60.0)  # fmt: skip
     requests_ = [digits[k : k + 2] for k in range(0, 16, 2)]
     thresholds = [0.0, 0.9, 1.0, 0.9, 0.0, 0.9, 1.0, 0.9]
     expected = [

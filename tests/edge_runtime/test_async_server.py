@@ -1,0 +1,219 @@
+"""The event-loop server (service_http.aserver) and the edge's hot route, over loopback HTTP."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from edge_runtime.config import EdgeConfig
+
+TENSOR = "application/x-edgelesspart-tensor"
+
+
+def _frame(x):
+    from edgelesspart.runtime.codecs import encode_tensor
+
+    return encode_tensor(np.ascontiguousarray(x, np.float32), "raw")
+
+
+def _stable(body):
+    """A 200 body without what differs per request (the id and the measured times)."""
+    body = {k: v for k, v in body.items() if k not in ("request_id", "timings")}
+    body["answers"] = [{k: v for k, v in a.items() if k != "timings"} for a in body["answers"]]
+    return body
+
+
+@pytest.fixture
+def edge(tiny_bundle):
+    """An edge app with default flags, served by the event-loop server on a free port."""
+    from edge_runtime import create_app
+    from edge_runtime.fastpath import edge_server
+
+    app = create_app(tiny_bundle, EdgeConfig(threshold=0.8))
+    with edge_server(app) as server:
+        yield app, server
+    app.extensions["edgelesspart"].close()
+
+
+def test_tensor_and_png_requests_answer_what_the_flask_route_answers(edge, digits, digit_png):
+    # GIVEN the edge served by the event-loop server (default flags)
+    app, server = edge
+    client = app.test_client()
+    # WHEN one row goes as a tensor frame and as a PNG over loopback, and as JSON through Flask
+    tensor = requests.post(server.url + "/v1/infer", data=_frame(digits[:1]),
+                           headers={"Content-Type": TENSOR}, timeout=10)  # fmt: skip
+    png = requests.post(server.url + "/v1/infer", data=digit_png,
+                        headers={"Content-Type": "image/png"}, timeout=10)  # fmt: skip
+    flask = client.post("/v1/infer", json={"inputs": digits[:1].tolist()})
+    # THEN all three give the same answer, and the hot route served the two loopback requests
+    assert tensor.status_code == png.status_code == flask.status_code == 200
+    assert _stable(tensor.json()) == _stable(png.json()) == _stable(flask.json)
+    # AND they were counted under the route like Flask's hooks count
+    metrics = requests.get(server.url + "/metrics", timeout=10).text
+    assert 'edgelesspart_requests_total{route="/v1/infer",status="200"} 3' in metrics
+
+
+def test_other_routes_and_refusals_are_the_flask_apps(edge, digits):
+    # GIVEN the served edge
+    _, server = edge
+    # WHEN probes, a JSON body, an unknown media type, a NaN tensor and an unknown route come
+    health = requests.get(server.url + "/healthz", timeout=10)
+    as_json = requests.post(server.url + "/v1/infer", json={"inputs": digits[:2].tolist()},
+                            timeout=10)  # fmt: skip
+    media = requests.post(server.url + "/v1/infer", data=b"abc",
+                          headers={"Content-Type": "text/plain"}, timeout=10)  # fmt: skip
+    bad = digits[:1].copy()
+    bad[0, 0, 0, 0] = np.nan
+    nan = requests.post(server.url + "/v1/infer", data=_frame(bad),
+                        headers={"Content-Type": TENSOR}, timeout=10)  # fmt: skip
+    missing = requests.get(server.url + "/nope", timeout=10)
+    # THEN each is answered as the Flask app answers it, as JSON
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert as_json.status_code == 200 and as_json.json()["rows"] == 2
+    assert media.status_code == 415 and media.json()["error"]["code"] == "unsupported_media_type"
+    assert nan.status_code == 422 and "NaN" in nan.json()["error"]["message"]
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+
+def test_a_token_guarded_edge_refuses_on_the_hot_route_too(tiny_bundle, digits):
+    from edge_runtime import create_app
+    from edge_runtime.fastpath import edge_server
+
+    # GIVEN a token-guarded edge on the event-loop server
+    app = create_app(tiny_bundle, EdgeConfig(threshold=0.8, token="s3cret"))
+    with edge_server(app) as server:
+        url, body = server.url + "/v1/infer", _frame(digits[:1])
+        # WHEN a tensor comes without, and with, the token
+        anonymous = requests.post(url, data=body, headers={"Content-Type": TENSOR}, timeout=10)
+        signed = requests.post(url, data=body, timeout=10,
+                               headers={"Content-Type": TENSOR,
+                                        "Authorization": "Bearer s3cret"})  # fmt: skip
+    app.extensions["edgelesspart"].close()
+    # THEN only the signed one is answered
+    assert anonymous.status_code == 401 and signed.status_code == 200
+
+
+def test_sixteen_concurrent_clients_get_no_429_with_default_flags(edge, digits):
+    # GIVEN the edge with default admission (a bounded queue with deadlines, not 4 + 8 slots)
+    _, server = edge
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        with requests.Session() as session:
+            for i in range(12):
+                row = digits[(k + i) % len(digits)][None]
+                r = session.post(server.url + "/v1/infer", data=_frame(row),
+                                 headers={"Content-Type": TENSOR}, timeout=30)  # fmt: skip
+                with lock:
+                    statuses.append(r.status_code)
+
+    # WHEN 16 keep-alive clients post back to back
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # THEN every request is answered 200, none refused
+    assert statuses.count(200) == 16 * 12
+
+
+def test_a_request_that_cannot_start_within_its_deadline_is_a_429(tiny_bundle, digits):
+    from edge_runtime import create_app
+    from edge_runtime.fastpath import edge_server
+
+    # GIVEN an edge whose batches are slow (each run sleeps 0.3 s) and whose deadline is 0.1 s
+    app = create_app(tiny_bundle, EdgeConfig(threshold=0.8, queue_timeout_s=0.1,
+                                             batch_max_rows=1))  # fmt: skip
+    service = app.extensions["edgelesspart"]
+    run = service.batcher._run
+
+    def slow(x, threshold):
+        time.sleep(0.3)
+        return run(x, threshold)
+
+    service.batcher._run = slow
+    results: list[requests.Response] = []
+    with edge_server(app) as server:
+
+        def post() -> None:
+            results.append(requests.post(server.url + "/v1/infer", data=_frame(digits[:1]),
+                                         headers={"Content-Type": TENSOR}, timeout=30))  # fmt: skip
+
+        # WHEN three requests arrive together (one row per batch: the last waits 0.6 s)
+        threads = [threading.Thread(target=post) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    service.close()
+    # THEN the first is answered, and a request that waited past its deadline got 429
+    codes = sorted(r.status_code for r in results)
+    assert codes[0] == 200 and codes[-1] == 429
+    refused = next(r for r in results if r.status_code == 429)
+    assert refused.headers["Retry-After"] == "1"
+    assert "deadline" in refused.json()["error"]["message"]
+
+
+def _raw_exchange(url: str, data: bytes, responses: int) -> list[bytes]:
+    """Send raw bytes on one connection; return the raw responses (Content-Length framed)."""
+    host, port = url.removeprefix("http://").split(":")
+    out = []
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(data)
+        buf = b""
+        while len(out) < responses:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\r\n\r\n" in buf:
+                head, rest = buf.split(b"\r\n\r\n", 1)
+                if head.startswith(b"HTTP/1.1 100"):  # an interim 100 Continue: no body
+                    buf = rest
+                    continue
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                if len(rest) < length:
+                    break
+                out.append(head + b"\r\n\r\n" + rest[:length])
+                buf = rest[length:]
+    return out
+
+
+def test_pipelined_chunked_and_expect_continue_requests(edge, digits):
+    # GIVEN the served edge and one tensor frame
+    _, server = edge
+    body = _frame(digits[:1])
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part)
+                       for part in (body[:100], body[100:])) + b"0\r\n\r\n"  # fmt: skip
+    head = "POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Type: " + TENSOR + "\r\n"
+    # WHEN a plain, a chunked and an Expect: 100-continue request are pipelined on one connection
+    data = (
+        (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        + (head + "Transfer-Encoding: chunked\r\n\r\n").encode() + chunked
+        + (head + f"Expect: 100-continue\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    )  # fmt: skip
+    replies = _raw_exchange(server.url, data, 3)
+    # THEN all three are answered 200, in order
+    assert len(replies) == 3
+    assert all(r.startswith(b"HTTP/1.1 200") for r in replies)
+
+
+def test_malformed_and_oversized_requests_are_refused(edge):
+    # GIVEN the served edge
+    _, server = edge
+    # WHEN a bad request line, both framing headers, and a body over twice the limit arrive
+    bad_line = _raw_exchange(server.url, b"GARBAGE\r\n\r\n", 1)
+    smuggle = _raw_exchange(server.url, b"POST /v1/infer HTTP/1.1\r\nContent-Length: 3\r\n"
+                            b"Transfer-Encoding: chunked\r\n\r\n", 1)  # fmt: skip
+    huge = _raw_exchange(server.url, b"POST /v1/infer HTTP/1.1\r\nContent-Length: 999999999"
+                         b"\r\n\r\n", 1)  # fmt: skip
+    # THEN each is refused with the right status and the connection closed
+    assert bad_line[0].startswith(b"HTTP/1.1 400") and b"Connection: close" in bad_line[0]
+    assert smuggle[0].startswith(b"HTTP/1.1 400")
+    assert huge[0].startswith(b"HTTP/1.1 413")
