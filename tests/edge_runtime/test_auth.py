@@ -39,7 +39,7 @@ def captured_serve(monkeypatch):
 def test_serve_edge_binds_to_loopback_by_default(tiny_bundle, captured_serve):
     assert main(["serve-edge", str(tiny_bundle), "--port", "8181"]) == 0
     announce = captured_serve[0].pop("announce")  # printed once the port is bound
-    assert announce.endswith("on http://127.0.0.1:8181 (edge only: no cloud part)")
+    assert "on http://127.0.0.1:8181 (edge only: no cloud part; async server" in announce
     assert captured_serve == [
         {"host": "127.0.0.1", "port": 8181, "threads": captured_serve[0]["threads"]}
     ]
