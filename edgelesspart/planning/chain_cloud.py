@@ -189,7 +189,7 @@ def _plan(
     pace = best["edge_bottleneck_ms"]
     n = len(costs.profiles)
     # one edge node running the whole model, as plan_chain compares (no cloud)
-    single = costs.profiles[0].total.latency_ms + costs.transfer(costs.result_bytes)
+    single = costs.profiles[0].total.latency_ms + costs.transfer(costs.result()[0])
     parameters = {
         "n_stages": n + 1,
         "n_edge_stages": n,

@@ -169,7 +169,12 @@ def test_resolve_model_from_zoo_and_from_file(tiny_model, tmp_path):
     zoo, zoo_info = resolve_model("small_cnn", INPUT_SHAPE, NUM_CLASSES, seed=3)
     loaded, file_info = resolve_model(str(path), (8, 8, 3), 3)
     # THEN each comes with a JSON-ready description of where it came from
-    assert zoo_info == {"name": "small_cnn", "source": "zoo", "params": zoo.count_params()}
+    assert zoo_info == {
+        "name": "small_cnn",
+        "source": "zoo",
+        "params": zoo.count_params(),
+        "weights": "random",
+    }
     assert file_info == {
         "name": "tiny",
         "source": "file",
