@@ -22,7 +22,7 @@ from edgelesspart.profiling.pricing import (
 @pytest.mark.parametrize("name", ["gcf-1st-gen", "gcf-2nd-gen", "aws-lambda"])
 def test_every_table_carries_date_source_and_currency(name):
     # GIVEN a bundled pricing file
-    text = resources.files("edgelesspart.evaluation").joinpath("pricing").joinpath(f"{name}.json")
+    text = resources.files("edgelesspart.profiling").joinpath("catalog", "pricing", f"{name}.json")
     data = json.loads(text.read_text(encoding="utf-8"))
     # THEN it says when and where its prices come from
     assert data["date"][:4].isdigit() and len(data["date"]) == 10
