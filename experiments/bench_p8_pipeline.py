@@ -341,7 +341,11 @@ def run_chain(bundle: Path, plan: Any, images: np.ndarray, k: float, window: int
     items = len(images)
     stages_out = {}
     for name, totals in after["stages"].items():
-        delta = {key: totals[key] - before[name][key] for key in totals if key != "queue"}
+        delta = {  # counters only: a stage's health (state, last failure) is not a count
+            key: totals[key] - before[name][key]
+            for key in totals
+            if key != "queue" and _count(totals[key]) and _count(before[name].get(key))
+        }
         stages_out[name] = {**delta, "bytes_out_per_item": delta["bytes_out"] / items}
     return {
         "throughput_per_s": per_s,
@@ -353,6 +357,10 @@ def run_chain(bundle: Path, plan: Any, images: np.ndarray, k: float, window: int
         "host": meter.result,
         "failed": after["failed"],
     }
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def energy(record: dict, items: int) -> dict[str, Any]:
