@@ -48,5 +48,5 @@ def test_edge_only_startup_line_says_edge_only(tiny_bundle):
     finally:
         process.terminate()
         process.wait(20)
-    assert f"on http://127.0.0.1:{port} (edge only: no cloud part)" in line
+    assert f"on http://127.0.0.1:{port} (edge only: no cloud part;" in line
     assert "None" not in line
