@@ -17,7 +17,7 @@ DEMO_BUILD_FLAGS ?= --constraint memory --image-size 64 --edge-device rpi4 \
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[build,codecs,dev,pipeline,slimedge]"
+	$(BIN)/python -m pip install -q -e ".[build,codecs,dev,pipeline,slimedge,serve-bench]"
 	touch $(STAMP)
 
 # The demo: build, inspect and evaluate the default bundle, then serve it for real
