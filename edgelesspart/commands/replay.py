@@ -38,9 +38,18 @@ def register(sub: Any) -> None:
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout (s)")
     parser.add_argument(
         "--provider",
-        choices=("gcf", "gcf-2nd-gen", "lambda"),
+        choices=("gcf", "gcf-1st-gen", "gcf-2nd-gen", "lambda"),
         default="gcf",
-        help="price table for the cloud calls (default: gcf, Cloud Functions 1st gen)",
+        help="price table for the cloud calls; gcf = Cloud Functions of --gcf-generation "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--gcf-generation",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="Cloud Functions generation priced for gcf, as evaluate and package-cloud "
+        "(default: %(default)s)",
     )
     parser.add_argument("--memory-mb", type=int, default=2048, help="cloud memory (2048)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the report")
@@ -51,6 +60,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Replay the data and print the report; exit 1 when any request failed."""
     from edgelesspart.errors import ConfigError
+    from edgelesspart.profiling.devices import pricing_provider
     from edgelesspart.replay.client import (
         EdgeClient,
         Pricing,
@@ -73,7 +83,10 @@ def run(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         token=token,
         timeout_s=args.timeout,
-        pricing=Pricing(provider=args.provider, memory_mb=args.memory_mb),
+        pricing=Pricing(
+            provider=pricing_provider(args.provider, args.gcf_generation),
+            memory_mb=args.memory_mb,
+        ),
         show_progress=not args.quiet,
     )
     print(format_report(report))

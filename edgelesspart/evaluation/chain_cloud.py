@@ -40,6 +40,7 @@ def evaluate_chain_cloud(
         BundleError: the bundle has no cloud tail, or its plan records no tail costs.
     """
     from edgelesspart.evaluation.pipeline import load_eval_data
+    from edgelesspart.profiling.devices import pricing_provider
     from edgelesspart.profiling.pricing import cost_per_invocation, load_prices
     from edgelesspart.runtime.bundle import Bundle
     from edgelesspart.runtime.confidence import scorer_for, serving_threshold
@@ -68,7 +69,7 @@ def evaluate_chain_cloud(
         calibrated = scorer.calibrate(name, trace.probs[name])
         labels[name] = calibrated.argmax(axis=1)
         confidence[name] = scorer.confidence(calibrated)
-    table = load_prices(str(tail.get("provider") or "gcf"))
+    table = load_prices(pricing_provider(str(tail.get("provider") or "gcf")))
     memory = int(tail.get("memory_mb") or 2048)
     cold_prob = float(tail.get("cold_start_prob", 0.0))
     price = cost_per_invocation(table, float(tail["cloud_ms"]), memory) + cold_prob * (

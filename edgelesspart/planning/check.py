@@ -304,7 +304,9 @@ def check_for_devices(
     The host profile is scaled to both devices: by ``factors`` (``{"edge": f, "cloud": f}``,
     the factors the planner used, recorded in ``plan.parameters["latency_sources"]``) where
     given, else by each device's own profile. The cloud is priced from its provider's table
-    (Cloud Functions 1st gen at 2048 MB when the cloud device names no provider).
+    (Cloud Functions of the default generation at 2048 MB when the cloud device names no
+    provider; ``gcf`` is priced as :func:`~edgelesspart.profiling.devices.pricing_provider`
+    resolves it, as ``evaluate`` and ``package-cloud`` do).
     """
     from edgelesspart.profiling import devices, links
     from edgelesspart.profiling.pricing import load_prices, make_price_fn
@@ -312,9 +314,11 @@ def check_for_devices(
     edge = devices.load_device(edge_device)
     cloud = devices.load_device(cloud_device)
     if cloud.provider and cloud.memory_mb:
-        cost_fn = make_price_fn(load_prices(cloud.provider), cloud.memory_mb)
+        cost_fn = make_price_fn(
+            load_prices(devices.pricing_provider(cloud.provider)), cloud.memory_mb
+        )
     else:
-        cost_fn = make_price_fn(load_prices("gcf"), 2048)
+        cost_fn = make_price_fn(load_prices(devices.pricing_provider("gcf")), 2048)
     factors = factors or {}
 
     def scaled(role: str, device: Any) -> ModelProfile:

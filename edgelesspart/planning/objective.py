@@ -303,9 +303,11 @@ def default_cost_fn(cloud_device: DeviceProfile | None) -> CostFn:
             f"The expected-cost objective needs cost_fn or a cloud device with provider and "
             f"memory_mb; got {name!r}. Use e.g. load_device('gcf-2gb') or pass cost_fn."
         )
+    from edgelesspart.profiling.devices import pricing_provider
     from edgelesspart.profiling.pricing import load_prices, make_price_fn
 
-    return make_price_fn(load_prices(cloud_device.provider), cloud_device.memory_mb)
+    table = load_prices(pricing_provider(cloud_device.provider))
+    return make_price_fn(table, cloud_device.memory_mb)
 
 
 def simple_cost_fn(

@@ -266,9 +266,10 @@ def _sample(index: int, label: int | None, status: int, body: Any, ms: float, cl
 
 @dataclass(frozen=True)
 class Pricing:
-    """How a replay prices its cloud calls (the evaluation's tables)."""
+    """How a replay prices its cloud calls (the evaluation's tables; Cloud Functions 2nd gen by
+    default, as ``evaluate`` and ``package-cloud``)."""
 
-    provider: str = "gcf"
+    provider: str = "gcf-2nd-gen"
     memory_mb: int = 2048
     response_bytes: int = 512
 

@@ -145,3 +145,32 @@ def test_bad_cold_start_probability_is_refused():
 def test_negative_duration_is_refused():
     with pytest.raises(ConfigError, match="must be >= 0 ms, got -1"):
         billed_ms(-1.0, 100)
+
+
+def test_build_check_evaluate_and_replay_price_gcf_at_the_same_generation():
+    """The build's cost line, the planner's cost objective, evaluate and replay all price the
+    default cloud device (gcf-2gb) with the generation package-cloud packages (issue 23)."""
+    import argparse
+    import dataclasses
+
+    from edgelesspart.commands import replay as replay_command
+    from edgelesspart.planning.objective import default_cost_fn
+    from edgelesspart.profiling.devices import DEFAULT_GCF_GENERATION, load_device, pricing_provider
+    from edgelesspart.profiling.pricing import load_prices, make_price_fn
+    from edgelesspart.replay.client import Pricing
+
+    assert pricing_provider("gcf") == f"gcf-{'2nd' if DEFAULT_GCF_GENERATION == 2 else '1st'}-gen"
+    # at 2 GiB the two generations coincide per 100 ms step; at 1 GiB they differ slightly
+    device = dataclasses.replace(load_device("gcf-2gb"), memory_mb=1024)
+    expected = make_price_fn(load_prices(pricing_provider("gcf")), 1024)
+    first_gen = make_price_fn(load_prices("gcf-1st-gen"), 1024)
+    planner = default_cost_fn(device)
+    for ms in (3.0, 42.0, 180.0):
+        assert planner(ms) == pytest.approx(expected(ms), rel=1e-12, abs=0)
+        assert planner(ms) != pytest.approx(first_gen(ms), rel=1e-6, abs=0)
+    assert Pricing().provider == pricing_provider("gcf")
+
+    parser = argparse.ArgumentParser()
+    replay_command.register(parser.add_subparsers())
+    args = parser.parse_args(["replay", "http://127.0.0.1:1", "x.npz"])
+    assert pricing_provider(args.provider, args.gcf_generation) == pricing_provider("gcf")
