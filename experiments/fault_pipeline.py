@@ -189,22 +189,25 @@ class Load:
             try:
                 r = session.post(self.url, json=self.body, timeout=self.http_timeout_s)
                 status = r.status_code
-                if status == 200:
-                    row = r.json()["answers"][0]  # the shared serving contract's answer row
-                    attempts = int(row.get("attempts", 1))
-                    kind = "late" if attempts > 1 else "answered"
-                elif status in (503, 504) and "error" in r.json():
-                    if status == 503 and "Retry-After" not in r.headers:
-                        kind = "lost"  # a 503 must say when to come back
-                    else:
-                        kind = "clear_error"
-                        pause = min(RETRY_CAP_S, float(r.headers.get("Retry-After", 1)))
+                kind, attempts, pause = self.classify(r)
             except Exception:  # noqa: BLE001 - no reply at all is what "lost" means
                 kind = "lost"
             done = time.monotonic() - self.t0
             with self._lock:
                 self.replies.append(Reply(sent, done, status, kind, attempts))
             self._stop.wait(pause)
+
+    def classify(self, r: Any) -> tuple[str, int, float]:
+        """``(kind, attempts, pause before the next request)`` of one HTTP reply ``r``."""
+        if r.status_code == 200:
+            row = r.json()["answers"][0]  # the shared serving contract's answer row
+            attempts = int(row.get("attempts", 1))
+            return ("late" if attempts > 1 else "answered"), attempts, 0.05
+        if r.status_code in (503, 504) and "error" in r.json():
+            if r.status_code == 503 and "Retry-After" not in r.headers:
+                return "lost", 0, 0.05  # a 503 must say when to come back
+            return "clear_error", 0, min(RETRY_CAP_S, float(r.headers.get("Retry-After", 1)))
+        return "lost", 0, 0.05
 
 
 class ReadyPoller:
@@ -469,29 +472,16 @@ class ViewsLoad(Load):
 
     views = 2
 
-    def _client(self) -> None:
-        import requests
-
-        session = requests.Session()
-        while not self._stop.is_set():
-            sent = time.monotonic() - self.t0
-            status, kind, attempts, pause = None, "lost", 0, 0.05
-            try:
-                r = session.post(self.url, json=self.body, timeout=self.http_timeout_s)
-                status = r.status_code
-                if status == 200:
-                    row = r.json()["answers"][0]  # the shared serving contract's answer row
-                    alive = (row.get("node") or {}).get("views", [])
-                    partial = row.get("degraded") or len(alive) < self.views
-                    kind = "late" if partial else "answered"
-                    attempts = len(alive)
-                elif status == 503 and "Retry-After" in r.headers and "error" in r.json():
-                    kind, pause = "clear_error", min(RETRY_CAP_S, float(r.headers["Retry-After"]))
-            except Exception:  # noqa: BLE001 - no reply is "lost"
-                kind = "lost"
-            with self._lock:
-                self.replies.append(Reply(sent, time.monotonic() - self.t0, status, kind, attempts))
-            self._stop.wait(pause)
+    def classify(self, r: Any) -> tuple[str, int, float]:
+        """``(kind, alive views, pause)``: partial fusions count as ``late``."""
+        if r.status_code == 200:
+            row = r.json()["answers"][0]  # the shared serving contract's answer row
+            alive = (row.get("node") or {}).get("views", [])
+            partial = row.get("degraded") or len(alive) < self.views
+            return ("late" if partial else "answered"), len(alive), 0.05
+        if r.status_code == 503 and "Retry-After" in r.headers and "error" in r.json():
+            return "clear_error", 0, min(RETRY_CAP_S, float(r.headers["Retry-After"]))
+        return "lost", 0, 0.05
 
 
 def run_views_scenario(name: str, deployment: Path, args: argparse.Namespace) -> ScenarioResult:
