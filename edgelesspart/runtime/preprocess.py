@@ -10,6 +10,7 @@ batch dimension when missing and refuses a wrong shape, an unusable dtype, NaN o
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,8 @@ MAX_IMAGE_PIXELS = 4096 * 4096
 #: Image formats :func:`image_to_tensor` accepts.
 IMAGE_FORMATS = ("PNG", "JPEG")
 _NUMERIC_KINDS = "fiu"
+#: An object's default repr inside an error message (a memory address: differs per call).
+_OBJECT_REPR = re.compile(r" ?<[\w.]+ object at 0x[0-9a-f]+>")
 
 
 def _describe(shape: tuple[int, ...] | list[int], dtype: Any) -> str:
@@ -156,8 +159,9 @@ def image_to_tensor(data: bytes, spec: InputSpec) -> np.ndarray:
     except InputError:
         raise
     except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...)
+        why = _OBJECT_REPR.sub("", str(exc))  # "cannot identify image file <_io.BytesIO ...>"
         raise InputError(
-            f"Could not decode the request body as a PNG or JPEG image ({exc})."
+            f"Could not decode the request body as a PNG or JPEG image ({why})."
         ) from exc
     if channels == 1:
         array = array[..., np.newaxis]
