@@ -153,9 +153,12 @@ def image_to_tensor(data: bytes, spec: InputSpec) -> np.ndarray:
                 f"Image of {image.size[0]}x{image.size[1]} pixels is larger than the "
                 f"{MAX_IMAGE_PIXELS}-pixel limit; downscale it before sending."
             )
-        image = image.convert("L" if channels == 1 else "RGB")
-        image = image.resize((width, height), image_module.Resampling.BILINEAR)
-        array = np.asarray(image, dtype=np.float32)
+        mode = "L" if channels == 1 else "RGB"
+        if image.mode != mode:  # converting to its own mode, or resizing to its own size,
+            image = image.convert(mode)  # is a copy in Pillow: skipped, same pixels
+        if image.size != (width, height):
+            image = image.resize((width, height), image_module.Resampling.BILINEAR)
+        array = np.asarray(image, dtype=np.float32)  # decodes here (Pillow loads lazily)
     except InputError:
         raise
     except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...)
@@ -163,8 +166,10 @@ def image_to_tensor(data: bytes, spec: InputSpec) -> np.ndarray:
         raise InputError(
             f"Could not decode the request body as a PNG or JPEG image ({why})."
         ) from exc
-    if channels == 1:
-        array = array[..., np.newaxis]
+    array = array.reshape(1, height, width, channels)  # the batch of one, no copy
     scale = float(spec.preprocessing.get("scale", 1.0 / 255.0))
     offset = float(spec.preprocessing.get("offset", 0.0))
-    return validate_input(array * scale + offset, spec.tensor)
+    array *= scale  # in place: the same float32 values as ``array * scale + offset``
+    if offset:
+        array += offset
+    return validate_input(array, spec.tensor)
