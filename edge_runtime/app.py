@@ -201,13 +201,20 @@ def answer_body(service: EdgeService, result: Any, threshold: float | None) -> d
 
 
 def prepare_fast(
-    service: EdgeService, headers: Any, body: bytes
-) -> tuple[np.ndarray, float | None] | None:
+    service: EdgeService, headers: Any, body: bytes, *, defer_images: bool = False
+) -> tuple[Any, float | None] | None:
     """A well-formed tensor or image ``POST /v1/infer`` as ``(batch, threshold)``, else None.
 
     ``headers`` maps lower-case header names to values. No side effects: a request this
     refuses (``None``) or raises on is handed to the Flask route, which answers it. Checks:
     media type, bearer token, threshold header, decoding, bundle id, batch size.
+
+    With ``defer_images`` an image is not decoded here: the batch is a callable that decodes
+    it (and checks the batch) when called, so the caller can run the CPU-bound decode on a
+    worker thread (the event-loop server's hot route). What it raises (an
+    :class:`~edgelesspart.errors.InputError` for a body that is not a PNG/JPEG, too many
+    pixels, a bundle that takes no images) is what the Flask route answers for that body,
+    because the route decodes before any other check that can fail once these passed.
     """
     config = service.config
     mimetype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -216,15 +223,34 @@ def prepare_fast(
     if guarded("/v1/infer", config.token, config.public_routes):
         check_bearer(config.token, headers.get("authorization"))
     if mimetype in TENSOR_TYPES:
-        x = _decode(body, service)
+        x: Any = _decode(body, service)
+    elif defer_images:
+        x = _image_decoder(body, service)
     else:
-        from edgelesspart.runtime.preprocess import image_to_tensor
-
-        x = image_to_tensor(body, service.bundle.manifest.input)
+        x = _decode_image(body, service)
     threshold = _threshold(headers.get("x-edgelesspart-threshold"), service)
     _check_bundle(headers.get("x-edgelesspart-bundle"), service)
-    _check_batch(x, service)
+    if not callable(x):
+        _check_batch(x, service)
     return x, threshold
+
+
+def _decode_image(body: bytes, service: EdgeService) -> np.ndarray:
+    """One PNG/JPEG body as a checked ``(1, H, W, C)`` batch."""
+    from edgelesspart.runtime.preprocess import image_to_tensor
+
+    x = image_to_tensor(body, service.bundle.manifest.input)
+    _check_batch(x, service)
+    return x
+
+
+def _image_decoder(body: bytes, service: EdgeService) -> Any:
+    """A callable that decodes ``body`` with :func:`_decode_image` when called."""
+
+    def decode() -> np.ndarray:
+        return _decode_image(body, service)
+
+    return decode
 
 
 class _EnvironHeaders:

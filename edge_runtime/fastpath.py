@@ -1,13 +1,20 @@
 """The edge's hot route under the event-loop server (:mod:`service_http.aserver`).
 
 ``POST /v1/infer`` with a tensor or PNG/JPEG body is checked on the loop thread
-(:func:`edge_runtime.app.prepare_fast`: token, media type, threshold, decoding, bundle id,
-batch size), admitted without blocking (``Admission.try_enter``), and queued into the dynamic
-batcher; the batcher's thread builds the JSON answer and sends it. The loop thread never waits
-on inference or on the cloud, so it keeps reading other connections while a batch runs (LiteRT
-releases the GIL while it invokes). A request the checks refuse is handed to the Flask app,
-which renders the refusal exactly as before; the counters and the latency histogram are the
-same ones the Flask hooks fill.
+(:func:`edge_runtime.app.prepare_fast`: token, media type, threshold, tensor decoding, bundle
+id, batch size), admitted without blocking (``Admission.try_enter``), and handed off once: to a
+worker thread that runs the edge stage (batching off, the default) or into the dynamic batcher;
+that thread builds the JSON answer and sends it.
+
+An image is *not* decoded on the loop thread: on the loop, Pillow's decode and resize
+serialised every image request behind one thread (issue 24: PNG at 0.96x FastAPI + uvicorn).
+The worker thread decodes it first, in the same hand-off as the inference (with batching on,
+the worker decodes and then queues the row), and a body that fails to decode is refused (422)
+from there with the Flask route's message. The loop thread never waits on decoding, inference
+or the cloud, so it keeps reading other connections meanwhile (Pillow and LiteRT release the
+GIL while they work). A request the checks refuse is handed to the Flask app, which renders the
+refusal exactly as before; the counters and the latency histogram are the same ones the Flask
+hooks fill.
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ def hot_route(app: Any, executor: Any) -> HotRoute:
             return False  # Flask answers the empty body or the 413
         start = time.perf_counter()
         try:
-            prepared = prepare_fast(service, request.headers, body)
+            prepared = prepare_fast(service, request.headers, body, defer_images=True)
         except Exception:  # noqa: BLE001 - Flask parses it again and renders the refusal
             return False
         if prepared is None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -160,7 +161,7 @@ class EdgeService:
 
     def infer_async(
         self,
-        x: np.ndarray,
+        x: np.ndarray | Callable[[], np.ndarray],
         threshold: float | None,
         done: Any,
         executor: Any,
@@ -171,6 +172,10 @@ class EdgeService:
         ``queue_timeout_s``) and ``done`` runs on the batcher's thread, or on ``executor`` when
         rows must wait for the cloud; with batching off the whole :meth:`infer` runs on
         ``executor``. Invalid input raises here, before anything is queued.
+
+        ``x`` may also be a callable that returns the batch (an image still to be decoded):
+        it is called on ``executor``, in the same hand-off as the inference (batching off) or
+        just before the rows join the batcher's queue, and what it raises goes to ``done``.
 
         Raises:
             InputError: ``x`` does not match the bundle's input.
@@ -189,9 +194,20 @@ class EdgeService:
                         f"The request waited {waited:.3f} s for a worker thread, more than its "
                         f"{deadline:g} s queueing deadline; retry later or send elsewhere."
                     )
-                return self.infer(x, threshold)
+                return self.infer(x() if callable(x) else x, threshold)
 
             executor.submit(_deliver, done, run)
+            return
+        if callable(x):  # decode on a worker thread, then queue the rows (errors to done)
+            decode = x
+
+            def decode_then_queue() -> None:
+                try:
+                    self.infer_async(decode(), threshold, done, executor)
+                except BaseException as exc:  # noqa: BLE001 - rendered by the caller
+                    done(None, exc)
+
+            executor.submit(decode_then_queue)
             return
         from edgelesspart.runtime.executor import check_threshold
         from edgelesspart.runtime.preprocess import validate_input

@@ -72,8 +72,11 @@ def serve_edge(
         serve(app, host=host, port=port, threads=threads, sock=sock, announce=announce)
         return
     from edge_runtime.fastpath import edge_server
+    from service_http.prefork import current_balancer
 
-    where = {"sock": sock} if sock is not None else {"host": host, "port": port}
+    where: dict[str, Any] = {"host": host, "port": port}
+    if sock is not None:  # a pre-forked worker: its socket, and the workers' balancer if any
+        where = {"sock": sock, "balancer": current_balancer()}
     try:
         running = edge_server(app, threads=threads, multiprocess=sock is not None, **where)
     except OSError as exc:

@@ -116,6 +116,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self.server.connections.discard(self)
         self.transport = None
+        if self.server.balancer is not None:
+            self.server.balancer.add(-1)
 
     def data_received(self, data: bytes) -> None:
         self.last = time.monotonic()
@@ -305,6 +307,10 @@ class AsyncServer:
         connection_limit: most open client connections (beyond: 503 and close).
         idle_timeout_s: an idle keep-alive connection is closed after this long.
         multiprocess: tell the app (``wsgi.multiprocess``) it runs in several workers.
+        balancer: a pre-forked worker's :class:`~service_http.prefork.AcceptBalancer`: ``sock``
+            is shared by every worker, and a thread accepts on it only while this worker has
+            no more connections than any other (handing each one to the loop); ``None``: the
+            loop accepts every connection that reaches ``sock``.
     """
 
     def __init__(
@@ -320,8 +326,10 @@ class AsyncServer:
         connection_limit: int = DEFAULT_CONNECTION_LIMIT,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
         multiprocess: bool = False,
+        balancer: Any = None,
     ) -> None:
         self.app, self.hot = app, hot
+        self.balancer = balancer
         self.max_body, self.connection_limit = int(max_body), int(connection_limit)
         self.idle_timeout_s = float(idle_timeout_s)
         self.multiprocess = multiprocess
@@ -349,9 +357,14 @@ class AsyncServer:
         loop = self.loop
         asyncio.set_event_loop(loop)
         self.loop_thread = threading.get_ident()
-        self._server = loop.run_until_complete(
-            loop.create_server(lambda: _Connection(self), sock=self.sock, backlog=1024)
-        )
+        if self.balancer is None:
+            self._server = loop.run_until_complete(
+                loop.create_server(lambda: _Connection(self), sock=self.sock, backlog=1024)
+            )
+        else:
+            self.sock.listen(1024)
+            accept = threading.Thread(target=self._accept_balanced, name="accept", daemon=True)
+            accept.start()
         loop.call_later(1.0, self._tick)
         loop.call_soon(self._ready.set)  # listening now: start() may return
         try:
@@ -360,6 +373,51 @@ class AsyncServer:
             self._close_all()
             self._stopped.set()
             self._ready.set()
+
+    def _accept_balanced(self) -> None:
+        """Accept on the shared socket while it is this worker's turn; hand each to the loop.
+
+        A blocking ``accept`` wakes one waiting worker per connection; a worker with more
+        connections than another does not wait in ``accept`` at all (it re-checks every 2 ms),
+        so the next connection goes to a least-loaded worker.
+        """
+        sock, balancer = self.sock, self.balancer
+        sock.settimeout(0.2)
+        while not self._stopped.is_set():
+            if not balancer.my_turn():
+                time.sleep(0.002)
+                continue
+            try:
+                conn, _ = sock.accept()
+            except (TimeoutError, BlockingIOError, InterruptedError):
+                continue
+            except OSError:  # the socket was closed: the server is stopping
+                if self._stopped.is_set() or sock.fileno() < 0:
+                    return
+                time.sleep(0.01)  # e.g. EMFILE: out of descriptors for a moment
+                continue
+            balancer.add(1)  # counted now, so the next my_turn() already sees it
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                self.loop.call_soon_threadsafe(self._adopt, conn)
+            except RuntimeError:  # the loop is closed
+                balancer.add(-1)
+                conn.close()
+                return
+
+    def _adopt(self, conn: socket.socket) -> None:
+        """On the loop: serve an accepted connection (un-count it if that fails)."""
+
+        def failed(task: asyncio.Future) -> None:
+            if task.cancelled() or task.exception() is not None:
+                self.balancer.add(-1)
+                conn.close()
+
+        factory = lambda: _Connection(self)  # noqa: E731
+        self.loop.create_task(self.loop.connect_accepted_socket(factory, conn)).add_done_callback(
+            failed
+        )
 
     def _tick(self) -> None:
         """Once a second: refresh the Date header, close idle keep-alive connections."""

@@ -298,7 +298,8 @@ def run_edge(args: argparse.Namespace) -> int:
         finally:
             app.extensions[EXTENSION].close()
 
-    return _serve_workers(workers, args.host, args.port, serve_one)
+    balanced = args.server == "async"  # the event-loop server accepts through the balancer
+    return _serve_workers(workers, args.host, args.port, serve_one, balanced=balanced)
 
 
 def _share_metrics(registry: Any, workers: int) -> None:
@@ -311,14 +312,20 @@ def _share_metrics(registry: Any, workers: int) -> None:
         registry.share(os.environ[METRICS_DIR_ENV])
 
 
-def _serve_workers(workers: int, host: str, port: int, serve_one: Any) -> int:
-    """Serve in this process (1 worker) or in ``workers`` pre-forked processes."""
+def _serve_workers(
+    workers: int, host: str, port: int, serve_one: Any, *, balanced: bool = False
+) -> int:
+    """Serve in this process (1 worker) or in ``workers`` pre-forked processes.
+
+    ``balanced``: the workers share one socket and spread connections evenly
+    (:class:`service_http.prefork.AcceptBalancer`); else ``SO_REUSEPORT``.
+    """
     if workers == 1:
         serve_one()
         return 0
     from service_http.prefork import run_workers
 
-    return run_workers(workers, host, port, serve_one)
+    return run_workers(workers, host, port, serve_one, balanced=balanced)
 
 
 #: ``serve-edge`` options that only an exit bundle (edge + cloud part) uses.

@@ -88,17 +88,22 @@ def _scaled(probs: np.ndarray, temperature: float) -> np.ndarray:
 def _top1_scaled(row: list[float], temperature: float) -> tuple[int, float] | None:
     """(label, max-softmax confidence) of one row scaled as :func:`_scaled` does, in ``math``.
 
-    ``None`` when two classes are within 1e-6 of the top logit (float32 rounding could then
-    make numpy's ``argmax`` pick another index: the caller uses numpy).
+    The scaled softmax's top value is ``1 / sum_j exp((log p_j - log p_max) / T)``, i.e.
+    ``1 / sum_j (p_j / p_max) ** (1 / T)``: one power per class instead of a log and an exp
+    (the executor's batch-1 path runs this at every exit). ``None`` when another class is
+    within 1e-6 of the top logit, i.e. its ratio is above ``exp(-1e-6)`` (float32 rounding
+    could then make numpy's ``argmax`` pick another index: the caller uses numpy).
     """
-    logits = [math.log(v if v > _EPS else _EPS) / temperature for v in row]
-    top = max(logits)
-    if sum(1 for v in logits if v > top - 1e-6) > 1:
+    inverse = 1.0 / temperature
+    top = max(row)
+    scale = top if top > _EPS else _EPS
+    ratios = [((v if v > _EPS else _EPS) / scale) ** inverse for v in row]
+    if sum(1 for r in ratios if r > _NEAR_TIE) > 1:
         return None
-    total = sum(math.exp(v - top) for v in logits)
-    return logits.index(top), _STRUCT_F32.unpack(_STRUCT_F32.pack(1.0 / total))[0]
+    return row.index(top), _STRUCT_F32.unpack(_STRUCT_F32.pack(1.0 / sum(ratios)))[0]
 
 
+_NEAR_TIE = math.exp(-1e-6)  # a ratio above this: a logit within 1e-6 of the top one
 _STRUCT_F32 = struct.Struct("f")
 
 

@@ -153,6 +153,16 @@ def _bad_exit(exit_name: str, probs: np.ndarray | None, classes: int) -> None:
     )
 
 
+def _answer(
+    decision: tuple, times: list[tuple[str, float]], classes: tuple[str, ...], stage: str
+) -> Answer:
+    """The :class:`Answer` of a decision ``(label, confidence, exit, segments_run)``."""
+    label, confidence, exit_name, ran = decision
+    timings = dict(times[:ran])
+    timings[TOTAL] = float(sum(timings.values()))
+    return Answer(label, classes[label], confidence, exit_name, stage, timings)
+
+
 class _Rows:
     """Per-row bookkeeping while a batch moves through a stage.
 
@@ -182,11 +192,7 @@ class _Rows:
             key = id(decision)
             answer = built.get(key)
             if answer is None:
-                label, confidence, exit_name, ran = decision
-                timings = dict(times[:ran])
-                timings[TOTAL] = float(sum(timings.values()))
-                answer = Answer(label, classes[label], confidence, exit_name, stage, timings)
-                built[key] = answer
+                answer = built[key] = _answer(decision, times, classes, stage)
             return answer
 
         return [build(d) for d in self.answers], [build(d) for d in self.best]
@@ -300,12 +306,14 @@ class ProgressiveExecutor:
                     answer = decision
                     break
             current = boundary
-        rows = _Rows(1)
-        rows.times, rows.answers, rows.best = times, [answer], [best]
-        answers, bests = rows.finish(classes, self.stage)
-        if answer is not None:
-            return StageResult(answers, _NO_ROWS, None, bests)
-        return StageResult(answers, _ROW_0, current, bests)
+        # the Answer objects, as _Rows.finish builds them (one per distinct decision)
+        best_answer = None if best is None else _answer(best, times, classes, self.stage)
+        if answer is None:
+            return StageResult([None], _ROW_0, current, [best_answer])
+        if answer is not best:
+            return StageResult([_answer(answer, times, classes, self.stage)], _NO_ROWS, None,
+                               [best_answer])  # fmt: skip
+        return StageResult([best_answer], _NO_ROWS, None, [best_answer])
 
     def _exit(
         self, exit_name: str, probs: np.ndarray | None, rows: _Rows, thr: float

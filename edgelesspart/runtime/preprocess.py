@@ -10,6 +10,7 @@ batch dimension when missing and refuses a wrong shape, an unusable dtype, NaN o
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,8 @@ MAX_IMAGE_PIXELS = 4096 * 4096
 #: Image formats :func:`image_to_tensor` accepts.
 IMAGE_FORMATS = ("PNG", "JPEG")
 _NUMERIC_KINDS = "fiu"
+#: An object's default repr inside an error message (a memory address: differs per call).
+_OBJECT_REPR = re.compile(r" ?<[\w.]+ object at 0x[0-9a-f]+>")
 
 
 def _describe(shape: tuple[int, ...] | list[int], dtype: Any) -> str:
@@ -150,17 +153,23 @@ def image_to_tensor(data: bytes, spec: InputSpec) -> np.ndarray:
                 f"Image of {image.size[0]}x{image.size[1]} pixels is larger than the "
                 f"{MAX_IMAGE_PIXELS}-pixel limit; downscale it before sending."
             )
-        image = image.convert("L" if channels == 1 else "RGB")
-        image = image.resize((width, height), image_module.Resampling.BILINEAR)
-        array = np.asarray(image, dtype=np.float32)
+        mode = "L" if channels == 1 else "RGB"
+        if image.mode != mode:  # converting to its own mode, or resizing to its own size,
+            image = image.convert(mode)  # is a copy in Pillow: skipped, same pixels
+        if image.size != (width, height):
+            image = image.resize((width, height), image_module.Resampling.BILINEAR)
+        array = np.asarray(image, dtype=np.float32)  # decodes here (Pillow loads lazily)
     except InputError:
         raise
     except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...)
+        why = _OBJECT_REPR.sub("", str(exc))  # "cannot identify image file <_io.BytesIO ...>"
         raise InputError(
-            f"Could not decode the request body as a PNG or JPEG image ({exc})."
+            f"Could not decode the request body as a PNG or JPEG image ({why})."
         ) from exc
-    if channels == 1:
-        array = array[..., np.newaxis]
+    array = array.reshape(1, height, width, channels)  # the batch of one, no copy
     scale = float(spec.preprocessing.get("scale", 1.0 / 255.0))
     offset = float(spec.preprocessing.get("offset", 0.0))
-    return validate_input(array * scale + offset, spec.tensor)
+    array *= scale  # in place: the same float32 values as ``array * scale + offset``
+    if offset:
+        array += offset
+    return validate_input(array, spec.tensor)

@@ -217,3 +217,57 @@ def test_malformed_and_oversized_requests_are_refused(edge):
     assert bad_line[0].startswith(b"HTTP/1.1 400") and b"Connection: close" in bad_line[0]
     assert smuggle[0].startswith(b"HTTP/1.1 400")
     assert huge[0].startswith(b"HTTP/1.1 413")
+
+
+def _bad_images() -> dict[str, bytes]:
+    """Image bodies the edge must refuse: garbage, a GIF, a PNG over the pixel limit."""
+    import io
+
+    from PIL import Image
+
+    gif, big = io.BytesIO(), io.BytesIO()
+    Image.new("RGB", (8, 8)).save(gif, "GIF")
+    Image.new("L", (4100, 4100)).save(big, "PNG")  # 16.8 M pixels > 4096 x 4096
+    return {"garbage": b"not an image at all", "gif": gif.getvalue(), "huge": big.getvalue()}
+
+
+@pytest.mark.parametrize("batching", [False, True], ids=["unbatched", "batched"])
+def test_images_decode_off_the_loop_and_bad_images_get_the_flask_routes_422(
+    tiny_bundle, digit_png, monkeypatch, batching
+):
+    from edge_runtime import create_app
+    from edge_runtime.fastpath import edge_server
+    from edgelesspart.runtime import preprocess
+
+    # GIVEN an edge (batching off, and on) whose image decoder records the thread it runs on
+    decoded_on: list[int] = []
+    decode = preprocess.image_to_tensor
+
+    def recording(data, spec):
+        decoded_on.append(threading.get_ident())
+        return decode(data, spec)
+
+    monkeypatch.setattr(preprocess, "image_to_tensor", recording)
+    config = EdgeConfig(threshold=0.8, batch_max_rows=8 if batching else 0)
+    app = create_app(tiny_bundle, config)
+    client = app.test_client()
+    with edge_server(app) as server:
+        url = server.url + "/v1/infer"
+        # WHEN a good PNG, and bodies that are not usable PNG/JPEG images, come over loopback
+        good = requests.post(url, data=digit_png, headers={"Content-Type": "image/png"},
+                             timeout=10)  # fmt: skip
+        bad = {name: requests.post(url, data=body, headers={"Content-Type": "image/png"},
+                                   timeout=30)
+               for name, body in _bad_images().items()}  # fmt: skip
+        loop_thread = server.loop_thread
+    # THEN the good one is answered, and no image was decoded on the event-loop thread
+    assert good.status_code == 200 and good.json()["rows"] == 1
+    assert decoded_on and loop_thread not in decoded_on
+    # AND each bad one is a 422 whose body is exactly what the Flask route answers
+    for name, body in _bad_images().items():
+        flask = client.post("/v1/infer", data=body, headers={"Content-Type": "image/png"})
+        assert bad[name].status_code == flask.status_code == 422, name
+        assert bad[name].json() == flask.json, name
+    assert "PNG or JPEG" in bad["gif"].json()["error"]["message"]
+    assert "pixel" in bad["huge"].json()["error"]["message"]
+    app.extensions["edgelesspart"].close()

@@ -43,10 +43,11 @@ def test_one_row_at_a_time_equals_the_batch(stages, digits, threshold):
 def test_scaled_top1_in_python_matches_numpy_calibration():
     # GIVEN a scorer with temperatures and many random probability rows
     rng = np.random.default_rng(0)
-    scorer = ExitScorer(temperatures={"e": 2.7, "f": 0.45})
-    for _ in range(2000):
-        probs = rng.dirichlet(np.full(10, 0.3)).astype(np.float32)[None]
-        for name in ("e", "f"):
+    temperatures = {"e": 2.7, "f": 0.45, "g": 0.05, "h": 1.33673, "i": 20.0}
+    scorer = ExitScorer(temperatures=temperatures)
+    for k in range(2000):
+        probs = rng.dirichlet(np.full(10, 0.3 if k % 2 else 0.05)).astype(np.float32)[None]
+        for name in temperatures:
             # WHEN one row is scored on the fast path and by calibrate + argmax
             labels, conf = scorer.top1(name, probs)
             calibrated = scorer.calibrate(name, probs)

@@ -160,3 +160,26 @@ def test_a_ready_batch_comes_back_without_a_copy_and_non_finite_ones_are_still_r
         out = validate_input(other, SPEC)
         assert out is not other and out.flags["C_CONTIGUOUS"] and out.dtype == np.float32
         np.testing.assert_array_equal(out, x)
+
+
+@pytest.mark.parametrize("mode,size", [("RGB", (32, 32)), ("RGBA", (40, 30)), ("P", (32, 32)),
+                                       ("L", (32, 32)), ("I;16", (20, 48))])  # fmt: skip
+@pytest.mark.parametrize("channels,pre", [(3, {"scale": 1 / 255}),
+                                          (1, {"scale": 2 / 255, "offset": -1.0})])  # fmt: skip
+def test_image_decoding_equals_convert_resize_and_scale_bit_for_bit(mode, size, channels, pre):
+    # GIVEN an image of some mode and size, and a bundle input of 32 x 32 x channels
+    rng = np.random.default_rng(7)
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 4), dtype=np.uint8), "RGBA")
+    image = image.convert(mode)
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    spec = InputSpec(TensorSpec((32, 32, channels), "float32"),
+                     {"height": 32, "width": 32, "channels": channels, **pre})  # fmt: skip
+    # WHEN it is decoded (conversion and resize are skipped where they would be copies)
+    got = image_to_tensor(buf.getvalue(), spec)
+    # THEN the values are exactly those of convert + bilinear resize + pixel * scale + offset
+    ref = Image.open(io.BytesIO(buf.getvalue())).convert("L" if channels == 1 else "RGB")
+    ref = np.asarray(ref.resize((32, 32), Image.Resampling.BILINEAR), dtype=np.float32)
+    ref = ref.reshape(1, 32, 32, channels) * pre["scale"] + pre.get("offset", 0.0)
+    assert got.dtype == np.float32 and got.shape == (1, 32, 32, channels)
+    assert np.array_equal(got, ref)
