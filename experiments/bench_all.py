@@ -1,4 +1,4 @@
-"""Run every benchmark (P1-P11) in sequence within a total time budget; print and save a table.
+"""Run every benchmark (P1-P12) in sequence within a total time budget; print and save a table.
 
 ``make bench`` runs this. Each benchmark runs as its own process (so one model's memory is
 freed before the next). Its time limit is what is left of the budget minus the reserve of every
