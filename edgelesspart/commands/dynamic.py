@@ -90,6 +90,13 @@ def run_train(args: argparse.Namespace) -> int:
     data = load_dataset(args.dataset, seed=args.seed, image_size=args.image_size, limit=args.limit)
     if args.model != "chain_cnn":
         return _train_user_model(args, data, widths)
+    if args.pretrain_epochs:
+        from edgelesspart.errors import ConfigError
+
+        raise ConfigError(
+            "--pretrain-epochs applies to --model (a user model); the chain CNN trains with "
+            "--strategy from the first epoch. Drop --pretrain-epochs."
+        )
     config = WidthTrainingConfig(
         strategy=args.strategy, epochs=args.epochs, widths=widths, seed=args.seed
     )
