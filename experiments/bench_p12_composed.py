@@ -52,7 +52,7 @@ import benchlib  # noqa: E402
 CHANNELS = (32, 48, 64, 96, 128)
 EPOCHS, QUICK_EPOCHS = 5, 1
 WIDTHS, QUICK_WIDTHS = (1.0, 0.75, 0.5, 0.25), (1.0, 0.5)
-HEAD_EPOCHS, QUICK_HEAD_EPOCHS = 30, 8
+HEAD_EPOCHS, QUICK_HEAD_EPOCHS = 30, 5
 ARMS = ("adaptive", "static", "defer")
 SLO_GOAL, THROUGHPUT_GOAL, ACCURACY_POINTS = 3.0, 1.5, 2.0
 
@@ -139,9 +139,9 @@ def scenario(manifest: Any, args: Any) -> dict[str, Any]:
         "slo_ms": args.slo_factor * e2e_ms,
         "stage": slow,
         "factor": args.slowdown,
-        "slow_start_s": 4.0 if quick else 10.0,
-        "slow_end_s": 12.0 if quick else 35.0,
-        "end_s": 16.0 if quick else 50.0,
+        "slow_start_s": 3.0 if quick else 10.0,
+        "slow_end_s": 8.0 if quick else 35.0,
+        "end_s": 10.0 if quick else 50.0,
     }
 
 
@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline="static full width with the same exits and offload; DEFER (no exits, no cloud)",
         headline=head,
         quick=args.quick,
-        reduced=["1 training epoch, widths 1 and 0.5, 16 s runs"] if args.quick else [],
+        reduced=["1 training epoch on 400 images, widths 1 and 0.5, 10 s runs"] if args.quick else [],
         details=details,
         seconds=round(time.perf_counter() - start, 1),
     )
