@@ -54,6 +54,7 @@ EPOCHS, QUICK_EPOCHS = 5, 1
 WIDTHS, QUICK_WIDTHS = (1.0, 0.75, 0.5, 0.25), (1.0, 0.5)
 HEAD_EPOCHS, QUICK_HEAD_EPOCHS = 30, 5
 ARMS = ("adaptive", "static", "defer")
+QUICK_REDUCED = "1 training epoch on 400 images, widths 1 and 0.5, 10 s runs"
 SLO_GOAL, THROUGHPUT_GOAL, ACCURACY_POINTS = 3.0, 1.5, 2.0
 
 
@@ -349,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline="static full width with the same exits and offload; DEFER (no exits, no cloud)",
         headline=head,
         quick=args.quick,
-        reduced=["1 training epoch on 400 images, widths 1 and 0.5, 10 s runs"] if args.quick else [],
+        reduced=[QUICK_REDUCED] if args.quick else [],
         details=details,
         seconds=round(time.perf_counter() - start, 1),
     )
