@@ -1,4 +1,4 @@
-"""Run every benchmark (P1-P11) in sequence within a total time budget; print and save a table.
+"""Run every benchmark (P1-P12) in sequence within a total time budget; print and save a table.
 
 ``make bench`` runs this. Each benchmark runs as its own process (so one model's memory is
 freed before the next). Its time limit is what is left of the budget minus the reserve of every
@@ -51,6 +51,8 @@ BENCHES = (
     ("P10", "bench_p10_slimedge.py", 1500.0, 180.0),
     ("P11", "bench_p11_slimedge.py", 20.0, 60.0),
     ("P8", "bench_p8_pipeline.py", 720.0, 180.0),
+    # P12 trains a 5-stage chain CNN width bundle with exit heads (cached), then 3 arms on Ray.
+    ("P12", "bench_p12_composed.py", 600.0, 180.0),
 )
 #: The full-size reserves (third column) add up to about 94 minutes: a first `make bench` trains
 #: and exports every model it measures (P1's backbones, P9's width bundles, P10's multi-view

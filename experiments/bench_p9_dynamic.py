@@ -143,8 +143,11 @@ def run_load(
             rec.update(
                 latency_ms=ans.latency_ms,
                 done_s=time.perf_counter() - t0,
-                correct=bool(np.argmax(ans.probs[0]) == rec["label"]),
+                correct=bool(ans.label == rec["label"]),
                 widths=list(ans.widths),
+                exit=ans.exit,
+                offloaded=ans.offloaded,
+                degraded=ans.degraded,
             )
 
     collector = threading.Thread(target=collect, daemon=True)

@@ -41,6 +41,12 @@ def register(sub: Any) -> None:
     p.add_argument("--dataset", default="digits", help="digits | cifar10 | .npz | folder")
     p.add_argument("--strategy", default="sandwich", help="posthoc | slimmable | sandwich")
     p.add_argument("--epochs", type=int, default=5, help="training epochs")
+    p.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=0,
+        help="--model: epochs at full width first, then --epochs of the sandwich rule",
+    )
     p.add_argument("--widths", default="1,0.75,0.5,0.25", help="comma-separated widths")
     p.add_argument("--seed", type=int, default=0, help="seed")
     p.set_defaults(func=run_train)
@@ -84,6 +90,13 @@ def run_train(args: argparse.Namespace) -> int:
     data = load_dataset(args.dataset, seed=args.seed, image_size=args.image_size, limit=args.limit)
     if args.model != "chain_cnn":
         return _train_user_model(args, data, widths)
+    if args.pretrain_epochs:
+        from edgelesspart.errors import ConfigError
+
+        raise ConfigError(
+            "--pretrain-epochs applies to --model (a user model); the chain CNN trains with "
+            "--strategy from the first epoch. Drop --pretrain-epochs."
+        )
     config = WidthTrainingConfig(
         strategy=args.strategy, epochs=args.epochs, widths=widths, seed=args.seed
     )
@@ -118,7 +131,9 @@ def _train_user_model(args: argparse.Namespace, data: Any, widths: tuple[float, 
         model = build_model(args.model, data.input_shape, data.num_classes, seed=args.seed)
     cuts = [c.strip() for c in args.cuts.split(",")] if args.cuts else None
     graph, plan = plan_widths(model, args.stages, cuts)
-    config = UserWidthConfig(epochs=args.epochs, widths=widths, seed=args.seed)
+    config = UserWidthConfig(
+        epochs=args.epochs, pretrain_epochs=args.pretrain_epochs, widths=widths, seed=args.seed
+    )
     record = train_user_widths(model, graph, plan, data, config)
     record["model"] = args.model
     record["input_shape"] = list(data.input_shape)

@@ -211,37 +211,104 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def _serve_width_chain(args: argparse.Namespace) -> int:
-    """A width bundle: one width-switching Ray actor per stage, the SLO controller live."""
-    from edgelesspart.commands.dynamic import run_serve as serve_widths
+    """A width bundle: one width-switching Ray actor per edge stage, the SLO controller live,
+    with its exit heads and the cloud tail when the bundle has them and ``--cloud`` is given."""
+    from edgelesspart.dynamic.app import create_app
+    from edgelesspart.pipeline import raykit
+    from service_http.wsgi import serve
+
+    owned = raykit.connect(args.ray_address, num_cpus=getattr(args, "num_cpus", None))
+    try:
+        pipe = width_chain(args).start()
+        try:
+            mode = f"{pipe.stages}-stage width chain"
+            if pipe.threshold is not None:
+                mode += f", exits at {pipe.threshold:g}"
+            if pipe.offloader is not None:
+                mode += f", cloud tail {args.cloud}"
+            serve(
+                create_app(pipe, token=args.token), host=args.host, port=args.port,
+                threads=args.threads or args.window + 4,
+                announce=f"{mode} (SLO {args.slo_ms} ms) on http://{args.host}:{args.port}",
+            )  # fmt: skip
+        finally:
+            pipe.close()
+    finally:
+        raykit.disconnect(owned)
+    return 0
+
+
+def width_chain(args: argparse.Namespace) -> Any:
+    """The (not yet started) :class:`~edgelesspart.dynamic.pipeline.DynamicPipeline` that
+    ``serve-pipeline`` runs for a width bundle: ``--slo-ms`` (controller), ``--threshold``
+    (exit heads; default the bundle's serving threshold), ``--cloud`` (the last stage(s) of the
+    bundle's ``manifest.json`` marked ``tier: cloud`` run there), ``--emulate-link``,
+    ``--slowdown`` (device scale) and ``--window``.
+
+    Raises:
+        ConfigError: an option the bundle cannot use (``--place``/``--codec``; ``--threshold``
+            without exit heads; ``--cloud`` without ``manifest.json``).
+    """
+    from edgelesspart.dynamic.controller import (
+        ControllerConfig,
+        WidthController,
+        curves_from_manifest,
+    )
+    from edgelesspart.dynamic.pipeline import DynamicPipeline
+    from edgelesspart.dynamic.widths import load_manifest
     from edgelesspart.errors import ConfigError
 
-    unsupported = [
-        flag
-        for flag, value in (
-            ("--place", args.place),
-            ("--codec", args.codec),
-            ("--threshold", args.threshold),
-            ("--emulate-link", args.emulate_link),
-        )
-        if value is not None
-    ]
+    unsupported = [flag for flag, value in (("--place", args.place), ("--codec", args.codec))
+                   if value is not None]  # fmt: skip
     if unsupported:
         raise ConfigError(
             f"{', '.join(unsupported)} do not apply to a width bundle ({args.bundle}): its "
-            "stages have no exits and hand on raw tensors. Drop them."
+            "stages hand on raw full-shape tensors to one actor each. Drop them."
         )
-    widths_args = argparse.Namespace(
-        bundle=args.bundle,
-        slo_ms=args.slo_ms,
-        edge=False,
-        scale=args.slowdown,
-        max_queue=args.window,
-        ray_address=args.ray_address,
-        host=args.host,
-        port=args.port,
-        token=args.token,
-    )
-    return serve_widths(widths_args)
+    manifest = load_manifest(args.bundle)
+    if args.threshold is not None and not manifest.exits:
+        raise ConfigError(
+            f"--threshold {args.threshold:g} does not apply to {args.bundle}: the width bundle "
+            "has no exit heads. Add them with edgelesspart.dynamic.exits.add_width_exits "
+            "(experiments/bench_p12_composed.py does), or leave --threshold out."
+        )
+    threshold = args.threshold
+    if threshold is None and manifest.exits:
+        threshold = float(manifest.serving.get("threshold", 1.0))
+    edge_stages, offloader = len(manifest.stages), None
+    if args.cloud:
+        from edgelesspart.pipeline.contract import make_offloader
+        from edgelesspart.runtime.manifest import load_manifest as load_chain
+
+        chain_file = Path(args.bundle) / "manifest.json"
+        if not chain_file.is_file():
+            raise ConfigError(
+                f"--cloud needs the cloud tail of {args.bundle}, but it has no manifest.json. "
+                "Write it with edgelesspart.dynamic.exits.write_chain_manifest and serve it "
+                "with `edgelesspart serve-cloud BUNDLE`."
+            )
+        chain = load_chain(args.bundle, verify=False)
+        edge_stages = sum(1 for s in chain.plan.stages if s.options.get("tier") != "cloud")
+        offloader = make_offloader(
+            args.cloud, token=args.cloud_token, lambda_endpoint=args.lambda_endpoint,
+            region=args.region, timeout_s=args.cloud_timeout,
+        )  # fmt: skip
+    link = None
+    if args.emulate_link:
+        from edgelesspart.profiling import links
+
+        link = links.load_link(args.emulate_link)
+    controller = None
+    if args.slo_ms is not None:
+        curves, full = curves_from_manifest(manifest, scale=args.slowdown)
+        controller = WidthController(curves[:edge_stages], full, ControllerConfig(args.slo_ms))
+    pipe = DynamicPipeline(
+        args.bundle, scale=args.slowdown, controller=controller, window=args.window,
+        edge_stages=edge_stages, threshold=threshold, offloader=offloader,
+        link_mbps=link.uplink_mbps if link else None, link_rtt_ms=link.rtt_ms if link else 0.0,
+    )  # fmt: skip
+    pipe.cloud = args.cloud if args.cloud else None
+    return pipe
 
 
 def run_pipeline_build(args: argparse.Namespace, config: Any) -> int:

@@ -88,8 +88,11 @@ class WidthBackend:
     """The contract's backend over a :class:`~edgelesspart.dynamic.edge.WidthEdge` (one node)
     or a started :class:`~edgelesspart.dynamic.pipeline.DynamicPipeline` (a chain on Ray).
 
-    Every answer carries ``widths``, the width each stage computed the request at; the chain
-    has no early exits, so ``exit`` is ``final`` and a threshold override is refused.
+    Every answer carries ``widths``, the width each stage computed the request at. Without
+    exit heads ``exit`` is ``final`` and a threshold override is refused; a chain with exit
+    heads (:func:`edgelesspart.dynamic.exits.add_width_exits`) and a cloud tail answers row by
+    row: the exit or stage that answered, ``cloud`` for the cloud tail, ``degraded`` with the
+    reason when the cloud failed and the last edge exit answered.
     """
 
     kind = "widths"
@@ -98,7 +101,7 @@ class WidthBackend:
         from edgelesspart.runtime.codecs import decode_tensor, from_base64
         from edgelesspart.runtime.manifest import InputSpec
         from edgelesspart.runtime.preprocess import image_to_tensor
-        from service_http.contract import InferTarget
+        from service_http.contract import InferTarget, threshold_checker
 
         self.service = service
         self.manifest = service.manifest
@@ -115,11 +118,19 @@ class WidthBackend:
             decode_tensor=lambda body, limit: decode_tensor(body, max_bytes=limit),
             decode_base64=from_base64,
             decode_image=lambda body: image_to_tensor(body, self.input),
+            check_threshold=threshold_checker(0.0, 1.0) if self.manifest.exits else None,
+        )
+
+    @property
+    def composed(self) -> bool:
+        """Exits or a cloud tail: rows answered one by one, each by its own exit."""
+        return getattr(self.service, "threshold", None) is not None or (
+            getattr(self.service, "offloader", None) is not None
         )
 
     def default_threshold(self) -> float | None:
-        """No exits: no threshold."""
-        return None
+        """The exits' threshold (``None`` without exits)."""
+        return getattr(self.service, "threshold", None)
 
     def answer(self, x: np.ndarray, threshold: float | None) -> Any:
         """Answer the batch at the current widths (429 when the queue or window is full)."""
@@ -129,6 +140,17 @@ class WidthBackend:
 
         rows = as_batch(np.asarray(x), len(self.target_shape))
         rows = validate_input(rows, self.manifest.stages[0].input)  # 422 before a stage runs
+        if self.composed:
+            results = [
+                answer_or_refuse(lambda b: self.service.result(
+                    self.service.submit(b, threshold=threshold)), rows[k : k + 1])
+                for k in range(rows.shape[0])
+            ]  # fmt: skip
+            answers = [self._composed_row(r) for r in results]
+            offloaded = sum(1 for r in results if r.offloaded)
+            degraded = sum(1 for r in results if r.degraded)
+            total = max(float(r.latency_ms) for r in results)
+            return Served(answers, offloaded, degraded, {"total_ms": total})
         result = answer_or_refuse(lambda b: _answer(self.service, b), rows)
         probs = np.asarray(result.probs).reshape(rows.shape[0], -1)
         widths = list(result.widths)
@@ -143,6 +165,21 @@ class WidthBackend:
             for p in probs
         ]  # fmt: skip
         return Served(answers, 0, 0, {"total_ms": float(result.latency_ms)})
+
+    def _composed_row(self, res: Any) -> dict[str, Any]:
+        from service_http.contract import answer_row
+
+        per_stage = dict(zip(self.names, res.widths))
+        timings = {"chain": float(res.latency_ms - res.offload_ms), "total": float(res.latency_ms)}
+        if res.cloud is not None:
+            row = dict(res.cloud)
+            row.update({"node": "cloud", "widths": per_stage, "degraded": False, "reason": None,
+                        "timings": {**timings, "offload": float(res.offload_ms)}})  # fmt: skip
+            return row
+        return answer_row(
+            res.probs, self.manifest.classes, exit=res.exit, stage=res.stage, timings=timings,
+            degraded=res.degraded, reason=res.reason, node=res.stage, widths=per_stage,
+        )  # fmt: skip
 
     @property
     def target_shape(self) -> tuple[int, ...]:
@@ -161,10 +198,12 @@ class WidthBackend:
             "edge_stage": self.names[-1],
             "edge_stages": list(self.names),
             "segments": [],
-            "exits": [],
-            "threshold": None,
+            "exits": [
+                {"name": e["name"], "stage": f"stage{e['stage']}"} for e in self.manifest.exits
+            ],  # fmt: skip
+            "threshold": self.default_threshold(),
             "max_batch": self.target.max_batch,
-            "cloud": None,
+            "cloud": getattr(self.service, "cloud", None),
             "widths": list(self.manifest.widths),
             "current_widths": metrics.get("widths"),
             "slo_ms": metrics.get("slo_ms"),

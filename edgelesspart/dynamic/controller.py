@@ -104,8 +104,9 @@ def curves_from_manifest(
     groups = [[i] for i in range(len(manifest.stages))] if groups is None else groups
     curves = []
     for group in groups:
-        lat = {
-            w: scale * sum(manifest.stages[i].at(w).latency_ms for i in group)
+        heads = sum(float((manifest.exit_of(i) or {}).get("latency_ms", 0.0)) for i in group)
+        lat = {  # an exit head (dynamic/exits.py) runs at every width: a constant share
+            w: scale * (sum(manifest.stages[i].at(w).latency_ms for i in group) + heads)
             for w in manifest.widths
         }
         if len(group) == 1:

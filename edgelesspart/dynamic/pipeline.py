@@ -63,7 +63,23 @@ def stage_files(bundle: Path, manifest: DynamicManifest, index: int) -> dict[str
     for seg in manifest.stages[index].segments:
         rel = seg.segment.files["tflite"]
         out[rel] = segment_path(bundle, rel).read_bytes()
+    head = manifest.exit_of(index)
+    if head is not None:
+        out[head["file"]] = segment_path(bundle, head["file"]).read_bytes()
     return out
+
+
+def _exit_runner(root: Path, head: dict[str, Any]) -> Any:
+    """A LiteRT runner of an exit head (``boundary -> probs``)."""
+    from edgelesspart.runtime.manifest import SegmentSpec, TensorSpec
+    from edgelesspart.runtime.segments import SegmentRunner
+
+    spec = SegmentSpec(
+        name=f"exit{head['stage']}", stage=f"stage{head['stage']}", start=f"stage{head['stage']}",
+        end=f"stage{head['stage']}", input=TensorSpec(tuple(int(d) for d in head["input"])),
+        exit=str(head["name"]), boundary=None, files={"tflite": str(head["file"])},
+    )  # fmt: skip
+    return SegmentRunner(segment_path(root, str(head["file"])), spec, pool_size=1)
 
 
 class WidthWorker:
@@ -76,6 +92,10 @@ class WidthWorker:
             :meth:`~edgelesspart.pipeline.supervision.BlobStore.handles`.
         scale: emulated device time = ``scale`` x build-host latency (1: no emulation).
         width: the initial width.
+        threshold: the stage's exit head (if the bundle has one after this stage) answers a
+            row whose top-1 probability reaches this; ``None``: exits off. A frame's
+            ``meta.threshold`` overrides it.
+        link_mbps, link_rtt_ms: the emulated link this stage sends on (:meth:`send`).
     """
 
     def __init__(
@@ -85,7 +105,11 @@ class WidthWorker:
         files: dict[str, Any],
         scale: float = 1.0,
         width: float = 1.0,
+        threshold: float | None = None,
+        link_mbps: float | None = None,
+        link_rtt_ms: float = 0.0,
     ) -> None:
+        from edgelesspart.pipeline.emulation import DeviceEmulation
         from edgelesspart.pipeline.supervision import resolve_files
 
         files = resolve_files(files)
@@ -108,37 +132,85 @@ class WidthWorker:
             self.stage = WidthStage(
                 tmp, [self.index], manifest=self.manifest, width=width, pool_size=1
             )
+            self.head = self.manifest.exit_of(self.index)
+            self.exit = None
+            if self.head is not None:
+                data = files.get(self.head["file"])
+                if data is None or hashlib.sha256(data).hexdigest() != self.head["sha256"]:
+                    raise BundleError(
+                        f"Stage {index} exit head {self.head['file']!r} is missing or does not "
+                        "match its SHA-256; the dispatcher's width bundle is corrupt."
+                    )
+                segment_path(Path(tmp), self.head["file"]).write_bytes(data)
+                self.exit = _exit_runner(Path(tmp), self.head)
+        self.threshold = threshold
+        self.last = self.index == len(self.manifest.stages) - 1
+        self.link = DeviceEmulation(link_mbps=link_mbps, link_rtt_ms=link_rtt_ms)
         self.scale = float(scale)
         self.slowdown = 1.0
         self._lock = threading.Lock()
         self._items = 0
         self._busy_s = 0.0
         self._host_bound = 0
+        self._computed = 0
+        self._exited = 0
 
     def ready(self) -> dict[str, Any]:
         """Who this worker is (the dispatcher waits on it after creating the actor)."""
         return {"stage": self.index, "pid": os.getpid(), "widths": list(self.stage.widths)}
 
     def device_ms(self, width: float) -> float:
-        """Emulated service time at ``width`` under the current slowdown."""
-        return self.scale * self.stage.latency_ms(width) * self.slowdown
+        """Emulated service time at ``width`` under the current slowdown (exit head included)."""
+        head = float(self.head["latency_ms"]) if self.exit is not None else 0.0
+        return self.scale * (self.stage.latency_ms(width) + head) * self.slowdown
+
+    def _exit(self, y: np.ndarray, meta: dict[str, Any]) -> np.ndarray | None:
+        """The exit head's probabilities if every row clears the threshold, else ``None``
+        (the head's answer is then kept in ``meta["best"]``: a degraded answer's source)."""
+        threshold = meta.get("threshold", self.threshold)
+        if self.exit is None or threshold is None:
+            return None
+        probs, _ = self.exit(y, trusted=True)
+        if float(np.min(np.max(probs, axis=1))) >= float(threshold):
+            return probs
+        meta["best"] = {"exit": self.head["name"], "stage": f"stage{self.index}",
+                        "probs": np.asarray(probs, np.float64).reshape(-1).tolist()}  # fmt: skip
+        return None
 
     def forward(self, payload: bytes) -> bytes:
-        """Decode, run at the current width, sleep to the emulated device time, encode."""
+        """Decode, run at the current width, try the exit head, sleep to the emulated device
+        time, encode. A frame an earlier exit answered (``meta.final``) passes untouched."""
         start = time.perf_counter()
         x, header = decode_tensor(payload)
         meta = dict(header.get("meta") or {})
+        if meta.get("final"):
+            with self._lock:
+                self._items += 1
+            return payload
         y, width, _ = self.stage.timed(x)
         meta["widths"] = [*meta.get("widths", []), width]
+        probs = self._exit(y, meta)
+        if probs is not None:
+            y = probs
+            meta.update({"final": True, "exit": self.head["name"], "stage": f"stage{self.index}"})
+        elif self.last:
+            meta.update({"final": True, "exit": "final", "stage": f"stage{self.index}"})
         out = encode_tensor(np.ascontiguousarray(y), "raw", meta=meta)
         wall = time.perf_counter() - start
         target = self.device_ms(width) / 1000.0
         sleep_s(target - wall)
         with self._lock:
             self._items += 1
+            self._computed += 1
+            self._exited += int(probs is not None)
             self._busy_s += max(target, time.perf_counter() - start)
             self._host_bound += int(wall > target)
         return out
+
+    def send(self, frame: bytes) -> bytes:
+        """Hand ``frame`` on after the emulated link's time (none without link emulation)."""
+        sleep_s(self.link.link_s(len(frame)))
+        return frame
 
     def set_width(self, width: float) -> float:
         """Switch width from the next ``forward``; return the previous width."""
@@ -155,6 +227,8 @@ class WidthWorker:
         with self._lock:
             return {
                 "items": self._items,
+                "computed": self._computed,
+                "exited": self._exited,
                 "busy_s": self._busy_s,
                 "host_bound": self._host_bound,
                 "width": self.stage.width,
@@ -181,19 +255,43 @@ def remote_worker_class() -> Any:
         def state(self) -> dict[str, Any]:
             return WidthWorker.state(self)
 
+        @ray.method(concurrency_group="link")
+        def send(self, frame: bytes) -> bytes:
+            return WidthWorker.send(self, frame)
+
     _Worker.__name__ = _Worker.__qualname__ = "WidthWorker"
-    return ray.remote(concurrency_groups={"control": 1})(_Worker)
+    return ray.remote(concurrency_groups={"control": 1, "link": 1})(_Worker)
 
 
 @dataclass(frozen=True)
 class Answer:
-    """One answer: probabilities, the width each stage ran it at, and end-to-end latency."""
+    """One answer: probabilities, the width each stage ran it at, and end-to-end latency.
+
+    With exits or a cloud tail also: which exit and stage answered (``cloud`` for the cloud
+    tail), whether it was offloaded, and ``degraded`` with its reason when the cloud could not
+    answer and the last edge exit did. ``probs`` is ``None`` for a cloud answer (``label``
+    holds its class index).
+    """
 
     seq: int
-    probs: np.ndarray
+    probs: np.ndarray | None
     widths: tuple[float, ...]
     submitted_s: float
     latency_ms: float
+    exit: str | None = "final"
+    stage: str | None = None
+    offloaded: bool = False
+    degraded: bool = False
+    reason: str | None = None
+    cloud: dict[str, Any] | None = None
+    offload_ms: float = 0.0
+
+    @property
+    def label(self) -> int | None:
+        """Predicted class index (``None``: no answer at all)."""
+        if self.cloud is not None:
+            return int(self.cloud["label"])
+        return None if self.probs is None else int(np.argmax(np.asarray(self.probs)[0]))
 
 
 @dataclass
@@ -215,6 +313,14 @@ class DynamicPipeline:
         window: most inputs in flight (more raise :class:`PipelineBusy`).
         timeline_kept: most recent controller ticks kept in :attr:`timeline` (a long-running
             service would otherwise grow it without bound).
+        edge_stages: stages run by actors (default: all); the rest is the cloud tail, reached
+            through ``offloader``.
+        threshold: exit heads (``add_width_exits``) answer at this confidence (``None``: off).
+        offloader: the cloud tail (an :class:`~edgelesspart.runtime.offload.Offloader`, e.g.
+            ``HttpOffloader`` to ``serve-cloud`` on the bundle's ``manifest.json``).
+        bundle_id: the id the cloud part checks (default: the chain manifest's id).
+        link_mbps, link_rtt_ms: emulated links between stages (each stage's ``send``) and to
+            the cloud (the dispatcher sleeps it before the offload call).
     """
 
     def __init__(
@@ -228,9 +334,37 @@ class DynamicPipeline:
         window: int = DEFAULT_WINDOW,
         timeout_s: float = 120.0,
         timeline_kept: int = TIMELINE_KEPT,
+        edge_stages: int | None = None,
+        threshold: float | None = None,
+        offloader: Any = None,
+        bundle_id: str | None = None,
+        link_mbps: float | None = None,
+        link_rtt_ms: float = 0.0,
     ) -> None:
+        from edgelesspart.pipeline.emulation import DeviceEmulation
+
         self.bundle = Path(bundle)
         self.manifest = load_manifest(self.bundle)
+        n = len(self.manifest.stages)
+        self.edge_stages = n if edge_stages is None else int(edge_stages)
+        if not 1 <= self.edge_stages <= n:
+            raise ConfigError(f"edge_stages must be 1..{n}, got {edge_stages!r}.")
+        if self.edge_stages < n and offloader is None:
+            raise ConfigError(
+                f"{n - self.edge_stages} stage(s) are left to the cloud tail, but no offloader "
+                "was given; pass one or run every stage on the edge."
+            )
+        if threshold is not None and not self.manifest.exits:
+            raise ConfigError(
+                f"A threshold needs exit heads, and {self.bundle} has none; add them with "
+                "edgelesspart.dynamic.exits.add_width_exits, or drop the threshold."
+            )
+        self.threshold = threshold
+        self.offloader = offloader
+        self._bundle_id = bundle_id
+        self.link = DeviceEmulation(link_mbps=link_mbps, link_rtt_ms=link_rtt_ms)
+        self.offloads = {"ok": 0, "failed": 0}
+        self.cloud: str | None = None  # the cloud tail's URL, for /v1/bundle
         self.scale = float(scale)
         self.controller = controller
         if slo_ms is None and controller is not None:
@@ -248,6 +382,7 @@ class DynamicPipeline:
         self._rejected = 0
         self._met_slo = 0
         self._inflight = 0
+        self._exits: dict[str, int] = {}
         self._decisions: deque[dict[str, Any]] = deque(maxlen=DECISIONS_KEPT)
         self.timeline: deque[dict[str, Any]] = deque(maxlen=int(timeline_kept))
         self._stop = threading.Event()
@@ -256,8 +391,17 @@ class DynamicPipeline:
 
     @property
     def stages(self) -> int:
-        """Number of stages."""
-        return len(self.manifest.stages)
+        """Number of stages run by actors (the edge stages)."""
+        return self.edge_stages
+
+    @property
+    def bundle_id(self) -> str:
+        """The id offloaded tensors carry (the chain manifest's, ``widths-...``)."""
+        if self._bundle_id is None:
+            from edgelesspart.dynamic.exits import chain_bundle_id
+
+            self._bundle_id = chain_bundle_id(self.bundle)
+        return self._bundle_id
 
     def start(self, ready_timeout_s: float = 120.0) -> DynamicPipeline:
         """Create one actor per stage, wait until each loaded its widths, start the loop."""
@@ -272,7 +416,12 @@ class DynamicPipeline:
             for k in range(self.stages):
                 opts = raykit.actor_options(max_restarts=-1, max_task_retries=-1)
                 handles = self.blobs.handles(files[k])
-                self.actors.append(cls.options(**opts).remote(manifest, k, handles, self.scale))
+                self.actors.append(
+                    cls.options(**opts).remote(
+                        manifest, k, handles, self.scale, 1.0, self.threshold,
+                        self.link.link_mbps, self.link.link_rtt_ms,
+                    )
+                )  # fmt: skip
         except BaseException:
             self.close()
             raise
@@ -304,8 +453,10 @@ class DynamicPipeline:
 
     # ------------------------------------------------------------------ streaming
 
-    def submit(self, x: np.ndarray) -> _Ticket:
+    def submit(self, x: np.ndarray, threshold: float | None = None) -> _Ticket:
         """Send one input into the chain; :class:`PipelineBusy` when the window is full.
+
+        ``threshold`` overrides the exits' threshold for this input.
 
         Raises:
             InputError: ``x`` does not match the first stage's input (shape, dtype, NaN/Inf);
@@ -322,9 +473,14 @@ class DynamicPipeline:
             self._submitted += 1
         try:
             seq = next(self._seq)
-            ref: Any = encode_tensor(x, "raw", meta={"seq": seq})
-            for actor in self.actors:
+            meta: dict[str, Any] = {"seq": seq}
+            if threshold is not None:
+                meta["threshold"] = float(threshold)
+            ref: Any = encode_tensor(x, "raw", meta=meta)
+            for k, actor in enumerate(self.actors):
                 ref = actor.forward.remote(ref)
+                if self.link.active and k < len(self.actors) - 1:
+                    ref = actor.send.remote(ref)
         except BaseException:
             with self._lock:
                 self._inflight -= 1
@@ -345,16 +501,57 @@ class DynamicPipeline:
         finally:
             with self._lock:
                 self._inflight -= 1
-        latency = (time.perf_counter() - ticket.submitted) * 1000.0
         probs, header = decode_tensor(frame)
         meta = header.get("meta") or {}
         if meta.get("seq") != ticket.seq:
             raise PipelineError(f"Answer for input {meta.get('seq')} arrived as {ticket.seq}.")
+        widths = tuple(float(w) for w in meta.get("widths", []))
+        fields: dict[str, Any] = {"exit": meta.get("exit"), "stage": meta.get("stage")}
+        if not meta.get("final"):
+            fields = self._offload(probs, meta)
+            probs = fields.pop("probs")
+        latency = (time.perf_counter() - ticket.submitted) * 1000.0
         with self._lock:
             self._completed += 1
             self._met_slo += int(self.slo_ms is not None and latency <= self.slo_ms)
-        widths = tuple(float(w) for w in meta.get("widths", []))
-        return Answer(ticket.seq, probs, widths, ticket.submitted, latency)
+            key = "cloud" if fields.get("offloaded") and not fields.get("degraded") else None
+            key = key or str(fields.get("exit"))
+            self._exits[key] = self._exits.get(key, 0) + 1
+        return Answer(ticket.seq, probs, widths, ticket.submitted, latency, **fields)
+
+    def _offload(self, boundary: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
+        """Continue an input no edge exit answered in the cloud tail (over the emulated
+        link); on failure answer from the last edge exit, degraded, with the reason."""
+        from edgelesspart.errors import OffloadError
+        from edgelesspart.runtime.offload import check_answers
+
+        start = time.perf_counter()
+        sleep_s(self.link.link_s(int(np.asarray(boundary).nbytes)))
+        threshold = meta.get("threshold", self.threshold)
+        try:
+            answers = self.offloader.offload(
+                np.asarray(boundary), threshold=1.0 if threshold is None else float(threshold),
+                meta={"bundle_id": self.bundle_id, "rows": int(np.asarray(boundary).shape[0])},
+            )  # fmt: skip
+            answer = check_answers({"answers": answers}, 1)[0]
+        except (OffloadError, Exception) as exc:  # noqa: BLE001 - no input is lost
+            with self._lock:
+                self.offloads["failed"] += 1
+            best = meta.get("best")
+            reason = f"cloud tail failed ({type(exc).__name__}: {exc})"
+            ms = (time.perf_counter() - start) * 1000.0
+            if not best:
+                return {"probs": None, "exit": None, "stage": None, "offloaded": True,
+                        "degraded": True, "reason": f"{reason}; no edge exit to answer from",
+                        "offload_ms": ms}  # fmt: skip
+            return {"probs": np.asarray(best["probs"], np.float32).reshape(1, -1),
+                    "exit": best["exit"], "stage": best["stage"], "offloaded": True,
+                    "degraded": True, "reason": reason, "offload_ms": ms}  # fmt: skip
+        with self._lock:
+            self.offloads["ok"] += 1
+        return {"probs": None, "exit": answer.get("exit"), "stage": "cloud", "offloaded": True,
+                "cloud": answer,
+                "offload_ms": (time.perf_counter() - start) * 1000.0}  # fmt: skip
 
     # ------------------------------------------------------------------ control
 
@@ -386,8 +583,9 @@ class DynamicPipeline:
         upstream = cur["submitted"]
         for old, new in zip(last["states"], cur["states"]):
             items = new["items"] - old["items"]
+            computed = new.get("computed", new["items"]) - old.get("computed", old["items"])
             busy = new["busy_s"] - old["busy_s"]
-            service = busy / items * 1000.0 if items else None
+            service = busy / computed * 1000.0 if computed else None
             stages.append(
                 StageMetrics(service, max(0, upstream - new["items"]), items / dt, new["width"])
             )
@@ -443,6 +641,8 @@ class DynamicPipeline:
                 "slo_ms": self.slo_ms,
                 "slo_attainment": (self._met_slo / done) if done else None,
                 "decisions": list(self._decisions),
+                "answered_by": dict(self._exits),
+                "offloads": dict(self.offloads),
             }
         try:
             states = raykit.require_ray().get([a.state.remote() for a in self.actors], timeout=30)
@@ -457,6 +657,7 @@ class DynamicPipeline:
                 "slowdown": s["slowdown"],
                 "host_bound_items": s["host_bound"],
                 "rows_by_width": s["rows_by_width"],
+                "exited": s.get("exited", 0),
             }
             for k, s in enumerate(states)
         ]

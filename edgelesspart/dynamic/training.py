@@ -93,10 +93,20 @@ def _masks(configs: list[tuple[float, ...]], channels: tuple[int, ...]) -> list[
     return [np.stack([width_mask(c, cfg[k]) for cfg in configs]) for k, c in enumerate(channels)]
 
 
-def _make_step(model: Any, optimizer: Any, passes: int, distill: bool) -> Any:
+def make_width_step(
+    forward: Any, variables: Any, optimizer: Any, passes: int, distill: bool
+) -> Any:
+    """One compiled training step over ``passes`` width configurations (shared by the chain CNN
+    and user models).
+
+    ``forward(x, masks)`` runs the network with one configuration's masks (a list, one entry
+    per mask) in training mode and returns softmax probabilities. The step takes ``masks`` as
+    a list of ``(passes, C)`` stacks; pass 0 is the teacher (cross-entropy on the labels); with
+    ``distill`` the other passes learn its soft predictions (KL, no gradient into the teacher),
+    else cross-entropy too. Returns the mean loss per pass.
+    """
     tf = tensorflow()
     losses = keras().losses
-    variables = model.trainable_variables
 
     @tf.function(reduce_retracing=True)
     def step(x: Any, y: Any, masks: list[Any]) -> Any:
@@ -104,7 +114,7 @@ def _make_step(model: Any, optimizer: Any, passes: int, distill: bool) -> Any:
             total = 0.0
             teacher = None
             for p in range(passes):
-                probs = masked_forward(model, x, [m[p] for m in masks], training=True)
+                probs = forward(x, [m[p] for m in masks])
                 if p == 0 or not distill:
                     loss = tf.reduce_mean(losses.sparse_categorical_crossentropy(y, probs))
                     teacher = tf.stop_gradient(probs)
@@ -116,6 +126,13 @@ def _make_step(model: Any, optimizer: Any, passes: int, distill: bool) -> Any:
         return total / passes
 
     return step
+
+
+def _make_step(model: Any, optimizer: Any, passes: int, distill: bool) -> Any:
+    def forward(x: Any, masks: list[Any]) -> Any:
+        return masked_forward(model, x, masks, training=True)
+
+    return make_width_step(forward, model.trainable_variables, optimizer, passes, distill)
 
 
 def train_width_robust(

@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 
 from edgelesspart._lazy import keras as _keras
-from edgelesspart._lazy import tensorflow as _tensorflow
 from edgelesspart.dynamic.widths import channels_at, check_widths
 from edgelesspart.errors import ConfigError, TrainingError
 from edgelesspart.progress import progress
@@ -222,13 +221,22 @@ class UserWidthConfig:
     learning_rate: float = 1e-3
     widths: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25)
     random_passes: int = 1
+    uniform_pass: bool = True
+    pretrain_epochs: int = 0
+    pretrain_learning_rate: float = 3e-3
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.batch_size < 1 or self.random_passes < 0:
+        if (
+            self.epochs < 0
+            or self.batch_size < 1
+            or self.random_passes < 0
+            or self.pretrain_epochs < 0
+        ):
             raise TrainingError(
-                f"epochs >= 0, batch_size >= 1 and random_passes >= 0 are required, got "
-                f"{self.epochs}, {self.batch_size}, {self.random_passes}."
+                f"epochs >= 0, pretrain_epochs >= 0, batch_size >= 1 and random_passes >= 0 are "
+                f"required, got {self.epochs}, {self.pretrain_epochs}, {self.batch_size}, "
+                f"{self.random_passes}."
             )
         object.__setattr__(self, "widths", check_widths(self.widths))
 
@@ -241,6 +249,9 @@ class UserWidthConfig:
             "learning_rate": self.learning_rate,
             "widths": list(self.widths),
             "random_passes": self.random_passes,
+            "uniform_pass": self.uniform_pass,
+            "pretrain_epochs": self.pretrain_epochs,
+            "pretrain_learning_rate": self.pretrain_learning_rate,
             "seed": self.seed,
         }
 
@@ -262,44 +273,68 @@ def _pass_masks(
 
 
 def _make_step(clone: Any, holder: _Masks, optimizer: Any, passes: int) -> Any:
-    tf = _tensorflow()
-    losses = _keras().losses
-    variables = clone.trainable_variables
+    from edgelesspart.dynamic.training import make_width_step
+
     mask_vars = [holder.vars[g] for g in holder.names]
 
-    @tf.function(reduce_retracing=True)
-    def step(x: Any, y: Any, masks: list[Any]) -> Any:
-        with tf.GradientTape() as tape:
-            total = 0.0
-            teacher = None
-            for p in range(passes):
-                for var, m in zip(mask_vars, masks):
-                    var.assign(m[p])
-                probs = clone(x, training=True)
-                if p == 0:
-                    loss = tf.reduce_mean(losses.sparse_categorical_crossentropy(y, probs))
-                    teacher = tf.stop_gradient(probs)
-                else:
-                    loss = tf.reduce_mean(losses.kl_divergence(teacher, probs))
-                total += loss
-        grads = tape.gradient(total, variables)
-        optimizer.apply_gradients(zip(grads, variables))
-        return total / passes
+    def forward(x: Any, masks: list[Any]) -> Any:
+        for var, m in zip(mask_vars, masks):
+            var.assign(m)
+        return clone(x, training=True)
 
-    return step
+    return make_width_step(forward, clone.trainable_variables, optimizer, passes, distill=True)
 
 
 def sandwich_configs(
     config: UserWidthConfig, stages: int, rng: np.random.Generator
 ) -> list[tuple[float, ...]]:
-    """One step's width configurations: full (the teacher), narrowest, random per stage."""
+    """One step's width configurations: full (the teacher), narrowest everywhere, with
+    ``uniform_pass`` one random intermediate width everywhere, then ``random_passes`` random
+    widths per stage."""
     full = tuple(1.0 for _ in range(stages))
     narrowest = tuple(config.widths[-1] for _ in range(stages))
+    middle = list(config.widths[1:-1])
+    uniform = [(float(rng.choice(middle)),) * stages] if config.uniform_pass and middle else []
     randoms = [
         tuple(float(rng.choice(config.widths)) for _ in range(stages))
         for _ in range(config.random_passes)
     ]
-    return [full, narrowest, *randoms]
+    return [full, narrowest, *uniform, *randoms]
+
+
+def _run_epochs(
+    clone: Any,
+    holder: _Masks,
+    plan: WidthPlan,
+    data: Any,
+    *,
+    epochs: int,
+    learning_rate: float,
+    batch_size: int,
+    configs: Any,
+    rng: np.random.Generator,
+    label: str,
+) -> float:
+    """``epochs`` epochs of steps over ``configs()``'s width configurations; the last mean loss."""
+    keras = _keras()
+    passes = len(configs())
+    steps = max(1, int(np.ceil(len(data.x_train) / batch_size)))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        learning_rate, decay_steps=max(1, epochs * steps), alpha=0.05
+    )
+    step = _make_step(clone, holder, keras.optimizers.Adam(schedule), passes)
+    x_all = np.asarray(data.x_train, dtype=np.float32)
+    y_all = np.asarray(data.y_train, dtype=np.int64)
+    loss = float("nan")
+    for _epoch in progress(range(epochs), epochs, label):
+        order = rng.permutation(len(x_all))
+        losses = []
+        for s in range(steps):
+            idx = order[s * batch_size : (s + 1) * batch_size]
+            masks = _pass_masks(plan, holder, configs())
+            losses.append(float(step(x_all[idx], y_all[idx], masks)))
+        loss = float(np.mean(losses))
+    return loss
 
 
 def train_user_widths(
@@ -307,35 +342,44 @@ def train_user_widths(
 ) -> dict[str, Any]:
     """Train ``model`` in place so every stage works at every width of ``config``.
 
-    Returns a JSON-ready record: the config, the plan, wall seconds and the last mean loss.
+    With ``pretrain_epochs``, the model first trains at full width only (cross-entropy), then
+    the sandwich rule fine-tunes it for ``epochs`` (the teacher of the in-place distillation is
+    then a trained network from the first step, not a random one).
+
+    Returns a JSON-ready record: the config, the plan, wall seconds per phase and the last mean
+    loss.
     """
     keras = _keras()
     keras.utils.set_random_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     clone, holder = masked_model(model, graph, plan)
-    passes = len(sandwich_configs(config, plan.stages, rng))
-    steps = max(1, int(np.ceil(len(data.x_train) / config.batch_size)))
-    schedule = keras.optimizers.schedules.CosineDecay(
-        config.learning_rate, decay_steps=max(1, config.epochs * steps), alpha=0.05
-    )
-    step = _make_step(clone, holder, keras.optimizers.Adam(schedule), passes)
-    x_all = np.asarray(data.x_train, dtype=np.float32)
-    y_all = np.asarray(data.y_train, dtype=np.int64)
+    full = (1.0,) * plan.stages
     start = time.perf_counter()
+    pre_loss = None
+    if config.pretrain_epochs:
+        pre_loss = _run_epochs(
+            clone, holder, plan, data, epochs=config.pretrain_epochs,
+            learning_rate=config.pretrain_learning_rate, batch_size=config.batch_size,
+            configs=lambda: [full], rng=rng, label="full-width training (epochs)",
+        )  # fmt: skip
+    pretrain_s = time.perf_counter() - start
     loss = float("nan")
-    for _epoch in progress(range(config.epochs), config.epochs, "width training (epochs)"):
-        order = rng.permutation(len(x_all))
-        losses = []
-        for s in range(steps):
-            idx = order[s * config.batch_size : (s + 1) * config.batch_size]
-            masks = _pass_masks(plan, holder, sandwich_configs(config, plan.stages, rng))
-            losses.append(float(step(x_all[idx], y_all[idx], masks)))
-        loss = float(np.mean(losses))
+    if config.epochs:
+        loss = _run_epochs(
+            clone, holder, plan, data, epochs=config.epochs,
+            learning_rate=config.learning_rate, batch_size=config.batch_size,
+            configs=lambda: sandwich_configs(config, plan.stages, rng), rng=rng,
+            label="width training (epochs)",
+        )  # fmt: skip
+    for var in holder.vars.values():  # leave the shared layers as the full-width model
+        var.assign(np.ones(var.shape, np.float32))
     return {
         **config.to_dict(),
         "plan": plan.to_dict(),
         "epochs_run": config.epochs,
+        "pretrain_seconds": round(pretrain_s, 2),
         "seconds": round(time.perf_counter() - start, 2),
+        "pretrain_final_loss": None if pre_loss is None else round(pre_loss, 5),
         "final_loss": round(loss, 5),
     }
 

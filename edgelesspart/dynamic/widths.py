@@ -149,6 +149,18 @@ class DynamicManifest:
     uniform_accuracy: dict[str, float] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     version: int = SCHEMA_VERSION
+    #: Early-exit heads on stage boundaries (:mod:`edgelesspart.dynamic.exits`): dicts with
+    #: ``stage``, ``name``, ``file``, ``sha256``, ``accuracy``, ``latency_ms``; ``()``: none.
+    exits: tuple[dict[str, Any], ...] = ()
+    #: ``{"threshold": t}``: the exits' default confidence threshold (``{}`` without exits).
+    serving: dict[str, Any] = field(default_factory=dict)
+
+    def exit_of(self, stage: int) -> dict[str, Any] | None:
+        """The exit head after stage ``stage``, or ``None``."""
+        for e in self.exits:
+            if int(e["stage"]) == int(stage):
+                return e
+        return None
 
     @property
     def full_accuracy(self) -> float:
@@ -166,6 +178,8 @@ class DynamicManifest:
             "classes": list(self.classes),
             "uniform_accuracy": dict(self.uniform_accuracy),
             "training": dict(self.training),
+            "exits": [dict(e) for e in self.exits],
+            "serving": dict(self.serving),
         }
 
     @classmethod
@@ -186,6 +200,8 @@ class DynamicManifest:
                 str(k): float(v) for k, v in data.get("uniform_accuracy", {}).items()
             },
             training=dict(data.get("training", {})),
+            exits=tuple(dict(e) for e in data.get("exits", [])),
+            serving=dict(data.get("serving", {})),
         )
 
 
@@ -236,4 +252,11 @@ def load_manifest(directory: str | Path) -> DynamicManifest:
                     f"Segment {seg.segment.name!r} ({file.name}) is missing or does not match "
                     f"its SHA-256 in {MANIFEST_NAME}; re-export the width bundle."
                 )
+    for head in manifest.exits:
+        file = segment_path(root, str(head["file"]))
+        if not file.is_file() or sha256_file(file) != head["sha256"]:
+            raise BundleError(
+                f"Exit head {head['name']!r} ({file.name}) is missing or does not match its "
+                f"SHA-256 in {MANIFEST_NAME}; run add_width_exits again."
+            )
     return manifest

@@ -126,8 +126,10 @@ def test_train_widths_model_file_exports_a_width_bundle_the_runtime_serves(tmp_p
     path = tmp_path / "user.keras"
     user_model().save(path)
     out = tmp_path / "user-widths"
-    # WHEN train-widths makes it width-robust in two stages (one short epoch)
+    # WHEN train-widths makes it width-robust in two stages (one full-width epoch, then one
+    # short sandwich epoch)
     argv = ["train-widths", "--model", str(path), "--stages", "2", "--epochs", "1"]
+    argv += ["--pretrain-epochs", "1"]
     argv += ["--widths", "1,0.5", "--image-size", "16", "--limit", "160", "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -145,6 +147,7 @@ def test_train_widths_model_file_exports_a_width_bundle_the_runtime_serves(tmp_p
         ).stat().st_size
     record = json.loads((out / "dynamic.json").read_text())["training"]
     assert record["strategy"] == "sandwich" and record["model"] == str(path)
+    assert record["pretrain_epochs"] == 1 and record["pretrain_final_loss"] > 0
     # and the width runtime runs the chain at any per-stage width with full-shape boundaries
     data = load_dataset("digits", image_size=16, limit=160)
     stages = [WidthStage(out, [0]), WidthStage(out, [1])]

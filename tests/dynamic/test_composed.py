@@ -1,0 +1,152 @@
+"""Widths, exits and a cloud tail in one chain (issue 21): a width bundle gains exit heads and a
+chain manifest; its edge stage runs as a width-switching Ray actor, its last stage in the cloud
+part (``serve-cloud``'s app on loopback HTTP), served by ``serve-pipeline``'s width chain."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+
+import pytest
+
+ray = pytest.importorskip("ray")
+requests = pytest.importorskip("requests")
+pytestmark = [pytest.mark.integration]
+
+
+@pytest.fixture(scope="module")
+def composed(width_bundle, tmp_path_factory):
+    """A copy of the tiny width bundle with an exit head after stage 0 and a chain manifest."""
+    from edgelesspart.dynamic.exits import add_width_exits, write_chain_manifest
+    from edgelesspart.model.datasets import load_dataset
+
+    out = tmp_path_factory.mktemp("composed") / "bundle"
+    shutil.copytree(width_bundle.path, out)
+    data = load_dataset("digits", image_size=16, limit=240)
+    manifest = add_width_exits(out, data, epochs=5)
+    write_chain_manifest(out)
+    return out, manifest
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    from bundle_factory import start_local_ray
+
+    start_local_ray()
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cloud(composed):
+    from cloud_functions.local_server import create_app
+    from service_http.wsgi import BackgroundServer
+
+    with BackgroundServer(create_app(composed[0]), threads=8) as server:
+        yield server
+
+
+def _args(bundle, **over):
+    base = dict(
+        bundle=str(bundle), slo_ms=None, place=None, codec=None, threshold=None, cloud=None,
+        cloud_token=None, lambda_endpoint=None, region=None, cloud_timeout=2.0,
+        emulate_link=None, slowdown=1.0, window=8,
+    )  # fmt: skip
+    base.update(over)
+    return argparse.Namespace(**base)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_exit_heads_and_chain_manifest_are_recorded(composed):
+    from edgelesspart.dynamic.widths import load_manifest
+    from edgelesspart.runtime.manifest import load_manifest as load_chain
+
+    bundle, manifest = composed
+    assert [e["stage"] for e in manifest.exits] == [0]
+    assert 0.0 <= manifest.exits[0]["accuracy"] <= 1.0
+    assert 0.5 <= manifest.serving["threshold"] <= 1.0
+    assert load_manifest(bundle).exit_of(0)["file"] == "exit0.tflite"
+    chain = load_chain(bundle)  # verifies the full-width files' hashes
+    assert [s.options["tier"] for s in chain.plan.stages] == ["edge", "cloud"]
+
+
+def test_width_chain_answers_from_exits_the_cloud_and_degrades(
+    composed, cloud, ray_local, width_bundle
+):
+    """threshold 0: the stage-0 exit answers every row; threshold 1: every row goes to the cloud
+    tail, whose label is the full-width chain's; a dead cloud: the exit answers, degraded."""
+    from edgelesspart.commands.serve_pipeline import width_chain
+    from edgelesspart.dynamic.stage import WidthStage
+
+    bundle, manifest = composed
+    x = width_bundle.x[:6]
+    full = WidthStage(bundle, [0, 1]).__call__(x).argmax(axis=1)
+    pipe = width_chain(_args(bundle, cloud=cloud.url, slo_ms=50.0)).start()
+    try:
+        assert pipe.stages == 1 and pipe.threshold == manifest.serving["threshold"]
+        early = [pipe.result(pipe.submit(x[i : i + 1], threshold=0.0)) for i in range(6)]
+        assert {(a.exit, a.stage, a.offloaded) for a in early} == {("exit_0", "stage0", False)}
+        late = [pipe.result(pipe.submit(x[i : i + 1], threshold=1.0)) for i in range(6)]
+        assert all(a.offloaded and a.stage == "cloud" and not a.degraded for a in late)
+        assert [a.label for a in late] == [int(v) for v in full]
+        pipe.set_widths((0.5,))
+        narrow = pipe.result(pipe.submit(x[:1], threshold=1.0))
+        assert narrow.widths == (0.5,) and narrow.stage == "cloud"
+        assert pipe.metrics()["offloads"]["ok"] == 7
+    finally:
+        pipe.close()
+
+    dead = width_chain(_args(bundle, cloud=f"http://127.0.0.1:{_free_port()}", cloud_timeout=0.5))
+    dead.start()
+    try:
+        answer = dead.result(dead.submit(x[:1], threshold=1.0))
+        assert answer.degraded and answer.exit == "exit_0" and answer.label is not None
+        assert "cloud tail failed" in answer.reason
+    finally:
+        dead.close()
+
+
+def test_serve_pipeline_width_chain_over_http(composed, cloud, ray_local, width_bundle):
+    """The contract over loopback: rows answered by the exit or the cloud, widths per stage."""
+    from edgelesspart.commands.serve_pipeline import width_chain
+    from edgelesspart.dynamic.app import create_app
+    from service_http.wsgi import BackgroundServer
+
+    bundle, _ = composed
+    pipe = width_chain(_args(bundle, cloud=cloud.url)).start()
+    try:
+        with BackgroundServer(create_app(pipe), threads=6) as server:
+            x = width_bundle.x[:3].tolist()
+            body = requests.post(f"{server.url}/v1/infer", json={"inputs": x},
+                                 params={"threshold": 1.0}, timeout=60).json()  # fmt: skip
+            assert body["offloaded"] == 3
+            assert all(a["node"] == "cloud" and a["widths"] == {"stage0": 1.0, "stage1": 1.0}
+                       or a["widths"] == {"stage0": 1.0} for a in body["answers"])  # fmt: skip
+            body = requests.post(f"{server.url}/v1/infer", json={"inputs": x},
+                                 params={"threshold": 0.0}, timeout=60).json()  # fmt: skip
+            assert [a["exit"] for a in body["answers"]] == ["exit_0"] * 3
+            summary = requests.get(f"{server.url}/v1/bundle", timeout=10).json()
+            assert summary["exits"] == [{"name": "exit_0", "stage": "stage0"}]
+            assert summary["cloud"] == cloud.url
+    finally:
+        pipe.close()
+
+
+def test_width_chain_refuses_what_the_bundle_cannot_do(width_bundle, composed, tmp_path):
+    from edgelesspart.commands.serve_pipeline import width_chain
+    from edgelesspart.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="has no exit heads"):
+        width_chain(_args(width_bundle.path, threshold=0.5))
+    plain = tmp_path / "plain"
+    shutil.copytree(width_bundle.path, plain)
+    with pytest.raises(ConfigError, match="no manifest.json"):
+        width_chain(_args(plain, cloud="http://127.0.0.1:9"))
+    with pytest.raises(ConfigError, match="--place"):
+        width_chain(_args(composed[0], place="stage0=a"))
