@@ -33,10 +33,16 @@ Backbones: ``results/bench/backbones/p1-<model>.keras`` (+ ``.json``: epochs, ac
 and bundles ``results/bench/bundles/p1-<model>`` are reused when their settings match, so only
 the first run trains (ResNet50 ~ 10-25 s per epoch on 2 shared cores at 32x32).
 
+``--dataset digits-hard``: backbones train with the build's own trainer to convergence on
+validation, capped per model (:data:`HARD_BACKBONE_MAX_EPOCHS`, ``--backbone-epochs``); a row
+counts when its test accuracy reaches :data:`HARD_BACKBONE_TEST_GOAL`; files get a
+``-digits-hard`` suffix and the result goes to ``<out>/digits-hard/p1.json``. The small CNN
+(``--models small_cnn``) shares its backbone with ``experiments/digits_hard_calibration.py``.
+
 Usage::
 
     .venv/bin/python experiments/bench_p1_exits.py [--quick] [--models resnet50,...]
-        [--epochs 8] [--backbones-only]
+        [--epochs 8] [--backbones-only] [--dataset digits-hard] [--backbone-epochs N]
 """
 
 from __future__ import annotations
@@ -303,7 +309,8 @@ def build_options(
 
 def find_bundle(out: Path, model: str, options: dict[str, Any]) -> tuple[Path, dict]:
     """Our own bundle when it was built with ``options``, else build it."""
-    own = out / "bundles" / (f"p1-{model}-quick" if options.get("limit") else f"p1-{model}")
+    data = "" if options.get("dataset", "digits") == "digits" else f"-{options['dataset']}"
+    own = out / "bundles" / (f"p1-{model}{data}" + ("-quick" if options.get("limit") else ""))
     return benchlib.ensure_bundle(own, **options)
 
 
@@ -522,7 +529,10 @@ def main(argv: list[str] | None = None) -> int:
         details={"models": results},
         seconds=round(time.perf_counter() - start, 1),
     )
-    return benchlib.finish(result, args.out)
+    # digits-hard results go to <out>/digits-hard/p1.json, next to (not over) the digits run's
+    return benchlib.finish(
+        result, args.out if args.dataset == "digits" else args.out / args.dataset
+    )
 
 
 if __name__ == "__main__":

@@ -138,6 +138,6 @@ def test_build_drops_exits_that_do_not_pay_off_and_re_exports(tmp_path, capsys):
     assert manifest.serving["payoff"]["net"]["saving"] > 0
     # AND the bundle runs
     bundle = Bundle.load(out)
-    x = np.zeros((2, *manifest.input.tensor.shape[1:]), dtype=np.float32)
+    x = np.zeros((2, *manifest.input.tensor.shape), dtype=np.float32)
     trace = ProgressiveExecutor(bundle, bundle.stages[0]).trace(x, batch_size=2)
     assert trace.exits[-1] == "final"
