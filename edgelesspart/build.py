@@ -842,7 +842,10 @@ def _drop_unprofitable_exits(
 
     The planner places exits from MAC estimates; after export the serving choice measures each
     exit head's host time and, at the serving threshold, what it saves
-    (:func:`~edgelesspart.evaluation.serving.exit_payoff`). Exits whose expected saving is below
+    (:func:`~edgelesspart.evaluation.serving.exit_payoff`). Only exits of the plan's last stage
+    are judged: there an answer saves only the rest of the backbone on the same device, while an
+    exit before a split also saves the offload (transfer and remote compute), which the host
+    payoff does not price (they keep their warning). Last-stage exits whose expected saving is below
     ``min_exit_payoff`` times their expected cost are removed from the plan, the bundle is
     re-exported from the same trained heads and the threshold re-chosen; repeated until every
     remaining exit pays off (each pass removes at least one). The removed exits and their
@@ -852,7 +855,16 @@ def _drop_unprofitable_exits(
 
     dropped: list[dict[str, Any]] = []
     for _ in range(len(request.plan.exits)):
-        losers = unprofitable_exits(manifest.serving["payoff"], config.min_exit_payoff)
+        # only exits of the last stage: an exit before a split also saves the offload (link and
+        # remote compute), which this host-compute payoff does not count
+        last = set(request.plan.stages[-1].exits)
+        losers = {
+            name: row
+            for name, row in unprofitable_exits(
+                manifest.serving["payoff"], config.min_exit_payoff
+            ).items()
+            if row["cut_point"] in last
+        }
         if not losers:
             break
         for name, row in losers.items():
