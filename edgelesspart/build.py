@@ -51,6 +51,8 @@ class BuildConfig:
     exit_training: str = "distill"
     max_final_drop: float = 1.0
     max_accuracy_drop: float = 1.0
+    min_exit_payoff: float = 1.0
+    val_fraction: float | None = None
     confidence: str = "max-softmax"
     temperature_scaling: str = "yes"
     edge_device: str = "rpi4"
@@ -170,6 +172,17 @@ def _check_exit_options(config: BuildConfig) -> None:
                 f"{name} must be a number of accuracy percentage points >= 0 (e.g. 1), "
                 f"got {value!r}."
             )
+    value = config.min_exit_payoff
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ConfigError(
+            f"min_exit_payoff must be a ratio >= 0 (1: an exit stays when its expected saving "
+            f"covers its measured cost; 0: keep every exit), got {value!r}."
+        )
+    fraction = config.val_fraction
+    if fraction is not None and (
+        isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1
+    ):
+        raise ConfigError(f"val_fraction must be in (0, 1) or unset (auto), got {fraction!r}.")
 
 
 def _check_codec_options(codec: Any, max_loss: Any) -> None:
@@ -603,15 +616,13 @@ def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = pri
     from edgelesspart._lazy import keras
     from edgelesspart.exits import heads as exits
     from edgelesspart.export import bundle as export
-    from edgelesspart.model import datasets, training, zoo
+    from edgelesspart.model import training, zoo
     from edgelesspart.model.graph import functional_model
     from edgelesspart.profiling import profiler
 
     clock = _Clock()
     keras().utils.set_random_seed(config.seed)
-    data = datasets.load_dataset(
-        config.dataset, seed=config.seed, image_size=config.image_size, limit=config.limit
-    )
+    data, validation = load_build_data(config)
     # Reject a bad exit spec/template before any training time is spent.
     definition = exits.load_exit_definition(
         config.exit_spec, config.exit_template, head=config.exit_head
@@ -622,6 +633,8 @@ def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = pri
     model = functional_model(model)
     sizes = f"{len(data.x_train)}/{len(data.x_val)}/{len(data.x_test)}"
     log(f"data: {data.name}, train/val/test = {sizes}; model: {model_info['name']}")
+    if validation.get("note"):
+        log(f"validation: {validation['note']}")
     clock.lap("load")
     train_config, trained, backbone_run = _train(
         config, model, data, model_info.get("source") == "zoo", log, show_progress
@@ -699,6 +712,8 @@ def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = pri
                 "seed": config.seed,
                 "image_size": config.image_size,
                 "limit": config.limit,
+                "val_fraction": validation["val_fraction"],
+                "validation": validation,
             },
             "build_config": config.to_dict(),
         },
@@ -712,7 +727,176 @@ def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = pri
     clock.lap("export")
     manifest = _choose_serving(config, manifest, data, log)
     clock.lap("serving")
+    if config.min_exit_payoff > 0:
+        manifest = _drop_unprofitable_exits(config, request, manifest, data, log)
+        plan = manifest.plan
+        clock.lap("exit_payoff")
     return BuildResult(config.bundle_dir, manifest, plan, clock.seconds)
+
+
+#: the automatic validation split takes at most this share of the data (train keeps the rest)
+MAX_AUTO_VAL_FRACTION = 0.25
+
+
+def load_build_data(config: BuildConfig) -> tuple[Any, dict[str, Any]]:
+    """The build's dataset, with the validation split enlarged where it is too small.
+
+    The serving threshold's margin (``calibration.min_samples_for_bound``) needs about
+    ``(1 + z) / max_accuracy_drop`` validation samples (265 for 1 point) to approve any
+    threshold that loses a sample. When the default split is smaller and no ``val_fraction``
+    was given, the validation share is raised (the extra samples come out of train; the test
+    split keeps its members) to reach that size, as long as validation stays within
+    :data:`MAX_AUTO_VAL_FRACTION` of the data and ``limit`` does not cap the splits. Returns the
+    data and a record (``val_fraction`` to reload the same splits, sizes, a note).
+    """
+    from edgelesspart.evaluation.calibration import min_samples_for_bound
+    from edgelesspart.model import datasets
+
+    kwargs = {"seed": config.seed, "image_size": config.image_size, "limit": config.limit}
+    if config.val_fraction is not None:
+        data = datasets.load_dataset(config.dataset, val_fraction=config.val_fraction, **kwargs)
+        return data, {"val_fraction": config.val_fraction, "enlarged": False, "note": ""}
+    data = datasets.load_dataset(config.dataset, **kwargs)
+    needed = min_samples_for_bound(config.max_accuracy_drop / 100.0)
+    n_val, n_train = len(data.y_val), len(data.y_train)
+    record: dict[str, Any] = {"val_fraction": None, "enlarged": False, "min_samples": needed,
+                              "validation_samples": n_val, "note": ""}  # fmt: skip
+    if n_val >= needed:
+        return data, record
+    if config.limit is not None:
+        record["note"] = f"{n_val} samples, below the {needed} the margin needs (--limit caps it)"
+        return data, record
+    pools = (n_train + n_val + len(data.y_test), n_train + n_val)  # digits/folders; npz/cifar10
+    for pool in pools:
+        fraction = (needed + data.num_classes) / pool  # per-class rounding loses < 1 per class
+        if fraction > MAX_AUTO_VAL_FRACTION:
+            break
+        bigger = datasets.load_dataset(config.dataset, val_fraction=fraction, **kwargs)
+        if len(bigger.y_val) >= needed:
+            record.update(
+                val_fraction=round(fraction, 6),
+                enlarged=True,
+                validation_samples=len(bigger.y_val),
+                taken_from_train=n_train - len(bigger.y_train),
+                note=f"enlarged from {n_val} to {len(bigger.y_val)} samples, "
+                f"{n_train - len(bigger.y_train)} taken from train, so the threshold's margin "
+                f"can work ({needed} needed for a {config.max_accuracy_drop:g}-point bound); "
+                f"validation fraction {fraction:.3f}",
+            )
+            return bigger, record
+    record["note"] = (
+        f"{n_val} samples, below the {needed} the margin needs; the data are too small to take "
+        f"more from train (at most {MAX_AUTO_VAL_FRACTION:.0%} of the data goes to validation)"
+    )
+    return data, record
+
+
+def unprofitable_exits(payoff: dict[str, Any], min_payoff: float = 1.0) -> dict[str, dict]:
+    """``exit name -> its payoff row`` for exits whose expected saving is below ``min_payoff``
+    times their measured cost at the serving threshold (:func:`exit_payoff`'s rows)."""
+    return {
+        name: row
+        for name, row in payoff.get("exits", {}).items()
+        if row["expected_saving_ms"] < min_payoff * row["expected_cost_ms"]
+        or row["expected_saving_ms"] <= 0.0
+    }
+
+
+def drop_exits(plan: Plan, cuts: set[str] | frozenset[str]) -> Plan:
+    """``plan`` without the exits at ``cuts`` (split, stages and everything else unchanged)."""
+    stages = tuple(
+        replace(s, exits=tuple(e for e in s.exits if e not in cuts)) for s in plan.stages
+    )
+    parameters = dict(plan.parameters)
+    if isinstance(parameters.get("exit_heads"), dict):
+        parameters["exit_heads"] = {
+            c: v for c, v in parameters["exit_heads"].items() if c not in cuts
+        }
+    return replace(plan, stages=stages, parameters=parameters)
+
+
+def _without_exits(training: dict[str, Any], names: set[str]) -> dict[str, Any]:
+    """The training record with the dropped exits' accuracies moved to ``dropped_exits``."""
+    accuracy = training.get("accuracy")
+    if not isinstance(accuracy, dict):
+        return training
+    kept = {
+        split: {k: v for k, v in values.items() if k not in names}
+        for split, values in accuracy.items()
+        if isinstance(values, dict)
+    }
+    gone = {
+        split: {k: v for k, v in values.items() if k in names}
+        for split, values in accuracy.items()
+        if isinstance(values, dict)
+    }
+    previous = training.get("dropped_exits_accuracy", {})
+    merged = {s: {**previous.get(s, {}), **gone[s]} for s in gone}
+    return {**training, "accuracy": kept, "dropped_exits_accuracy": merged}
+
+
+def _drop_unprofitable_exits(
+    config: BuildConfig, request: Any, manifest: Manifest, data: Any, log: Any
+) -> Manifest:
+    """Second planning pass on measured costs: remove the exits that cost more than they save.
+
+    The planner places exits from MAC estimates; after export the serving choice measures each
+    exit head's host time and, at the serving threshold, what it saves
+    (:func:`~edgelesspart.evaluation.serving.exit_payoff`). Only exits of the plan's last stage
+    are judged: there an answer saves only the rest of the backbone on the same device, while an
+    exit before a split also saves the offload (transfer and remote compute), which the host
+    payoff does not price (they keep their warning). Last-stage exits whose expected saving is below
+    ``min_exit_payoff`` times their expected cost are removed from the plan, the bundle is
+    re-exported from the same trained heads and the threshold re-chosen; repeated until every
+    remaining exit pays off (each pass removes at least one). The removed exits and their
+    figures are recorded in ``plan.parameters['dropped_exits']``.
+    """
+    from edgelesspart.export import bundle as export
+
+    dropped: list[dict[str, Any]] = []
+    for _ in range(len(request.plan.exits)):
+        # only exits of the last stage: an exit before a split also saves the offload (link and
+        # remote compute), which this host-compute payoff does not count
+        last = set(request.plan.stages[-1].exits)
+        losers = {
+            name: row
+            for name, row in unprofitable_exits(
+                manifest.serving["payoff"], config.min_exit_payoff
+            ).items()
+            if row["cut_point"] in last
+        }
+        if not losers:
+            break
+        for name, row in losers.items():
+            log(
+                f"exit payoff: dropping {name} at {row['cut_point']}: measured cost "
+                f"{row['expected_cost_ms']:.4f} ms per sample (head {row['head_ms']:.4f} ms on "
+                f"{100 * row['reach']:.0f}% of samples) vs expected saving "
+                f"{row['expected_saving_ms']:.4f} ms (answers {100 * row['answered']:.1f}%)"
+            )
+            dropped.append({"exit": name, **row})
+        cuts = {row["cut_point"] for row in losers.values()}
+        plan = drop_exits(request.plan, cuts)
+        plan = replace(plan, parameters={**plan.parameters, "dropped_exits": dropped})
+        keep = {n: c for n, c in request.exit_cuts.items() if n not in losers}
+        request = replace(
+            request,
+            plan=plan,
+            exit_cuts=keep,
+            exit_tensors={n: t for n, t in request.exit_tensors.items() if n in keep},
+            training=_without_exits(request.training, set(losers)),
+        )
+        fresh = export.export_bundle(
+            request, config.bundle_dir, probe=data.x_val[:4], overwrite=True
+        )
+        manifest = _choose_serving(config, fresh, data, log)
+    if dropped:
+        left = ", ".join(f"{n} at {c}" for n, c in request.exit_cuts.items()) or "none"
+        log(
+            f"exit payoff: {len(dropped)} exit(s) removed after measurement; kept: {left}; net "
+            f"compute saving now {manifest.serving['payoff']['net']['saving']:.2f}x"
+        )
+    return manifest
 
 
 def _train_exits(

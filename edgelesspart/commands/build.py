@@ -47,6 +47,16 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "help": "serving threshold: the fastest whose validation accuracy is within this many "
         "points of the final classifier's (1); stored in the manifest as the services' default",
     },
+    "--min-exit-payoff": {
+        "type": float,
+        "help": "after export, drop exits whose expected saving (measured, at the serving "
+        "threshold) is below this multiple of their measured cost, then re-export (1; 0 keeps all)",
+    },
+    "--val-fraction": {
+        "type": float,
+        "help": "validation share of the data (default 0.1, raised from train to the margin's "
+        "minimum, 265 samples for 1 point, where the data allow)",
+    },
     "--temperature-scaling": {
         "choices": ["yes", "no"],
         "help": "fit one temperature per exit on validation (yes, default); no keeps raw "
