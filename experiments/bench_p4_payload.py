@@ -32,6 +32,12 @@ Usage::
     .venv/bin/python experiments/bench_p4_payload.py [--quick] [--bundle DIR]
     .venv/bin/python experiments/bench_p4_payload.py --bottleneck auto [--quick]
     .venv/bin/python experiments/bench_p4_payload.py --bottleneck auto --dataset digits-hard
+    .venv/bin/python experiments/bench_p4_payload.py --bottleneck auto --model resnet50
+
+With ``--model resnet50`` both bundles are P1's: the backbone P1 trains (or reuses) under
+``results/bench/backbones`` (its stated budget: at most 40 epochs, stopping at 98.5 %
+validation accuracy), built with P1's bundle options (``train_backbone no``); the generic one is
+``results/bench/bundles/p1-resnet50`` itself, the bundle README's P4 row measures.
 """
 
 from __future__ import annotations
@@ -66,6 +72,11 @@ def _args(argv: list[str] | None) -> Any:
         parser.add_argument(
             "--dataset", default="digits", help="bottleneck mode: dataset of both bundles"
         )
+        parser.add_argument(
+            "--model", default="small_cnn",
+            help="bottleneck mode: small_cnn (the shared bundle's options) or a P1 backbone "
+            "(resnet50: P1's trained backbone and bundle options)",
+        )  # fmt: skip
 
     return benchlib.parse_args(__doc__.splitlines()[0], argv, extra)
 

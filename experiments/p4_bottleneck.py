@@ -36,21 +36,50 @@ def bottleneck_bundle(args: Any) -> tuple[Path, dict[str, Any]]:
 
 
 def _base_options(args: Any) -> dict[str, Any]:
+    if _p1_model(args):
+        return _p1_options(args)
     base = benchlib.QUICK_BUNDLE_OPTIONS if args.quick else benchlib.SHARED_BUNDLE_OPTIONS
     return {**base, "dataset": args.dataset}
 
 
+def _p1_model(args: Any) -> bool:
+    """True for a P1 backbone (``--model resnet50``): P1's backbone and bundle options."""
+    return getattr(args, "model", "small_cnn") != "small_cnn"
+
+
+def _p1_options(args: Any) -> dict[str, Any]:
+    """P1's bundle options on P1's trained backbone (trained here when not there yet)."""
+    import bench_p1_exits as p1
+
+    if not hasattr(args, "_p1_backbone"):
+        path, info = p1.train_backbone(
+            args.model, args.out / "backbones", args.quick, args.seed, args.dataset
+        )
+        path, info = p1.finetune_backbone(args.model, path, info, args.seed)
+        args._p1_backbone = (path, info)
+    path, _ = args._p1_backbone
+    return p1.build_options(args.model, path, args.quick, None, args.dataset)
+
+
 def _suffix(args: Any) -> str:
-    """``-quick`` and ``-<dataset>`` (not for digits) in bundle and result names."""
-    return ("" if args.dataset == "digits" else f"-{args.dataset}") + (
-        "-quick" if args.quick else ""
+    """``-<model>`` (not the small CNN), ``-<dataset>`` (not digits), ``-quick`` in names."""
+    model = f"-{args.model}" if _p1_model(args) else ""
+    return (
+        model
+        + ("" if args.dataset == "digits" else f"-{args.dataset}")
+        + ("-quick" if args.quick else "")
     )
 
 
 def generic_bundle(args: Any) -> tuple[Path, dict[str, Any]]:
-    """The bundle without a bottleneck: the shared one for digits, else the same options."""
-    if args.dataset == "digits" or args.bundle is not None:
+    """The bundle without a bottleneck: the shared one for the small CNN on digits, P1's for a
+    P1 backbone, else the shared options on the dataset."""
+    if args.bundle is not None or (args.dataset == "digits" and not _p1_model(args)):
         return benchlib.shared_bundle(args.out, args.quick, args.bundle)
+    if _p1_model(args):
+        import bench_p1_exits as p1
+
+        return p1.find_bundle(args.out, args.model, _p1_options(args))
     path = args.out / "bundles" / f"p4-generic{_suffix(args)}"
     return benchlib.ensure_bundle(path, **_base_options(args))
 
@@ -182,8 +211,9 @@ def _figures(bn: dict[str, Any], generic: dict[str, Any]) -> dict[str, Any]:
 
 def run(args: Any, start: float) -> int:
     """Measure the bottleneck bundle and the shared bundle; write ``p4-bottleneck.json``."""
-    bn_path, bn_info = bottleneck_bundle(args)
+    # the generic bundle first: with a P1 backbone it is P1's own bundle (often already built)
     shared_path, shared_info = generic_bundle(args)
+    bn_path, bn_info = bottleneck_bundle(args)
     bn = measure_bottleneck(bn_path)
     generic = measure(shared_path, None)
     x, _ = benchlib.eval_split(shared_path)
@@ -200,12 +230,13 @@ def run(args: Any, start: float) -> int:
     )
     print(_report(bn, figures))
     label = bn["bottleneck"]["label"] if used else "no bottleneck (auto declined)"
+    bench = "P4-bottleneck" + _suffix(args).removesuffix("-quick")
     result = benchlib.BenchResult(
-        bench="P4-bottleneck" + ("" if args.dataset == "digits" else f"-{args.dataset}"),
+        bench=bench,
         what="learned bottleneck: bytes per sample, accuracy lost on test, e2e latency on 3g/lte",
         baseline="raw float32 split tensor payload; best generic codec; the input as PNG",
         headline=benchlib.Headline(
-            "P4-bottleneck" + ("" if args.dataset == "digits" else f"-{args.dataset}"),
+            bench,
             f"raw fp32 split / {label}+{bn['served']['codec']} bytes "
             f"({figures['vs_best_generic']:.1f}x vs {bn['best_generic']['codec']}, loss "
             f"{loss if loss is None else round(loss, 2)} pts)",
@@ -227,10 +258,19 @@ def run(args: Any, start: float) -> int:
             "shared_bundle": {**shared_info, **generic},
             "figures": figures,
             "no_exits_threshold": NO_EXITS,
+            "model": _model_record(args),
         },
         seconds=round(time.perf_counter() - start, 1),
     )
     return benchlib.finish(result, args.out)
+
+
+def _model_record(args: Any) -> dict[str, Any]:
+    """The model measured and, for a P1 backbone, how it was trained (epochs, accuracies)."""
+    if not _p1_model(args):
+        return {"model": "small_cnn", "options": _base_options(args)}
+    path, info = args._p1_backbone
+    return {"model": args.model, "backbone": str(path), "training": info}
 
 
 def _report(bn: dict[str, Any], f: dict[str, Any]) -> str:
