@@ -34,10 +34,12 @@ Usage::
     .venv/bin/python experiments/bench_p4_payload.py --bottleneck auto --dataset digits-hard
     .venv/bin/python experiments/bench_p4_payload.py --bottleneck auto --model resnet50
 
-With ``--model resnet50`` both bundles are P1's: the backbone P1 trains (or reuses) under
-``results/bench/backbones`` (its stated budget: at most 40 epochs, stopping at 98.5 %
-validation accuracy), built with P1's bundle options (``train_backbone no``); the generic one is
-``results/bench/bundles/p1-resnet50`` itself, the bundle README's P4 row measures.
+With ``--model resnet50`` the backbone is trained here with P1's recipe under a stated budget
+(``--backbone-epochs``, default 3, stopping early at P1's 98.5 % validation target; saved as
+``results/bench/backbones/p4-resnet50.keras`` with a JSON record of its epochs and accuracies),
+and both bundles are built on it with P1's bundle options (``train_backbone no``, memory rule,
+12 cut points) but no exit heads (P4 serves with exits off) and at most ``--neck-epochs``
+distillation epochs per bottleneck candidate (default: the build's).
 """
 
 from __future__ import annotations
@@ -74,8 +76,16 @@ def _args(argv: list[str] | None) -> Any:
         )
         parser.add_argument(
             "--model", default="small_cnn",
-            help="bottleneck mode: small_cnn (the shared bundle's options) or a P1 backbone "
-            "(resnet50: P1's trained backbone and bundle options)",
+            help="bottleneck mode: small_cnn (the shared bundle's options) or a zoo backbone "
+            "(resnet50: trained here, P1's bundle options without exits)",
+        )  # fmt: skip
+        parser.add_argument(
+            "--backbone-epochs", type=int, default=3,
+            help="bottleneck mode, zoo backbone: most training epochs (P1's recipe)",
+        )  # fmt: skip
+        parser.add_argument(
+            "--neck-epochs", type=int, default=None,
+            help="bottleneck mode, zoo backbone: most distillation epochs per candidate",
         )  # fmt: skip
 
     return benchlib.parse_args(__doc__.splitlines()[0], argv, extra)
