@@ -32,6 +32,14 @@ Usage::
     .venv/bin/python experiments/bench_p4_payload.py [--quick] [--bundle DIR]
     .venv/bin/python experiments/bench_p4_payload.py --bottleneck auto [--quick]
     .venv/bin/python experiments/bench_p4_payload.py --bottleneck auto --dataset digits-hard
+    .venv/bin/python experiments/bench_p4_payload.py --bottleneck auto --model resnet50
+
+With ``--model resnet50`` the backbone is trained here with P1's recipe under a stated budget
+(``--backbone-epochs``, default 3, stopping early at P1's 98.5 % validation target; saved as
+``results/bench/backbones/p4-resnet50.keras`` with a JSON record of its epochs and accuracies),
+and both bundles are built on it with P1's bundle options (``train_backbone no``, memory rule,
+12 cut points) but no exit heads (P4 serves with exits off) and at most ``--neck-epochs``
+distillation epochs per bottleneck candidate (default: the build's).
 """
 
 from __future__ import annotations
@@ -66,6 +74,19 @@ def _args(argv: list[str] | None) -> Any:
         parser.add_argument(
             "--dataset", default="digits", help="bottleneck mode: dataset of both bundles"
         )
+        parser.add_argument(
+            "--model", default="small_cnn",
+            help="bottleneck mode: small_cnn (the shared bundle's options) or a zoo backbone "
+            "(resnet50: trained here, P1's bundle options without exits)",
+        )  # fmt: skip
+        parser.add_argument(
+            "--backbone-epochs", type=int, default=3,
+            help="bottleneck mode, zoo backbone: most training epochs (P1's recipe)",
+        )  # fmt: skip
+        parser.add_argument(
+            "--neck-epochs", type=int, default=None,
+            help="bottleneck mode, zoo backbone: most distillation epochs per candidate",
+        )  # fmt: skip
 
     return benchlib.parse_args(__doc__.splitlines()[0], argv, extra)
 

@@ -26,14 +26,23 @@ throughput and -63 % energy per node at 8 nodes. Goal: >= 3x at 8 nodes with the
 choice (``auto``); the headline is the median of ``--repeats`` (3) runs of that 8-node chain, as
 this shared host moves single runs by +-20 %. Every run's figures are in the JSON.
 
-Learned bottleneck as a link codec (planned, not run): at every candidate cut point an
-encoder/decoder pair of ``--bottleneck-divisor`` (8) times fewer channels (1x1 convolutions,
-**untrained**: ResNet50 has random weights here, so no accuracy can be measured) is timed with
-LiteRT on this host and its int8 code's bytes measured on the photos' activations; the chain
-planner then gets it as one more codec choice per link (``ChainCosts.crossings``) and the JSON
-reports, per node count, the plan's link codecs and predicted throughput with it vs ``auto``
-without it. The chains run on Ray use the codecs only: exporting a bottleneck into chain segments
-is not implemented (see the issue 25 note). ``--bottleneck-divisor 0`` skips this part.
+Learned bottleneck as a link codec: at every candidate cut point an encoder/decoder pair of
+``--bottleneck-divisor`` (8) times fewer channels (1x1 convolutions) is timed with LiteRT on this
+host and its int8 code's bytes measured on the photos' activations (untrained: bytes and ms
+hardly depend on the weights); the chain planner then gets it as one more codec choice per link
+(``ChainCosts.crossings``) and the JSON reports, per node count, the plan's link codecs and
+predicted throughput with it vs ``auto`` without it (``details.bottleneck_planned``). Then, per
+node count above 1, two chains **run** on Ray with the bottleneck in their stage segments
+(``details.bottleneck_runs``): ``auto+bottleneck`` (the planner's choice; not run where it kept
+the generic codecs) and ``bottleneck`` (``auto``'s cuts with the bottleneck's code on every
+link). For each, the pairs at its bottleneck cuts are distilled from the model
+(``train_bottleneck``, backbone frozen, ``--bottleneck-epochs`` epochs on
+``--bottleneck-images`` random crops of the two photos, not the crops the chains run on), the
+plan is exported with them (``export_chain(bottlenecks=...)``: encoder at the end of the
+sending stage, decoder at the start of the receiving one) and run like the codec series:
+throughput, bytes per hop, energy, and -- ResNet50 has random weights here, so there is no
+accuracy -- the answers' top-1 agreement with the unmodified model on the same crops and the
+mean L1 distance of their probabilities. ``--bottleneck-divisor 0`` skips this part.
 
 Usage::
 
@@ -96,6 +105,14 @@ def _args(argv: list[str] | None) -> Any:
         parser.add_argument(
             "--bottleneck-divisor", type=int, default=8,
             help="plan with a learned-bottleneck link codec of C/divisor channels (0: skip)",
+        )  # fmt: skip
+        parser.add_argument(
+            "--bottleneck-epochs", type=int, default=4,
+            help="distillation epochs of each bottleneck a chain runs with",
+        )  # fmt: skip
+        parser.add_argument(
+            "--bottleneck-images", type=int, default=None,
+            help="random photo crops the bottlenecks are distilled on (64; quick 32)",
         )  # fmt: skip
 
     return benchlib.parse_args(__doc__.splitlines()[0], argv, extra)
@@ -276,6 +293,184 @@ def plan_with_bottleneck(
     return plans
 
 
+def training_crops(size: int, count: int, seed: int) -> np.ndarray:
+    """``count`` random square crops (random side and position) of the two sample photos,
+    resized to ``size`` and scaled to [0, 1]: what the chain bottlenecks are distilled on (not
+    the deterministic crops of :func:`sample_images` the chains run on)."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed + 25)
+    out = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        h, w = photo.shape[:2]
+        side = int(rng.integers(min(h, w) // 3, min(h, w) + 1))
+        top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        crop = Image.fromarray(photo[top : top + side, left : left + side]).resize((size, size))
+        out.append(np.asarray(crop, dtype=np.float32) / 255.0)
+    return np.stack(out)
+
+
+def forced_bottleneck_plan(plan: Any, costs: Any, crossings: dict[str, Any]) -> Any:
+    """``plan`` (its cuts) with the bottleneck's code on every link that has one, restaged
+    with the chain planner's own stage costs; ``None`` when no link of it has a bottleneck."""
+    from edgelesspart.planning.chain import chain_stage_costs
+
+    position = {cp.name: i for i, cp in enumerate(costs.profiles[0].cut_points)}
+    links = []
+    for stage in plan.stages[:-1]:
+        crossing = crossings.get(stage.end)
+        codec = crossing.name if crossing else stage.options["codec_out"]
+        links.append((position[stage.end], codec))
+    if not any(stage.end in crossings for stage in plan.stages[:-1]):
+        return None
+    stage_costs = chain_stage_costs(costs, links)
+    stages = tuple(
+        replace(s, options={**s.options, "codec_out": c.codec_out, "cost": c.to_dict()})
+        for s, c in zip(plan.stages, stage_costs, strict=True)
+    )
+    pace = max(c.pace_ms for c in stage_costs)
+    parameters = {
+        **plan.parameters,
+        "link_codecs": [c for _, c in links],
+        "bottleneck_ms": pace,
+        "throughput_per_s": 1000.0 / max(pace, plan.parameters.get("dispatcher_send_ms", 0.0)),
+        "forced_bottleneck": True,
+    }
+    return replace(plan, stages=stages, parameters=parameters)
+
+
+def _bottleneck_links(plan: Any) -> dict[str, str]:
+    """Cut point -> crossing name of the links of ``plan`` that send a bottleneck's code."""
+    from edgelesspart.pipeline.stage import link_codec
+
+    return {
+        s.end: s.options["codec_out"]
+        for s in plan.stages[:-1]
+        if link_codec(s.options["codec_out"]) != s.options["codec_out"]
+    }
+
+
+def train_chain_bottlenecks(
+    model: Any, cuts: list[str], divisor: int, crops: np.ndarray, epochs: int, seed: int
+) -> dict[str, Any]:
+    """The C/divisor 1x1 pair at each cut, distilled from ``model`` (frozen) on ``crops``
+    (the last quarter is the validation set of its early stopping)."""
+    from edgelesspart.model.bottleneck import BottleneckShape, train_bottleneck
+    from edgelesspart.model.graph import split_model
+
+    cut_at = max(1, len(crops) * 3 // 4)
+    necks = {}
+    for cut in cuts:
+        head, tail = split_model(model, cut)
+        channels = int(head.outputs[0].shape[-1])
+        shape = BottleneckShape(max(1, channels // divisor), 1)
+        benchlib.log(f"P8: distilling {shape.label} at {cut} ({epochs} epochs)")
+        necks[cut] = train_bottleneck(
+            head, tail, cut, shape, crops[:cut_at], crops[cut_at:], epochs=epochs, seed=seed
+        )
+    return necks
+
+
+def agreement(probs: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    """Top-1 agreement and mean L1 distance of ``probs`` to the unmodified model's answers."""
+    top, ref_top = probs.argmax(1), reference.argmax(1)
+    return {
+        "top1_agreement": float(np.mean(top == ref_top)),
+        "mean_l1": float(np.mean(np.sum(np.abs(probs - reference), axis=1))),
+        "reference_distinct_top1": int(len(set(ref_top.tolist()))),
+        "samples": len(probs),
+    }
+
+
+def run_bottleneck_chains(
+    args: Any,
+    rpi: Any,
+    nodes: list[int],
+    images: np.ndarray,
+    base: dict[str, Any],
+    crossings: dict[str, Any],
+    input_bytes: int,
+) -> dict[str, Any]:
+    """Per node count above 1, the ``auto+bottleneck`` and the forced ``bottleneck`` chains
+    exported with their trained bottlenecks and run on Ray (see the module docstring)."""
+    from edgelesspart.model import zoo
+    from edgelesspart.model.graph import functional_model
+    from edgelesspart.pipeline.export import export_chain
+    from edgelesspart.planning.chain import ChainCosts, plan_chain
+    from edgelesspart.profiling.links import Link
+
+    link = Link("lan100", LINK_MBPS, LINK_MBPS, LINK_RTT_MS, source="emulated 100 Mbit/s")
+    k = float(rpi.extra["latency_factor"])
+    size = images.shape[1]
+    # the very model export_segments exported (zoo models are seeded); the unmodified answers
+    model = functional_model(zoo.build_model("resnet50", (size, size, 3), 1000, seed=0))
+    crops = training_crops(size, args.bottleneck_images or (32 if args.quick else 64), args.seed)
+    necks: dict[str, Any] = {}
+    runs: dict[str, Any] = {}
+    for n in (n for n in nodes if n > 1):
+        with_neck = ChainCosts(
+            (rpi,) * n, link=link, codecs=AUTO_CHOICES, crossings=crossings, **base
+        )
+        plain = plan_chain(
+            ChainCosts((rpi,) * n, link=link, codecs=AUTO_CHOICES, **base), input_bytes=input_bytes
+        )
+        candidates = {
+            "auto+bottleneck": plan_chain(with_neck, input_bytes=input_bytes),
+            "bottleneck": forced_bottleneck_plan(plain, with_neck, crossings),
+        }
+        row: dict[str, Any] = {}
+        for name, plan in candidates.items():
+            links = {} if plan is None else _bottleneck_links(plan)
+            summary = None if plan is None else {
+                "cuts": [s.end for s in plan.stages[:-1]],
+                "link_codecs": plan.parameters["link_codecs"],
+                "predicted_per_s": plan.parameters["throughput_per_s"],
+                "bottleneck_ms": plan.parameters["bottleneck_ms"],
+            }  # fmt: skip
+            if not links:
+                why = "the planner kept the generic codecs" if plan else "no cut has a bottleneck"
+                row[name] = {"executed": False, "why": why, "plan": summary}
+                benchlib.log(f"P8 {name} n={n}: not run ({why})")
+                continue
+            todo = [c for c in links if c not in necks]
+            necks.update(
+                train_chain_bottlenecks(
+                    model, todo, args.bottleneck_divisor, crops, args.bottleneck_epochs, args.seed
+                )
+            )
+            tag = "-".join(f"{c}-{links[c].split('+')[0]}" for c in links)
+            bundle = args.out / "bundles" / f"p8-bn-{size}-{n}-{tag}"
+            export_chain(
+                model,
+                plan,
+                bundle,
+                probe=images[:1],
+                classes=tuple(f"class_{i}" for i in range(1000)),
+                preprocessing={"height": size, "width": size, "channels": 3, "scale": 1 / 255},
+                model_info={"name": "resnet50", "source": "zoo", "weights": None},
+                bottlenecks={c: necks[c] for c in links},
+                overwrite=True,
+            )
+            items = (args.items or (3 if args.quick else 6)) * max(n, 2)
+            benchlib.log(f"P8: {name}, {n} node(s), {items} inputs, bottleneck at {list(links)}")
+            record = run_chain(bundle, plan, images[:items], k, window=2 * n + 2, keep_probs=True)
+            reference = np.asarray(model.predict(images[:items], batch_size=8, verbose=0))
+            record["agreement"] = agreement(record.pop("probs"), reference)
+            record["energy"] = energy(record, items)
+            record["plan"] = {**summary, "equal_layer": plan.parameters["equal_layer"]}
+            record["bottlenecks"] = {c: necks[c].describe() for c in links}
+            record["bottleneck_val_loss"] = {
+                c: min(necks[c].history.get("val_loss", [float("nan")])) for c in links
+            }
+            record["executed"] = True
+            row[name] = record
+        runs[str(n)] = row
+    return runs
+
+
 def calibrate_overhead(bundle: Path, measured: dict[str, Any]) -> dict:
     """Host CPU ms a stage call costs inside a Ray actor beyond its profiled parts (compute and
     raw encode/decode): three single-segment raw stages from the middle of the model run 12
@@ -309,8 +504,11 @@ def calibrate_overhead(bundle: Path, measured: dict[str, Any]) -> dict:
     return {"stage_overhead_ms": max(0.0, statistics.median(samples)), "samples_ms": samples}
 
 
-def run_chain(bundle: Path, plan: Any, images: np.ndarray, k: float, window: int) -> dict:
-    """Stream ``images`` through the chain of ``plan``; throughput, bytes, busy time, host CPU."""
+def run_chain(
+    bundle: Path, plan: Any, images: np.ndarray, k: float, window: int, keep_probs: bool = False
+) -> dict:
+    """Stream ``images`` through the chain of ``plan``; throughput, bytes, busy time, host CPU
+    (and, with ``keep_probs``, the answers' probabilities under ``probs``)."""
     from edgelesspart.pipeline.dispatcher import Pipeline, stages_for_plan
     from edgelesspart.pipeline.emulation import DeviceEmulation, HostCpuMeter
     from edgelesspart.runtime.manifest import load_manifest
@@ -323,16 +521,16 @@ def run_chain(bundle: Path, plan: Any, images: np.ndarray, k: float, window: int
     ) as pipe:
         pipe.run_many(images[: min(len(stages), 2)])  # warm every interpreter
         before = pipe.metrics()["stages"]
-        done, pending = [], []
+        done, pending, probs = [], [], []
         with HostCpuMeter() as meter:
             start = time.perf_counter()
             for x in images:
                 if len(pending) >= window:
-                    pipe.result(pending.pop(0))
+                    probs.append(pipe.result(pending.pop(0)).probs)
                     done.append(time.perf_counter())
                 pending.append(pipe.submit(x, block=True, timeout=300))
             for ticket in pending:
-                pipe.result(ticket)
+                probs.append(pipe.result(ticket).probs)
                 done.append(time.perf_counter())
         after = pipe.metrics()
     steady = done[window:] if len(done) > window + 2 else done
@@ -347,7 +545,7 @@ def run_chain(bundle: Path, plan: Any, images: np.ndarray, k: float, window: int
             if key != "queue" and _count(totals[key]) and _count(before[name].get(key))
         }
         stages_out[name] = {**delta, "bytes_out_per_item": delta["bytes_out"] / items}
-    return {
+    record = {
         "throughput_per_s": per_s,
         "overall_per_s": items / wall,
         "wall_s": wall,
@@ -357,6 +555,9 @@ def run_chain(bundle: Path, plan: Any, images: np.ndarray, k: float, window: int
         "host": meter.result,
         "failed": after["failed"],
     }
+    if keep_probs:  # in submission order (results are taken in order)
+        record["probs"] = np.concatenate([np.asarray(p, np.float32) for p in probs])
+    return record
 
 
 def _count(value: Any) -> bool:
@@ -446,17 +647,19 @@ def measure(args: Any) -> dict[str, Any]:
             "input_decode_ms": input_ms[INPUT_CODEC][1],
             "stage_overhead_ms": overhead["stage_overhead_ms"],
         }
-        planned = None
+        planned, neck_runs = None, None
         if args.bottleneck_divisor:
             crossings = bottleneck_crossings(measured["boundaries"], args.bottleneck_divisor)
             planned = {
                 "divisor": args.bottleneck_divisor,
-                "executed": False,
                 "crossings": {cut: c.to_dict() for cut, c in crossings.items()},
                 "plans": plan_with_bottleneck(
                     rpi, nodes, base, crossings, input_bytes[INPUT_CODEC]
                 ),
             }
+            neck_runs = run_bottleneck_chains(
+                args, rpi, nodes, images, base, crossings, input_bytes[INPUT_CODEC]
+            )
         runs = {
             codec: run_codec(
                 args, bundle, rpi, codec, nodes, images, base, input_bytes[INPUT_CODEC]
@@ -485,6 +688,7 @@ def measure(args: Any) -> dict[str, Any]:
         "bundle": str(bundle),
         "segments": len(host.cut_points),
         "bottleneck_planned": planned,
+        "bottleneck_runs": neck_runs,
     }
 
 

@@ -62,6 +62,9 @@ class ExportRequest:
             (:class:`~edgelesspart.model.bottleneck.TrainedBottleneck`) or ``None``: its encoder
             ends the segment that ends at its cut point (whose ``boundary`` becomes the code),
             its decoder starts the segment that starts there (whose input is the code).
+        link_bottlenecks: more trained bottlenecks, by cut point, for a chain of stages
+            (:func:`edgelesspart.pipeline.export.export_chain`): each sits, as ``bottleneck``
+            does, on the link that leaves its cut point.
     """
 
     backbone: Any
@@ -79,6 +82,14 @@ class ExportRequest:
     codec: dict[str, Any] = field(default_factory=lambda: {"name": "raw"})
     codec_table: dict[str, Any] = field(default_factory=dict)
     bottleneck: Any = None
+    link_bottlenecks: dict[str, Any] = field(default_factory=dict)
+
+    def necks(self) -> dict[str, Any]:
+        """Every learned bottleneck of the export, by the cut point it sits at."""
+        necks = dict(self.link_bottlenecks)
+        if self.bottleneck is not None:
+            necks[self.bottleneck.cut_point] = self.bottleneck
+        return necks
 
 
 @dataclass
@@ -96,8 +107,8 @@ def _segment_outputs(request: ExportRequest, end: str, exit_name: str | None) ->
     if exit_name is not None:
         outputs["probs"] = request.exit_tensors[exit_name]
     outputs["boundary"] = cut_tensor(backbone, end)
-    neck = request.bottleneck
-    if neck is not None and end == neck.cut_point:
+    neck = request.necks().get(end)
+    if neck is not None:
         outputs["boundary"] = neck.encoder(outputs["boundary"])
     return outputs
 
@@ -107,8 +118,8 @@ def _segment_model(request: ExportRequest, start: str, outputs: dict, name: str)
     from edgelesspart._lazy import keras
 
     model = extract(request.backbone, start, outputs, name=name)
-    neck = request.bottleneck
-    if neck is None or start != neck.cut_point:
+    neck = request.necks().get(start)
+    if neck is None:
         return model
     k = keras()
     code = k.Input(tuple(neck.code_shape), name=f"{name}_code")
@@ -138,8 +149,10 @@ def plan_segments(request: ExportRequest) -> list[tuple[str, str, str, str | Non
 
 def build_segments(request: ExportRequest, probe: np.ndarray) -> list[_Built]:
     """Build, convert and check every segment; nothing is written."""
-    neck = request.bottleneck
-    if neck is not None and neck.cut_point not in {s.end for s in request.plan.stages[:-1]}:
+    links = {s.end for s in request.plan.stages[:-1]}
+    for neck in request.necks().values():
+        if neck.cut_point in links:
+            continue
         raise BundleError(
             f"The bottleneck sits at {neck.cut_point!r}, which is not where a stage hands its "
             f"boundary on ({[s.end for s in request.plan.stages[:-1]]}); retrain it at the split."

@@ -42,7 +42,13 @@ from edgelesspart.errors import (
 )
 from edgelesspart.pipeline import raykit
 from edgelesspart.pipeline.emulation import DeviceEmulation, sleep_s
-from edgelesspart.pipeline.stage import CONCURRENCY_GROUPS, StageSpec, StageWorker, stage_files
+from edgelesspart.pipeline.stage import (
+    CONCURRENCY_GROUPS,
+    StageSpec,
+    StageWorker,
+    link_codec,
+    stage_files,
+)
 from edgelesspart.pipeline.supervision import (
     DEFAULT_SPARE_AFTER_S,
     BlobStore,
@@ -120,7 +126,7 @@ def default_stages(manifest: Manifest) -> list[StageSpec]:
     specs = []
     for k, stage in enumerate(manifest.plan.stages):
         last = k == len(manifest.plan.stages) - 1
-        codec = None if last else stage.options.get("codec_out") or fallback
+        codec = None if last else link_codec(stage.options.get("codec_out") or fallback)
         segments = tuple(s.name for s in manifest.stage_segments(stage.name))
         specs.append(StageSpec(stage.name, segments, codec_out=codec))
     return specs
@@ -148,7 +154,8 @@ def stages_for_plan(manifest: Manifest, plan: Any) -> list[StageSpec]:
                 "segment boundaries of this bundle; export the bundle with these cut points."
             )
         last = k == len(plan.stages) - 1
-        codec = None if last else stage.options.get("codec_out") or "raw"
+        # a learned bottleneck's crossing (bn8s1+int8) is in the segments; its code goes as int8
+        codec = None if last else link_codec(stage.options.get("codec_out") or "raw")
         specs.append(StageSpec(stage.name, tuple(s.name for s in group), codec_out=codec))
     return specs
 

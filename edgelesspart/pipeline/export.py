@@ -124,18 +124,41 @@ def export_chain(
     profile: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
     heads: Mapping[str, Any] | None = None,
+    bottlenecks: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Any:
     """Export ``plan`` (any number of stages) as a bundle; return its manifest.
 
     ``heads`` (from :func:`stage_exit_heads`) adds the exit heads the plan's stages list.
+    ``bottlenecks`` (cut point -> :class:`~edgelesspart.model.bottleneck.TrainedBottleneck`)
+    puts a learned bottleneck on the links leaving those cut points: its encoder ends the
+    sending stage's last segment (whose boundary becomes the code), its decoder starts the
+    receiving stage's first one, so the stage actors run it with no code of their own. A
+    stage whose ``codec_out`` names the crossing (``bn8s1+int8``) sends the code with the
+    runtime codec after the ``+`` (:func:`~edgelesspart.pipeline.stage.link_codec`).
     """
     from edgelesspart.export import bundle as export
+    from edgelesspart.pipeline.stage import link_codec
 
     heads = dict(heads or {})
+    necks = dict(bottlenecks or {})
+    links = {s.end: s.options.get("codec_out") for s in plan.stages[:-1]}
+    for cut, neck in necks.items():
+        if cut not in links:
+            raise ConfigError(
+                f"A bottleneck at {cut!r} sits on no link of this plan (its links leave "
+                f"{sorted(links)}); plan the chain with that cut or drop the bottleneck."
+            )
+        if links[cut] != f"{neck.shape.label}+{link_codec(links[cut])}":
+            raise ConfigError(
+                f"The link leaving {cut!r} sends with {links[cut]!r}, not the bottleneck "
+                f"{neck.shape.label!r}; set its stage's codec_out to "
+                f"'{neck.shape.label}+int8' (or another codec after the '+')."
+            )
 
     first_codec = next(
-        (s.options.get("codec_out") for s in plan.stages if s.options.get("codec_out")), "raw"
+        (link_codec(s.options["codec_out"]) for s in plan.stages if s.options.get("codec_out")),
+        "raw",
     )
     request = export.ExportRequest(
         backbone=model,
@@ -154,7 +177,13 @@ def export_chain(
             "name": first_codec,
             "selected_by": "pipeline planner",
             "per_link": [s.options.get("codec_out") for s in plan.stages[:-1]],
+            **(
+                {"link_bottlenecks": {cut: n.describe() for cut, n in necks.items()}}
+                if necks
+                else {}
+            ),
         },
+        link_bottlenecks=necks,
     )
     return export.export_bundle(request, out, probe=probe, overwrite=overwrite)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 import time
 from collections.abc import Mapping
@@ -32,9 +33,24 @@ from edgelesspart.runtime.codecs import decode_tensor, encode_tensor, require_co
 from edgelesspart.runtime.manifest import Manifest, SegmentSpec
 
 RESULT_CODEC = "raw"
+#: A learned bottleneck's label (:class:`~edgelesspart.model.bottleneck.BottleneckShape`).
+BOTTLENECK_LABEL = re.compile(r"bn\d+s\d+")
 #: Ray concurrency groups of a stage actor: one thread computes while the other sends (the
 #: emulated link), so a node works on input i+1 while input i is on the wire.
 CONCURRENCY_GROUPS = {"compute": 1, "link": 1}
+
+
+def link_codec(name: str) -> str:
+    """The runtime codec of a link codec choice: ``int8`` for a learned bottleneck's crossing
+    (``bn8s1+int8``: the bottleneck's code sent with int8), else ``name`` itself.
+
+    A crossing's encoder and decoder are inside the stages' segments (exported by
+    :func:`~edgelesspart.pipeline.export.export_chain`); on the wire it is a codec like any other.
+    """
+    label, plus, codec = str(name).partition("+")
+    if plus and BOTTLENECK_LABEL.fullmatch(label):
+        return codec
+    return str(name)
 
 
 @dataclass(frozen=True)
