@@ -144,3 +144,41 @@ def test_joint_training_that_hurts_the_final_classifier_falls_back_to_the_frozen
     assert record["final_accuracy_change_pp"] == 0.0
     np.testing.assert_allclose(joint.predict(_Blobs.x_val, verbose=0)["final"], before, rtol=1e-5)
     assert notes and "restored the frozen backbone" in notes[0]
+
+
+def test_compiled_settling_equals_the_eager_batch_by_batch_momentum_update():
+    """The compiled pass (momentum 0, statistics averaged outside) gives what updating each
+    layer eagerly with momentum seen / (seen + batch) gives, for stacked BN layers too."""
+    from edgelesspart._lazy import keras
+    from edgelesspart.model.training import settle_batchnorm
+
+    k = keras()
+    k.utils.set_random_seed(3)
+    inputs = k.Input((8, 8, 3))
+    x = k.layers.Conv2D(4, 3, padding="same")(inputs)
+    x = k.layers.BatchNormalization(momentum=0.99, name="bn1")(x)
+    x = k.layers.ReLU()(x)
+    x = k.layers.Conv2D(5, 3, padding="same")(x)
+    x = k.layers.BatchNormalization(momentum=0.9, name="bn2")(x)
+    model = k.Model(inputs, k.layers.GlobalAveragePooling2D()(x))
+    images = np.random.default_rng(4).normal(size=(70, 8, 8, 3)).astype(np.float32) * 2 + 1
+
+    reference = k.models.clone_model(model)
+    reference.set_weights(model.get_weights())
+    layers = [reference.get_layer("bn1"), reference.get_layer("bn2")]
+    seen = 0
+    for start in range(0, len(images), 32):  # the eager update the compiled pass replaces
+        batch = images[start : start + 32]
+        for layer in layers:
+            layer.momentum = seen / (seen + len(batch))
+        reference(batch, training=True)
+        seen += len(batch)
+
+    assert settle_batchnorm(model, images, batch_size=32) == 2
+    for name in ("bn1", "bn2"):
+        got, want = model.get_layer(name), reference.get_layer(name)
+        assert np.allclose(np.asarray(got.moving_mean), np.asarray(want.moving_mean), atol=1e-5)
+        assert np.allclose(
+            np.asarray(got.moving_variance), np.asarray(want.moving_variance), rtol=1e-4
+        )
+    assert model.get_layer("bn1").momentum == 0.99 and model.get_layer("bn2").momentum == 0.9
