@@ -109,6 +109,23 @@ def build_tiny_bundle(
     return out
 
 
+def export_tiny_chain(model, plan, out: Path, probe: np.ndarray, **extra) -> Path:
+    """``export_chain`` of the tiny CNN (32x32x3 inputs scaled by 1/255, ten digit classes)."""
+    from edgelesspart.pipeline.export import export_chain
+
+    export_chain(
+        model,
+        plan,
+        out,
+        probe=probe,
+        classes=tuple(str(i) for i in range(10)),
+        preprocessing={"height": 32, "width": 32, "channels": 3, "scale": 1 / 255, "offset": 0.0},
+        model_info={"name": "tiny_cnn", "source": "test"},
+        **extra,
+    )
+    return out
+
+
 def build_tiny_width_bundle(out: Path, widths: tuple[float, ...] = (1.0, 0.5)) -> Path:
     """A tiny 2-stage width bundle (chain CNN, 8/16 channels, 16x16 digits, one sandwich epoch;
     ~15 s), as ``train-widths`` writes one."""

@@ -24,10 +24,9 @@ class ChainBundle:
 @pytest.fixture(scope="session")
 def chain_bundle(tmp_path_factory: pytest.TempPathFactory) -> ChainBundle:
     """The tiny CNN (untrained weights, seeded) exported as stage0 | stage1 | stage2 (~10 s)."""
-    from bundle_factory import tiny_model
+    from bundle_factory import export_tiny_chain, tiny_model
 
     from edgelesspart._lazy import keras
-    from edgelesspart.pipeline.export import export_chain
     from edgelesspart.runtime.plan import Plan, Stage
 
     k = keras()
@@ -47,14 +46,6 @@ def chain_bundle(tmp_path_factory: pytest.TempPathFactory) -> ChainBundle:
     rng = np.random.default_rng(0)
     x = rng.random((12, 32, 32, 3), dtype=np.float32)
     out = tmp_path_factory.mktemp("chain") / "tiny-chain"
-    export_chain(
-        model,
-        plan,
-        out,
-        probe=x[:2],
-        classes=tuple(str(i) for i in range(10)),
-        preprocessing={"height": 32, "width": 32, "channels": 3, "scale": 1 / 255, "offset": 0.0},
-        model_info={"name": "tiny_cnn", "source": "test"},
-    )
+    export_tiny_chain(model, plan, out, x[:2])
     expected = np.asarray(model(x, training=False))
     return ChainBundle(out, x, expected)

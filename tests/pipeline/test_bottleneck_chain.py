@@ -86,9 +86,10 @@ def _crossing(model, neck, x):
 
 
 def test_a_planned_bottleneck_link_runs_end_to_end_on_ray(ray_local, neck_model, tmp_path):
+    from bundle_factory import export_tiny_chain
+
     from edgelesspart.model.graph import split_model
     from edgelesspart.pipeline.dispatcher import Pipeline, default_stages
-    from edgelesspart.pipeline.export import export_chain
     from edgelesspart.planning.chain import ChainCosts, plan_chain
     from edgelesspart.profiling.links import Link
     from edgelesspart.runtime.codecs import decode_tensor, encode_tensor
@@ -106,16 +107,7 @@ def test_a_planned_bottleneck_link_runs_end_to_end_on_ray(ray_local, neck_model,
     assert plan.parameters["link_codecs"] == ["raw", "bn4s1+int8"]
     # WHEN the plan is exported with the bottleneck and its stages run on Ray actors
     out = tmp_path / "neck-chain"
-    export_chain(
-        model,
-        plan,
-        out,
-        probe=x[:2],
-        classes=tuple(str(i) for i in range(10)),
-        preprocessing={"height": 32, "width": 32, "channels": 3, "scale": 1 / 255, "offset": 0.0},
-        model_info={"name": "tiny_cnn", "source": "test"},
-        bottlenecks={NECK_CUT: neck},
-    )
+    export_tiny_chain(model, plan, out, x[:2], bottlenecks={NECK_CUT: neck})
     manifest = load_manifest(out)
     stages = default_stages(manifest)
     assert [s.codec_out for s in stages] == ["raw", "int8", None]
