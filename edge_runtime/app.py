@@ -244,13 +244,28 @@ def _decode_image(body: bytes, service: EdgeService) -> np.ndarray:
     return x
 
 
+class _ImageDecoder:
+    """A callable that decodes ``body`` with :func:`_decode_image` when called.
+
+    ``pixels`` is what the image's header declares (``None`` when it is not a readable PNG or
+    JPEG header), so a caller can decide where a decode that large should run.
+    """
+
+    __slots__ = ("body", "service", "pixels")
+
+    def __init__(self, body: bytes, service: EdgeService) -> None:
+        from edgelesspart.runtime.preprocess import image_pixels
+
+        self.body, self.service = body, service
+        self.pixels = image_pixels(body)
+
+    def __call__(self) -> np.ndarray:
+        return _decode_image(self.body, self.service)
+
+
 def _image_decoder(body: bytes, service: EdgeService) -> Any:
-    """A callable that decodes ``body`` with :func:`_decode_image` when called."""
-
-    def decode() -> np.ndarray:
-        return _decode_image(body, service)
-
-    return decode
+    """An :class:`_ImageDecoder` for ``body``."""
+    return _ImageDecoder(body, service)
 
 
 class _EnvironHeaders:

@@ -48,7 +48,11 @@ ENV_NAMES: dict[str, str] = {
     "batch_delay_us": "EDGELESSPART_BATCH_DELAY_US",
     "batch_workers": "EDGELESSPART_BATCH_WORKERS",
     "offload_max_bytes": "EDGELESSPART_OFFLOAD_MAX_BYTES",
+    "dispatch": "EDGELESSPART_DISPATCH",
 }
+
+#: How the event-loop server runs the edge stage of a hot ``/v1/infer`` request (``dispatch``).
+DISPATCH_MODES = ("auto", "inline", "pool")
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,15 @@ class EdgeConfig:
         offload_max_bytes: largest body of one HTTP offload (default 8 MiB, the cloud HTTP
             entry's limit); larger offloads are split into chunks sent concurrently. Lambda
             offloads always stay under Lambda's 6 MB event limit.
+        dispatch: where the event-loop server runs the edge stage of a hot request:
+            ``inline`` on the loop's own thread (no hand-off: what one uvicorn worker does),
+            ``pool`` on a worker thread (LiteRT releases the GIL, so one process uses several
+            cores), or ``auto`` (default): inline when the edge stage takes under
+            ``INLINE_MAX_MS`` per row on this host, or under ``INLINE_MAX_MS_WORKERS`` with
+            ``workers > 1`` (one process per core then), else pool. Batching always uses its
+            batcher; a row that must wait for the cloud is always finished on a thread.
+        workers: pre-forked processes serving the port (``serve-edge --workers``), for
+            ``dispatch`` ``auto``.
     """
 
     cloud: str | None = None
@@ -145,6 +158,8 @@ class EdgeConfig:
     batch_delay_us: int = 0
     batch_workers: int = 1
     offload_max_bytes: int = 8 * MIB
+    dispatch: str = "auto"
+    workers: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "public_routes", parse_routes(self.public_routes))
@@ -168,9 +183,14 @@ class EdgeConfig:
             "retry_after_s",
             "breaker_failures",
             "offload_max_bytes",
+            "workers",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}.")
+        if self.dispatch not in DISPATCH_MODES:
+            raise ConfigError(
+                f"dispatch must be one of {', '.join(DISPATCH_MODES)}, got {self.dispatch!r}."
+            )
         if self.offload_timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise ConfigError("offload_timeout_s and connect_timeout_s must be > 0 seconds.")
         if self.max_queue < 0 or self.queue_timeout_s < 0 or self.breaker_reset_s < 0:

@@ -2,19 +2,23 @@
 
 ``POST /v1/infer`` with a tensor or PNG/JPEG body is checked on the loop thread
 (:func:`edge_runtime.app.prepare_fast`: token, media type, threshold, tensor decoding, bundle
-id, batch size), admitted without blocking (``Admission.try_enter``), and handed off once: to a
-worker thread that runs the edge stage (batching off, the default) or into the dynamic batcher;
-that thread builds the JSON answer and sends it.
+id, batch size), admitted without blocking (``Admission.try_enter``), and then either run right
+there (inline dispatch: the edge stage is cheaper than a thread hand-off, see
+``EdgeConfig.dispatch``) or handed off once: to a worker thread that runs the edge stage
+(batching off) or into the dynamic batcher; that thread builds the JSON answer and sends it.
 
-An image is *not* decoded on the loop thread: on the loop, Pillow's decode and resize
-serialised every image request behind one thread (issue 24: PNG at 0.96x FastAPI + uvicorn).
-The worker thread decodes it first, in the same hand-off as the inference (with batching on,
-the worker decodes and then queues the row), and a body that fails to decode is refused (422)
-from there with the Flask route's message. The loop thread never waits on decoding, inference
-or the cloud, so it keeps reading other connections meanwhile (Pillow and LiteRT release the
-GIL while they work). A request the checks refuse is handed to the Flask app, which renders the
-refusal exactly as before; the counters and the latency histogram are the same ones the Flask
-hooks fill.
+With thread-pool dispatch an image is *not* decoded on the loop thread: on the loop, Pillow's
+decode and resize serialised every image request behind one thread (issue 24: PNG at 0.96x
+FastAPI + uvicorn, when the stage itself also ran on a thread). The worker thread decodes it
+first, in the same hand-off as the inference (with batching on, the worker decodes and then
+queues the row), and a body that fails to decode is refused (422) from there with the Flask
+route's message; the loop thread then never waits on decoding, inference or the cloud (Pillow
+and LiteRT release the GIL while they work). Inline, the loop decodes images up to
+``INLINE_MAX_IMAGE_PIXELS`` and runs the stage, which costs less than the two thread wake-ups
+it saves; larger images and cloud waits still go to a thread.
+
+A request the checks refuse is handed to the Flask app, which renders the refusal exactly as
+before; the counters and the latency histogram are the same ones the Flask hooks fill.
 """
 
 from __future__ import annotations

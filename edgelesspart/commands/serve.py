@@ -64,6 +64,15 @@ def _add_server_args(parser: argparse.ArgumentParser, port: int) -> None:
         "(default 1)",
     )
     parser.add_argument(
+        "--dispatch",
+        choices=("auto", "inline", "pool"),
+        default=None,
+        help="where the event-loop server runs the edge stage: inline on the loop's thread "
+        "(no hand-off), pool on worker threads (several cores per process), or auto "
+        "(default): inline when the stage takes < 1 ms per row on this host, or < 50 ms "
+        "with --workers > 1; env EDGELESSPART_DISPATCH",
+    )
+    parser.add_argument(
         "--batch-max-rows",
         type=int,
         default=None,
@@ -248,6 +257,7 @@ def run_edge(args: argparse.Namespace) -> int:
     from edge_runtime.wsgi import require_token_off_loopback
     from service_http.prefork import check_workers
 
+    workers = check_workers(args.workers)
     config = EdgeConfig.from_env(
         cloud=args.cloud,
         threshold=args.threshold,
@@ -264,9 +274,10 @@ def run_edge(args: argparse.Namespace) -> int:
         public_routes=args.public_routes,
         batch_max_rows=args.batch_max_rows,
         batch_delay_us=args.batch_delay_us,
+        dispatch=getattr(args, "dispatch", None),
+        workers=workers,
     )
     require_token_off_loopback(args.host, config.token, "serve-edge")
-    workers = check_workers(args.workers)
     cloud = f"cloud: {config.cloud}" if config.cloud else "edge only: no cloud part"
     announce = (
         f"edge service for {args.bundle} on http://{args.host}:{args.port} ({cloud}; "
@@ -278,7 +289,10 @@ def run_edge(args: argparse.Namespace) -> int:
         from edge_runtime.app import EXTENSION, create_app
 
         app = create_app(args.bundle, config)
-        _share_metrics(app.extensions[EXTENSION].metrics.registry, workers)
+        service = app.extensions[EXTENSION]
+        _share_metrics(service.metrics.registry, workers)
+        if index == 0 and args.server == "async":
+            print(f"dispatch: {service.dispatch_reason}", flush=True)
         if args.server == "waitress":
             threads = args.threads or config.max_inflight + config.max_queue + 4
         else:
@@ -333,6 +347,7 @@ EXIT_BUNDLE_OPTIONS = {
     "cloud": "--cloud", "threshold": "--threshold", "codec": "--codec",
     "cloud_token": "--cloud-token", "lambda_endpoint": "--lambda-endpoint",
     "timeout": "--timeout", "backend": "--backend", "batch_max_rows": "--batch-max-rows",
+    "dispatch": "--dispatch",
 }  # fmt: skip
 
 

@@ -122,6 +122,21 @@ def _target_size(spec: InputSpec) -> tuple[int, int, int]:
     return height, width, channels
 
 
+def image_pixels(data: bytes) -> int | None:
+    """The pixel count a PNG/JPEG header declares (only the header is read), or ``None``.
+
+    ``None`` when the bytes are not a PNG/JPEG that Pillow can open, or Pillow is missing:
+    :func:`image_to_tensor` then says why.
+    """
+    try:
+        image = _pillow().open(io.BytesIO(data))
+        if image.format not in IMAGE_FORMATS:
+            return None
+        return int(image.size[0]) * int(image.size[1])
+    except Exception:  # noqa: BLE001 - Pillow raises many types; the decode reports them
+        return None
+
+
 def image_to_tensor(data: bytes, spec: InputSpec) -> np.ndarray:
     """Decode a PNG/JPEG image into a ``(1, H, W, C)`` batch as ``spec.preprocessing`` says.
 

@@ -239,7 +239,8 @@ def test_images_decode_off_the_loop_and_bad_images_get_the_flask_routes_422(
     from edge_runtime.fastpath import edge_server
     from edgelesspart.runtime import preprocess
 
-    # GIVEN an edge (batching off, and on) whose image decoder records the thread it runs on
+    # GIVEN an edge (thread-pool dispatch with batching off, and batching on) whose image
+    # decoder records the thread it runs on
     decoded_on: list[int] = []
     decode = preprocess.image_to_tensor
 
@@ -248,7 +249,7 @@ def test_images_decode_off_the_loop_and_bad_images_get_the_flask_routes_422(
         return decode(data, spec)
 
     monkeypatch.setattr(preprocess, "image_to_tensor", recording)
-    config = EdgeConfig(threshold=0.8, batch_max_rows=8 if batching else 0)
+    config = EdgeConfig(threshold=0.8, batch_max_rows=8 if batching else 0, dispatch="pool")
     app = create_app(tiny_bundle, config)
     client = app.test_client()
     with edge_server(app) as server:
@@ -271,3 +272,57 @@ def test_images_decode_off_the_loop_and_bad_images_get_the_flask_routes_422(
     assert "PNG or JPEG" in bad["gif"].json()["error"]["message"]
     assert "pixel" in bad["huge"].json()["error"]["message"]
     app.extensions["edgelesspart"].close()
+
+
+def test_inline_dispatch_runs_small_requests_on_the_loop_and_big_images_on_a_thread(
+    tiny_bundle, digits, digit_png, monkeypatch
+):
+    import io
+
+    from PIL import Image
+
+    from edge_runtime import create_app
+    from edge_runtime.fastpath import edge_server
+    from edge_runtime.service import INLINE_MAX_IMAGE_PIXELS
+    from edgelesspart.runtime import preprocess
+
+    # GIVEN an edge with inline dispatch whose image decoder records the thread it runs on,
+    # and a pool-dispatch edge on the same bundle to compare answers with
+    decoded_on: list[int] = []
+    decode = preprocess.image_to_tensor
+
+    def recording(data, spec):
+        decoded_on.append(threading.get_ident())
+        return decode(data, spec)
+
+    monkeypatch.setattr(preprocess, "image_to_tensor", recording)
+    inline = create_app(tiny_bundle, EdgeConfig(threshold=0.8, dispatch="inline"))
+    pooled = create_app(tiny_bundle, EdgeConfig(threshold=0.8, dispatch="pool"))
+    assert inline.extensions["edgelesspart"].inline
+    assert not pooled.extensions["edgelesspart"].inline
+    side = int(INLINE_MAX_IMAGE_PIXELS**0.5) + 1  # one pixel row over the inline limit
+    big = io.BytesIO()
+    Image.open(io.BytesIO(digit_png)).resize((side, side)).save(big, "PNG")
+    png = {"Content-Type": "image/png"}
+    with edge_server(inline) as a, edge_server(pooled) as b:
+        # WHEN a small PNG, a PNG over the inline pixel limit and a tensor batch come in
+        small = requests.post(a.url + "/v1/infer", data=digit_png, headers=png, timeout=10)
+        small_thread = decoded_on[-1]
+        large = requests.post(a.url + "/v1/infer", data=big.getvalue(), headers=png, timeout=10)
+        large_thread = decoded_on[-1]
+        got = [
+            requests.post(s.url + "/v1/infer", data=_frame(digits[:3]), timeout=10,
+                          headers={"Content-Type": TENSOR}).json()
+            for s in (a, b)
+        ]  # fmt: skip
+        loop = a.loop_thread
+    # THEN the small image was decoded on the loop's thread, the big one on a worker thread
+    assert small.status_code == large.status_code == 200
+    assert small_thread == loop and large_thread != loop
+    # AND inline and pool dispatch give the same answers
+    labels = [[row["label"] for row in g["answers"]] for g in got]
+    confidences = [[row["confidence"] for row in g["answers"]] for g in got]
+    assert labels[0] == labels[1]
+    assert np.allclose(confidences[0], confidences[1], rtol=1e-5)
+    for app in (inline, pooled):
+        app.extensions["edgelesspart"].close()

@@ -252,3 +252,71 @@ def test_batching_settings_are_validated():
     with pytest.raises(ConfigError, match="max_delay_us must be an int >= 0"):
         EdgeConfig(batch_max_rows=8, batch_delay_us=-1)
     assert EdgeConfig.from_env({"EDGELESSPART_BATCH_MAX_ROWS": "16"}).batch_max_rows == 16
+
+
+def test_dispatch_is_resolved_at_start_and_said_why(tiny_bundle):
+    from edge_runtime.service import INLINE_MAX_MS, INLINE_MAX_MS_WORKERS
+    from edgelesspart.errors import ConfigError
+
+    # GIVEN the tiny bundle, whose edge stage takes well under a millisecond per row
+    def service(**config):
+        return make_app(tiny_bundle, **config).extensions["edgelesspart"]
+
+    auto, many, batched = service(), service(workers=2), service(batch_max_rows=8)
+    pinned = service(dispatch="pool")
+    # THEN auto runs it on the loop's thread, with the measured time and the limit in the reason
+    assert auto.inline and auto.edge_stage_ms() < INLINE_MAX_MS
+    assert auto.dispatch_reason.startswith("inline: the edge stage takes ")
+    assert f"< {INLINE_MAX_MS:g} ms, one process" in auto.dispatch_reason
+    assert many.inline and f"< {INLINE_MAX_MS_WORKERS:g} ms, 2 worker" in many.dispatch_reason
+    # AND batching and an explicit choice win over auto
+    assert not batched.inline and "batching" in batched.dispatch_reason
+    assert not pinned.inline and pinned.dispatch_reason == "pool: set by dispatch"
+    assert EdgeConfig.from_env({"EDGELESSPART_DISPATCH": "inline"}).dispatch == "inline"
+    with pytest.raises(ConfigError, match="dispatch must be one of auto, inline, pool"):
+        EdgeConfig(dispatch="threads")
+    for s in (auto, many, batched, pinned):
+        s.close()
+
+
+def test_inline_dispatch_sends_pending_rows_to_the_cloud_from_a_thread(
+    tiny_bundle, digits, http_cloud
+):
+    import requests
+
+    from edge_runtime.fastpath import edge_server
+    from edgelesspart.runtime.codecs import encode_tensor
+
+    # GIVEN an inline-dispatch edge whose cloud holds each call until the test lets it go
+    arrived, release = threading.Event(), threading.Event()
+
+    def reply(rows):
+        arrived.set()
+        release.wait(10)
+        return _answers(rows)
+
+    cloud = http_cloud(reply=reply)
+    app = make_app(tiny_bundle, cloud=cloud.url, dispatch="inline", offload_retries=0)
+    frame = encode_tensor(np.ascontiguousarray(digits[:2], np.float32), "raw")
+    with edge_server(app) as server:
+        url = server.url + "/v1/infer"
+        hdrs = {"Content-Type": TENSOR}
+        # WHEN one request must go to the cloud (threshold 1: no edge exit answers) ...
+        slow: dict = {}
+        worker = threading.Thread(target=lambda: slow.update(r=requests.post(
+            url + "?threshold=1", data=frame, headers=hdrs, timeout=30)))  # fmt: skip
+        worker.start()
+        assert arrived.wait(10)
+        # ... and another, answered at an edge exit, comes while the cloud holds the first
+        early = requests.post(url + "?threshold=0", data=frame, headers=hdrs, timeout=10)
+        held = "r" not in slow
+        release.set()
+        worker.join(30)
+    # THEN the edge answer came while the cloud still held the first (the loop kept serving)
+    assert early.status_code == 200 and held
+    assert all(a["stage"] == "edge" for a in early.json()["answers"])
+    # AND the offloaded rows got the cloud's answers
+    assert slow["r"].status_code == 200
+    assert [a["exit"] for a in slow["r"].json()["answers"]] == ["final", "final"]
+    assert slow["r"].json()["offloaded"] == 2
+    app.extensions["edgelesspart"].close()
