@@ -231,24 +231,32 @@ def _bad_images() -> dict[str, bytes]:
     return {"garbage": b"not an image at all", "gif": gif.getvalue(), "huge": big.getvalue()}
 
 
-@pytest.mark.parametrize("batching", [False, True], ids=["unbatched", "batched"])
-def test_images_decode_off_the_loop_and_bad_images_get_the_flask_routes_422(
-    tiny_bundle, digit_png, monkeypatch, batching
-):
-    from edge_runtime import create_app
-    from edge_runtime.fastpath import edge_server
+@pytest.fixture
+def decode_threads(monkeypatch) -> list[int]:
+    """The threads the edge's image decoder ran on, in order (the decoder is wrapped)."""
     from edgelesspart.runtime import preprocess
 
-    # GIVEN an edge (thread-pool dispatch with batching off, and batching on) whose image
-    # decoder records the thread it runs on
-    decoded_on: list[int] = []
+    threads: list[int] = []
     decode = preprocess.image_to_tensor
 
     def recording(data, spec):
-        decoded_on.append(threading.get_ident())
+        threads.append(threading.get_ident())
         return decode(data, spec)
 
     monkeypatch.setattr(preprocess, "image_to_tensor", recording)
+    return threads
+
+
+@pytest.mark.parametrize("batching", [False, True], ids=["unbatched", "batched"])
+def test_images_decode_off_the_loop_and_bad_images_get_the_flask_routes_422(
+    tiny_bundle, digit_png, decode_threads, batching
+):
+    from edge_runtime import create_app
+    from edge_runtime.fastpath import edge_server
+
+    # GIVEN an edge (thread-pool dispatch with batching off, and batching on) whose image
+    # decoder records the thread it runs on
+    decoded_on = decode_threads
     config = EdgeConfig(threshold=0.8, batch_max_rows=8 if batching else 0, dispatch="pool")
     app = create_app(tiny_bundle, config)
     client = app.test_client()
@@ -275,7 +283,7 @@ def test_images_decode_off_the_loop_and_bad_images_get_the_flask_routes_422(
 
 
 def test_inline_dispatch_runs_small_requests_on_the_loop_and_big_images_on_a_thread(
-    tiny_bundle, digits, digit_png, monkeypatch
+    tiny_bundle, digits, digit_png, decode_threads
 ):
     import io
 
@@ -284,18 +292,10 @@ def test_inline_dispatch_runs_small_requests_on_the_loop_and_big_images_on_a_thr
     from edge_runtime import create_app
     from edge_runtime.fastpath import edge_server
     from edge_runtime.service import INLINE_MAX_IMAGE_PIXELS
-    from edgelesspart.runtime import preprocess
 
     # GIVEN an edge with inline dispatch whose image decoder records the thread it runs on,
     # and a pool-dispatch edge on the same bundle to compare answers with
-    decoded_on: list[int] = []
-    decode = preprocess.image_to_tensor
-
-    def recording(data, spec):
-        decoded_on.append(threading.get_ident())
-        return decode(data, spec)
-
-    monkeypatch.setattr(preprocess, "image_to_tensor", recording)
+    decoded_on = decode_threads
     inline = create_app(tiny_bundle, EdgeConfig(threshold=0.8, dispatch="inline"))
     pooled = create_app(tiny_bundle, EdgeConfig(threshold=0.8, dispatch="pool"))
     assert inline.extensions["edgelesspart"].inline
