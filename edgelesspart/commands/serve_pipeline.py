@@ -300,7 +300,9 @@ def width_chain(args: argparse.Namespace) -> Any:
         link = links.load_link(args.emulate_link)
     controller = None
     if args.slo_ms is not None:
-        curves, full = curves_from_manifest(manifest, scale=args.slowdown)
+        curves, full = curves_from_manifest(
+            manifest, scale=args.slowdown, exits=threshold is not None
+        )
         controller = WidthController(curves[:edge_stages], full, ControllerConfig(args.slo_ms))
     pipe = DynamicPipeline(
         args.bundle, scale=args.slowdown, controller=controller, window=args.window,
