@@ -64,6 +64,8 @@ EPOCHS, QUICK_EPOCHS = 5, 1
 WIDTHS, QUICK_WIDTHS = (1.0, 0.75, 0.5, 0.25), (1.0, 0.5)
 HEAD_EPOCHS, QUICK_HEAD_EPOCHS = 30, 5
 ARMS = ("adaptive", "static", "defer")
+#: The full run adds the adaptive arm without its shed route: what widths alone deliver.
+FULL_ARMS = ("adaptive", "widths", "static", "defer")
 QUICK_REDUCED = "1 training epoch on 400 images, widths 1 and 0.5, 10 s runs"
 SLO_GOAL, THROUGHPUT_GOAL, ACCURACY_POINTS = 3.0, 1.5, 2.0
 
@@ -200,11 +202,11 @@ def run_arm(
 
     composed = arm != "defer"
     controller, shed_route = None, None
-    if arm == "adaptive":
+    if arm in ("adaptive", "widths"):
         curves, full = curves_from_manifest(manifest, scale=sc["scale"], exits=True)
         config = ControllerConfig(slo_ms=sc["slo_ms"], accuracy_budget=args.accuracy_budget)
         shed_accuracy = None
-        if not args.no_shed:
+        if arm == "adaptive" and not args.no_shed:
             shed_accuracy = float(manifest.serving["validation_final_accuracy"])
             shed_route = make_offloader(whole, timeout_s=5.0)
         controller = WidthController(curves[: sc["edge_stages"]], full, config, shed_accuracy)
@@ -318,7 +320,7 @@ def measure(args: Any) -> dict[str, Any]:
             BackgroundServer(create_app(str(bundle)), threads=8) as cloud,
             BackgroundServer(create_app(cloud=whole_model), threads=8) as whole,
         ):
-            for arm in ARMS:
+            for arm in ARMS if args.quick else FULL_ARMS:
                 print(f"  arm {arm} ...", flush=True)
                 run = run_arm(arm, bundle, manifest, data, sc, args, cloud.url, whole.url)
                 cost = (run["tail_share"] or 0.0) * price + (run["shed_share"] or 0.0) * whole_price
@@ -362,6 +364,14 @@ def headline(details: dict[str, Any], args: Any) -> tuple[Any, dict[str, Any]]:
     }
     met = checks["slo_met"] and checks["throughput_met"] and checks["accuracy_met"]
     st = details["static"]["slowdown"]
+    if "widths" in details:  # the ablation: the same controller without its shed route
+        wd = details["widths"]["slowdown"]
+        floor = 1.0 / max(1, st["requests"])
+        checks["widths_only_vs_static"] = {
+            "slo_ratio": (wd["slo_attainment"] or 0) / max(st["slo_attainment"] or 0, floor),
+            "throughput_ratio": wd["throughput_per_s"] / max(st["throughput_per_s"], 1e-9),
+            "accuracy_gap_points": 100.0 * (full_acc - (wd["accuracy"] or 0.0)),
+        }
     head = benchlib.Headline(
         "P12",
         "adaptive/static SLO attainment during slowdown (widths+exits+cloud)",
@@ -388,7 +398,7 @@ def print_summary(details: dict[str, Any]) -> None:
         f"{sc['slo_ms']:.0f} ms, {sc['rate']:.1f} req/s, stage {sc['stage']} slowed "
         f"{sc['factor']:g}x in [{sc['slow_start_s']:g}, {sc['slow_end_s']:g}) s"
     )
-    for arm in ARMS:
+    for arm in [a for a in FULL_ARMS if a in details]:
         run = details[arm]
         s, o = run["slowdown"], run["overall"]
         print(

@@ -201,7 +201,7 @@ def add_width_exits(
                 "sha256": sha256_file(root / filename),
                 "filters": filters if len(shape) == 3 else 0,
                 "accuracy": round(float(np.mean(_probs(runner, narrowed).argmax(1) == y_test)), 4),
-                "latency_ms": round(measure_latency_ms(runner, test[k][:1], 30), 4),
+                "latency_ms": round(measure_latency_ms(runner, test[k][:1], 100), 4),
             }
             if w == 1.0:
                 entry = {"stage": k, "name": f"exit_{k}", "input": list(shape), **record}

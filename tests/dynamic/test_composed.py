@@ -146,6 +146,41 @@ def test_width_chain_answers_from_exits_the_cloud_and_degrades(
         dead.close()
 
 
+def test_the_shed_route_answers_from_the_whole_model_or_else_the_edge(
+    composed, ray_local, width_bundle
+):
+    """The share the controller sheds goes to the whole model in the cloud (every stage, on
+    loopback HTTP) and gets its label; with the route dead the edge chain answers instead."""
+    from cloud_functions.local_server import create_app
+    from edgelesspart.commands.serve_pipeline import width_chain
+    from edgelesspart.dynamic.stage import WidthStage
+    from edgelesspart.runtime.cloud import CloudPart
+    from service_http.wsgi import BackgroundServer
+
+    bundle, _ = composed
+    x = width_bundle.x[:6]
+    full = [int(v) for v in WidthStage(bundle, [0, 1])(x).argmax(axis=1)]
+    whole = CloudPart(bundle, stages=["stage0", "stage1"])
+    with BackgroundServer(create_app(cloud=whole), threads=4) as server:
+        for url, cloud_answers in ((server.url, True), (f"http://127.0.0.1:{_free_port()}", False)):
+            args = _args(bundle, slo_ms=60_000.0, shed_cloud=url, cloud_timeout=0.5)
+            pipe = width_chain(args).start()
+            try:
+                pipe.shed = 0.5  # as the controller sets it under overload: every 2nd input
+                answers = [pipe.result(pipe.submit(x[i : i + 1], threshold=1.0)) for i in range(6)]
+                offloads = pipe.metrics()["offloads"]
+            finally:
+                pipe.close()
+            assert [a.label for a in answers] == full
+            shed = [a for a in answers if a.shed]
+            if cloud_answers:
+                assert len(shed) == 3 and offloads["shed"] == 3
+                assert all(a.stage == "cloud" and a.offloaded and not a.widths for a in shed)
+            else:  # nothing lost: the edge chain ran them
+                assert not shed and offloads["shed_failed"] == 3
+                assert all(a.widths == (1.0, 1.0) for a in answers)
+
+
 def test_serve_pipeline_width_chain_over_http(composed, cloud, ray_local, width_bundle):
     """The contract over loopback: rows answered by the exit or the cloud, widths per stage."""
     from edgelesspart.commands.serve_pipeline import width_chain
@@ -184,3 +219,5 @@ def test_width_chain_refuses_what_the_bundle_cannot_do(width_bundle, composed, t
         width_chain(_args(plain, cloud="http://127.0.0.1:9"))
     with pytest.raises(ConfigError, match="--place"):
         width_chain(_args(composed[0], place="stage0=a"))
+    with pytest.raises(ConfigError, match="needs --slo-ms"):
+        width_chain(_args(composed[0], shed_cloud="http://127.0.0.1:9"))
