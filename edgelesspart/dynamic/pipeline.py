@@ -411,6 +411,7 @@ class DynamicPipeline:
         self._seq = itertools.count()
         self._lock = threading.Lock()
         self._submitted = 0
+        self._edge_submitted = 0  # inputs sent into the stage actors (not shed)
         self._completed = 0
         self._rejected = 0
         self._met_slo = 0
@@ -516,6 +517,7 @@ class DynamicPipeline:
                 self._shed_credit += self.shed
                 shed = self._shed_credit >= 1.0
                 self._shed_credit -= float(shed)
+            self._edge_submitted += int(not shed)
         try:
             seq = next(self._seq)
             meta: dict[str, Any] = {"seq": seq}
@@ -555,6 +557,7 @@ class DynamicPipeline:
         except Exception as exc:  # noqa: BLE001 - the edge chain answers instead
             with self._lock:
                 self.offloads["shed_failed"] += 1
+                self._edge_submitted += 1
             LOG.warning("shed failed (%s: %s); the edge answers", type(exc).__name__, exc)
             frame = raykit.require_ray().get(self._edge_ref(x, meta), timeout=self.timeout_s)
             return {"frame": frame}
@@ -660,8 +663,8 @@ class DynamicPipeline:
         ray = raykit.require_ray()
         states = ray.get([a.state.remote() for a in self.actors], timeout=30)
         with self._lock:
-            submitted = self._submitted
-        return {"t": now, "submitted": submitted, "states": states}
+            submitted, edge = self._submitted, self._edge_submitted
+        return {"t": now, "submitted": submitted, "edge_submitted": edge, "states": states}
 
     def observe(self) -> Observation:
         """Per-stage metrics since the previous call (used by the loop; public for tests)."""
@@ -671,7 +674,7 @@ class DynamicPipeline:
         self._last = cur
         dt = max(1e-6, now - last["t"])
         stages = []
-        upstream = cur["submitted"]
+        upstream = cur["edge_submitted"]  # shed inputs never queue at a stage
         for old, new in zip(last["states"], cur["states"]):
             items = new["items"] - old["items"]
             computed = new.get("computed", new["items"]) - old.get("computed", old["items"])

@@ -169,6 +169,8 @@ def test_the_shed_route_answers_from_the_whole_model_or_else_the_edge(
                 pipe.shed = 0.5  # as the controller sets it under overload: every 2nd input
                 answers = [pipe.result(pipe.submit(x[i : i + 1], threshold=1.0)) for i in range(6)]
                 offloads = pipe.metrics()["offloads"]
+                # a shed input never waits at a stage: the controller sees no phantom queue
+                assert [s.queue for s in pipe.observe().stages] == [0, 0]
             finally:
                 pipe.close()
             assert [a.label for a in answers] == full
