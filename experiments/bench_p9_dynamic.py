@@ -147,6 +147,7 @@ def run_load(
                 widths=list(ans.widths),
                 exit=ans.exit,
                 offloaded=ans.offloaded,
+                shed=getattr(ans, "shed", False),
                 degraded=ans.degraded,
             )
 

@@ -170,6 +170,12 @@ def _register_cloud(sub: Any) -> None:
     parser.add_argument(
         "--function-name", default=None, help="only answer this Lambda function name (default: any)"
     )
+    parser.add_argument(
+        "--whole-model",
+        action="store_true",
+        help="run every stage of the bundle from its input, not only its cloud part (the "
+        "shed route of serve-pipeline --shed-cloud)",
+    )
     parser.set_defaults(func=run_cloud)
 
 
@@ -403,8 +409,16 @@ def run_cloud(args: argparse.Namespace) -> int:
     )
 
     def serve_one(sock: Any = None, index: int = 0) -> None:
+        whole = None
+        if getattr(args, "whole_model", False):
+            from edgelesspart.runtime.cloud import CloudPart
+            from edgelesspart.runtime.manifest import load_manifest
+
+            names = list(load_manifest(args.bundle, verify=False).stage_names)
+            whole = CloudPart(args.bundle, stages=names, batch=batch)
         app = create_app(
             args.bundle,
+            cloud=whole,
             token=token,
             function_name=args.function_name,
             limits=limits,

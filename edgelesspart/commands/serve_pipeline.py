@@ -75,6 +75,19 @@ def register(sub: Any) -> None:
         help="width bundles (train-widths): switch each stage's width live to meet this SLO",
     )
     parser.add_argument(
+        "--shed-cloud",
+        default=None,
+        help="width bundles with exit heads, with --slo-ms: the whole model in the cloud "
+        "(serve-cloud on a CloudPart of every stage); under overload the controller narrows "
+        "only within --accuracy-budget and sends the rest of the load there",
+    )
+    parser.add_argument(
+        "--accuracy-budget",
+        type=float,
+        default=0.01,
+        help="with --shed-cloud: accuracy (0..1) widths may cost before shedding (default 0.01)",
+    )
+    parser.add_argument(
         "--token", default=None, help="bearer token (required with a non-loopback --host)"
     )
     parser.set_defaults(func=run_serve)
@@ -164,13 +177,14 @@ def run_serve(args: argparse.Namespace) -> int:
     require_token_off_loopback(args.host, args.token, "serve-pipeline")
     if (Path(args.bundle) / "dynamic.json").is_file():
         return _serve_width_chain(args)
-    if args.slo_ms is not None:
+    if args.slo_ms is not None or getattr(args, "shed_cloud", None):
         from edgelesspart.errors import ConfigError
 
+        flag = "--slo-ms" if args.slo_ms is not None else "--shed-cloud"
         raise ConfigError(
-            f"--slo-ms switches stage widths, but {args.bundle} is not a width bundle (no "
+            f"{flag} needs stage widths, but {args.bundle} is not a width bundle (no "
             "dynamic.json). Build one with `edgelesspart train-widths --model ...`, or drop "
-            "--slo-ms."
+            f"{flag}."
         )
     stages, emulation = _stages(args)
     owned = raykit.connect(args.ray_address, num_cpus=args.num_cpus)
@@ -226,6 +240,8 @@ def _serve_width_chain(args: argparse.Namespace) -> int:
                 mode += f", exits at {pipe.threshold:g}"
             if pipe.offloader is not None:
                 mode += f", cloud tail {args.cloud}"
+            if pipe.shed_offloader is not None:
+                mode += f", shedding to {args.shed_cloud} under overload"
             serve(
                 create_app(pipe, token=args.token), host=args.host, port=args.port,
                 threads=args.threads or args.window + 4,
@@ -298,14 +314,36 @@ def width_chain(args: argparse.Namespace) -> Any:
         from edgelesspart.profiling import links
 
         link = links.load_link(args.emulate_link)
+    shed_cloud, shed_route, shed_accuracy = getattr(args, "shed_cloud", None), None, None
+    if shed_cloud:
+        cloud_accuracy = manifest.serving.get("validation_final_accuracy")
+        if args.slo_ms is None or cloud_accuracy is None:
+            raise ConfigError(
+                "--shed-cloud is a lever of the width controller: it needs --slo-ms and a "
+                f"bundle whose exit heads record the final classifier's accuracy ({args.bundle} "
+                "does not; run edgelesspart.dynamic.exits.add_width_exits again)."
+            )
+        from edgelesspart.pipeline.contract import make_offloader
+
+        shed_accuracy = float(cloud_accuracy)
+        shed_route = make_offloader(
+            shed_cloud, token=args.cloud_token, lambda_endpoint=args.lambda_endpoint,
+            region=args.region, timeout_s=args.cloud_timeout,
+        )  # fmt: skip
     controller = None
     if args.slo_ms is not None:
-        curves, full = curves_from_manifest(manifest, scale=args.slowdown)
-        controller = WidthController(curves[:edge_stages], full, ControllerConfig(args.slo_ms))
+        curves, full = curves_from_manifest(
+            manifest, scale=args.slowdown, exits=threshold is not None
+        )
+        config = ControllerConfig(
+            args.slo_ms, accuracy_budget=getattr(args, "accuracy_budget", 0.01)
+        )
+        controller = WidthController(curves[:edge_stages], full, config, shed_accuracy)
     pipe = DynamicPipeline(
         args.bundle, scale=args.slowdown, controller=controller, window=args.window,
         edge_stages=edge_stages, threshold=threshold, offloader=offloader,
         link_mbps=link.uplink_mbps if link else None, link_rtt_ms=link.rtt_ms if link else 0.0,
+        shed_offloader=shed_route,
     )  # fmt: skip
     pipe.cloud = args.cloud if args.cloud else None
     return pipe

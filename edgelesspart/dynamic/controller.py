@@ -8,10 +8,20 @@ width, its queue length and throughput. The controller
    that width, smoothed), so it knows what every other width would cost on that node now, and
    smooths the arrival rate the same way (exponential, weight ``smoothing``);
 2. predicts, for every combination of widths, the bottleneck utilisation ``rho = lambda x s``
-   (``lambda`` includes draining the current backlog within ``drain_s``) and the end-to-end
+   (``lambda`` includes draining the current backlog within ``drain_s``, times the smoothed
+   share of requests the stage computes: behind an early exit, only the rows it did not
+   answer) and the end-to-end
    latency (service times plus M/D/1 waiting ``rho / (2 (1 - rho)) x s`` per stage);
 3. picks the most accurate combination (accuracy: full-width accuracy minus each narrowed
    stage's measured drop) that meets the SLO with headroom, the fastest one if none does.
+
+With a *shed route* (``shed_accuracy``: the whole model also runs in the cloud, paid per
+request) the controller has a second lever: it only considers width combinations within
+``accuracy_budget`` of full width, and when none of them carries the load it sends the least
+share of the arrivals (in steps of ``shed_step``, at most ``max_shed``) straight to the cloud
+that brings the bottleneck under the target; among what meets the targets it prefers the least
+shed (cost), then the most accurate (the shed requests count at ``shed_accuracy``). Widths
+are free and fast to change but cost accuracy; the cloud costs money but not accuracy.
 
 Hysteresis: it narrows only after ``patience_up`` ticks of pressure (the current widths predicted
 to miss the SLO or to run a stage above ``high_utilisation``), to a combination that keeps every
@@ -89,7 +99,10 @@ class StageCurve:
 
 
 def curves_from_manifest(
-    manifest: DynamicManifest, scale: float = 1.0, groups: Sequence[Sequence[int]] | None = None
+    manifest: DynamicManifest,
+    scale: float = 1.0,
+    groups: Sequence[Sequence[int]] | None = None,
+    exits: bool = False,
 ) -> tuple[tuple[StageCurve, ...], float]:
     """Controller curves from a width bundle, and the full-width accuracy.
 
@@ -99,20 +112,34 @@ def curves_from_manifest(
         groups: stage indices each controlled stage runs (default: one bundle stage each); a
             single-node edge passes ``[[0, 1, 2, 3]]`` and narrows all of them together, and
             its accuracy drop is then the measured uniform-width drop.
+        exits: the chain serves with its exit heads (``dynamic/exits.py``): a stage's latency
+            includes its head at each width (its own head per width where the bundle has
+            them), and the accuracy is that of the chain *with its exits* when only that stage
+            is narrowed (``serving.stage_accuracy``, validation, at the serving threshold),
+            where the bundle recorded it, else the final classifier's.
     """
-    full = manifest.full_accuracy
+    measured = manifest.serving.get("stage_accuracy") if exits else None
+    full = float(measured["0"][width_key(1.0)]) if measured else manifest.full_accuracy
     groups = [[i] for i in range(len(manifest.stages))] if groups is None else groups
     curves = []
     for group in groups:
-        heads = sum(float((manifest.exit_of(i) or {}).get("latency_ms", 0.0)) for i in group)
-        lat = {  # an exit head (dynamic/exits.py) runs at every width: a constant share
-            w: scale * (sum(manifest.stages[i].at(w).latency_ms for i in group) + heads)
+
+        def head_ms(i: int, w: float) -> float:
+            head = manifest.exit_head(i, w) if exits else None
+            return float(head["latency_ms"]) if head is not None else 0.0
+
+        lat = {
+            w: scale * sum(manifest.stages[i].at(w).latency_ms + head_ms(i, w) for i in group)
             for w in manifest.widths
         }
-        if len(group) == 1:
-            drop = {w: full - manifest.stages[group[0]].at(w).accuracy for w in manifest.widths}
+        if len(group) == 1 and measured and str(group[0]) in measured:
+            drop = {w: full - float(measured[str(group[0])][width_key(w)]) for w in manifest.widths}
+        elif len(group) == 1:
+            base = manifest.full_accuracy
+            drop = {w: base - manifest.stages[group[0]].at(w).accuracy for w in manifest.widths}
         else:
-            drop = {w: full - manifest.uniform_accuracy[width_key(w)] for w in manifest.widths}
+            base = manifest.full_accuracy
+            drop = {w: base - manifest.uniform_accuracy[width_key(w)] for w in manifest.widths}
         curves.append(StageCurve(manifest.widths, lat, {w: max(0.0, d) for w, d in drop.items()}))
     return tuple(curves), full
 
@@ -132,6 +159,9 @@ class ControllerConfig:
     smoothing: float = 0.5
     drain_s: float = 5.0
     idle_recovery: float = 0.2
+    accuracy_budget: float = 0.01
+    max_shed: float = 0.9
+    shed_step: float = 0.05
 
     def __post_init__(self) -> None:
         if not self.slo_ms > 0:
@@ -145,6 +175,10 @@ class ControllerConfig:
             raise ConfigError("patience_up/down must be >= 1 and smoothing in (0, 1].")
         if not 0 <= self.idle_recovery <= 1:
             raise ConfigError(f"idle_recovery must be in [0, 1], got {self.idle_recovery!r}.")
+        if not 0 <= self.accuracy_budget <= 1 or not 0 <= self.max_shed < 1:
+            raise ConfigError("accuracy_budget must be in [0, 1] and max_shed in [0, 1).")
+        if not 0 < self.shed_step <= 1:
+            raise ConfigError(f"shed_step must be in (0, 1], got {self.shed_step!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -154,12 +188,18 @@ class ControllerConfig:
 @dataclass(frozen=True)
 class StageMetrics:
     """One stage over the last tick: mean service time (ms, ``None`` if it served nothing),
-    items waiting or running there, items finished per second, and its current width."""
+    items waiting or running there, items finished per second, and its current width.
+
+    ``share``: the fraction of the items that passed the stage which it computed (``None``:
+    all of them, or nothing passed). In a chain with early exits a later stage only computes
+    the rows no earlier exit answered, so its load is ``share x`` the arrival rate.
+    """
 
     service_ms: float | None
     queue: int
     throughput: float
     width: float
+    share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -184,11 +224,13 @@ class Decision:
     predicted_latency_ms: float
     predicted_utilisation: float
     predicted_accuracy: float
+    shed: float = 0.0
+    previous_shed: float = 0.0
 
     @property
     def changed(self) -> bool:
-        """Whether the widths differ from the previous ones."""
-        return self.widths != self.previous
+        """Whether the widths (or the shed share) differ from the previous ones."""
+        return self.widths != self.previous or self.shed != self.previous_shed
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -203,6 +245,7 @@ class Decision:
             "predicted_latency_ms": _finite(self.predicted_latency_ms),
             "predicted_utilisation": _finite(self.predicted_utilisation),
             "predicted_accuracy": round(self.predicted_accuracy, 5),
+            "shed": self.shed,
         }
 
 
@@ -217,12 +260,16 @@ class _Prediction:
     latency_ms: float
     accuracy: float
     bottleneck: int
+    shed: float = 0.0
+    edge_accuracy: float = math.nan
 
 
 @dataclass
 class _State:
     slowdown: list[float]
     widths: tuple[float, ...]
+    share: list[float]
+    shed: float = 0.0
     rate: float | None = None
     pressure: int = 0
     calm: int = 0
@@ -237,18 +284,26 @@ class WidthController:
         curves: one :class:`StageCurve` per stage, in chain order.
         full_accuracy: accuracy with every stage at full width.
         config: targets and hysteresis.
+        shed_accuracy: the accuracy of a request shed to the cloud (the whole model there);
+            ``None``: no shed route, widths are the only lever (see :meth:`step`).
     """
 
     def __init__(
-        self, curves: Sequence[StageCurve], full_accuracy: float, config: ControllerConfig
+        self,
+        curves: Sequence[StageCurve],
+        full_accuracy: float,
+        config: ControllerConfig,
+        shed_accuracy: float | None = None,
     ) -> None:
         if not curves:
             raise ConfigError("The controller needs at least one stage curve.")
         self.curves = tuple(curves)
         self.full_accuracy = float(full_accuracy)
         self.config = config
+        self.shed_accuracy = None if shed_accuracy is None else float(shed_accuracy)
         self._combos = list(itertools.product(*(c.widths for c in self.curves)))
-        self._state = _State([1.0] * len(self.curves), tuple(1.0 for _ in self.curves))
+        n = len(self.curves)
+        self._state = _State([1.0] * n, tuple(1.0 for _ in self.curves), [1.0] * n)
 
     @property
     def widths(self) -> tuple[float, ...]:
@@ -256,36 +311,69 @@ class WidthController:
         return self._state.widths
 
     @property
+    def shed(self) -> float:
+        """The share of arrivals the last decision sheds to the cloud (0 without a route)."""
+        return self._state.shed
+
+    @property
     def slowdown(self) -> tuple[float, ...]:
         """The smoothed slowdown estimate per stage."""
         return tuple(self._state.slowdown)
+
+    @property
+    def share(self) -> tuple[float, ...]:
+        """The smoothed share of the requests each stage computes (1: every request)."""
+        return tuple(self._state.share)
 
     @property
     def decisions(self) -> list[Decision]:
         """The latest :data:`DECISIONS_KEPT` decisions that changed the widths, oldest first."""
         return list(self._state.decisions)
 
-    def predict(self, widths: Sequence[float], arrival_rate: float) -> _Prediction:
-        """Utilisation of the bottleneck, latency and accuracy of ``widths`` at this load."""
-        rate = max(0.0, float(arrival_rate))
+    def predict(
+        self, widths: Sequence[float], arrival_rate: float, shed: float = 0.0
+    ) -> _Prediction:
+        """Utilisation of the bottleneck, latency and accuracy of ``widths`` at this load, with
+        the share ``shed`` of the arrivals sent to the cloud instead."""
+        rate = max(0.0, float(arrival_rate)) * (1.0 - shed)
         latency = 0.0
         worst, bottleneck = -1.0, 0
         accuracy = self.full_accuracy
         for k, (curve, w) in enumerate(zip(self.curves, widths)):
             service = curve.latency_ms[w] * self._state.slowdown[k]
-            rho = rate * service / 1000.0
+            rho = rate * self._state.share[k] * service / 1000.0
             wait = math.inf if rho >= 1 else rho / (2 * (1 - rho)) * service
             latency += service + wait
             accuracy -= curve.accuracy_drop[w]
             if rho > worst:
                 worst, bottleneck = rho, k
-        return _Prediction(tuple(widths), worst, latency, accuracy, bottleneck)
+        mixed = accuracy if not shed else (1 - shed) * accuracy + shed * (self.shed_accuracy or 0)
+        return _Prediction(tuple(widths), worst, latency, mixed, bottleneck, shed, accuracy)
+
+    def _candidates(self, rate: float, utilisation: float) -> list[_Prediction]:
+        """Every width combination; with a shed route, only those within the accuracy budget,
+        each shedding the least share (in ``shed_step``s) that brings it under
+        ``utilisation``."""
+        cfg = self.config
+        plain = [self.predict(c, rate) for c in self._combos]
+        if self.shed_accuracy is None:
+            return plain
+        floor = self.full_accuracy - cfg.accuracy_budget - 1e-9
+        out = []
+        for p in plain:
+            if p.edge_accuracy < floor:
+                continue
+            shed = 0.0
+            if p.utilisation > utilisation:
+                need = 1.0 - utilisation / p.utilisation
+                shed = min(cfg.max_shed, math.ceil(need / cfg.shed_step - 1e-9) * cfg.shed_step)
+            out.append(self.predict(p.widths, rate, round(shed, 6)) if shed else p)
+        return out
 
     def _best(self, rate: float, utilisation: float, headroom: float) -> _Prediction | None:
-        """Most accurate combination under ``utilisation`` and ``headroom`` x SLO (or None)."""
+        """Best candidate (:func:`_rank`) under ``utilisation`` and ``headroom`` x SLO."""
         best = None
-        for combo in self._combos:
-            p = self.predict(combo, rate)
+        for p in self._candidates(rate, utilisation):
             if p.utilisation > utilisation or p.latency_ms > headroom * self.config.slo_ms:
                 continue
             if best is None or _rank(p) > _rank(best):
@@ -294,7 +382,7 @@ class WidthController:
 
     def _fastest(self, rate: float) -> _Prediction:
         return min(
-            (self.predict(c, rate) for c in self._combos),
+            self._candidates(rate, self.config.target_utilisation),
             key=lambda p: (p.utilisation, p.latency_ms, -p.accuracy),
         )
 
@@ -310,6 +398,10 @@ class WidthController:
                 continue
             sample = max(MIN_SLOWDOWN, m.service_ms / curve.latency_ms[m.width])
             self._state.slowdown[k] = old + cfg.smoothing * (sample - old)
+        for k, m in enumerate(obs.stages):  # exits upstream: a stage computes only the rest
+            if m.share is not None:
+                old = self._state.share[k]
+                self._state.share[k] = old + cfg.smoothing * (min(1.0, max(0.0, m.share)) - old)
         sample = max(0.0, obs.arrival_rate)
         old_rate = self._state.rate
         rate = sample if old_rate is None else old_rate + cfg.smoothing * (sample - old_rate)
@@ -325,7 +417,7 @@ class WidthController:
             )
         rate = self._observe(obs)
         state, cfg = self._state, self.config
-        current = self.predict(state.widths, rate)
+        current = self.predict(state.widths, rate, state.shed)
         pressure = current.utilisation > cfg.high_utilisation or current.latency_ms > cfg.slo_ms
         if pressure:
             state.pressure, state.calm = state.pressure + 1, 0
@@ -344,7 +436,7 @@ class WidthController:
                 obs.time_s, current, f"calm {state.calm}/{cfg.patience_down}, dwell {dwell:.1f} s"
             )
         reason = (
-            f"pressure gone: widths {_fmt(wider.widths)} keep the bottleneck (stage "
+            f"pressure gone: widths {_fmt(wider.widths)}{_shed(wider)} keep the bottleneck (stage "
             f"{wider.bottleneck}) at {wider.utilisation:.0%} <= {cfg.low_utilisation:.0%} and "
             f"latency {wider.latency_ms:.0f} ms <= {cfg.latency_headroom:.0%} of the "
             f"{cfg.slo_ms:.0f} ms SLO; accuracy {current.accuracy:.3f} -> {wider.accuracy:.3f}"
@@ -362,13 +454,16 @@ class WidthController:
         )
         if target is None:
             target = self._fastest(rate)
-            reason = f"{why}; no widths meet the SLO, taking the fastest {_fmt(target.widths)}"
+            reason = (
+                f"{why}; no widths meet the SLO, taking the fastest {_fmt(target.widths)}"
+                f"{_shed(target)}"
+            )
         else:
             reason = (
-                f"{why}; {_fmt(target.widths)} keeps every stage <= "
+                f"{why}; {_fmt(target.widths)}{_shed(target)} keeps every stage <= "
                 f"{cfg.target_utilisation:.0%} at accuracy {target.accuracy:.3f}"
             )
-        if target.widths == self._state.widths:
+        if (target.widths, target.shed) == (self._state.widths, self._state.shed):
             return self._hold(now, current, f"{why}; already at the best widths")
         return self._apply(now, target, reason)
 
@@ -384,8 +479,11 @@ class WidthController:
             target.latency_ms,
             target.utilisation,
             target.accuracy,
+            target.shed,
+            state.shed,
         )
         state.widths, state.pressure, state.calm, state.last_change_s = target.widths, 0, 0, now
+        state.shed = target.shed
         state.decisions.append(decision)
         return decision
 
@@ -400,12 +498,20 @@ class WidthController:
             current.latency_ms,
             current.utilisation,
             current.accuracy,
+            current.shed,
+            current.shed,
         )
 
 
-def _rank(p: _Prediction) -> tuple[float, float, float]:
-    """Preference order: more accurate, then wider (measured ties favour full width), faster."""
-    return (round(p.accuracy, 6), sum(p.widths), -p.latency_ms)
+def _rank(p: _Prediction) -> tuple[float, float, float, float]:
+    """Preference order: less shed to the cloud (it is paid per request; the widths allowed
+    are already within the accuracy budget), more accurate, then wider (measured ties favour
+    full width), faster. Without a shed route the first term is always 0."""
+    return (-p.shed, round(p.accuracy, 6), sum(p.widths), -p.latency_ms)
+
+
+def _shed(p: _Prediction) -> str:
+    return f" shedding {p.shed:.0%} to the cloud" if p.shed else ""
 
 
 def _fmt(widths: Sequence[float]) -> str:

@@ -63,9 +63,10 @@ def stage_files(bundle: Path, manifest: DynamicManifest, index: int) -> dict[str
     for seg in manifest.stages[index].segments:
         rel = seg.segment.files["tflite"]
         out[rel] = segment_path(bundle, rel).read_bytes()
-    head = manifest.exit_of(index)
-    if head is not None:
-        out[head["file"]] = segment_path(bundle, head["file"]).read_bytes()
+    for w in manifest.stages[index].widths:  # the stage's exit head(s), one per width or one
+        head = manifest.exit_head(index, w)
+        if head is not None:
+            out[head["file"]] = segment_path(bundle, head["file"]).read_bytes()
     return out
 
 
@@ -133,16 +134,23 @@ class WidthWorker:
                 tmp, [self.index], manifest=self.manifest, width=width, pool_size=1
             )
             self.head = self.manifest.exit_of(self.index)
-            self.exit = None
-            if self.head is not None:
-                data = files.get(self.head["file"])
-                if data is None or hashlib.sha256(data).hexdigest() != self.head["sha256"]:
-                    raise BundleError(
-                        f"Stage {index} exit head {self.head['file']!r} is missing or does not "
-                        "match its SHA-256; the dispatcher's width bundle is corrupt."
-                    )
-                segment_path(Path(tmp), self.head["file"]).write_bytes(data)
-                self.exit = _exit_runner(Path(tmp), self.head)
+            # width key -> (head entry, runner): a head per width, or one for every width
+            self.exits: dict[str, tuple[dict[str, Any], Any]] = {}
+            runners: dict[str, Any] = {}
+            for w in self.stage.widths:
+                head = self.manifest.exit_head(self.index, w)
+                if head is None:
+                    continue
+                if head["file"] not in runners:
+                    data = files.get(head["file"])
+                    if data is None or hashlib.sha256(data).hexdigest() != head["sha256"]:
+                        raise BundleError(
+                            f"Stage {index} exit head {head['file']!r} is missing or does not "
+                            "match its SHA-256; the dispatcher's width bundle is corrupt."
+                        )
+                    segment_path(Path(tmp), head["file"]).write_bytes(data)
+                    runners[head["file"]] = _exit_runner(Path(tmp), head)
+                self.exits[width_key(w)] = (head, runners[head["file"]])
         self.threshold = threshold
         self.last = self.index == len(self.manifest.stages) - 1
         self.link = DeviceEmulation(link_mbps=link_mbps, link_rtt_ms=link_rtt_ms)
@@ -159,21 +167,27 @@ class WidthWorker:
         """Who this worker is (the dispatcher waits on it after creating the actor)."""
         return {"stage": self.index, "pid": os.getpid(), "widths": list(self.stage.widths)}
 
-    def device_ms(self, width: float) -> float:
-        """Emulated service time at ``width`` under the current slowdown (exit head included)."""
-        head = float(self.head["latency_ms"]) if self.exit is not None else 0.0
-        return self.scale * (self.stage.latency_ms(width) + head) * self.slowdown
+    def device_ms(self, width: float, head: bool = True) -> float:
+        """Emulated service time at ``width`` under the current slowdown; ``head``: the exit
+        head at that width ran too (its measured latency is added)."""
+        own = self.exits.get(width_key(width)) if head else None
+        extra = float(own[0]["latency_ms"]) if own is not None else 0.0
+        return self.scale * (self.stage.latency_ms(width) + extra) * self.slowdown
 
-    def _exit(self, y: np.ndarray, meta: dict[str, Any]) -> np.ndarray | None:
-        """The exit head's probabilities if every row clears the threshold, else ``None``
-        (the head's answer is then kept in ``meta["best"]``: a degraded answer's source)."""
+    def _exit(self, y: np.ndarray, meta: dict[str, Any], width: float) -> np.ndarray | None:
+        """The probabilities of the exit head of ``width`` if every row clears the threshold,
+        else ``None`` (the head's answer is then kept in ``meta["best"]``: a degraded answer's
+        source). Sets ``meta["_head"]`` when a head ran."""
         threshold = meta.get("threshold", self.threshold)
-        if self.exit is None or threshold is None:
+        own = self.exits.get(width_key(width))
+        if own is None or threshold is None:
             return None
-        probs, _ = self.exit(y, trusted=True)
+        head, runner = own
+        probs, _ = runner(y, trusted=True)
+        meta["_head"] = True
         if float(np.min(np.max(probs, axis=1))) >= float(threshold):
             return probs
-        meta["best"] = {"exit": self.head["name"], "stage": f"stage{self.index}",
+        meta["best"] = {"exit": head["name"], "stage": f"stage{self.index}",
                         "probs": np.asarray(probs, np.float64).reshape(-1).tolist()}  # fmt: skip
         return None
 
@@ -189,7 +203,8 @@ class WidthWorker:
             return payload
         y, width, _ = self.stage.timed(x)
         meta["widths"] = [*meta.get("widths", []), width]
-        probs = self._exit(y, meta)
+        probs = self._exit(y, meta, width)
+        ran_head = bool(meta.pop("_head", False))
         if probs is not None:
             y = probs
             meta.update({"final": True, "exit": self.head["name"], "stage": f"stage{self.index}"})
@@ -197,7 +212,7 @@ class WidthWorker:
             meta.update({"final": True, "exit": "final", "stage": f"stage{self.index}"})
         out = encode_tensor(np.ascontiguousarray(y), "raw", meta=meta)
         wall = time.perf_counter() - start
-        target = self.device_ms(width) / 1000.0
+        target = self.device_ms(width, head=ran_head) / 1000.0
         sleep_s(target - wall)
         with self._lock:
             self._items += 1
@@ -269,8 +284,9 @@ class Answer:
 
     With exits or a cloud tail also: which exit and stage answered (``cloud`` for the cloud
     tail), whether it was offloaded, and ``degraded`` with its reason when the cloud could not
-    answer and the last edge exit did. ``probs`` is ``None`` for a cloud answer (``label``
-    holds its class index).
+    answer and the last edge exit did. ``shed``: the controller sent the input straight to the
+    whole model in the cloud (:class:`DynamicPipeline`'s ``shed_offloader``). ``probs`` is
+    ``None`` for a cloud answer (``label`` holds its class index).
     """
 
     seq: int
@@ -285,6 +301,7 @@ class Answer:
     reason: str | None = None
     cloud: dict[str, Any] | None = None
     offload_ms: float = 0.0
+    shed: bool = False
 
     @property
     def label(self) -> int | None:
@@ -299,6 +316,7 @@ class _Ticket:
     seq: int
     ref: Any
     submitted: float
+    shed: bool = False
 
 
 class DynamicPipeline:
@@ -321,6 +339,11 @@ class DynamicPipeline:
         bundle_id: the id the cloud part checks (default: the chain manifest's id).
         link_mbps, link_rtt_ms: emulated links between stages (each stage's ``send``) and to
             the cloud (the dispatcher sleeps it before the offload call).
+        shed_offloader: the whole model in the cloud (e.g. ``serve-cloud``'s app on a
+            :class:`~edgelesspart.runtime.cloud.CloudPart` of every stage): under overload the
+            controller (given ``shed_accuracy``) sends this share of the arrivals straight
+            there instead of narrowing beyond its accuracy budget. An input whose shed call
+            fails runs on the edge chain instead (nothing is lost).
     """
 
     def __init__(
@@ -340,6 +363,7 @@ class DynamicPipeline:
         bundle_id: str | None = None,
         link_mbps: float | None = None,
         link_rtt_ms: float = 0.0,
+        shed_offloader: Any = None,
     ) -> None:
         from edgelesspart.pipeline.emulation import DeviceEmulation
 
@@ -359,11 +383,20 @@ class DynamicPipeline:
                 f"A threshold needs exit heads, and {self.bundle} has none; add them with "
                 "edgelesspart.dynamic.exits.add_width_exits, or drop the threshold."
             )
+        if shed_offloader is not None and (controller is None or controller.shed_accuracy is None):
+            raise ConfigError(
+                "A shed route needs a controller that knows the cloud's accuracy: build the "
+                "WidthController with shed_accuracy=..., or drop shed_offloader."
+            )
         self.threshold = threshold
         self.offloader = offloader
+        self.shed_offloader = shed_offloader
+        self.shed = 0.0  # share of arrivals sent straight to the cloud (set by the controller)
+        self._shed_credit = 0.0
+        self._shed_pool: Any = None
         self._bundle_id = bundle_id
         self.link = DeviceEmulation(link_mbps=link_mbps, link_rtt_ms=link_rtt_ms)
-        self.offloads = {"ok": 0, "failed": 0}
+        self.offloads = {"ok": 0, "failed": 0, "shed": 0, "shed_failed": 0}
         self.cloud: str | None = None  # the cloud tail's URL, for /v1/bundle
         self.scale = float(scale)
         self.controller = controller
@@ -378,6 +411,7 @@ class DynamicPipeline:
         self._seq = itertools.count()
         self._lock = threading.Lock()
         self._submitted = 0
+        self._edge_submitted = 0  # inputs sent into the stage actors (not shed)
         self._completed = 0
         self._rejected = 0
         self._met_slo = 0
@@ -430,6 +464,10 @@ class DynamicPipeline:
         except Exception as exc:
             self.close()
             raise PipelineError(f"Width stage actors did not start: {exc}") from exc
+        if self.shed_offloader is not None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._shed_pool = ThreadPoolExecutor(8, thread_name_prefix="width-shed")
         self._last = self._read(time.perf_counter())
         self._thread = threading.Thread(target=self._loop, name="width-controller", daemon=True)
         self._thread.start()
@@ -440,6 +478,9 @@ class DynamicPipeline:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._shed_pool is not None:
+            self._shed_pool.shutdown(wait=True)
+            self._shed_pool = None
         actors, self.actors = self.actors, []
         raykit.kill_actors(actors)
         if self.blobs is not None:
@@ -471,21 +512,60 @@ class DynamicPipeline:
                 raise PipelineBusy(f"{self.window} inputs are already in flight; retry shortly.")
             self._inflight += 1
             self._submitted += 1
+            shed = self._shed_pool is not None and self.shed > 0
+            if shed:  # error diffusion: exactly the share ``shed`` of the arrivals, spread out
+                self._shed_credit += self.shed
+                shed = self._shed_credit >= 1.0
+                self._shed_credit -= float(shed)
+            self._edge_submitted += int(not shed)
         try:
             seq = next(self._seq)
             meta: dict[str, Any] = {"seq": seq}
             if threshold is not None:
                 meta["threshold"] = float(threshold)
-            ref: Any = encode_tensor(x, "raw", meta=meta)
-            for k, actor in enumerate(self.actors):
-                ref = actor.forward.remote(ref)
-                if self.link.active and k < len(self.actors) - 1:
-                    ref = actor.send.remote(ref)
+            if shed:
+                ref: Any = self._shed_pool.submit(self._shed_call, x, meta)
+            else:
+                ref = self._edge_ref(x, meta)
         except BaseException:
             with self._lock:
                 self._inflight -= 1
             raise
-        return _Ticket(seq, ref, time.perf_counter())
+        return _Ticket(seq, ref, time.perf_counter(), shed)
+
+    def _edge_ref(self, x: np.ndarray, meta: dict[str, Any]) -> Any:
+        """Send one input through the edge stage actors; the last stage's object ref."""
+        ref: Any = encode_tensor(x, "raw", meta=meta)
+        for k, actor in enumerate(self.actors):
+            ref = actor.forward.remote(ref)
+            if self.link.active and k < len(self.actors) - 1:
+                ref = actor.send.remote(ref)
+        return ref
+
+    def _shed_call(self, x: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
+        """The whole model in the cloud for one shed input (over the emulated link); on
+        failure the input runs on the edge chain instead."""
+        from edgelesspart.runtime.offload import check_answers
+
+        start = time.perf_counter()
+        sleep_s(self.link.link_s(int(np.asarray(x).nbytes)))
+        try:
+            answers = self.shed_offloader.offload(
+                np.asarray(x), threshold=1.0, meta={"bundle_id": self.bundle_id, "rows": 1}
+            )
+            answer = check_answers({"answers": answers}, 1)[0]
+        except Exception as exc:  # noqa: BLE001 - the edge chain answers instead
+            with self._lock:
+                self.offloads["shed_failed"] += 1
+                self._edge_submitted += 1
+            LOG.warning("shed failed (%s: %s); the edge answers", type(exc).__name__, exc)
+            frame = raykit.require_ray().get(self._edge_ref(x, meta), timeout=self.timeout_s)
+            return {"frame": frame}
+        with self._lock:
+            self.offloads["shed"] += 1
+        return {"probs": None, "exit": answer.get("exit"), "stage": "cloud", "offloaded": True,
+                "shed": True, "cloud": answer,
+                "offload_ms": (time.perf_counter() - start) * 1000.0}  # fmt: skip
 
     def result(self, ticket: _Ticket) -> Answer:
         """Wait for one answer.
@@ -494,13 +574,20 @@ class DynamicPipeline:
             PipelineError: a stage failed or the answer took longer than ``timeout_s``.
         """
         ray = raykit.require_ray()
+        shed: dict[str, Any] = {}
         try:
-            frame = ray.get(ticket.ref, timeout=self.timeout_s)
+            if ticket.shed:
+                shed = ticket.ref.result(timeout=self.timeout_s)
+                frame = shed.pop("frame", None)
+            else:
+                frame = ray.get(ticket.ref, timeout=self.timeout_s)
         except Exception as exc:
             raise PipelineError(f"Input {ticket.seq} was not answered: {exc}") from exc
         finally:
             with self._lock:
                 self._inflight -= 1
+        if frame is None:  # answered by the whole model in the cloud
+            return self._finish(ticket, None, (), shed)
         probs, header = decode_tensor(frame)
         meta = header.get("meta") or {}
         if meta.get("seq") != ticket.seq:
@@ -510,12 +597,19 @@ class DynamicPipeline:
         if not meta.get("final"):
             fields = self._offload(probs, meta)
             probs = fields.pop("probs")
+        return self._finish(ticket, probs, widths, fields)
+
+    def _finish(
+        self, ticket: _Ticket, probs: Any, widths: tuple[float, ...], fields: dict[str, Any]
+    ) -> Answer:
+        """Count one answer and build it."""
+        probs = fields.pop("probs", probs)
         latency = (time.perf_counter() - ticket.submitted) * 1000.0
         with self._lock:
             self._completed += 1
             self._met_slo += int(self.slo_ms is not None and latency <= self.slo_ms)
             key = "cloud" if fields.get("offloaded") and not fields.get("degraded") else None
-            key = key or str(fields.get("exit"))
+            key = "shed" if fields.get("shed") else key or str(fields.get("exit"))
             self._exits[key] = self._exits.get(key, 0) + 1
         return Answer(ticket.seq, probs, widths, ticket.submitted, latency, **fields)
 
@@ -569,8 +663,8 @@ class DynamicPipeline:
         ray = raykit.require_ray()
         states = ray.get([a.state.remote() for a in self.actors], timeout=30)
         with self._lock:
-            submitted = self._submitted
-        return {"t": now, "submitted": submitted, "states": states}
+            submitted, edge = self._submitted, self._edge_submitted
+        return {"t": now, "submitted": submitted, "edge_submitted": edge, "states": states}
 
     def observe(self) -> Observation:
         """Per-stage metrics since the previous call (used by the loop; public for tests)."""
@@ -580,15 +674,15 @@ class DynamicPipeline:
         self._last = cur
         dt = max(1e-6, now - last["t"])
         stages = []
-        upstream = cur["submitted"]
+        upstream = cur["edge_submitted"]  # shed inputs never queue at a stage
         for old, new in zip(last["states"], cur["states"]):
             items = new["items"] - old["items"]
             computed = new.get("computed", new["items"]) - old.get("computed", old["items"])
             busy = new["busy_s"] - old["busy_s"]
             service = busy / computed * 1000.0 if computed else None
-            stages.append(
-                StageMetrics(service, max(0, upstream - new["items"]), items / dt, new["width"])
-            )
+            share = computed / items if items else None  # rows an earlier exit left to it
+            queue = max(0, upstream - new["items"])
+            stages.append(StageMetrics(service, queue, items / dt, new["width"], share))
             upstream = new["items"]
         rate = (cur["submitted"] - last["submitted"]) / dt
         return Observation(now, rate, tuple(stages))
@@ -609,7 +703,9 @@ class DynamicPipeline:
         if decision is not None and decision.changed:
             with self._lock:
                 self._decisions.append(decision.to_dict())
-            self.set_widths(decision.widths)
+            if decision.widths != decision.previous:
+                self.set_widths(decision.widths)
+            self.shed = decision.shed
         self._record(obs, decision)
 
     def _record(self, obs: Observation, decision: Decision | None) -> None:
@@ -626,6 +722,7 @@ class DynamicPipeline:
                     if decision is None
                     else list(decision.widths),
                     "reason": None if decision is None else decision.reason,
+                    "shed": self.shed,
                 }
             )
 
@@ -643,6 +740,7 @@ class DynamicPipeline:
                 "decisions": list(self._decisions),
                 "answered_by": dict(self._exits),
                 "offloads": dict(self.offloads),
+                "shed": self.shed,
             }
         try:
             states = raykit.require_ray().get([a.state.remote() for a in self.actors], timeout=30)

@@ -150,7 +150,9 @@ class DynamicManifest:
     training: dict[str, Any] = field(default_factory=dict)
     version: int = SCHEMA_VERSION
     #: Early-exit heads on stage boundaries (:mod:`edgelesspart.dynamic.exits`): dicts with
-    #: ``stage``, ``name``, ``file``, ``sha256``, ``accuracy``, ``latency_ms``; ``()``: none.
+    #: ``stage``, ``name``, ``file``, ``sha256``, ``accuracy``, ``latency_ms`` (the head at
+    #: full width) and optionally ``widths``: width key -> ``file``, ``sha256``, ``accuracy``,
+    #: ``latency_ms`` of the head that answers when the stage runs at that width; ``()``: none.
     exits: tuple[dict[str, Any], ...] = ()
     #: ``{"threshold": t}``: the exits' default confidence threshold (``{}`` without exits).
     serving: dict[str, Any] = field(default_factory=dict)
@@ -161,6 +163,24 @@ class DynamicManifest:
             if int(e["stage"]) == int(stage):
                 return e
         return None
+
+    def exit_head(self, stage: int, width: float) -> dict[str, Any] | None:
+        """The exit head stage ``stage`` answers with at ``width`` (its own head for that
+        width if it has one, else the stage's one head), or ``None`` without exits."""
+        head = self.exit_of(stage)
+        if head is None:
+            return None
+        own = (head.get("widths") or {}).get(width_key(width))
+        return head if own is None else {**head, **own}
+
+    def exit_files(self) -> list[tuple[str, str, str]]:
+        """``(head name, file, sha256)`` of every exit head file, every width's."""
+        out = []
+        for head in self.exits:
+            out.append((str(head["name"]), str(head["file"]), str(head["sha256"])))
+            for key, own in sorted((head.get("widths") or {}).items()):
+                out.append((f"{head['name']}@{key}", str(own["file"]), str(own["sha256"])))
+        return out
 
     @property
     def full_accuracy(self) -> float:
@@ -252,11 +272,11 @@ def load_manifest(directory: str | Path) -> DynamicManifest:
                     f"Segment {seg.segment.name!r} ({file.name}) is missing or does not match "
                     f"its SHA-256 in {MANIFEST_NAME}; re-export the width bundle."
                 )
-    for head in manifest.exits:
-        file = segment_path(root, str(head["file"]))
-        if not file.is_file() or sha256_file(file) != head["sha256"]:
+    for name, rel, digest in manifest.exit_files():
+        file = segment_path(root, rel)
+        if not file.is_file() or sha256_file(file) != digest:
             raise BundleError(
-                f"Exit head {head['name']!r} ({file.name}) is missing or does not match its "
+                f"Exit head {name!r} ({file.name}) is missing or does not match its "
                 f"SHA-256 in {MANIFEST_NAME}; run add_width_exits again."
             )
     return manifest

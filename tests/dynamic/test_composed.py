@@ -8,6 +8,7 @@ import argparse
 import shutil
 import socket
 
+import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -76,12 +77,39 @@ def test_exit_heads_and_chain_manifest_are_recorded(composed):
     assert [s.options["tier"] for s in chain.plan.stages] == ["edge", "cloud"]
 
 
+def test_a_head_per_width_and_the_chain_accuracy_with_exits(composed, tmp_path):
+    """Each width of stage 0 has its own (narrower) head; the controller's curves with exits
+    charge that head's latency and use the chain-with-exits accuracy; a bad head is refused."""
+    from edgelesspart.dynamic.controller import curves_from_manifest
+    from edgelesspart.dynamic.widths import load_manifest
+    from edgelesspart.errors import BundleError
+
+    bundle, manifest = composed
+    assert manifest.serving["per_width_heads"] is True
+    narrow = manifest.exit_head(0, 0.5)
+    assert narrow["file"] == "exit0_w0.5.tflite" and narrow["name"] == "exit_0"
+    assert narrow["filters"] < manifest.exit_head(0, 1.0)["filters"]
+    accuracy = manifest.serving["stage_accuracy"]
+    assert set(accuracy) == {"0", "1"} and all(set(r) == {"1", "0.5"} for r in accuracy.values())
+    (curve, _), full = curves_from_manifest(manifest, exits=True)
+    stage = manifest.stages[0]
+    assert curve.latency_ms[0.5] == pytest.approx(stage.at(0.5).latency_ms + narrow["latency_ms"])
+    assert full == accuracy["0"]["1"]
+    assert curve.accuracy_drop[0.5] == pytest.approx(max(0.0, full - accuracy["0"]["0.5"]))
+    bad = tmp_path / "bad"
+    shutil.copytree(bundle, bad)
+    (bad / "exit0_w0.5.tflite").write_bytes(b"not a head")
+    with pytest.raises(BundleError, match="exit_0@0.5"):
+        load_manifest(bad)
+
+
 def test_width_chain_answers_from_exits_the_cloud_and_degrades(
     composed, cloud, ray_local, width_bundle
 ):
     """threshold 0: the stage-0 exit answers every row; threshold 1: every row goes to the cloud
     tail, whose label is the full-width chain's; a dead cloud: the exit answers, degraded."""
     from edgelesspart.commands.serve_pipeline import width_chain
+    from edgelesspart.dynamic.pipeline import _exit_runner
     from edgelesspart.dynamic.stage import WidthStage
 
     bundle, manifest = composed
@@ -99,6 +127,12 @@ def test_width_chain_answers_from_exits_the_cloud_and_degrades(
         narrow = pipe.result(pipe.submit(x[:1], threshold=1.0))
         assert narrow.widths == (0.5,) and narrow.stage == "cloud"
         assert pipe.metrics()["offloads"]["ok"] == 7
+        # at width 0.5 the stage answers with its 0.5 head, on its 0.5 features
+        exited = pipe.result(pipe.submit(x[:1], threshold=0.0))
+        head = _exit_runner(bundle, manifest.exit_head(0, 0.5))
+        want, _ = head(WidthStage(bundle, [0], width=0.5)(x[:1]))
+        assert exited.exit == "exit_0" and exited.widths == (0.5,)
+        np.testing.assert_allclose(exited.probs, want, rtol=1e-5, atol=1e-6)
     finally:
         pipe.close()
 
@@ -110,6 +144,43 @@ def test_width_chain_answers_from_exits_the_cloud_and_degrades(
         assert "cloud tail failed" in answer.reason
     finally:
         dead.close()
+
+
+def test_the_shed_route_answers_from_the_whole_model_or_else_the_edge(
+    composed, ray_local, width_bundle
+):
+    """The share the controller sheds goes to the whole model in the cloud (every stage, on
+    loopback HTTP) and gets its label; with the route dead the edge chain answers instead."""
+    from cloud_functions.local_server import create_app
+    from edgelesspart.commands.serve_pipeline import width_chain
+    from edgelesspart.dynamic.stage import WidthStage
+    from edgelesspart.runtime.cloud import CloudPart
+    from service_http.wsgi import BackgroundServer
+
+    bundle, _ = composed
+    x = width_bundle.x[:6]
+    full = [int(v) for v in WidthStage(bundle, [0, 1])(x).argmax(axis=1)]
+    whole = CloudPart(bundle, stages=["stage0", "stage1"])
+    with BackgroundServer(create_app(cloud=whole), threads=4) as server:
+        for url, cloud_answers in ((server.url, True), (f"http://127.0.0.1:{_free_port()}", False)):
+            args = _args(bundle, slo_ms=60_000.0, shed_cloud=url, cloud_timeout=0.5)
+            pipe = width_chain(args).start()
+            try:
+                pipe.shed = 0.5  # as the controller sets it under overload: every 2nd input
+                answers = [pipe.result(pipe.submit(x[i : i + 1], threshold=1.0)) for i in range(6)]
+                offloads = pipe.metrics()["offloads"]
+                # a shed input never waits at a stage: the controller sees no phantom queue
+                assert [s.queue for s in pipe.observe().stages] == [0, 0]
+            finally:
+                pipe.close()
+            assert [a.label for a in answers] == full
+            shed = [a for a in answers if a.shed]
+            if cloud_answers:
+                assert len(shed) == 3 and offloads["shed"] == 3
+                assert all(a.stage == "cloud" and a.offloaded and not a.widths for a in shed)
+            else:  # nothing lost: the edge chain ran them
+                assert not shed and offloads["shed_failed"] == 3
+                assert all(a.widths == (1.0, 1.0) for a in answers)
 
 
 def test_serve_pipeline_width_chain_over_http(composed, cloud, ray_local, width_bundle):
@@ -150,3 +221,5 @@ def test_width_chain_refuses_what_the_bundle_cannot_do(width_bundle, composed, t
         width_chain(_args(plain, cloud="http://127.0.0.1:9"))
     with pytest.raises(ConfigError, match="--place"):
         width_chain(_args(composed[0], place="stage0=a"))
+    with pytest.raises(ConfigError, match="needs --slo-ms"):
+        width_chain(_args(composed[0], shed_cloud="http://127.0.0.1:9"))

@@ -187,3 +187,60 @@ def test_widens_back_to_full_width_when_idle_after_pressure() -> None:
     # AND when traffic returns on a node that is still slow, it narrows again
     run(controller, chain, range(80, 100), rate=8.0, log=log)
     assert controller.widths[0] < 1.0
+
+
+def test_a_stage_behind_an_exit_is_loaded_only_by_the_rows_it_computes() -> None:
+    # GIVEN stage 1 slowed 2.5x at 15 req/s (10 req/s capacity at full width), behind an exit
+    # that answers 90 % of the requests: stage 1 computes 1.5 req/s, 15 % busy
+    def observe(share: float | None, now: float, ctl: WidthController) -> Observation:
+        stages = (
+            StageMetrics(LATENCY[ctl.widths[0]], 0, 15.0, ctl.widths[0]),
+            StageMetrics(LATENCY[ctl.widths[1]] * 2.5, 0, 15.0, ctl.widths[1], share),
+        )
+        return Observation(now, 15.0, stages)
+
+    behind_exit = WidthController(curves(2), 0.99, ControllerConfig(slo_ms=600.0))
+    for t in range(20):
+        behind_exit.step(observe(0.1, t * TICK_S, behind_exit))
+    # THEN it keeps full width (the load it sees is the share it computes)
+    assert behind_exit.widths == (1.0, 1.0)
+    assert behind_exit.share[1] == pytest.approx(0.1, abs=1e-3)
+    # WHILE the same stage computing every request (no share: all of them) is narrowed
+    every_row = WidthController(curves(2), 0.99, ControllerConfig(slo_ms=600.0))
+    for t in range(20):
+        every_row.step(observe(None, t * TICK_S, every_row))
+    assert every_row.widths[1] < 1.0 and every_row.widths[0] == 1.0
+
+
+def test_with_a_shed_route_it_narrows_within_the_budget_and_sheds_the_rest() -> None:
+    # GIVEN one node (40 ms at full width, 15 req/s) whose narrowest width costs 2 points,
+    # a 1-point accuracy budget, and the whole model in the cloud (accuracy 0.985)
+    drop = {1.0: 0.0, 0.75: 0.002, 0.5: 0.006, 0.25: 0.02}
+    curve = StageCurve(WIDTHS, LATENCY, drop)
+    ctl = WidthController([curve], 0.99, ControllerConfig(slo_ms=600.0), shed_accuracy=0.985)
+    chain = FluidChain(1)
+    log: list[Decision] = []
+
+    def run_shedding(ticks: range) -> None:
+        for t in ticks:  # 15 req/s arrive; the shed share never reaches the node
+            obs = chain.tick(15.0 * (1 - ctl.shed), ctl.widths, t * TICK_S)
+            log.append(ctl.step(Observation(obs.time_s, 15.0, obs.stages)))
+
+    # WHEN the node is slowed 4x (0.5 would run it at 132 %, 0.25 at 78 %)
+    chain.slow = [4.0]
+    run_shedding(range(0, 20))
+    # THEN it takes the narrowest width within the budget and sheds the rest (40 % brings the
+    # node to 79 %; a little more while the backlog drains), never 0.25
+    assert ctl.widths == (0.5,)
+    assert 0.4 <= ctl.shed <= 0.5
+    assert all(d.widths != (0.25,) for d in ctl.decisions)
+    assert sum(chain.queue) < 1  # the backlog drained
+    last = ctl.decisions[-1]
+    assert f"shedding {last.shed:.0%} to the cloud" in last.reason
+    share = last.shed
+    assert last.predicted_accuracy == pytest.approx((1 - share) * 0.984 + share * 0.985)
+    assert last.to_dict()["shed"] == share
+    # WHEN the node recovers, THEN it stops shedding and goes back to full width
+    chain.slow = [1.0]
+    run_shedding(range(20, 80))
+    assert ctl.widths == (1.0,) and ctl.shed == 0.0
