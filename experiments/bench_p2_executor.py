@@ -17,6 +17,7 @@ measurement on it is reported too (``details.larger_bundle``), not as the headli
 Usage::
 
     .venv/bin/python experiments/bench_p2_executor.py [--quick] [--bundle DIR] [--threshold 0.8]
+        [--resnet50 | --large-bundle DIR]
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ RESNET50_SPEED = {"model": "resnet50", "dataset": "digits", "constraint": "memor
 def _args(argv: list[str] | None) -> Any:
     def extra(parser: Any) -> None:
         parser.add_argument("--bundle", type=Path, default=None, help="bundle to run")
+        parser.add_argument("--large-bundle", type=Path, default=None,
+                            help="the ResNet50 row's bundle (default: P1's, else with "
+                            "--resnet50 the speed-only one)")  # fmt: skip
         parser.add_argument("--threshold", type=float, default=0.8, help="exit threshold")
         parser.add_argument("--samples", type=int, default=None, help="test samples to use")
         parser.add_argument("--repeats", type=int, default=None, help="timed rounds per sample")
@@ -115,7 +119,10 @@ def measure(bundle_path: Path, threshold: float, samples: int, repeats: int) -> 
 
 
 def _larger_bundle(args: Any) -> Path | None:
-    """P1's ResNet50 bundle when it exists (else, with ``--resnet50``, a speed-only one)."""
+    """``--large-bundle``, else P1's ResNet50 bundle when it exists (else, with ``--resnet50``,
+    a speed-only one); none when ``--bundle`` names the headline's bundle."""
+    if args.large_bundle is not None:
+        return args.large_bundle
     if args.bundle is not None:
         return None
     name = "p1-resnet50-quick" if args.quick else "p1-resnet50"
