@@ -38,7 +38,8 @@ GOAL_LARGE = 1.03
 #: A ResNet50 bundle for speed only (1 epoch), when P1's trained one is not there: P2 measures
 #: the executor's cost over the bare invokes, which does not depend on accuracy.
 RESNET50_SPEED = {"model": "resnet50", "dataset": "digits", "constraint": "memory", "epochs": 1,
-                  "exit_epochs": 1, "max_cut_points": 12}  # fmt: skip
+                  "exit_epochs": 1, "max_cut_points": 12,
+                  "temperatures_in_graph": "yes"}  # fmt: skip
 
 
 def _args(argv: list[str] | None) -> Any:
