@@ -55,6 +55,7 @@ class BuildConfig:
     val_fraction: float | None = None
     confidence: str = "max-softmax"
     temperature_scaling: str = "yes"
+    temperatures_in_graph: str = "yes"
     edge_device: str = "rpi4"
     cloud_device: str = "gcf-2gb"
     link: str = "wifi"
@@ -160,6 +161,10 @@ def _check_exit_options(config: BuildConfig) -> None:
     if config.temperature_scaling not in ("yes", "no"):
         raise ConfigError(
             f"temperature_scaling must be yes or no, got {config.temperature_scaling!r}."
+        )
+    if config.temperatures_in_graph not in ("yes", "no"):
+        raise ConfigError(
+            f"temperatures_in_graph must be yes or no, got {config.temperatures_in_graph!r}."
         )
     if config.confidence not in MEASURES:
         raise ConfigError(
@@ -728,9 +733,12 @@ def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = pri
     manifest = _choose_serving(config, manifest, data, log)
     clock.lap("serving")
     if config.min_exit_payoff > 0:
-        manifest = _drop_unprofitable_exits(config, request, manifest, data, log)
+        manifest, request = _drop_unprofitable_exits(config, request, manifest, data, log)
         plan = manifest.plan
         clock.lap("exit_payoff")
+    if config.temperatures_in_graph == "yes":
+        manifest = _temperatures_into_heads(config, request, manifest, data, log)
+        clock.lap("temperatures_in_graph")
     return BuildResult(config.bundle_dir, manifest, plan, clock.seconds)
 
 
@@ -837,7 +845,7 @@ def _without_exits(training: dict[str, Any], names: set[str]) -> dict[str, Any]:
 
 def _drop_unprofitable_exits(
     config: BuildConfig, request: Any, manifest: Manifest, data: Any, log: Any
-) -> Manifest:
+) -> tuple[Manifest, Any]:
     """Second planning pass on measured costs: remove the exits that cost more than they save.
 
     The planner places exits from MAC estimates; after export the serving choice measures each
@@ -849,7 +857,8 @@ def _drop_unprofitable_exits(
     ``min_exit_payoff`` times their expected cost are removed from the plan, the bundle is
     re-exported from the same trained heads and the threshold re-chosen; repeated until every
     remaining exit pays off (each pass removes at least one). The removed exits and their
-    figures are recorded in ``plan.parameters['dropped_exits']``.
+    figures are recorded in ``plan.parameters['dropped_exits']``. Returns the manifest and the
+    export request of the bundle now on disk.
     """
     from edgelesspart.export import bundle as export
 
@@ -896,6 +905,63 @@ def _drop_unprofitable_exits(
             f"exit payoff: {len(dropped)} exit(s) removed after measurement; kept: {left}; net "
             f"compute saving now {manifest.serving['payoff']['net']['saving']:.2f}x"
         )
+    return manifest, request
+
+
+def split_temperatures(
+    serving: dict[str, Any], in_graph: set[str] | frozenset[str]
+) -> dict[str, Any]:
+    """The ``serving`` entry once the temperatures of the exits ``in_graph`` are in their heads.
+
+    ``temperatures`` keeps what the runtime must still apply (every other exit, as fitted);
+    ``temperatures_in_graph`` records the fitted values the exported heads already apply. A
+    runtime that knows only ``temperatures`` (older releases included) therefore scores such a
+    bundle correctly: it finds nothing to apply to those exits.
+    """
+    fitted = dict(serving.get("temperatures") or {})
+    moved = {name: t for name, t in fitted.items() if name in in_graph}
+    return {
+        **serving,
+        "temperatures": {name: t for name, t in fitted.items() if name not in in_graph},
+        "temperatures_in_graph": moved,
+    }
+
+
+def _temperatures_into_heads(
+    config: BuildConfig, request: Any, manifest: Manifest, data: Any, log: Any
+) -> Manifest:
+    """Re-export with each fitted temperature built into its exit head (P2: no Python scoring).
+
+    The serving choice fits the temperatures on the exported bundle's validation trace; this
+    re-exports the same trained model with ``softmax(logits / T)`` as each exit's output
+    (:func:`edgelesspart.export.bundle.calibrated_probs`) wherever the head ends in a softmax
+    the exporter knows, and moves those temperatures from ``serving.temperatures`` (applied by
+    the runtime) to ``serving.temperatures_in_graph`` (a record). Everything else the serving
+    choice measured stays valid: the graphs differ by one scale that LiteRT folds into the
+    classifier's weights, and the calibrated values equal the runtime's to float32 rounding.
+    """
+    from edgelesspart.export import bundle as export
+    from edgelesspart.runtime.manifest import write_manifest
+
+    fitted = manifest.serving.get("temperatures") or {}
+    names = {e.name for e in manifest.exits}
+    fold = {
+        name: float(t)
+        for name, t in fitted.items()
+        if float(t) != 1.0 and name in names and export.foldable(request, name)
+    }
+    kept = sorted(n for n, t in fitted.items() if float(t) != 1.0 and n not in fold)
+    if kept:
+        log(f"temperatures: {', '.join(kept)} stay with the runtime (head not a known softmax)")
+    if not fold:
+        return manifest
+    fresh = export.export_bundle(
+        replace(request, temperatures=fold), config.bundle_dir,
+        probe=data.x_val[:4], overwrite=True,
+    )  # fmt: skip
+    manifest = replace(fresh, serving=split_temperatures(manifest.serving, set(fold)))
+    write_manifest(config.bundle_dir, manifest)
+    log(f"temperatures built into the exit heads: {', '.join(sorted(fold))}")
     return manifest
 
 

@@ -72,6 +72,51 @@ def raw_segments(bundle: Any, batch: int = 1) -> dict[str, RawSegment]:
     return raw
 
 
+class SharedRawSegment:
+    """The bare native calls of :class:`RawSegment` on the runtime's own interpreter.
+
+    P2's baseline: the same ``SetTensor`` / ``Invoke`` / ``GetTensor`` (every output) as
+    :class:`RawSegment`, made on the interpreter the executor itself uses (its segment runner's
+    pooled interpreter, sized to batch 1 by the executor's warm-up). Two interpreters of one
+    large model can differ in speed by several percent only through where their buffers landed
+    in memory (on ResNet50, whichever was built first ran 3-8 % faster); invoking the same
+    interpreter leaves only the executor's own work in the difference.
+    """
+
+    def __init__(self, slot: Any) -> None:
+        self.native = slot._wrapper  # the C++ wrapper the Python API calls
+        self.subgraph = slot._subgraph
+        self.input_index = slot._input
+        outputs = dict(slot._outputs)
+        self.output_indices = list(outputs.values())
+        self.boundary_index = outputs.get("boundary")
+
+    def __call__(self, x: np.ndarray) -> np.ndarray | None:
+        """Set the input, invoke, read every output; return the boundary (if any)."""
+        native, subgraph = self.native, self.subgraph
+        native.SetTensor(self.input_index, x, subgraph)
+        native.Invoke(subgraph)
+        values = {i: native.GetTensor(i, subgraph) for i in self.output_indices}
+        return None if self.boundary_index is None else values[self.boundary_index]
+
+
+def shared_raw_segments(bundle: Any) -> dict[str, SharedRawSegment]:
+    """A :class:`SharedRawSegment` on each segment runner's interpreter of a loaded bundle.
+
+    Load the bundle with ``pool_size=1`` and run every segment once at batch 1 through the
+    runtime first (the runner sizes its interpreter then); the executor and this baseline
+    must run one at a time (one thread), as P2 does.
+    """
+    raw = {}
+    for stage in bundle.stages:
+        for seg in bundle.segments(stage):
+            runner = bundle.runner(seg.name)
+            if runner.pool_size != 1 or len(runner._idle) != 1:
+                raise ValueError("Load the bundle with pool_size=1 to share its interpreters.")
+            raw[seg.name] = SharedRawSegment(runner._idle[0])
+    return raw
+
+
 def run_chain(raw: dict[str, RawSegment], chain: list[str], x: np.ndarray) -> float:
     """Run ``chain`` (segment names in order) on ``x``; return the summed invoke ms."""
     return run_chain_clocks(raw, chain, x)[0]

@@ -40,6 +40,17 @@ def build_tiny_bundle(
     ``bottleneck``: also train a learned bottleneck of that many channels (stride 2) at the
     split by distillation and export it inside the edge and cloud segments (codec int8).
     """
+    from edgelesspart.export import bundle as export
+
+    request, data = tiny_export_request(epochs=epochs, seed=seed, bottleneck=bottleneck)
+    export.export_bundle(request, out, probe=np.asarray(data.x_val[:4]))
+    return out
+
+
+def tiny_export_request(
+    *, epochs: int = 8, seed: int = 0, bottleneck: int | None = None, exit_epochs: int = 6
+):
+    """The trained tiny model's ``ExportRequest`` and its data (see :func:`build_tiny_bundle`)."""
     from edgelesspart._lazy import keras
     from edgelesspart.exits import heads as exits
     from edgelesspart.export import bundle as export
@@ -52,7 +63,9 @@ def build_tiny_bundle(
     k.utils.set_random_seed(seed)
     data = load_dataset("digits", seed=seed)
     model = tiny_model(k, data.input_shape, data.num_classes)
-    config = training.TrainingConfig(epochs=epochs, exit_epochs=6, batch_size=32, seed=seed)
+    config = training.TrainingConfig(
+        epochs=epochs, exit_epochs=exit_epochs, batch_size=32, seed=seed
+    )
     training.train_backbone(model, data, config)
     cuts = [c.name for c in find_cut_points(model)]
     plan = Plan(
@@ -105,8 +118,7 @@ def build_tiny_bundle(
         codec=codec,
         bottleneck=neck,
     )
-    export.export_bundle(request, out, probe=np.asarray(data.x_val[:4]))
-    return out
+    return request, data
 
 
 def export_tiny_chain(model, plan, out: Path, probe: np.ndarray, **extra) -> Path:

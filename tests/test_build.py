@@ -103,7 +103,12 @@ def test_build_records_the_serving_choice_and_prints_its_expectation(tmp_path, c
     # THEN the manifest records temperatures for every exit and the validated threshold
     manifest = load_manifest(out)
     serving = manifest.serving
-    assert set(serving["temperatures"]) == {e.name for e in manifest.exits} | {"final"}
+    in_graph = serving["temperatures_in_graph"]
+    assert set(serving["temperatures"]) | set(in_graph) == {e.name for e in manifest.exits}
+    # AND every temperature is in its exit head (the sdn heads and the zoo's classifier end in
+    # a softmax): the runtime has none left to apply
+    assert not serving["temperatures"] or set(serving["temperatures"].values()) == {1.0}
+    assert in_graph and all(t != 1.0 for t in in_graph.values())
     assert serving["confidence"] == "max-softmax" and serving["chosen_on"] == "validation"
     assert 0.0 <= serving["threshold"] <= 1.01
     val = serving["validation"]

@@ -135,7 +135,8 @@ def test_build_drops_exits_that_do_not_pay_off_and_re_exports(tmp_path, capsys):
     # AND the re-exported bundle has only the kept exits, each of which passes the rule
     names = {e.name for e in manifest.exits} - {"final"}
     assert names.isdisjoint({row["exit"] for row in dropped})
-    assert set(manifest.serving["temperatures"]) == names | {"final"}
+    fitted = {**manifest.serving["temperatures"], **manifest.serving["temperatures_in_graph"]}
+    assert set(fitted) == names | {"final"}
     survivors = unprofitable_exits(manifest.serving["payoff"], 1e6)
     assert not {row["cut_point"] for row in survivors.values()} & set(cloud.exits)
     assert set(manifest.training["accuracy"]["val"]) <= names | {"final"}

@@ -62,6 +62,11 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "help": "fit one temperature per exit on validation (yes, default); no keeps raw "
         "softmax confidences (as in the paper)",
     },
+    "--temperatures-in-graph": {
+        "choices": ["yes", "no"],
+        "help": "build each fitted temperature into its exit head, so the served model outputs "
+        "calibrated probabilities (yes, default); no leaves the scaling to the runtime",
+    },
     "--confidence": {
         "choices": ["max-softmax", "entropy"],
         "help": "exit confidence: calibrated top-1 probability (default) or 1 - normalised "

@@ -18,7 +18,10 @@ the same numbers.
 
 The manifest's ``serving`` entry (written by the build) holds ``{"confidence": measure,
 "temperatures": {exit: T}, "threshold": t, ...}``; :meth:`ExitScorer.from_serving` reads it, and
-an old bundle without it scores exactly as before (``T = 1``, ``max-softmax``).
+an old bundle without it scores exactly as before (``T = 1``, ``max-softmax``). A bundle built
+with the temperatures in its exit heads (``build --temperatures-in-graph yes``, the default)
+lists them under ``temperatures_in_graph`` instead: those segments already output
+``softmax(logits / T)``, so the runtime applies nothing to them (``T = 1`` here).
 """
 
 from __future__ import annotations
@@ -210,6 +213,21 @@ class ExitScorer:
             raise ConfigError(
                 f"serving.temperatures must map exit names to numbers, got {temps!r}."
             )
+        # exits whose exported head already applies its temperature (a record): never again
+        in_graph = serving.get("temperatures_in_graph") or {}
+        if not isinstance(in_graph, Mapping):
+            raise ConfigError(
+                f"serving.temperatures_in_graph must map exit names to numbers, got {in_graph!r}."
+            )
+        both = sorted(set(map(str, temps)) & set(map(str, in_graph)))
+        if both:
+            raise ConfigError(
+                f"Exits {both} are listed in serving.temperatures and in "
+                "serving.temperatures_in_graph; their heads already apply the temperature, so "
+                "scaling again would distort the confidence. Rebuild the bundle."
+            )
+        for value in in_graph.values():
+            check_temperature(value)
         return cls(
             measure=str(serving.get("confidence", MAX_SOFTMAX)),
             temperatures={str(k): check_temperature(v) for k, v in temps.items()},
@@ -240,19 +258,36 @@ class ExitScorer:
         within 1e-6 of ``threshold`` (where that could flip the decision) and a near-tie for
         the top label are computed by :meth:`calibrate` itself.
         """
-        if len(probs) == 1 and self.measure == MAX_SOFTMAX and probs.dtype == np.float32:
+        if len(probs) == 1:
+            label, confidence = self.top1_one(exit_name, probs, threshold)
+            return [label], [confidence]
+        calibrated = self.calibrate(exit_name, probs)
+        return calibrated.argmax(axis=1).tolist(), self.confidence(calibrated).tolist()
+
+    def top1_one(
+        self, exit_name: str, probs: np.ndarray, threshold: float | None = None
+    ) -> tuple[int, float]:
+        """:meth:`top1` of a batch of one ``(1, C)``, as one ``(label, confidence)`` pair.
+
+        The executor's batch-1 path calls this at every exit. Under max-softmax a float32 row
+        is read as one Python list; an exit without a temperature (``T = 1``: uncalibrated,
+        or calibrated inside the exported head, see ``serving.temperatures_in_graph``) is then
+        ``max`` and ``index``, and one with a temperature is scaled with ``math`` (see
+        :meth:`top1` for when numpy decides instead).
+        """
+        if self.measure == MAX_SOFTMAX and probs.dtype == np.float32:
             row = probs[0].tolist()  # float32 -> float is exact, as is astype(float64)
             total = sum(row)
             if total == total and total != math.inf:  # no NaN/Inf: max/index agree with numpy
                 temperature = self.temperatures.get(exit_name, 1.0)
                 if temperature == 1.0:
                     best = max(row)
-                    return [row.index(best)], [best]
+                    return row.index(best), best
                 fast = _top1_scaled(row, temperature)
                 if fast is not None and (threshold is None or abs(fast[1] - threshold) > 1e-6):
-                    return [fast[0]], [fast[1]]
+                    return fast
         calibrated = self.calibrate(exit_name, probs)
-        return calibrated.argmax(axis=1).tolist(), self.confidence(calibrated).tolist()
+        return int(calibrated[0].argmax()), float(self.confidence(calibrated)[0])
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready ``{"confidence", "temperatures"}`` (the scoring part of ``serving``)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from numbers import Real
 from typing import Any
 
@@ -163,6 +164,52 @@ def _answer(
     return Answer(label, classes[label], confidence, exit_name, stage, timings)
 
 
+_new = object.__new__
+
+
+def _quick_answer(
+    label: int, class_name: str, confidence: float, exit_name: str, stage: str, timings: dict
+) -> Answer:
+    """``Answer(label, class_name, confidence, exit_name, stage, timings)``, built faster.
+
+    A frozen dataclass's ``__init__`` sets each of its 8 fields with ``object.__setattr__``;
+    this fills the instance's ``__dict__`` at once (the same fields and values, so equality,
+    hashing, ``replace`` and :meth:`Answer.to_dict` are unchanged). Used by the batch-of-one
+    path, where the answer object is a measurable part of P2's per-sample overhead.
+    """
+    answer = _new(Answer)
+    answer.__dict__.update(
+        label=label, class_name=class_name, confidence=confidence, exit=exit_name,
+        stage=stage, timings=timings, degraded=False, reason=None,
+    )  # fmt: skip
+    return answer
+
+
+def _quick_result(
+    answers: list[Answer | None], pending: np.ndarray, boundary: np.ndarray | None,
+    best: list[Answer | None],
+) -> StageResult:  # fmt: skip
+    """``StageResult(answers, pending, boundary, best)`` without the frozen ``__init__``."""
+    result = _new(StageResult)
+    result.__dict__.update(answers=answers, pending=pending, boundary=boundary, best=best)
+    return result
+
+
+def _one_answer(
+    decision: tuple, times: dict[str, float], classes: tuple[str, ...], stage: str
+) -> Answer:
+    """The answer of a batch-1 decision ``(label, confidence, exit, segments_run)``.
+
+    ``times`` (segment -> ms, in run order) becomes the answer's timings as it is when the
+    decision was made at the last segment run (it gets ``total`` added), else a copy of its
+    first ``segments_run`` entries: build the earlier decision's answer first.
+    """
+    label, confidence, exit_name, ran = decision
+    timings = times if ran == len(times) else dict(islice(times.items(), ran))
+    timings[TOTAL] = float(sum(timings.values()))
+    return _quick_answer(label, classes[label], confidence, exit_name, stage, timings)
+
+
 class _Rows:
     """Per-row bookkeeping while a batch moves through a stage.
 
@@ -229,6 +276,8 @@ class ProgressiveExecutor:
         self._steps = tuple(
             (seg.name, None if seg.exit is None else str(seg.exit)) for seg in self._segments
         )
+        # the batch-of-one loop's: name, exit, runner
+        self._plan = tuple((n, e, r) for (n, e), r in zip(self._steps, self._runners))
         self._classes = bundle.classes
         self.input_spec = self._segments[0].input
         self.is_final = self._segments[-1].exit == FINAL_EXIT
@@ -285,35 +334,38 @@ class ProgressiveExecutor:
         """:meth:`run` for one row: the same decisions, without per-row bookkeeping.
 
         A batch of one is the latency path (P2: the executor's cost over the bare invokes is a
-        fixed Python cost per segment), so the loop keeps one decision tuple instead of lists
-        per row, and the exit is scored on the row itself (:meth:`ExitScorer.top1`).
+        fixed Python cost per segment), so the loop keeps one decision tuple and one timings
+        dict instead of lists per row, scores the exit on the row itself
+        (:meth:`ExitScorer.top1_one`) and builds each answer once, at the end.
         """
-        clock, times = time.perf_counter, []
-        top1, classes = self.scorer.top1, self._classes
+        clock, times = time.perf_counter, {}
+        top1, classes, stage = self.scorer.top1_one, self._classes, self.stage
+        n_classes, early = len(classes), thr <= 1.0
         best = answer = None
-        for (name, exit_name), runner in zip(self._steps, self._runners):
+        for name, exit_name, runner in self._plan:
             t0 = clock()
             probs, boundary = runner(current, trusted=True)
-            times.append((name, (clock() - t0) * 1000.0))
+            times[name] = (clock() - t0) * 1000.0
             if exit_name is not None:
-                if probs is None or probs.shape[1] != len(classes):
-                    _bad_exit(exit_name, probs, len(classes))
-                labels, conf = top1(exit_name, probs, thr)
-                decision = (labels[0], conf[0], exit_name, len(times))
-                if best is None or conf[0] > best[1]:
-                    best = decision
-                if exit_name == FINAL_EXIT or (thr <= 1.0 and conf[0] >= thr):
-                    answer = decision
+                if probs is None or probs.shape[1] != n_classes:
+                    _bad_exit(exit_name, probs, n_classes)
+                label, conf = top1(exit_name, probs, thr)
+                step = len(times)
+                if best is None or conf > best[1]:
+                    best = (label, conf, exit_name, step)
+                if (early and conf >= thr) or exit_name == FINAL_EXIT:
+                    answer = best if best[3] == step else (label, conf, exit_name, step)
                     break
             current = boundary
-        # the Answer objects, as _Rows.finish builds them (one per distinct decision)
-        best_answer = None if best is None else _answer(best, times, classes, self.stage)
         if answer is None:
-            return StageResult([None], _ROW_0, current, [best_answer])
-        if answer is not best:
-            return StageResult([_answer(answer, times, classes, self.stage)], _NO_ROWS, None,
-                               [best_answer])  # fmt: skip
-        return StageResult([best_answer], _NO_ROWS, None, [best_answer])
+            best_answer = None if best is None else _one_answer(best, times, classes, stage)
+            return _quick_result([None], _ROW_0, current, [best_answer])
+        if answer is best:
+            done = _one_answer(answer, times, classes, stage)  # this exit is also the best one
+            return _quick_result([done], _NO_ROWS, None, [done])
+        best_answer = _one_answer(best, times, classes, stage)  # an earlier one: before times grows
+        done = _one_answer(answer, times, classes, stage)
+        return _quick_result([done], _NO_ROWS, None, [best_answer])
 
     def _exit(
         self, exit_name: str, probs: np.ndarray | None, rows: _Rows, thr: float

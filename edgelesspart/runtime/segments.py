@@ -31,6 +31,8 @@ from edgelesspart.runtime.manifest import SegmentSpec
 from edgelesspart.runtime.preprocess import validate_input
 
 SIGNATURE = "serving_default"
+#: at most this many batch sizes are remembered as checked per segment (beyond: checked per call)
+_MAX_CHECKED_SIZES = 256
 INPUT_NAME = "x"
 PROBS = "probs"
 BOUNDARY = "boundary"
@@ -68,24 +70,36 @@ class _SignatureSlot:
         return {name: wrapper.GetTensor(index, subgraph) for name, index in self._outputs}
 
     def invoke(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Run on ``x``; return ``(probs, boundary)``, ``None`` for an output it lacks."""
-        self._run(x)
+        """Run on ``x``; return ``(probs, boundary)``, ``None`` for an output it lacks.
+
+        :meth:`_run` inlined: this is the executor's per-segment call (P2 counts every
+        Python call on it).
+        """
         wrapper, subgraph = self._wrapper, self._subgraph
+        if x.shape[0] != self._batch:
+            self._resize(x)
+        wrapper.SetTensor(self._input, x, subgraph)
+        wrapper.Invoke(subgraph)
+        self.calls += 1
+        self.rows += self._batch
         probs, boundary = self._probs, self._boundary
         return (
             None if probs is None else wrapper.GetTensor(probs, subgraph),
             None if boundary is None else wrapper.GetTensor(boundary, subgraph),
         )
 
+    def _resize(self, x: np.ndarray) -> None:
+        """Size the input (and so every tensor) to ``x``'s batch; allocate."""
+        wrapper, subgraph = self._wrapper, self._subgraph
+        self._batch = -1  # stays invalid if the resize or allocation fails
+        wrapper.ResizeInputTensor(self._input, np.array(x.shape, dtype=np.int32), False, subgraph)
+        wrapper.AllocateTensors(subgraph)
+        self._batch = int(x.shape[0])
+
     def _run(self, x: np.ndarray) -> None:
         wrapper, subgraph = self._wrapper, self._subgraph
         if x.shape[0] != self._batch:
-            self._batch = -1  # stays invalid if the resize or allocation fails
-            wrapper.ResizeInputTensor(
-                self._input, np.array(x.shape, dtype=np.int32), False, subgraph
-            )
-            wrapper.AllocateTensors(subgraph)
-            self._batch = int(x.shape[0])
+            self._resize(x)
         wrapper.SetTensor(self._input, x, subgraph)
         wrapper.Invoke(subgraph)
         self.calls += 1
@@ -165,6 +179,10 @@ class SegmentRunner:
         self._boundary_shape = (
             None if spec.boundary is None else tuple(int(d) for d in spec.boundary.shape)
         )
+        # batch sizes whose output shapes were checked against the spec: a segment's graph is
+        # static, so its output shapes depend on the batch size only and are checked once per
+        # size, not on every call (set.add is atomic; a race only checks twice)
+        self._shapes_ok: set[int] = set()
         if not self.path.is_file():
             raise BundleError(f"Segment file {self.path} for segment {spec.name!r} is missing.")
         self._idle.append(self._new_runner())
@@ -292,7 +310,12 @@ class SegmentRunner:
             ) from exc
         finally:
             self._release(runner)
-        return self._checked(probs, boundary, x.shape[0])
+        n = x.shape[0]
+        if n not in self._shapes_ok:
+            self._checked(probs, boundary, n)
+            if len(self._shapes_ok) < _MAX_CHECKED_SIZES:
+                self._shapes_ok.add(n)
+        return probs, boundary
 
     def _checked(
         self, probs: np.ndarray | None, boundary: np.ndarray | None, n: int

@@ -78,11 +78,30 @@ def test_scorer_from_an_old_manifest_changes_nothing():
         ({"temperatures": {"exit_1": 0}}, "positive number, got 0"),
         ({"temperatures": {"exit_1": "hot"}}, "positive number, got 'hot'"),
         ({"temperatures": [1.0]}, "must map exit names"),
+        ({"temperatures_in_graph": [2.0]}, "temperatures_in_graph must map"),
+        ({"temperatures_in_graph": {"final": -1}}, "positive number, got -1"),
+        (
+            {"temperatures": {"exit_1": 2.0}, "temperatures_in_graph": {"exit_1": 2.0}},
+            r"\['exit_1'\] are listed in serving.temperatures and in",
+        ),
     ],
 )
 def test_bad_serving_entries_are_refused(serving, match):
     with pytest.raises(ConfigError, match=match):
         ExitScorer.from_serving(serving)
+
+
+def test_temperatures_in_the_graph_are_not_applied_again():
+    # GIVEN a bundle whose final head applies its temperature and whose exit_1 does not
+    probs = softmax(np.random.default_rng(3).normal(size=(6, 4)) * 3).astype(np.float32)
+    scorer = ExitScorer.from_serving(
+        {"temperatures": {"exit_1": 2.0}, "temperatures_in_graph": {"final": 0.05}}
+    )
+    # THEN only exit_1 is scaled by the runtime; final's output is scored as it comes
+    np.testing.assert_array_equal(scorer.calibrate("final", probs), probs)
+    labels, conf = scorer.top1("final", probs)
+    assert labels == probs.argmax(axis=1).tolist() and conf == probs.max(axis=1).tolist()
+    np.testing.assert_allclose(scorer.calibrate("exit_1", probs), apply_temperature(probs, 2.0))
 
 
 def test_fit_refuses_mismatched_labels():

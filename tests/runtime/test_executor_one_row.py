@@ -63,3 +63,25 @@ def test_a_confidence_at_the_threshold_is_decided_by_numpy():
     exact = float(scorer.calibrate("e", probs).max())
     # WHEN it is scored with that threshold THEN the value is numpy's, bit for bit
     assert scorer.top1("e", probs, exact)[1][0] == exact
+
+
+def test_answers_of_the_one_row_path_are_ordinary_answers(stages, digits):
+    from dataclasses import replace
+
+    from edgelesspart.runtime.executor import Answer
+
+    # GIVEN an answer and a best exit from the batch-of-one path (built without __init__)
+    result = stages[0].run(digits[:1], 0.0)
+    answer, best = result.answers[0], result.best[0]
+    # THEN it equals, hashes and serialises like the same Answer built the usual way
+    twin = Answer(answer.label, answer.class_name, answer.confidence, answer.exit,
+                  answer.stage, dict(answer.timings))  # fmt: skip
+    assert answer == twin and answer is best and answer.to_dict() == twin.to_dict()
+    assert Answer.from_dict(answer.to_dict()) == answer
+    assert answer.timings["total"] == pytest.approx(sum(answer.timings.values()) / 2)
+    # AND it stays frozen, and replace/as_degraded work on it
+    with pytest.raises(AttributeError):
+        answer.label = 3  # type: ignore[misc]
+    degraded = answer.as_degraded("cloud down")
+    assert degraded.degraded and degraded.reason == "cloud down" and not answer.degraded
+    assert replace(answer, confidence=0.5).confidence == 0.5

@@ -153,6 +153,15 @@ def test_a_ready_batch_comes_back_without_a_copy_and_non_finite_ones_are_still_r
         y[2, 3, 3, 2] = bad
         with pytest.raises(InputError, match=r"NaN or Inf .* sample\(s\) \[2\]"):
             validate_input(y, SPEC)
+    # AND large finite values, whose sum of squares overflows float32 (the quick NaN/Inf check
+    # is one dot product), still pass: the exact check decides then
+    huge = np.full((3, 4, 4, 3), 3e37, np.float32)
+    assert validate_input(huge, SPEC) is huge
+    # AND a batch larger than the dot product's limit is checked too
+    big = np.ones((200, 4, 4, 3), np.float32)
+    big[150, 0, 0, 0] = np.nan
+    with pytest.raises(InputError, match=r"sample\(s\) \[150\]"):
+        validate_input(big, SPEC)
     # AND a non-contiguous or byte-swapped view is copied into a fresh C-contiguous batch
     view = np.ones((3, 4, 4, 6), np.float32)[..., ::2]
     swapped = x.astype(">f4")
