@@ -145,7 +145,9 @@ def test_defect6_server_faults_are_500_with_a_correlation_id(tiny_bundle, digits
     # GIVEN an edge whose first segment fails on valid input
     app = make_app(tiny_bundle)
     executor = app.extensions["edgelesspart"].executor
-    executor._runners[0] = _Broken(error)
+    broken = _Broken(error)
+    executor._runners[0] = broken  # both loops: batches, and the batch-of-one plan
+    executor._plan = ((*executor._plan[0][:2], broken), *executor._plan[1:])
     # WHEN a valid request comes in
     with caplog.at_level(logging.ERROR):
         response = app.test_client().post("/v1/infer", json={"inputs": digits[:1].tolist()})
