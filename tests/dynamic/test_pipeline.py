@@ -89,9 +89,12 @@ def test_controller_narrows_a_slowed_stage_live(ray_local, width_bundle) -> None
     with DynamicPipeline(width_bundle.path, scale=scale, controller=ctl, tick_s=0.25) as pipe:
         # GIVEN steady load; WHEN stage 1 gets 4x slower
         pipe.set_slowdown(1, 4.0)
-        tickets = []
+        tickets, done = [], 0
         deadline = time.perf_counter() + 20
         while time.perf_counter() < deadline and ctl.widths[1] == 1.0:
+            if len(tickets) - done >= 64:  # a backlog of 64 (5 s at 80 ms): the window never fills
+                pipe.result(tickets[done])
+                done += 1
             tickets.append(pipe.submit(width_bundle.x[len(tickets) % len(width_bundle.x)]))
             time.sleep(0.03)
         # THEN the controller narrowed stage 1 and the metrics say why
@@ -101,7 +104,7 @@ def test_controller_narrows_a_slowed_stage_live(ray_local, width_bundle) -> None
         assert "stage 1 is the bottleneck" in decision["reason"]
         # WHEN the node recovers and the load stops, THEN full width comes back
         pipe.set_slowdown(1, 1.0)
-        for t in tickets:
+        for t in tickets[done:]:
             pipe.result(t)
         deadline = time.perf_counter() + 20
         while time.perf_counter() < deadline and ctl.widths != (1.0, 1.0):
