@@ -75,6 +75,7 @@ class BuildConfig:
     bottleneck: str = "none"
     bottleneck_max_loss: float = 1.0
     bottleneck_epochs: int | None = None
+    bottleneck_finetune: int = 0
     out: str | None = None
     overwrite: bool = False
 
@@ -211,6 +212,14 @@ def _check_bottleneck_options(config: BuildConfig) -> None:
             f"bottleneck_max_loss must be a number of accuracy percentage points >= 0 (e.g. 1), "
             f"got {value!r}."
         )
+    finetune = config.bottleneck_finetune
+    if isinstance(finetune, bool) or not isinstance(finetune, int) or finetune < 0:
+        raise ConfigError(
+            f"bottleneck_finetune must be a number of epochs >= 0 (0: the cloud part stays the "
+            f"unmodified model's), got {finetune!r}."
+        )
+    if finetune and choice == NONE:
+        raise ConfigError("--bottleneck-finetune needs --bottleneck auto or a channel count.")
     if choice != NONE and config.exit_training == "joint":
         raise ConfigError(
             "--bottleneck needs the backbone fixed after it is trained, but --exit-training "
@@ -414,7 +423,7 @@ def _bottleneck(
         factors=(summary["edge_full_model_ms"] / host_ms, summary["cloud_full_model_ms"] / host_ms),
         epochs=config.bottleneck_epochs or BOTTLENECK_EPOCHS,
         batch_size=config.batch_size, seed=config.seed, max_samples=CODEC_MAX_SAMPLES,
-        host=_host(), log=log,
+        host=_host(), log=log, finetune_epochs=config.bottleneck_finetune,
     )  # fmt: skip
     if neck.decision.warning:
         log(f"warning: {neck.decision.warning}")
@@ -425,15 +434,24 @@ def _bottleneck(
         config, host_profile, summary["model"], heads, crossings={plan.split: neck.crossing}
     )
     if replanned.split == plan.split and replanned.parameters.get("bottleneck"):
+        _apply_finetune(neck, log)
         return replanned, neck
     if config.bottleneck != "auto" and replanned.split == plan.split:
         log(f"bottleneck: the planner would not use {neck.crossing.name}; kept as asked")
+        _apply_finetune(neck, log)
         return _force_crossing(replanned, neck.crossing, config), neck
     log(f"bottleneck: the planner keeps the codec at {replanned.split}; no bottleneck")
     neck.decision = replace(neck.decision, used=None, reason=neck.decision.reason + "; the "
                             "planner found it no better for the objective")  # fmt: skip
     neck.crossing = None
     return replanned, neck
+
+
+def _apply_finetune(neck: Any, log: Any) -> None:
+    """Put the used bottleneck's fine-tuned cloud part into the backbone (before the exits are
+    trained, so cloud exits, their temperatures and the serving threshold are fitted on it)."""
+    if neck.apply_finetune():
+        log(f"bottleneck: the cloud part after {neck.used.cut_point} is the fine-tuned one")
 
 
 def _force_crossing(plan: Plan, crossing: Any, config: BuildConfig) -> Plan:

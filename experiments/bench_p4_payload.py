@@ -99,6 +99,11 @@ def _args(argv: list[str] | None) -> Any:
             help="bottleneck mode: most distillation epochs per candidate (default: the build's)",
         )  # fmt: skip
         parser.add_argument(
+            "--bottleneck-finetune", type=int, default=0,
+            help="bottleneck mode: the build's --bottleneck-finetune (epochs of decoder + cloud "
+            "part fine-tuning after distillation; 0: none)",
+        )  # fmt: skip
+        parser.add_argument(
             "--backbone", default=None,
             help="bottleneck mode, small CNN: 'converged' (P1's backbone trained to convergence "
             "with the build's trainer, reused from results/bench/backbones when cached) or a "

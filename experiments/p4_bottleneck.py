@@ -37,6 +37,9 @@ def bottleneck_bundle(args: Any) -> tuple[Path, dict[str, Any]]:
         "link": "3g",
         "bottleneck_epochs": getattr(args, "neck_epochs", None),
     }
+    if getattr(args, "bottleneck_finetune", 0):
+        options["bottleneck_finetune"] = args.bottleneck_finetune
+        name += _finetune_suffix(args)
     return benchlib.ensure_bundle(args.out / "bundles" / name, **options)
 
 
@@ -183,6 +186,12 @@ def _suffix(args: Any) -> str:
         + given
         + ("-quick" if args.quick else "")
     )
+
+
+def _finetune_suffix(args: Any) -> str:
+    """``-ft<N>`` when the bottleneck bundle fine-tunes the cloud part for N epochs."""
+    epochs = getattr(args, "bottleneck_finetune", 0)
+    return f"-ft{epochs}" if epochs else ""
 
 
 def generic_bundle(args: Any) -> tuple[Path, dict[str, Any]]:
@@ -342,7 +351,7 @@ def run(args: Any, start: float) -> int:
     )
     print(_report(bn, figures))
     label = bn["bottleneck"]["label"] if used else "no bottleneck (auto declined)"
-    bench = "P4-bottleneck" + _suffix(args).removesuffix("-quick")
+    bench = "P4-bottleneck" + _suffix(args).removesuffix("-quick") + _finetune_suffix(args)
     result = benchlib.BenchResult(
         bench=bench,
         what="learned bottleneck: bytes per sample, accuracy lost on test, e2e latency on 3g/lte",

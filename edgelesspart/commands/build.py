@@ -128,6 +128,12 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "type": int,
         "help": "bottleneck: most distillation epochs per candidate (30; early stopping)",
     },
+    "--bottleneck-finetune": {
+        "type": int,
+        "help": "bottleneck: then fine-tune the decoder and the cloud part for at most this "
+        "many epochs (0, default: the cloud part stays the unmodified model's); kept per "
+        "candidate only where it lowers the validation loss against the unmodified model",
+    },
     "--out": {"help": "bundle directory (default bundles/<model>-<constraint>-<placement>)"},
 }
 
