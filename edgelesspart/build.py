@@ -76,6 +76,7 @@ class BuildConfig:
     bottleneck_max_loss: float = 1.0
     bottleneck_epochs: int | None = None
     bottleneck_finetune: int = 0
+    bottleneck_loss: str = "broken"
     out: str | None = None
     overwrite: bool = False
 
@@ -203,6 +204,7 @@ def _check_codec_options(codec: Any, max_loss: Any) -> None:
 
 def _check_bottleneck_options(config: BuildConfig) -> None:
     from edgelesspart.model.bottleneck import NONE, parse_bottleneck
+    from edgelesspart.planning.bottleneck import LOSS_MEASURES
 
     choice = parse_bottleneck(config.bottleneck)
     object.__setattr__(config, "bottleneck", str(choice))
@@ -217,6 +219,12 @@ def _check_bottleneck_options(config: BuildConfig) -> None:
         raise ConfigError(
             f"bottleneck_finetune must be a number of epochs >= 0 (0: the cloud part stays the "
             f"unmodified model's), got {finetune!r}."
+        )
+    if config.bottleneck_loss not in LOSS_MEASURES:
+        raise ConfigError(
+            f"Unknown bottleneck_loss {config.bottleneck_loss!r}; choose broken (samples the "
+            "unmodified model gets right and the bottleneck wrong) or accuracy (net accuracy "
+            "points lost)."
         )
     if finetune and choice == NONE:
         raise ConfigError("--bottleneck-finetune needs --bottleneck auto or a channel count.")
@@ -424,6 +432,7 @@ def _bottleneck(
         epochs=config.bottleneck_epochs or BOTTLENECK_EPOCHS,
         batch_size=config.batch_size, seed=config.seed, max_samples=CODEC_MAX_SAMPLES,
         host=_host(), log=log, finetune_epochs=config.bottleneck_finetune,
+        loss=config.bottleneck_loss,
     )  # fmt: skip
     if neck.decision.warning:
         log(f"warning: {neck.decision.warning}")
@@ -490,6 +499,7 @@ def _bottleneck_codec(config: BuildConfig, neck: Any, plan: Plan) -> tuple[dict,
         "bytes_per_sample": option.bytes_per_sample,
         "accuracy_delta_pp": option.accuracy_delta_pp,
         "max_loss_pp": float(config.bottleneck_max_loss),
+        "loss_measure": config.bottleneck_loss,
         "selected_by": "bottleneck-auto" if config.bottleneck == "auto" else "bottleneck-fixed",
         "cut_point": table.cut_point,
         "samples": table.samples,

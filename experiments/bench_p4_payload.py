@@ -104,6 +104,10 @@ def _args(argv: list[str] | None) -> Any:
             "part fine-tuning after distillation; 0: none)",
         )  # fmt: skip
         parser.add_argument(
+            "--bottleneck-loss", default="broken", choices=("broken", "accuracy"),
+            help="bottleneck mode: the build's --bottleneck-loss (what the 1-point bound bounds)",
+        )  # fmt: skip
+        parser.add_argument(
             "--backbone", default=None,
             help="bottleneck mode, small CNN: 'converged' (P1's backbone trained to convergence "
             "with the build's trainer, reused from results/bench/backbones when cached) or a "

@@ -39,7 +39,9 @@ def bottleneck_bundle(args: Any) -> tuple[Path, dict[str, Any]]:
     }
     if getattr(args, "bottleneck_finetune", 0):
         options["bottleneck_finetune"] = args.bottleneck_finetune
-        name += _finetune_suffix(args)
+    if getattr(args, "bottleneck_loss", "broken") != "broken":
+        options["bottleneck_loss"] = args.bottleneck_loss
+    name += _finetune_suffix(args)
     return benchlib.ensure_bundle(args.out / "bundles" / name, **options)
 
 
@@ -189,9 +191,11 @@ def _suffix(args: Any) -> str:
 
 
 def _finetune_suffix(args: Any) -> str:
-    """``-ft<N>`` when the bottleneck bundle fine-tunes the cloud part for N epochs."""
+    """``-ft<N>`` when the bottleneck bundle fine-tunes the cloud part for N epochs, ``-net``
+    when its bound is on net accuracy (``--bottleneck-loss accuracy``)."""
     epochs = getattr(args, "bottleneck_finetune", 0)
-    return f"-ft{epochs}" if epochs else ""
+    net = getattr(args, "bottleneck_loss", "broken") == "accuracy"
+    return (f"-ft{epochs}" if epochs else "") + ("-net" if net else "")
 
 
 def generic_bundle(args: Any) -> tuple[Path, dict[str, Any]]:

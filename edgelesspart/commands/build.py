@@ -128,6 +128,11 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "type": int,
         "help": "bottleneck: most distillation epochs per candidate (30; early stopping)",
     },
+    "--bottleneck-loss": {
+        "choices": ["broken", "accuracy"],
+        "help": "bottleneck: the loss --bottleneck-max-loss bounds: broken (default: samples "
+        "the unmodified model gets right and the bottleneck wrong) or accuracy (net points lost)",
+    },
     "--bottleneck-finetune": {
         "type": int,
         "help": "bottleneck: then fine-tune the decoder and the cloud part for at most this "

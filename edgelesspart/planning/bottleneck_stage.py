@@ -84,6 +84,7 @@ def fit_bottleneck(
     host: str = "",
     log: Any = print,
     finetune_epochs: int = 0,
+    loss: str = "broken",
 ) -> BottleneckResult:
     """Train, measure and choose a bottleneck at ``split`` (see the module docstring).
 
@@ -109,6 +110,9 @@ def fit_bottleneck(
             many epochs; the fine-tuned version replaces the distilled one only where its least
             validation loss (``broken_pp``) is lower. The backbone is left unmodified here; the
             caller applies the used pair's weights (:meth:`BottleneckResult.apply_finetune`).
+        loss: how an option's loss is measured
+            (:data:`~edgelesspart.planning.bottleneck.LOSS_MEASURES`); the bound, the
+            fine-tuning's keep rule and the logs use it.
     """
     from edgelesspart.model.bottleneck import candidate_shapes, finetune_cloud, train_bottleneck
     from edgelesspart.model.graph import split_model
@@ -130,18 +134,19 @@ def fit_bottleneck(
             epochs=epochs, batch_size=batch_size, seed=seed,
         )  # fmt: skip
         measured = _measure(pair, tail, boundary, y_val, reference)
-        _log_candidate(log, pair, measured, len(y_val), "")
+        _log_candidate(log, pair, measured, len(y_val), "", loss)
         if finetune_epochs > 0:
             tuned = finetune_cloud(
                 head, tail, pair, data.x_train, data.y_train, data.x_val, data.y_val,
                 epochs=finetune_epochs, batch_size=batch_size, seed=seed,
             )  # fmt: skip
             tuned_measured = _measure(tuned, tail, boundary, y_val, reference)
-            before = min(o.broken_pp for o in measured)
-            after = min(o.broken_pp for o in tuned_measured)
+            before = min(o.loss(loss) for o in measured)
+            after = min(o.loss(loss) for o in tuned_measured)
             tuned.finetune = {**(tuned.finetune or {}), "val_loss_pp": [before, after],
                               "kept": after < before}  # fmt: skip
-            _log_candidate(log, tuned, tuned_measured, len(y_val), " after cloud fine-tuning")
+            note = " after cloud fine-tuning"
+            _log_candidate(log, tuned, tuned_measured, len(y_val), note, loss)
             if after < before:
                 pair, measured = tuned, tuned_measured
             else:
@@ -160,10 +165,11 @@ def fit_bottleneck(
         edge_factor=edge_factor,
         cloud_factor=cloud_factor,
         max_bytes=limit,
+        loss=loss,
     )
     crossing = None
     if decision.used is not None:
-        c = decision.used.crossing()
+        c = decision.used.crossing(loss)
         crossing = Crossing(
             c.name, c.codec, c.nbytes, c.max_bytes,
             c.edge_ms * edge_factor, c.cloud_ms * cloud_factor, c.loss_pp,
@@ -198,13 +204,16 @@ def _measure(
         return codec_selection.measure_bottleneck(pair, tail, boundary, y_val, reference)
 
 
-def _log_candidate(log: Any, pair: Any, measured: list[Any], samples: int, note: str) -> None:
+def _log_candidate(
+    log: Any, pair: Any, measured: list[Any], samples: int, note: str, loss: str
+) -> None:
     best = min(measured, key=lambda o: o.bytes_per_sample)
     log(
         f"bottleneck {pair.shape.label}{note}: code {pair.code_shape}, "
         f"{best.bytes_per_sample:,.0f} B/sample with {best.codec} ({1 / best.size_ratio:.1f}x "
-        f"fewer than raw fp32), loss {best.broken_pp:.2f} pp on {samples} validation samples, "
-        f"{pair.seconds:.0f} s training"
+        f"fewer than raw fp32), loss {best.loss(loss):.2f} pp ({loss}; broken "
+        f"{best.broken_pp:.2f}, net {-best.accuracy_delta_pp:+.2f}) on {samples} validation "
+        f"samples, {pair.seconds:.0f} s training"
     )
 
 

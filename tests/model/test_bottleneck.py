@@ -32,6 +32,9 @@ def test_build_config_checks_the_bottleneck_options():
         BuildConfig(bottleneck_finetune=5)
     with pytest.raises(ConfigError, match="bottleneck_finetune must be a number of epochs"):
         BuildConfig(bottleneck="auto", bottleneck_finetune=-1)
+    assert BuildConfig(bottleneck="auto", bottleneck_loss="accuracy").bottleneck_loss == "accuracy"
+    with pytest.raises(ConfigError, match="Unknown bottleneck_loss 'net'"):
+        BuildConfig(bottleneck="auto", bottleneck_loss="net")
 
 
 def test_candidates_shrink_the_boundary():
