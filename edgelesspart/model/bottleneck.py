@@ -17,7 +17,9 @@ the mean squared error of the restored boundary (divided by ``mean(B**2)`` so it
 plus the KL divergence from ``P`` to the tail's probabilities on the restored boundary. During
 training, uniform noise of one int8 quantisation step is added to the code so the decoder learns
 to read quantised codes. The backbone's weights never change here, so edge exits (attached
-before the split) are unaffected.
+before the split) are unaffected. Optionally (:func:`finetune_cloud`, BottleFit's second stage)
+the decoder and the cloud part are then fine-tuned on the labels plus the same KL, the encoder
+frozen; the build writes those cloud weights into the backbone only for the pair it uses.
 
 Measurement and the choice among candidates live in :mod:`edgelesspart.planning.bottleneck`.
 """
