@@ -76,6 +76,8 @@ class BuildConfig:
     bottleneck: str = "none"
     bottleneck_max_loss: float = 1.0
     bottleneck_epochs: int | None = None
+    bottleneck_finetune: int = 0
+    bottleneck_loss: str = "broken"
     out: str | None = None
     overwrite: bool = False
 
@@ -207,6 +209,7 @@ def _check_codec_options(codec: Any, max_loss: Any) -> None:
 
 def _check_bottleneck_options(config: BuildConfig) -> None:
     from edgelesspart.model.bottleneck import NONE, parse_bottleneck
+    from edgelesspart.planning.bottleneck import LOSS_MEASURES
 
     choice = parse_bottleneck(config.bottleneck)
     object.__setattr__(config, "bottleneck", str(choice))
@@ -216,6 +219,20 @@ def _check_bottleneck_options(config: BuildConfig) -> None:
             f"bottleneck_max_loss must be a number of accuracy percentage points >= 0 (e.g. 1), "
             f"got {value!r}."
         )
+    finetune = config.bottleneck_finetune
+    if isinstance(finetune, bool) or not isinstance(finetune, int) or finetune < 0:
+        raise ConfigError(
+            f"bottleneck_finetune must be a number of epochs >= 0 (0: the cloud part stays the "
+            f"unmodified model's), got {finetune!r}."
+        )
+    if config.bottleneck_loss not in LOSS_MEASURES:
+        raise ConfigError(
+            f"Unknown bottleneck_loss {config.bottleneck_loss!r}; choose broken (samples the "
+            "unmodified model gets right and the bottleneck wrong) or accuracy (net accuracy "
+            "points lost)."
+        )
+    if finetune and choice == NONE:
+        raise ConfigError("--bottleneck-finetune needs --bottleneck auto or a channel count.")
     if choice != NONE and config.exit_training == "joint":
         raise ConfigError(
             "--bottleneck needs the backbone fixed after it is trained, but --exit-training "
@@ -419,7 +436,8 @@ def _bottleneck(
         factors=(summary["edge_full_model_ms"] / host_ms, summary["cloud_full_model_ms"] / host_ms),
         epochs=config.bottleneck_epochs or BOTTLENECK_EPOCHS,
         batch_size=config.batch_size, seed=config.seed, max_samples=CODEC_MAX_SAMPLES,
-        host=_host(), log=log,
+        host=_host(), log=log, finetune_epochs=config.bottleneck_finetune,
+        loss=config.bottleneck_loss,
     )  # fmt: skip
     if neck.decision.warning:
         log(f"warning: {neck.decision.warning}")
@@ -430,15 +448,24 @@ def _bottleneck(
         config, host_profile, summary["model"], heads, crossings={plan.split: neck.crossing}
     )
     if replanned.split == plan.split and replanned.parameters.get("bottleneck"):
+        _apply_finetune(neck, log)
         return replanned, neck
     if config.bottleneck != "auto" and replanned.split == plan.split:
         log(f"bottleneck: the planner would not use {neck.crossing.name}; kept as asked")
+        _apply_finetune(neck, log)
         return _force_crossing(replanned, neck.crossing, config), neck
     log(f"bottleneck: the planner keeps the codec at {replanned.split}; no bottleneck")
     neck.decision = replace(neck.decision, used=None, reason=neck.decision.reason + "; the "
                             "planner found it no better for the objective")  # fmt: skip
     neck.crossing = None
     return replanned, neck
+
+
+def _apply_finetune(neck: Any, log: Any) -> None:
+    """Put the used bottleneck's fine-tuned cloud part into the backbone (before the exits are
+    trained, so cloud exits, their temperatures and the serving threshold are fitted on it)."""
+    if neck.apply_finetune():
+        log(f"bottleneck: the cloud part after {neck.used.cut_point} is the fine-tuned one")
 
 
 def _force_crossing(plan: Plan, crossing: Any, config: BuildConfig) -> Plan:
@@ -477,6 +504,7 @@ def _bottleneck_codec(config: BuildConfig, neck: Any, plan: Plan) -> tuple[dict,
         "bytes_per_sample": option.bytes_per_sample,
         "accuracy_delta_pp": option.accuracy_delta_pp,
         "max_loss_pp": float(config.bottleneck_max_loss),
+        "loss_measure": config.bottleneck_loss,
         "selected_by": "bottleneck-auto" if config.bottleneck == "auto" else "bottleneck-fixed",
         "cut_point": table.cut_point,
         "samples": table.samples,

@@ -32,6 +32,8 @@ Usage::
     .venv/bin/python experiments/bench_p4_payload.py [--quick] [--bundle DIR]
     .venv/bin/python experiments/bench_p4_payload.py --bottleneck auto [--quick]
     .venv/bin/python experiments/bench_p4_payload.py --bottleneck auto --dataset digits-hard
+    .venv/bin/python experiments/bench_p4_payload.py --bottleneck auto --dataset digits-hard \
+        --backbone converged --bottleneck-epochs 60
     .venv/bin/python experiments/bench_p4_payload.py --bottleneck auto --model resnet50
 
 With ``--model resnet50`` the backbone is trained here with P1's recipe under a stated budget
@@ -40,6 +42,15 @@ With ``--model resnet50`` the backbone is trained here with P1's recipe under a 
 and both bundles are built on it with P1's bundle options (``train_backbone no``, memory rule,
 12 cut points) but no exit heads (P4 serves with exits off) and at most ``--neck-epochs``
 distillation epochs per bottleneck candidate (default: the build's).
+
+With ``--backbone converged`` (small CNN) the backbone is P1's for the dataset, trained to
+convergence with the build's own trainer (``bench_p1_exits.train_backbone_to_convergence``:
+early stopping on validation, best weights kept; reused from
+``results/bench/backbones/p1-<model>-<dataset>.keras`` when its sidecar's options match), and
+``--backbone FILE`` takes any trained ``.keras``; both bundles are then built on it unchanged
+(``train_backbone no``, the shared bench options otherwise, no exit heads). The bench's own
+4-epoch backbone is far from converged on digits-hard (34 % test), which makes "accuracy lost"
+meaningless there.
 """
 
 from __future__ import annotations
@@ -84,8 +95,23 @@ def _args(argv: list[str] | None) -> Any:
             help="bottleneck mode, zoo backbone: most training epochs (P1's recipe)",
         )  # fmt: skip
         parser.add_argument(
-            "--neck-epochs", type=int, default=None,
-            help="bottleneck mode, zoo backbone: most distillation epochs per candidate",
+            "--neck-epochs", "--bottleneck-epochs", type=int, default=None, dest="neck_epochs",
+            help="bottleneck mode: most distillation epochs per candidate (default: the build's)",
+        )  # fmt: skip
+        parser.add_argument(
+            "--bottleneck-finetune", type=int, default=0,
+            help="bottleneck mode: the build's --bottleneck-finetune (epochs of decoder + cloud "
+            "part fine-tuning after distillation; 0: none)",
+        )  # fmt: skip
+        parser.add_argument(
+            "--bottleneck-loss", default="broken", choices=("broken", "accuracy"),
+            help="bottleneck mode: the build's --bottleneck-loss (what the 1-point bound bounds)",
+        )  # fmt: skip
+        parser.add_argument(
+            "--backbone", default=None,
+            help="bottleneck mode, small CNN: 'converged' (P1's backbone trained to convergence "
+            "with the build's trainer, reused from results/bench/backbones when cached) or a "
+            "trained .keras file; both bundles then use it as is (no exit heads)",
         )  # fmt: skip
 
     return benchlib.parse_args(__doc__.splitlines()[0], argv, extra)

@@ -16,6 +16,7 @@ the build pipeline lazily. ``benchtable.py`` turns the records into the Markdown
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import math
 import os
@@ -413,7 +414,23 @@ def bundle_matches(path: Path, wanted: Mapping[str, Any]) -> bool:
         config = json.loads(manifest.read_text())["extra"]["build_config"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return all(_same(config.get(key), value) for key, value in wanted.items())
+    return all(
+        _same_model(config.get(key), value) if key == "model" else _same(config.get(key), value)
+        for key, value in wanted.items()
+    )
+
+
+def _same_model(a: Any, b: Any) -> bool:
+    """Zoo names must be equal; ``.keras`` backbones match when the files are byte-identical
+    (a cached bundle stays valid when its backbone file was copied to another folder)."""
+    if a == b:
+        return True
+    if not (isinstance(a, str) and isinstance(b, str) and a.endswith(".keras")):
+        return False
+    first, second = Path(a), Path(b)
+    if not (first.is_file() and second.is_file()):
+        return False
+    return first.resolve() == second.resolve() or filecmp.cmp(first, second, shallow=False)
 
 
 def _same(a: Any, b: Any) -> bool:

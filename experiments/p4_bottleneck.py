@@ -31,15 +31,63 @@ def bottleneck_bundle(args: Any) -> tuple[Path, dict[str, Any]]:
         return args.bottleneck_bundle, {"path": str(args.bottleneck_bundle), "reused": True}
     base = _base_options(args)
     name = "p4-bottleneck" + _suffix(args)
-    options = {**base, "bottleneck": str(args.bottleneck), "link": "3g"}
+    options = {
+        **base,
+        "bottleneck": str(args.bottleneck),
+        "link": "3g",
+        "bottleneck_epochs": getattr(args, "neck_epochs", None),
+    }
+    if getattr(args, "bottleneck_finetune", 0):
+        options["bottleneck_finetune"] = args.bottleneck_finetune
+    if getattr(args, "bottleneck_loss", "broken") != "broken":
+        options["bottleneck_loss"] = args.bottleneck_loss
+    name += _finetune_suffix(args)
     return benchlib.ensure_bundle(args.out / "bundles" / name, **options)
 
 
 def _base_options(args: Any) -> dict[str, Any]:
+    """Build options both bundles share (the bottleneck bundle adds its own)."""
     if _p1_model(args):
         return _p1_options(args)
     base = benchlib.QUICK_BUNDLE_OPTIONS if args.quick else benchlib.SHARED_BUNDLE_OPTIONS
+    if getattr(args, "backbone", None):
+        path, _ = given_backbone(args)
+        return {
+            **base,
+            "model": str(path),
+            "train_backbone": "no",
+            "dataset": args.dataset,
+            "exits_per_part": [0, 0],
+        }
     return {**base, "dataset": args.dataset}
+
+
+def given_backbone(args: Any) -> tuple[Path, dict[str, Any]]:
+    """The trained small-CNN backbone of ``--backbone`` (cached on ``args``) and its record.
+
+    ``converged``: P1's backbone for the dataset, trained to convergence with the build's
+    trainer (or reused when cached with the same options); a path: that ``.keras`` file, with
+    its JSON sidecar's record when there is one.
+    """
+    if hasattr(args, "_given_backbone"):
+        return args._given_backbone
+    if args.backbone == "converged":
+        import bench_p1_exits as p1
+
+        found = p1.train_backbone_to_convergence(
+            args.model, args.out / "backbones", args.quick, args.seed, args.dataset
+        )
+    else:
+        path = Path(args.backbone)
+        if not path.is_file() or path.suffix != ".keras":
+            raise SystemExit(
+                f"--backbone {args.backbone!r}: give 'converged' or an existing .keras file"
+            )
+        sidecar = path.with_suffix(".json")
+        info = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        found = (path, {**info, "reused": True})
+    args._given_backbone = found
+    return found
 
 
 def _p1_model(args: Any) -> bool:
@@ -56,7 +104,7 @@ def _p1_options(args: Any) -> dict[str, Any]:
         args._p1_backbone = train_backbone(args)
     path, _ = args._p1_backbone
     options = p1.build_options(args.model, path, args.quick, None, args.dataset)
-    return {**options, "exits_per_part": [0, 0], "bottleneck_epochs": args.neck_epochs}
+    return {**options, "exits_per_part": [0, 0]}
 
 
 def train_backbone(args: Any) -> tuple[Path, dict[str, Any]]:
@@ -127,19 +175,35 @@ def train_backbone(args: Any) -> tuple[Path, dict[str, Any]]:
 
 
 def _suffix(args: Any) -> str:
-    """``-<model>`` (not the small CNN), ``-<dataset>`` (not digits), ``-quick`` in names."""
+    """``-<model>`` (not the small CNN), ``-<dataset>`` (not digits), ``-converged`` or
+    ``-on-<file stem>`` (``--backbone``), ``-quick`` in names."""
     model = f"-{args.model}" if _p1_model(args) else ""
+    backbone = getattr(args, "backbone", None) if not _p1_model(args) else None
+    given = ""
+    if backbone:
+        given = "-converged" if backbone == "converged" else f"-on-{Path(backbone).stem}"
     return (
         model
         + ("" if args.dataset == "digits" else f"-{args.dataset}")
+        + given
         + ("-quick" if args.quick else "")
     )
+
+
+def _finetune_suffix(args: Any) -> str:
+    """``-ft<N>`` when the bottleneck bundle fine-tunes the cloud part for N epochs, ``-net``
+    when its bound is on net accuracy (``--bottleneck-loss accuracy``)."""
+    epochs = getattr(args, "bottleneck_finetune", 0)
+    net = getattr(args, "bottleneck_loss", "broken") == "accuracy"
+    return (f"-ft{epochs}" if epochs else "") + ("-net" if net else "")
 
 
 def generic_bundle(args: Any) -> tuple[Path, dict[str, Any]]:
     """The bundle without a bottleneck: the shared one for the small CNN on digits, P1's for a
     P1 backbone, else the shared options on the dataset."""
-    if args.bundle is not None or (args.dataset == "digits" and not _p1_model(args)):
+    given = getattr(args, "backbone", None)
+    shared = args.dataset == "digits" and not _p1_model(args) and not given
+    if args.bundle is not None or shared:
         return benchlib.shared_bundle(args.out, args.quick, args.bundle)
     path = args.out / "bundles" / f"p4-generic{_suffix(args)}"
     return benchlib.ensure_bundle(path, **_base_options(args))
@@ -291,7 +355,7 @@ def run(args: Any, start: float) -> int:
     )
     print(_report(bn, figures))
     label = bn["bottleneck"]["label"] if used else "no bottleneck (auto declined)"
-    bench = "P4-bottleneck" + _suffix(args).removesuffix("-quick")
+    bench = "P4-bottleneck" + _suffix(args).removesuffix("-quick") + _finetune_suffix(args)
     result = benchlib.BenchResult(
         bench=bench,
         what="learned bottleneck: bytes per sample, accuracy lost on test, e2e latency on 3g/lte",
@@ -329,7 +393,11 @@ def run(args: Any, start: float) -> int:
 def _model_record(args: Any) -> dict[str, Any]:
     """The model measured and, for a P1 backbone, how it was trained (epochs, accuracies)."""
     if not _p1_model(args):
-        return {"model": "small_cnn", "options": _base_options(args)}
+        record = {"model": "small_cnn", "options": _base_options(args)}
+        if getattr(args, "backbone", None):
+            path, info = given_backbone(args)
+            record.update(backbone=str(path), training=info)
+        return record
     path, info = args._p1_backbone
     return {"model": args.model, "backbone": str(path), "training": info}
 

@@ -206,6 +206,19 @@ def test_bundle_matches_reads_the_build_config(tmp_path):
     assert not benchlib.bundle_matches(tmp_path / "missing", {"model": "small_cnn"})
 
 
+def test_bundle_matches_a_copied_keras_backbone_by_content(tmp_path):
+    first, copy, other = (tmp_path / n for n in ("a/b.keras", "c/b.keras", "d/b.keras"))
+    for path, data in ((first, b"weights"), (copy, b"weights"), (other, b"other!!")):
+        path.parent.mkdir()
+        path.write_bytes(data)
+    config = {"model": str(first), "epochs": 4}
+    (tmp_path / "manifest.json").write_text(json.dumps({"extra": {"build_config": config}}))
+    assert benchlib.bundle_matches(tmp_path, {"model": str(copy), "epochs": 4})
+    assert not benchlib.bundle_matches(tmp_path, {"model": str(other)})
+    assert not benchlib.bundle_matches(tmp_path, {"model": str(tmp_path / "gone.keras")})
+    assert not benchlib.bundle_matches(tmp_path, {"model": "resnet50"})
+
+
 # ----------------------------------------------------------------------------- processes
 
 

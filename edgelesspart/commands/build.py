@@ -133,6 +133,17 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "type": int,
         "help": "bottleneck: most distillation epochs per candidate (30; early stopping)",
     },
+    "--bottleneck-loss": {
+        "choices": ["broken", "accuracy"],
+        "help": "bottleneck: the loss --bottleneck-max-loss bounds: broken (default: samples "
+        "the unmodified model gets right and the bottleneck wrong) or accuracy (net points lost)",
+    },
+    "--bottleneck-finetune": {
+        "type": int,
+        "help": "bottleneck: then fine-tune the decoder and the cloud part for at most this "
+        "many epochs (0, default: the cloud part stays the unmodified model's); kept per "
+        "candidate only where it lowers the validation loss against the unmodified model",
+    },
     "--out": {"help": "bundle directory (default bundles/<model>-<constraint>-<placement>)"},
 }
 

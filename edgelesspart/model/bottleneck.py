@@ -17,7 +17,9 @@ the mean squared error of the restored boundary (divided by ``mean(B**2)`` so it
 plus the KL divergence from ``P`` to the tail's probabilities on the restored boundary. During
 training, uniform noise of one int8 quantisation step is added to the code so the decoder learns
 to read quantised codes. The backbone's weights never change here, so edge exits (attached
-before the split) are unaffected.
+before the split) are unaffected. Optionally (:func:`finetune_cloud`, BottleFit's second stage)
+the decoder and the cloud part are then fine-tuned on the labels plus the same KL, the encoder
+frozen; the build writes those cloud weights into the backbone only for the pair it uses.
 
 Measurement and the choice among candidates live in :mod:`edgelesspart.planning.bottleneck`.
 """
@@ -25,7 +27,7 @@ Measurement and the choice among candidates live in :mod:`edgelesspart.planning.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -131,6 +133,10 @@ class TrainedBottleneck:
     code_shape: tuple[int, ...]
     history: dict[str, list[float]] = field(default_factory=dict)
     seconds: float = 0.0
+    #: The cloud part's weights after :func:`finetune_cloud` (``tail.get_weights()`` order), or
+    #: ``None`` when the tail is the unmodified model's.
+    tail_weights: list[Any] | None = None
+    finetune: dict[str, Any] | None = None
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready facts (what the manifest records about the bottleneck)."""
@@ -145,6 +151,8 @@ class TrainedBottleneck:
             "decoder_params": int(self.decoder.count_params()),
             "train_seconds": round(self.seconds, 2),
             "epochs": len(self.history.get("loss", [])),
+            "cloud_finetuned": self.tail_weights is not None,
+            **({"finetune": self.finetune} if self.finetune else {}),
         }
 
 
@@ -301,6 +309,104 @@ def train_bottleneck(
     )
 
 
+def finetune_cloud(
+    head: Any,
+    tail: Any,
+    pair: TrainedBottleneck,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    epochs: int = 10,
+    batch_size: int = 64,
+    seed: int = 0,
+    learning_rate: float = 1e-4,
+) -> TrainedBottleneck:
+    """Fine-tune the decoder and the cloud part (``tail``) on the code, encoder frozen.
+
+    The second stage of BottleFit-style training: after :func:`train_bottleneck` (backbone
+    frozen), the decoder and the tail's layers train on the training split through the frozen
+    encoder and the int8 noise, on cross-entropy with the labels plus the KL divergence from the
+    unmodified model's probabilities (BatchNormalization stays in inference mode), at a small
+    learning rate, with early stopping on the validation loss (best weights restored).
+
+    ``tail`` shares its layers with the backbone: its weights are restored before returning,
+    so the backbone stays the unmodified model; the tuned weights are returned in
+    ``tail_weights`` (apply them with ``tail.set_weights`` only if this pair is used). The
+    decoder in the returned pair is the fine-tuned one; ``pair`` itself is unchanged.
+    """
+    k = keras()
+    ops = k.ops
+    start = time.perf_counter()
+    k.utils.set_random_seed(seed + 11)
+
+    def _boundary(x: np.ndarray) -> np.ndarray:
+        return _predict(lambda b, training: head(b, training=training)["boundary"], x)
+
+    def _probs(b: np.ndarray) -> np.ndarray:
+        return _predict(lambda z, training: tail(z, training=training)["probs"], b)
+
+    b_train, b_val = _boundary(x_train), _boundary(x_val)
+    p_train, p_val = _probs(b_train), _probs(b_val)
+    classes = p_train.shape[-1]
+
+    def targets(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+        onehot = np.eye(classes, dtype=np.float32)[np.asarray(y).reshape(-1).astype(int)]
+        return np.concatenate([onehot, p], axis=1)
+
+    def loss(target: Any, pred: Any) -> Any:  # cross-entropy on labels + KL to the teacher
+        onehot, teacher = target[:, :classes], target[:, classes:]
+        log_pred = ops.log(ops.clip(pred, 1e-7, 1.0))
+        cross_entropy = -ops.sum(onehot * log_pred, axis=-1)
+        kl = ops.sum(teacher * (ops.log(ops.clip(teacher, 1e-7, 1.0)) - log_pred), axis=-1)
+        return cross_entropy + kl
+
+    decoder = k.models.clone_model(pair.decoder)
+    decoder.set_weights(pair.decoder.get_weights())
+    original = tail.get_weights()
+    flags = [(m, m.trainable) for m in [pair.encoder, *tail.layers, *pair.encoder.layers]]
+    try:
+        pair.encoder.trainable = False
+        for layer in tail.layers:
+            layer.trainable = not isinstance(layer, k.layers.BatchNormalization)
+        b_in = k.Input(tuple(pair.boundary_shape), name="finetune_boundary")
+        probs = tail(decoder(_QuantNoise.layer()(pair.encoder(b_in))))["probs"]
+        student = k.Model(b_in, probs, name="bottleneck_finetune")
+        student.compile(optimizer=k.optimizers.Adam(learning_rate), loss=loss)
+        stop = k.callbacks.EarlyStopping(patience=3, restore_best_weights=True)
+        history = student.fit(
+            b_train,
+            targets(y_train, p_train),
+            validation_data=(b_val, targets(y_val, p_val)),
+            epochs=epochs,
+            batch_size=batch_size,
+            shuffle=True,
+            verbose=0,
+            callbacks=[stop],
+        )
+        tuned = tail.get_weights()
+    finally:
+        for layer, flag in flags:
+            layer.trainable = flag
+        tail.set_weights(original)
+    record = {key: [float(v) for v in values] for key, values in history.history.items()}
+    seconds = time.perf_counter() - start
+    return replace(
+        pair,
+        decoder=decoder,
+        tail_weights=tuned,
+        finetune={
+            "epochs": len(record.get("loss", [])),
+            "best_val_loss": round(min(record.get("val_loss", [float("nan")])), 6),
+            "learning_rate": learning_rate,
+            "seconds": round(seconds, 2),
+            "loss": "cross-entropy (labels) + KL (unmodified probabilities)",
+        },
+        seconds=pair.seconds + seconds,
+    )
+
+
 def host_ms(model: Any, sample: np.ndarray, repeats: int = 30) -> float:
     """Median batch-1 latency (ms) of ``model`` converted to LiteRT, on this host."""
     from ai_edge_litert.interpreter import Interpreter
@@ -327,6 +433,7 @@ __all__ = [
     "TrainedBottleneck",
     "build_pair",
     "candidate_shapes",
+    "finetune_cloud",
     "host_ms",
     "parse_bottleneck",
     "train_bottleneck",

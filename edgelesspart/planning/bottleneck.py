@@ -8,10 +8,11 @@ Pure Python (no TensorFlow). A **crossing** is one way a split's boundary gets t
   the encoder, the cloud also runs the decoder, and the payload is much smaller.
 
 Each has measured bytes per sample (mean and largest), an accuracy loss against the unmodified
-model on validation (``loss_pp``: the share of samples the exact boundary classifies correctly
-and the crossing does not, in points), and host milliseconds on each side. :func:`crossing_ms`
-prices a crossing on a link: edge ms x the edge device's latency factor + link time of the wire
-bytes (base64 JSON for Lambda) + cloud ms x the cloud device's factor.
+model on validation (``loss_pp``: by default the share of samples the exact boundary classifies
+correctly and the crossing does not, in points; ``--bottleneck-loss accuracy`` uses the net
+accuracy points lost instead, see :data:`LOSS_MEASURES`), and host milliseconds on each side.
+:func:`crossing_ms` prices a crossing on a link: edge ms x the edge device's latency factor +
+link time of the wire bytes (base64 JSON for Lambda) + cloud ms x the cloud device's factor.
 
 :func:`choose_bottleneck` is the rule of ``--bottleneck``: ``auto`` takes the fastest bottleneck
 option within the accuracy bound and the payload limit **only if** its crossing is faster than
@@ -78,6 +79,15 @@ class Crossing:
         }
 
 
+#: How a bottleneck's accuracy loss against the unmodified model is measured on validation:
+#: ``broken`` (default): the share of samples the unmodified model classifies right and the
+#: bottleneck wrong (fixes never count; the generic codec rule's measure); ``accuracy``: net
+#: accuracy points lost (unmodified accuracy - bottleneck accuracy), the issue's "accuracy
+#: lost", for a bottleneck whose decoder and cloud part learn on labels (fine-tuning) and so
+#: change answers both ways.
+LOSS_MEASURES = ("broken", "accuracy")
+
+
 @dataclass(frozen=True)
 class BottleneckOption:
     """A trained bottleneck with one codec on its code, measured on validation at batch 1.
@@ -115,8 +125,16 @@ class BottleneckOption:
         """Payload bytes / the raw float32 bytes of the unmodified boundary."""
         return self.bytes_per_sample / self.boundary_raw_bytes if self.boundary_raw_bytes else 1.0
 
-    def crossing(self) -> Crossing:
-        """The option as a :class:`Crossing`."""
+    def loss(self, measure: str = "broken") -> float:
+        """Accuracy points lost on validation, by ``measure`` (:data:`LOSS_MEASURES`)."""
+        if measure not in LOSS_MEASURES:
+            raise ConfigError(
+                f"Unknown bottleneck loss {measure!r}; choose one of {', '.join(LOSS_MEASURES)}."
+            )
+        return self.broken_pp if measure == "broken" else -self.accuracy_delta_pp
+
+    def crossing(self, measure: str = "broken") -> Crossing:
+        """The option as a :class:`Crossing` (its loss by ``measure``)."""
         return Crossing(
             self.name,
             self.codec,
@@ -124,7 +142,7 @@ class BottleneckOption:
             self.max_bytes_per_sample,
             self.encoder_ms + self.encode_ms,
             self.decode_ms + self.decoder_ms,
-            self.broken_pp,
+            self.loss(measure),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -241,8 +259,10 @@ def choose_bottleneck(
     edge_factor: float = 1.0,
     cloud_factor: float = 1.0,
     max_bytes: float | None = None,
+    loss: str = "broken",
 ) -> BottleneckDecision:
-    """Apply the ``--bottleneck`` rule (module docstring) to measured ``options``.
+    """Apply the ``--bottleneck`` rule (module docstring) to measured ``options``; ``loss`` is
+    how an option's accuracy loss is measured (:data:`LOSS_MEASURES`).
 
     Raises:
         ConfigError: a fixed channel count none of whose options fits ``max_bytes``.
@@ -256,8 +276,8 @@ def choose_bottleneck(
     times = {generic.name: round(cost(generic), 4)}
     times.update({o.name: round(cost(o.crossing()), 4) for o in options})
     fits = [o for o in options if max_bytes is None or o.max_bytes_per_sample <= max_bytes]
-    within = [o for o in fits if o.broken_pp <= max_loss_pp + 1e-9]
-    bound = f"{max_loss_pp:g} pp"
+    within = [o for o in fits if o.loss(loss) <= max_loss_pp + 1e-9]
+    bound = f"{max_loss_pp:g} pp" + ("" if loss == "broken" else f" of {loss}")
     if choice == "auto":
         if not within:
             return BottleneckDecision(
@@ -267,7 +287,7 @@ def choose_bottleneck(
         if times[best.name] < times[generic.name]:
             reason = (
                 f"auto: {best.name} crosses {link.name} in {times[best.name]:.2f} ms vs "
-                f"{times[generic.name]:.2f} ms for {generic.name}, losing {best.broken_pp:.2f} "
+                f"{times[generic.name]:.2f} ms for {generic.name}, losing {best.loss(loss):.2f} "
                 f"pp (bound {bound})"
             )
             return BottleneckDecision(best, generic, reason, times)
@@ -286,9 +306,9 @@ def choose_bottleneck(
         return BottleneckDecision(
             best, generic, f"fixed by the user: {best.name}, fastest within {bound}", times
         )
-    best = min(fits, key=lambda o: (o.broken_pp, times[o.name], o.name))
+    best = min(fits, key=lambda o: (o.loss(loss), times[o.name], o.name))
     warning = (
-        f"bottleneck {best.name} loses {best.broken_pp:.2f} pp on validation, more than the "
+        f"bottleneck {best.name} loses {best.loss(loss):.2f} pp on validation, more than the "
         f"{bound} bound; kept as asked"
     )
     return BottleneckDecision(

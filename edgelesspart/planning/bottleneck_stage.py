@@ -12,6 +12,8 @@ devices. TensorFlow is imported lazily (through the model layer).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +40,16 @@ class BottleneckResult:
     table: Any
     crossing: Crossing | None
     test: dict[str, Any] | None = None
+    tail: Any = None
+
+    def apply_finetune(self) -> bool:
+        """Write the used pair's fine-tuned cloud weights into the backbone (``tail`` shares
+        its layers); True when there were any."""
+        pair = self.used
+        if pair is None or pair.tail_weights is None or self.tail is None:
+            return False
+        self.tail.set_weights(pair.tail_weights)
+        return True
 
     @property
     def used(self) -> Any:
@@ -71,6 +83,8 @@ def fit_bottleneck(
     max_samples: int,
     host: str = "",
     log: Any = print,
+    finetune_epochs: int = 0,
+    loss: str = "broken",
 ) -> BottleneckResult:
     """Train, measure and choose a bottleneck at ``split`` (see the module docstring).
 
@@ -91,8 +105,16 @@ def fit_bottleneck(
         max_samples: validation samples measured.
         host: where the timings were taken (recorded in the table).
         log: progress lines.
+        finetune_epochs: when > 0, each candidate's decoder and the cloud part are then
+            fine-tuned (:func:`~edgelesspart.model.bottleneck.finetune_cloud`) for at most this
+            many epochs; the fine-tuned version replaces the distilled one only where its least
+            validation loss (``broken_pp``) is lower. The backbone is left unmodified here; the
+            caller applies the used pair's weights (:meth:`BottleneckResult.apply_finetune`).
+        loss: how an option's loss is measured
+            (:data:`~edgelesspart.planning.bottleneck.LOSS_MEASURES`); the bound, the
+            fine-tuning's keep rule and the logs use it.
     """
-    from edgelesspart.model.bottleneck import candidate_shapes, train_bottleneck
+    from edgelesspart.model.bottleneck import candidate_shapes, finetune_cloud, train_bottleneck
     from edgelesspart.model.graph import split_model
     from edgelesspart.planning import codec_selection, payload
     from edgelesspart.planning.bottleneck import choose_bottleneck, codec_crossing
@@ -111,16 +133,27 @@ def fit_bottleneck(
             head, tail, split, shape, data.x_train, data.x_val,
             epochs=epochs, batch_size=batch_size, seed=seed,
         )  # fmt: skip
+        measured = _measure(pair, tail, boundary, y_val, reference)
+        _log_candidate(log, pair, measured, len(y_val), "", loss)
+        if finetune_epochs > 0:
+            tuned = finetune_cloud(
+                head, tail, pair, data.x_train, data.y_train, data.x_val, data.y_val,
+                epochs=finetune_epochs, batch_size=batch_size, seed=seed,
+            )  # fmt: skip
+            tuned_measured = _measure(tuned, tail, boundary, y_val, reference)
+            before = min(o.loss(loss) for o in measured)
+            after = min(o.loss(loss) for o in tuned_measured)
+            tuned.finetune = {**(tuned.finetune or {}), "val_loss_pp": [before, after],
+                              "kept": after < before}  # fmt: skip
+            note = " after cloud fine-tuning"
+            _log_candidate(log, tuned, tuned_measured, len(y_val), note, loss)
+            if after < before:
+                pair, measured = tuned, tuned_measured
+            else:
+                pair.finetune = {**tuned.finetune, "kept": False}
+                log(f"bottleneck {shape.label}: fine-tuning did not lower the loss; not kept")
         trained[shape.label] = pair
-        measured = codec_selection.measure_bottleneck(pair, tail, boundary, y_val, reference)
         options.extend(measured)
-        best = min(measured, key=lambda o: o.bytes_per_sample)
-        log(
-            f"bottleneck {shape.label}: code {pair.code_shape}, {best.bytes_per_sample:,.0f} "
-            f"B/sample with {best.codec} ({1 / best.size_ratio:.1f}x fewer than raw fp32), "
-            f"loss {best.broken_pp:.2f} pp on {len(y_val)} validation samples, "
-            f"{pair.seconds:.0f} s training"
-        )
     edge_factor, cloud_factor = factors
     decision = choose_bottleneck(
         options,
@@ -132,10 +165,11 @@ def fit_bottleneck(
         edge_factor=edge_factor,
         cloud_factor=cloud_factor,
         max_bytes=limit,
+        loss=loss,
     )
     crossing = None
     if decision.used is not None:
-        c = decision.used.crossing()
+        c = decision.used.crossing(loss)
         crossing = Crossing(
             c.name, c.codec, c.nbytes, c.max_bytes,
             c.edge_ms * edge_factor, c.cloud_ms * cloud_factor, c.loss_pp,
@@ -143,11 +177,49 @@ def fit_bottleneck(
     test = None
     if decision.used is not None:
         test = test_accuracy(head, tail, trained[decision.used.label], decision.used.codec, data)
-    return BottleneckResult(decision, trained, table, crossing, test)
+    return BottleneckResult(decision, trained, table, crossing, test, tail)
+
+
+@contextmanager
+def _tail_weights(tail: Any, weights: list[Any] | None) -> Iterator[None]:
+    """``tail`` with ``weights`` (a fine-tuned cloud part) for the block, then as it was."""
+    if weights is None:
+        yield
+        return
+    original = tail.get_weights()
+    tail.set_weights(weights)
+    try:
+        yield
+    finally:
+        tail.set_weights(original)
+
+
+def _measure(
+    pair: Any, tail: Any, boundary: np.ndarray, y_val: np.ndarray, reference: np.ndarray
+) -> list[Any]:
+    """:func:`codec_selection.measure_bottleneck` through the pair's own cloud part."""
+    from edgelesspart.planning import codec_selection
+
+    with _tail_weights(tail, pair.tail_weights):
+        return codec_selection.measure_bottleneck(pair, tail, boundary, y_val, reference)
+
+
+def _log_candidate(
+    log: Any, pair: Any, measured: list[Any], samples: int, note: str, loss: str
+) -> None:
+    best = min(measured, key=lambda o: o.bytes_per_sample)
+    log(
+        f"bottleneck {pair.shape.label}{note}: code {pair.code_shape}, "
+        f"{best.bytes_per_sample:,.0f} B/sample with {best.codec} ({1 / best.size_ratio:.1f}x "
+        f"fewer than raw fp32), loss {best.loss(loss):.2f} pp ({loss}; broken "
+        f"{best.broken_pp:.2f}, net {-best.accuracy_delta_pp:+.2f}) on {samples} validation "
+        f"samples, {pair.seconds:.0f} s training"
+    )
 
 
 def test_accuracy(head: Any, tail: Any, pair: Any, codec: str, data: Any) -> dict[str, Any]:
-    """Final-classifier accuracy on the test split: unmodified vs through the bottleneck+codec.
+    """Final-classifier accuracy on the test split: unmodified vs through the bottleneck+codec
+    (and the pair's fine-tuned cloud part, if any).
 
     Measured at build time with Keras on the same backbone, after the choice (for reports
     such as P4, never for choosing).
@@ -161,12 +233,14 @@ def test_accuracy(head: Any, tail: Any, pair: Any, codec: str, data: Any) -> dic
     code = np.asarray(pair.encoder(boundary, training=False), np.float32)
     decoded = np.concatenate([decode_tensor(encode_tensor(c[None], codec))[0] for c in code])
     restored = np.asarray(pair.decoder(decoded, training=False), np.float32)
-    through = codec_selection.predict_classes(tail, restored)
+    with _tail_weights(tail, pair.tail_weights):
+        through = codec_selection.predict_classes(tail, restored)
     return {
         "samples": int(len(y)),
         "unmodified_accuracy": float(np.mean(exact == y)),
         "accuracy": float(np.mean(through == y)),
         "agreement": float(np.mean(exact == through)),
+        "cloud_finetuned": pair.tail_weights is not None,
     }
 
 

@@ -88,6 +88,23 @@ def test_auto_respects_the_accuracy_bound_and_the_payload_limit():
     assert over.used is None
 
 
+def test_the_loss_measure_decides_whether_fixes_count():
+    # GIVEN a bottleneck that breaks 5 % of the unmodified model's right answers but fixes more
+    # (net +0.5 points, as after cloud fine-tuning on labels)
+    churn = option(loss=5.0, accuracy_delta_pp=0.5)
+    assert churn.loss("broken") == 5.0 and churn.loss("accuracy") == -0.5
+    # THEN the default rule (broken) declines it and the net accuracy rule takes it
+    strict = choose_bottleneck([churn], GENERIC, choice="auto", max_loss_pp=1.0, link=SLOW)
+    assert strict.used is None
+    net = choose_bottleneck(
+        [churn], GENERIC, choice="auto", max_loss_pp=1.0, link=SLOW, loss="accuracy"
+    )
+    assert net.used is churn and "of accuracy" in net.reason
+    assert churn.crossing("accuracy").loss_pp == -0.5
+    with pytest.raises(ConfigError, match="Unknown bottleneck loss 'agreement'"):
+        churn.loss("agreement")
+
+
 def test_a_fixed_channel_count_is_kept_as_asked_with_a_warning():
     lossy = option(loss=2.0)
     decision = choose_bottleneck([lossy], GENERIC, choice=4, max_loss_pp=1.0, link=FAST)
