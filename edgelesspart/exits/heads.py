@@ -69,7 +69,12 @@ from edgelesspart.errors import ExitSpecError, ModelError
 
 TEMPLATES_ENV = "EDGELESSPART_TEMPLATES"
 #: Built-in exit heads (``--exit-head``) and the template each renders.
-EXIT_HEADS = {"sdn": "sdn.py.j2", "paper": "default.py.j2", "conv": "conv_pool.py.j2"}
+EXIT_HEADS = {
+    "sdn": "sdn.py.j2",
+    "sdn-sep": "sdn_sep.py.j2",
+    "paper": "default.py.j2",
+    "conv": "conv_pool.py.j2",
+}
 DEFAULT_HEAD = "sdn"
 DEFAULT_ORIGIN = f"builtin:{DEFAULT_HEAD}"
 POOLINGS = ("avg", "max", "flatten")
