@@ -45,6 +45,7 @@ class BuildConfig:
     placement: str = "linear"
     search: str = "exhaustive"
     exits_per_part: tuple[int, int] = (2, 2)
+    split_exit: str = "yes"
     exit_spec: str | None = None
     exit_template: str | None = None
     exit_head: str = "sdn"
@@ -161,6 +162,8 @@ def _check_exit_options(config: BuildConfig) -> None:
         raise ConfigError(
             f"temperature_scaling must be yes or no, got {config.temperature_scaling!r}."
         )
+    if config.split_exit not in ("yes", "no"):
+        raise ConfigError(f"split_exit must be yes or no, got {config.split_exit!r}.")
     if config.confidence not in MEASURES:
         raise ConfigError(
             f"Unknown confidence measure {config.confidence!r}; choose {' or '.join(MEASURES)}."
@@ -303,6 +306,7 @@ def make_plan(
             constraint=config.constraint,
             memory_fraction=config.memory_fraction,
             crossings=crossings,
+            split_exit=config.split_exit == "yes",
             link=links.load_link(config.link) if crossings else None,
             **common,
         )

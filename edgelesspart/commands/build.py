@@ -25,12 +25,19 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "--memory-fraction": {"type": float, "help": "memory rule: edge share of model memory (0.7)"},
     "--placement": {"choices": ["linear", "pareto"], "help": "exit spacing inside each part"},
     "--exits-per-part": {"help": "0..3, or EDGE,CLOUD such as 2,1 (default 2)"},
+    "--split-exit": {
+        "choices": ["yes", "no"],
+        "help": "latency/memory rules: the edge part's last exit sits at the split (yes, "
+        "default: the edge's most accurate answer, saving the whole offload); no: the paper's "
+        "k/(n+1) spacing",
+    },
     "--exit-spec": {"help": "YAML/JSON list of Keras layers for the exit heads"},
     "--exit-template": {"help": "a Jinja2 template rendering build_exit(x, num_classes, name)"},
     "--exit-head": {
-        "choices": ["sdn", "paper", "conv"],
+        "choices": ["sdn", "sdn-sep", "paper", "conv"],
         "help": "built-in exit head when no spec/template is given: sdn (default; pooled 4x4 "
-        "grid + 1x1 bottleneck), paper (copy of the model's head, as in the paper), conv",
+        "grid + 1x1 bottleneck), sdn-sep (sdn after a strided separable conv at shallow cuts), "
+        "paper (copy of the model's head, as in the paper), conv",
     },
     "--exit-training": {
         "choices": ["frozen", "distill", "joint"],
