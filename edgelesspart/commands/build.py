@@ -34,7 +34,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "--exit-spec": {"help": "YAML/JSON list of Keras layers for the exit heads"},
     "--exit-template": {"help": "a Jinja2 template rendering build_exit(x, num_classes, name)"},
     "--exit-head": {
-        "choices": ["sdn", "sdn-sep", "paper", "conv"],
+        "choices": ["sdn", "paper", "conv", "sdn-sep"],
         "help": "built-in exit head when no spec/template is given: sdn (default; pooled 4x4 "
         "grid + 1x1 bottleneck), sdn-sep (sdn after a strided separable conv at shallow cuts), "
         "paper (copy of the model's head, as in the paper), conv",
