@@ -11,9 +11,10 @@ from the build's earlier host profile against segment times measured minutes lat
 figure used to be) gave ratios off by 3x on a loaded machine.
 
 :func:`measured_compute` turns the timing into the served cost at a threshold: the exit mix of
-a whole traced split times the cumulative segment cost of each exit. Per sample the median of
-the rounds is kept; the headline is the mean over samples. The spread is the saving computed
-from each round alone (its min and max over rounds), so a reader sees how much the figure moves.
+a whole traced split times the cumulative segment cost of each exit. Each segment, and the full
+model, costs the median of its timings (the same work on every sample, so a call preempted by
+another process is noise, which a mean would keep). The spread is the saving computed from each
+round alone (its min and max over rounds), so a reader sees how much the figure moves.
 Bundles without a reference model (older builds, chain exports) fall back to the host profile's
 full-model time and say so (``full_model_source``), with no spread.
 """
@@ -65,13 +66,20 @@ class ComputeTiming:
         """Whether the full model was timed in the same trace as the segments."""
         return self.full_ms.size > 0
 
-    def segment_means(self) -> dict[str, float]:
-        """Per segment: the mean over samples of each sample's median over rounds (ms)."""
-        return {s: float(np.median(m, axis=1).mean()) for s, m in self.segment_ms.items()}
+    def segment_means(self, round_: int | None = None) -> dict[str, float]:
+        """Per segment: the median of its timings over samples and rounds (ms), or over the
+        samples of one round. A segment does the same work on every sample, so the median is
+        its cost; a call that another process preempted is noise, not cost, and a mean would
+        carry it."""
+        return {s: _median(m, round_) for s, m in self.segment_ms.items()}
 
-    def full_mean(self) -> float | None:
-        """The full model's mean over samples of the per-sample median (ms), if timed."""
-        return float(np.median(self.full_ms, axis=1).mean()) if self.interleaved else None
+    def full_mean(self, round_: int | None = None) -> float | None:
+        """The full model's median time (ms), over every timing or one round's, if timed."""
+        return _median(self.full_ms, round_) if self.interleaved else None
+
+
+def _median(timings: np.ndarray, round_: int | None) -> float:
+    return float(np.median(timings if round_ is None else timings[:, round_]))
 
 
 def reference_runner(bundle: Any) -> Any | None:
@@ -216,10 +224,10 @@ def measured_compute(
     spread = None
     if full is not None:
         source = f"interleaved: {timing.samples} samples x {timing.rounds} rounds"
-        by_round = []
-        for r in range(timing.rounds):
-            seg_r = {s: float(m[:, r].mean()) for s, m in timing.segment_ms.items()}
-            by_round.append(float(timing.full_ms[:, r].mean()) / _served(trace, threshold, seg_r))
+        by_round = [
+            timing.full_mean(r) / _served(trace, threshold, timing.segment_means(r))
+            for r in range(timing.rounds)
+        ]
         spread = {
             "min": round(min(by_round), 3),
             "median": round(float(np.median(by_round)), 3),
