@@ -45,7 +45,7 @@ class BuildConfig:
     placement: str = "linear"
     search: str = "exhaustive"
     exits_per_part: tuple[int, int] = (2, 2)
-    split_exit: str = "yes"
+    split_exit: str = "no"
     exit_spec: str | None = None
     exit_template: str | None = None
     exit_head: str = "sdn"

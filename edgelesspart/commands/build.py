@@ -27,9 +27,9 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "--exits-per-part": {"help": "0..3, or EDGE,CLOUD such as 2,1 (default 2)"},
     "--split-exit": {
         "choices": ["yes", "no"],
-        "help": "latency/memory rules: the edge part's last exit sits at the split (yes, "
-        "default: the edge's most accurate answer, saving the whole offload); no: the paper's "
-        "k/(n+1) spacing",
+        "help": "latency/memory rules: yes puts the edge part's last exit at the split (the "
+        "edge's most accurate answer, saving the whole offload; digits-hard: 33 -> 54%% on the "
+        "edge); no (default): the paper's k/(n+1) spacing",
     },
     "--exit-spec": {"help": "YAML/JSON list of Keras layers for the exit heads"},
     "--exit-template": {"help": "a Jinja2 template rendering build_exit(x, num_classes, name)"},
