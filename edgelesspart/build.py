@@ -45,6 +45,7 @@ class BuildConfig:
     placement: str = "linear"
     search: str = "exhaustive"
     exits_per_part: tuple[int, int] = (2, 2)
+    split_exit: str = "no"
     exit_spec: str | None = None
     exit_template: str | None = None
     exit_head: str = "sdn"
@@ -168,6 +169,8 @@ def _check_exit_options(config: BuildConfig) -> None:
         raise ConfigError(
             f"temperatures_in_graph must be yes or no, got {config.temperatures_in_graph!r}."
         )
+    if config.split_exit not in ("yes", "no"):
+        raise ConfigError(f"split_exit must be yes or no, got {config.split_exit!r}.")
     if config.confidence not in MEASURES:
         raise ConfigError(
             f"Unknown confidence measure {config.confidence!r}; choose {' or '.join(MEASURES)}."
@@ -325,6 +328,7 @@ def make_plan(
             constraint=config.constraint,
             memory_fraction=config.memory_fraction,
             crossings=crossings,
+            split_exit=config.split_exit == "yes",
             link=links.load_link(config.link) if crossings else None,
             **common,
         )
@@ -753,6 +757,8 @@ def run_build(config: BuildConfig, *, show_progress: bool = True, log: Any = pri
         codec=codec,
         codec_table=codec_table,
         bottleneck=None if neck is None else neck.used,
+        # converted once: the exit-payoff pass re-exports the same backbone
+        reference_tflite=export.reference_tflite(model, data.x_val[:4]),
     )
     manifest = export.export_bundle(
         request, config.bundle_dir, probe=data.x_val[:4], overwrite=config.overwrite
@@ -888,6 +894,7 @@ def _drop_unprofitable_exits(
     figures are recorded in ``plan.parameters['dropped_exits']``. Returns the manifest and the
     export request of the bundle now on disk.
     """
+    from edgelesspart.evaluation.compute import format_saving
     from edgelesspart.export import bundle as export
 
     dropped: list[dict[str, Any]] = []
@@ -931,7 +938,7 @@ def _drop_unprofitable_exits(
         left = ", ".join(f"{n} at {c}" for n, c in request.exit_cuts.items()) or "none"
         log(
             f"exit payoff: {len(dropped)} exit(s) removed after measurement; kept: {left}; net "
-            f"compute saving now {manifest.serving['payoff']['net']['saving']:.2f}x"
+            f"compute saving now {format_saving(manifest.serving['payoff']['net'])}"
         )
     return manifest, request
 
@@ -1021,6 +1028,7 @@ def _train_exits(
 
 def _choose_serving(config: BuildConfig, manifest: Manifest, data: Any, log: Any) -> Manifest:
     """Fit exit temperatures and the default threshold on validation; record them; print them."""
+    from edgelesspart.evaluation.compute import format_saving
     from edgelesspart.evaluation.serving import choose_serving, format_serving, payoff_warnings
     from edgelesspart.runtime.manifest import write_manifest
 
@@ -1035,8 +1043,9 @@ def _choose_serving(config: BuildConfig, manifest: Manifest, data: Any, log: Any
     net = serving["payoff"]["net"]
     log(
         f"compute: {net['served_host_ms']:.3f} ms per sample at the serving threshold against "
-        f"{net['full_model_host_ms']:.3f} ms without exits (host, measured on validation): "
-        f"net saving {net['saving']:.2f}x, exit heads and per-segment overhead included"
+        f"{net['full_model_host_ms']:.3f} ms without exits (host, validation exit mix; "
+        f"{net['full_model_source']}): net saving {format_saving(net)}, exit heads and "
+        "per-segment overhead included"
     )
     edge_share = float(serving["validation"]["edge_share"])
     for warning in payoff_warnings(

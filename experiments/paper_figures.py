@@ -246,6 +246,7 @@ def build_config(
         exit_head="paper",
         exit_training="frozen",
         temperature_scaling="no",
+        split_exit="no",  # the paper's k/(n+1) spacing, no exit pinned at the split
         out=str(settings.out / f"{model}-{placement}"),
         overwrite=True,
     )

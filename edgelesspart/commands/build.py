@@ -25,12 +25,19 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "--memory-fraction": {"type": float, "help": "memory rule: edge share of model memory (0.7)"},
     "--placement": {"choices": ["linear", "pareto"], "help": "exit spacing inside each part"},
     "--exits-per-part": {"help": "0..3, or EDGE,CLOUD such as 2,1 (default 2)"},
+    "--split-exit": {
+        "choices": ["yes", "no"],
+        "help": "latency/memory rules: yes puts the edge part's last exit at the split (the "
+        "edge's most accurate answer, saving the whole offload; digits-hard: 33 -> 54%% on the "
+        "edge); no (default): the paper's k/(n+1) spacing",
+    },
     "--exit-spec": {"help": "YAML/JSON list of Keras layers for the exit heads"},
     "--exit-template": {"help": "a Jinja2 template rendering build_exit(x, num_classes, name)"},
     "--exit-head": {
-        "choices": ["sdn", "paper", "conv"],
+        "choices": ["sdn", "paper", "conv", "sdn-sep"],
         "help": "built-in exit head when no spec/template is given: sdn (default; pooled 4x4 "
-        "grid + 1x1 bottleneck), paper (copy of the model's head, as in the paper), conv",
+        "grid + 1x1 bottleneck), sdn-sep (sdn after a strided separable conv at shallow cuts), "
+        "paper (copy of the model's head, as in the paper), conv",
     },
     "--exit-training": {
         "choices": ["frozen", "distill", "joint"],

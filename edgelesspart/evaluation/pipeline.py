@@ -13,18 +13,15 @@ from typing import Any
 import numpy as np
 
 from edgelesspart.errors import BundleError, ConfigError, EdgeLessPartError, ProfileError
-from edgelesspart.evaluation import calibration
+from edgelesspart.evaluation import calibration, compute
 from edgelesspart.evaluation.baselines import Backbone, backbone_from_trace, baselines
 from edgelesspart.evaluation.report import Evaluation
 from edgelesspart.evaluation.sweep import (
     LatencyModel,
     MeasuredSegment,
     StageMemory,
-    answering_exit,
     concat_traces,
-    confidences,
     exit_accuracy,
-    exit_costs,
     parse_thresholds,
     sweep,
 )
@@ -166,32 +163,6 @@ def load_backbone(bundle: Any, trace: Any, memory: StageMemory) -> Backbone:
         except EdgeLessPartError:
             pass
     return backbone_from_trace(trace, input_bytes=input_bytes, memory=memory)
-
-
-def measured_compute(trace: Any, threshold: float, backbone: Backbone) -> dict[str, Any]:
-    """Host compute per sample at ``threshold`` against the full model without exits, measured.
-
-    The served cost of a sample is the measured host time of every segment it runs (exit heads
-    and per-call overhead included) up to its answering exit; the reference is the whole
-    backbone without exits (the bundle's host profile, or the trace). ``saving`` is their ratio
-    (> 1: the exits pay off); ``exit_overhead_ms`` is what running every segment costs beyond
-    the backbone alone.
-    """
-    host = LatencyModel()  # factor 1, no link: host compute only
-    costs = exit_costs(trace, host)
-    conf, _ = confidences(trace)
-    served = costs.latency_ms[answering_exit(conf, threshold)]
-    every = float(sum(trace.segment_ms[s] for s in trace.segments))
-    mean = float(served.mean())
-    return {
-        "threshold": threshold,
-        "full_model_host_ms": round(backbone.full_ms, 4),
-        "full_model_source": backbone.source,
-        "served_host_ms": round(mean, 4),
-        "all_segments_host_ms": round(every, 4),
-        "exit_overhead_ms": round(every - backbone.full_ms, 4),
-        "saving": round(backbone.full_ms / mean, 3) if mean > 0 else None,
-    }
 
 
 def _settings(config: EvaluationConfig, manifest: Any, model: LatencyModel, **more: Any) -> dict:
@@ -408,8 +379,11 @@ def evaluate_bundle(
     per_exit = exit_accuracy(test, data.y_test)
     full = per_exit[test.exits[-1]]
     backbone = load_backbone(bundle, test, memory)
-    if serving.get("threshold") is not None:
-        saving = measured_compute(test, float(serving["threshold"]), backbone)
+    if serving.get("threshold") is not None:  # the build's helper: full model timed interleaved
+        timing = compute.time_interleaved(bundle, data.x_test)
+        saving = compute.measured_compute(
+            test, float(serving["threshold"]), timing, backbone.full_ms
+        )
         selection = {**(selection or {}), "serving_threshold": float(serving["threshold"]),
                      "compute": saving}  # fmt: skip
     return Evaluation(

@@ -10,6 +10,7 @@ from typing import Any
 
 from edgelesspart.errors import BundleError
 from edgelesspart.evaluation.baselines import BaselineResult
+from edgelesspart.evaluation.compute import format_saving
 from edgelesspart.evaluation.sweep import ThresholdResult
 
 EVALUATION_VERSION = 1
@@ -173,7 +174,7 @@ def format_table(evaluation: Evaluation) -> str:
             f"S serving threshold {compute['threshold']:g} (the manifest's, which the services "
             f"use): measured host compute {compute['served_host_ms']:.3f} ms per sample against "
             f"{compute['full_model_host_ms']:.3f} ms for the full model without exits "
-            f"({compute['full_model_source']}): {saving:.2f}x "
+            f"({compute['full_model_source']}): {format_saving(compute)} "
             f"{verdict}"
             f"; running every segment costs {compute['exit_overhead_ms']:+.3f} ms over the "
             "backbone alone (exit heads and per-segment overhead)"

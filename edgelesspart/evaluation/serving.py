@@ -88,6 +88,7 @@ def choose_serving(
     Returns:
         The manifest ``serving`` entry.
     """
+    from edgelesspart.evaluation import compute
     from edgelesspart.evaluation.pipeline import trace_split
     from edgelesspart.runtime.bundle import Bundle
     from edgelesspart.runtime.confidence import check_measure
@@ -112,7 +113,8 @@ def choose_serving(
     test = _calibrated(test_raw, temperatures, measure)
     (on_test,) = sweep(test, data.y_test, [chosen.threshold], **kwargs)
     ece = expected_calibration_error
-    payoff = exit_payoff(bundle_path, val, chosen.threshold)
+    timing = compute.time_interleaved(bundle, data.x_val)  # full model and segments, one trace
+    payoff = exit_payoff(bundle_path, val, chosen.threshold, timing)
     return {
         "payoff": {**payoff, "split": "validation"},
         "threshold": chosen.threshold,
@@ -231,29 +233,36 @@ def accuracy_change(accuracy: float, final_accuracy: float) -> str:
 USELESS_EDGE_SHARE = 0.3
 
 
-def exit_payoff(bundle_path: str | Path, trace: Any, threshold: float) -> dict[str, Any]:
+def exit_payoff(
+    bundle_path: str | Path, trace: Any, threshold: float, timing: Any
+) -> dict[str, Any]:
     """Whether each early exit pays for itself at ``threshold``, from measured host times.
 
-    Per exit: its measured head cost is the traced time of the segment ending in it minus the
-    backbone stretch of that segment in the host profile; it costs that on every sample that
-    reaches it, and saves the rest of the backbone (full minus its cut's cumulative latency) on
-    every sample it answers. The net saving is the full model's host ms over the mean served
-    host ms (:func:`~edgelesspart.evaluation.pipeline.measured_compute`), every head included.
+    ``timing`` is the bundle's interleaved timing
+    (:func:`~edgelesspart.evaluation.compute.time_interleaved`): the full model and every
+    segment measured in the same trace. Per exit: its measured head cost is the timed segment
+    ending in it minus that segment's share of the full model (the host profile gives the
+    share, the interleaved full-model time the milliseconds); it costs that on every sample
+    that reaches it, and saves the rest of the full model on every sample it answers. The net
+    saving is :func:`~edgelesspart.evaluation.compute.measured_compute`, every head included.
     """
-    from edgelesspart.evaluation.pipeline import load_backbone, measured_compute
+    from edgelesspart.evaluation.compute import measured_compute
+    from edgelesspart.evaluation.pipeline import load_backbone
     from edgelesspart.evaluation.sweep import StageMemory, answering_exit, confidences
     from edgelesspart.profiling.profile import ModelProfile
     from edgelesspart.runtime.manifest import load_manifest
 
     manifest = load_manifest(bundle_path, verify=False)
-    memory = StageMemory()
-    backbone = load_backbone(_BundleView(manifest, Path(bundle_path)), trace, memory)
-    net = measured_compute(trace, threshold, backbone)
+    backbone = load_backbone(_BundleView(manifest, Path(bundle_path)), trace, StageMemory())
+    net = measured_compute(trace, threshold, timing, backbone.full_ms)
     if not (Path(bundle_path) / "profile.json").is_file():  # no host profile: no per-exit split
         return {"exits": {}, "net": net}
     profile = ModelProfile.load(Path(bundle_path) / "profile.json")
-    cumulative = {cp.name: cp.latency_ms for cp in profile.cut_points}
-    full_ms = profile.total.latency_ms
+    profile_full = profile.total.latency_ms
+    full_ms = float(net["full_model_host_ms"])
+    # the profile's cumulative latency as a share of its full model, in interleaved ms
+    cumulative = {cp.name: cp.latency_ms / profile_full * full_ms for cp in profile.cut_points}
+    seg_ms = timing.segment_means()
     conf, _ = confidences(trace)
     idx = answering_exit(conf, threshold)
     exits: dict[str, Any] = {}
@@ -262,7 +271,7 @@ def exit_payoff(bundle_path: str | Path, trace: Any, threshold: float) -> dict[s
         if segment is None or segment.end not in cumulative:
             continue
         stretch = cumulative[segment.end] - cumulative.get(segment.start, 0.0)
-        head_ms = max(0.0, float(trace.segment_ms[segment.name]) - stretch)
+        head_ms = max(0.0, float(seg_ms[segment.name]) - stretch)
         reach = float((idx >= k).mean())
         answered = float((idx == k).mean())
         saves = answered * max(0.0, full_ms - cumulative[segment.end])

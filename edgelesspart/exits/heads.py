@@ -9,7 +9,10 @@ arguments), their own **Jinja2 template**, or names a **built-in head** (:data:`
   makes shallow exits work (see ``docs/exit_heads.md`` for the measured comparison);
 * ``paper``: the EdgeLessPart paper's head, a copy of the model's own head (global pooling or
   Flatten, then ``Dense(num_classes, softmax)``), kept to reproduce the paper;
-* ``conv``: a 1x1 conv bottleneck (32 filters, BN, ReLU), the model's global pooling, Dense.
+* ``conv``: a 1x1 conv bottleneck (32 filters, BN, ReLU), the model's global pooling, Dense;
+* ``sdn-sep``: ``sdn`` after a strided 3x3 separable convolution (64 filters, BN, ReLU) where the
+  map is larger than 8x8 (shallow cuts); on digits-hard it lifts the stem and block-1 exits of
+  the small CNN by 10 points each (``docs/exit_heads.md``).
 
 Either way::
 
@@ -69,7 +72,12 @@ from edgelesspart.errors import ExitSpecError, ModelError
 
 TEMPLATES_ENV = "EDGELESSPART_TEMPLATES"
 #: Built-in exit heads (``--exit-head``) and the template each renders.
-EXIT_HEADS = {"sdn": "sdn.py.j2", "paper": "default.py.j2", "conv": "conv_pool.py.j2"}
+EXIT_HEADS = {
+    "sdn": "sdn.py.j2",
+    "paper": "default.py.j2",
+    "conv": "conv_pool.py.j2",
+    "sdn-sep": "sdn_sep.py.j2",
+}
 DEFAULT_HEAD = "sdn"
 DEFAULT_ORIGIN = f"builtin:{DEFAULT_HEAD}"
 POOLINGS = ("avg", "max", "flatten")

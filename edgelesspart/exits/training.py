@@ -156,20 +156,26 @@ def _train(
     return _fit(model, data.x_train, train, (data.x_val, val), config, epochs, list(callbacks))
 
 
-def _distill(backbone: Any, outputs: dict, targets: tuple, data: Any, config: Any) -> int:
+def _distill(
+    backbone: Any, outputs: dict, targets: tuple, data: Any, config: Any,
+    temperature: float = DISTILL_TEMPERATURE, alpha: float = DISTILL_ALPHA,
+) -> int:  # fmt: skip
     """Train the exits on distillation targets with the backbone frozen; return epochs run."""
     train, val = targets
-    losses = {name: distillation_loss() for name in outputs}
+    losses = {name: distillation_loss(temperature, alpha) for name in outputs}
     dicts = ({name: train for name in outputs}, {name: val for name in outputs})
     return _train(backbone, outputs, losses, dicts, data, config, joint=False)
 
 
-def _joint(backbone: Any, outputs: dict, targets: tuple, data: Any, config: Any) -> int:
+def _joint(
+    backbone: Any, outputs: dict, targets: tuple, data: Any, config: Any,
+    temperature: float = DISTILL_TEMPERATURE, alpha: float = DISTILL_ALPHA,
+) -> int:  # fmt: skip
     """Train exits and backbone together (final classifier's CE in the loss); return epochs."""
     from edgelesspart.model.training import SETTLE_IMAGES, _settle_callback
 
     train, val = targets
-    losses: dict[str, Any] = {name: distillation_loss() for name in outputs}
+    losses: dict[str, Any] = {name: distillation_loss(temperature, alpha) for name in outputs}
     losses["final"] = "sparse_categorical_crossentropy"
     dicts = (
         {**{name: train for name in outputs}, "final": data.y_train},
@@ -191,6 +197,8 @@ def train_exits_distilled(
     mode: str = "distill",
     max_final_drop: float = 1.0,
     log: Any = print,
+    temperature: float = DISTILL_TEMPERATURE,
+    alpha: float = DISTILL_ALPHA,
 ) -> tuple[Any, ExitTrainingResult]:
     """Train the exits in ``mode`` (``distill`` or ``joint``); see the module docstring.
 
@@ -202,6 +210,8 @@ def train_exits_distilled(
         mode: ``distill`` or ``joint``.
         max_final_drop: ``joint`` only: most final-classifier validation accuracy loss, in points.
         log: where the fallback notice goes.
+        temperature: softening temperature of the distillation targets.
+        alpha: share of the label cross-entropy in each exit's loss.
 
     Returns:
         The joint model (input -> every exit and ``final``) and what happened.
@@ -222,15 +232,16 @@ def train_exits_distilled(
     if not names:
         return joint, result
     targets = (
-        _targets(backbone, data.x_train, data.y_train, DISTILL_TEMPERATURE),
-        _targets(backbone, data.x_val, data.y_val, DISTILL_TEMPERATURE),
+        _targets(backbone, data.x_train, data.y_train, temperature),
+        _targets(backbone, data.x_val, data.y_val, temperature),
     )
+    soft = {"temperature": temperature, "alpha": alpha}
     if mode == "distill":
-        epochs = _distill(backbone, outputs, targets, data, config)
+        epochs = _distill(backbone, outputs, targets, data, config, **soft)
         return joint, ExitTrainingResult(mode, mode, epochs, {"before": before, "after": before},
                                          False, max_final_drop)  # fmt: skip
     saved = [np.array(w) for w in backbone.get_weights()]
-    epochs = _joint(backbone, outputs, targets, data, config)
+    epochs = _joint(backbone, outputs, targets, data, config, **soft)
     after = _final_accuracy(backbone, data.x_val, data.y_val)
     if 100.0 * (before - after) <= max_final_drop:
         for layer in backbone.layers:
@@ -243,7 +254,7 @@ def train_exits_distilled(
         "restored the frozen backbone and trained the exits by distillation instead"
     )
     backbone.set_weights(saved)
-    epochs += _distill(backbone, outputs, targets, data, config)
+    epochs += _distill(backbone, outputs, targets, data, config, **soft)
     restored = _final_accuracy(backbone, data.x_val, data.y_val)
     accuracy = {"before": before, "joint": after, "after": restored}
     return joint, ExitTrainingResult(mode, "distill", epochs, accuracy, True, max_final_drop)

@@ -24,6 +24,7 @@ from edgelesspart.model.graph import cut_tensor, extract
 from edgelesspart.model.litert import to_tflite
 from edgelesspart.runtime.manifest import (
     FINAL_EXIT,
+    REFERENCE_MODEL_PATH,
     ExitInfo,
     InputSpec,
     Manifest,
@@ -32,7 +33,7 @@ from edgelesspart.runtime.manifest import (
     hash_files,
     write_manifest,
 )
-from edgelesspart.runtime.plan import MODEL_OUTPUT, Plan
+from edgelesspart.runtime.plan import MODEL_INPUT, MODEL_OUTPUT, Plan
 
 TFLITE_TOLERANCE = 1e-4
 EXIT_CODE_PATH = "exits/generated_exit.py"
@@ -69,6 +70,9 @@ class ExportRequest:
             temperature to build into that exit's head: its segment then outputs the calibrated
             ``softmax(logits / T)`` (:func:`calibrated_probs`), so the runtime scores it as it
             is. Every exit listed must be :func:`foldable`.
+        reference_tflite: the backbone without exits as LiteRT (:func:`reference_tflite`);
+            ``None``: converted here. Written to ``reference/full_model.tflite`` so ``build`` and
+            ``evaluate`` time the full model interleaved with the segments.
     """
 
     backbone: Any
@@ -88,6 +92,7 @@ class ExportRequest:
     bottleneck: Any = None
     link_bottlenecks: dict[str, Any] = field(default_factory=dict)
     temperatures: dict[str, float] = field(default_factory=dict)
+    reference_tflite: bytes | None = None
 
     def necks(self) -> dict[str, Any]:
         """Every learned bottleneck of the export, by the cut point it sits at."""
@@ -292,7 +297,20 @@ def _exit_infos(request: ExportRequest, built: list[_Built]) -> tuple[ExitInfo, 
     return tuple(infos)
 
 
-def _write_files(tmp: Path, request: ExportRequest, built: list[_Built]) -> list[str]:
+def reference_tflite(backbone: Any, probe: np.ndarray | None = None) -> bytes:
+    """The whole backbone without exits as LiteRT, checked against Keras on ``probe``."""
+    model = extract(backbone, MODEL_INPUT, {"probs": backbone.outputs[0]}, name="full_model")
+    tflite = to_tflite(model)
+    if probe is not None:
+        x = probe.astype(np.float32)
+        expected = {"probs": np.asarray(model(x, training=False)["probs"])}
+        _check_tflite("full_model", tflite, x, expected)
+    return tflite
+
+
+def _write_files(
+    tmp: Path, request: ExportRequest, built: list[_Built], reference: bytes
+) -> list[str]:
     (tmp / "segments").mkdir()
     (tmp / "exits").mkdir()
     written = []
@@ -300,6 +318,9 @@ def _write_files(tmp: Path, request: ExportRequest, built: list[_Built]) -> list
         (tmp / b.spec.files["tflite"]).write_bytes(b.tflite)
         b.model.save(tmp / b.spec.files["keras"])
         written.extend(b.spec.files.values())
+    (tmp / REFERENCE_MODEL_PATH).parent.mkdir()
+    (tmp / REFERENCE_MODEL_PATH).write_bytes(reference)
+    written.append(REFERENCE_MODEL_PATH)
     (tmp / EXIT_CODE_PATH).write_text(request.exit_code, encoding="utf-8")
     written.append(EXIT_CODE_PATH)
     if request.profile:
@@ -326,10 +347,11 @@ def export_bundle(
     if target.exists() and not overwrite:
         raise BundleError(f"{target} already exists; pass --overwrite or choose another --out.")
     built = build_segments(request, probe)
+    reference = request.reference_tflite or reference_tflite(request.backbone, probe)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        files = hash_files(tmp, _write_files(tmp, request, built))
+        files = hash_files(tmp, _write_files(tmp, request, built, reference))
         digest = hashlib.sha256(
             json.dumps([request.plan.to_dict(), files], sort_keys=True).encode()
         )

@@ -194,3 +194,26 @@ def place_exits(
     depths = _relative_depths(profile, first, last, positions, depth)
     chosen = _snap(exit_targets(n, placement), depths)
     return tuple(profile.cut_points[positions[i]].name for i in chosen)
+
+
+def place_edge_exits(
+    profile: ModelProfile,
+    split: str,
+    n: int,
+    placement: str = "linear",
+    *,
+    depth: str = "latency",
+    at_split: bool = False,
+) -> tuple[str, ...]:
+    """The exits of the part before ``split``; with ``at_split`` the last one sits at the split.
+
+    An exit at the split is the deepest, so the most accurate, answer the edge can give, and
+    every sample it answers saves the whole offload (transfer and remote compute), not only the
+    rest of the backbone; the other ``n - 1`` exits are placed by :func:`place_exits` (targets
+    ``k/n``). Without ``at_split`` this is :func:`place_exits` (targets ``k/(n+1)``).
+    """
+    if not at_split or n == 0:
+        return place_exits(profile, MODEL_INPUT, split, n, placement, depth=depth)
+    check_count(n)
+    before = place_exits(profile, MODEL_INPUT, split, n - 1, placement, depth=depth)
+    return (*(cut for cut in before if cut != split), split)

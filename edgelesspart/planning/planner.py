@@ -59,6 +59,7 @@ from edgelesspart.planning.placement import (
     exit_targets,
     exits_pair,
     internal_cut_points,
+    place_edge_exits,
     place_exits,
 )
 from edgelesspart.profiling.devices import DeviceProfile
@@ -81,6 +82,7 @@ __all__ = [
     "exit_targets",
     "expected_cost",
     "expected_latency",
+    "place_edge_exits",
     "place_exits",
     "plan_objective",
     "plan_pipeline",
@@ -285,6 +287,7 @@ def plan_split(
     codec: str = AUTO,
     crossings: Mapping[str, Crossing] | None = None,
     link: LinkLike | None = None,
+    split_exit: bool = False,
 ) -> Plan:
     """Split by the paper's latency or memory rule and place the exits inside each part.
 
@@ -309,6 +312,9 @@ def plan_split(
             encoder still fits the rule's budget (a split the codec cannot carry within the
             Lambda limit takes it whenever it fits).
         link: the link the crossing is compared on (no link: the bottleneck is never used).
+        split_exit: the edge part's last exit sits at the split
+            (:func:`~edgelesspart.planning.placement.place_edge_exits`); ``False`` keeps the
+            paper's ``k/(n+1)`` placement in both parts.
 
     Returns:
         A two-stage :class:`Plan` (``edge``, ``cloud``) with predicted latency and memory.
@@ -330,11 +336,12 @@ def plan_split(
         edge_profile, split, codec, cloud_device, crossing, link, budget
     )
     exits = (
-        place_exits(edge_profile, MODEL_INPUT, split, n_edge, placement, depth=depth),
+        place_edge_exits(edge_profile, split, n_edge, placement, depth=depth, at_split=split_exit),
         place_exits(cloud_profile, split, MODEL_OUTPUT, n_cloud, placement, depth=depth),
     )
     parameters: dict[str, Any] = {
         "exits_per_part": [n_edge, n_cloud],
+        **({"split_exit": True} if split_exit else {}),
         "depth": depth,
         **payload_parameters(payload, codec, cloud_device),
         **_crossing_parameters(chosen, crossing),

@@ -20,6 +20,8 @@ from edgelesspart.runtime.plan import Plan
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 FINAL_EXIT = "final"
+#: the full model without exits (LiteRT), kept in a bundle to time its exits' saving against
+REFERENCE_MODEL_PATH = "reference/full_model.tflite"
 
 
 @dataclass(frozen=True)
