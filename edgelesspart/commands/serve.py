@@ -297,8 +297,6 @@ def run_edge(args: argparse.Namespace) -> int:
         app = create_app(args.bundle, config)
         service = app.extensions[EXTENSION]
         _share_metrics(service.metrics.registry, workers)
-        if index == 0 and args.server == "async":
-            print(f"dispatch: {service.dispatch_reason}", flush=True)
         if args.server == "waitress":
             threads = args.threads or config.max_inflight + config.max_queue + 4
         else:
@@ -306,13 +304,15 @@ def run_edge(args: argparse.Namespace) -> int:
         extra: dict[str, Any] = {} if args.server == "async" else {"server": args.server}
         if sock is not None:
             extra["sock"] = sock
+        # the event-loop server's dispatch choice (measured at load), after the address line
+        dispatch = f"\ndispatch: {service.dispatch_reason}" if args.server == "async" else ""
         try:
             wsgi.serve_edge(
                 app,
                 host=args.host,
                 port=args.port,
                 threads=threads,
-                announce=announce if index == 0 else None,
+                announce=f"{announce}{dispatch}" if index == 0 else None,
                 **extra,
             )
         finally:
