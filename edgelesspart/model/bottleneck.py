@@ -221,6 +221,21 @@ class _QuantNoise:
         return QuantNoise(name="int8_noise")
 
 
+def _teacher(
+    head: Any, tail: Any, x_train: np.ndarray, x_val: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The unmodified model's boundary tensors and probabilities on both splits (the targets)."""
+    b_train, b_val = (
+        _predict(lambda b, training: head(b, training=training)["boundary"], x)
+        for x in (x_train, x_val)
+    )
+    p_train, p_val = (
+        _predict(lambda z, training: tail(z, training=training)["probs"], b)
+        for b in (b_train, b_val)
+    )
+    return b_train, b_val, p_train, p_val
+
+
 def _predict(model: Any, x: np.ndarray, batch: int = 256) -> np.ndarray:
     parts = [np.asarray(model(x[i : i + batch], training=False)) for i in range(0, len(x), batch)]
     return np.concatenate(parts).astype(np.float32)
@@ -257,14 +272,7 @@ def train_bottleneck(
     start = time.perf_counter()
     k.utils.set_random_seed(seed + 7)
 
-    def _boundary(x: np.ndarray) -> np.ndarray:
-        return _predict(lambda b, training: head(b, training=training)["boundary"], x)
-
-    def _probs(b: np.ndarray) -> np.ndarray:
-        return _predict(lambda z, training: tail(z, training=training)["probs"], b)
-
-    b_train, b_val = _boundary(x_train), _boundary(x_val)
-    p_train, p_val = _probs(b_train), _probs(b_val)
+    b_train, b_val, p_train, p_val = _teacher(head, tail, x_train, x_val)
     boundary_shape = tuple(int(d) for d in b_train.shape[1:])
     encoder, decoder = build_pair(boundary_shape, shape, bool(np.min(b_train) >= 0.0))
     was_trainable = [layer.trainable for layer in tail.layers]
@@ -341,14 +349,7 @@ def finetune_cloud(
     start = time.perf_counter()
     k.utils.set_random_seed(seed + 11)
 
-    def _boundary(x: np.ndarray) -> np.ndarray:
-        return _predict(lambda b, training: head(b, training=training)["boundary"], x)
-
-    def _probs(b: np.ndarray) -> np.ndarray:
-        return _predict(lambda z, training: tail(z, training=training)["probs"], b)
-
-    b_train, b_val = _boundary(x_train), _boundary(x_val)
-    p_train, p_val = _probs(b_train), _probs(b_val)
+    b_train, b_val, p_train, p_val = _teacher(head, tail, x_train, x_val)
     classes = p_train.shape[-1]
 
     def targets(y: np.ndarray, p: np.ndarray) -> np.ndarray:
